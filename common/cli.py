@@ -1,0 +1,221 @@
+"""The base every ldpo command is built on.
+
+A command is a short subclass of :class:`Tool`: it names itself, gives a usage
+example, declares its options as a dataclass that extends :class:`CommonOptions`,
+and implements :meth:`Tool.main`. The base owns the common flags, logging and
+progress bars on stderr, seeding, and the exit-status contract:
+
+* 0 success (``converge`` also returns 1 = "not converged" itself);
+* 2 bad input or usage, with one line ``COMMAND: error: FILE: problem`` on stderr
+  and no traceback unless ``--verbose``;
+* 141 when stdout is closed early (``| head``), like other Unix tools.
+
+Tests call ``Tool().run(argv)`` in-process; it returns the exit status and never
+calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import sys
+import traceback
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import argparse_dataclass
+import numpy as np
+
+from ldpo.common import __version__
+from ldpo.common.errors import InputError
+
+log = logging.getLogger("ldpo")
+
+_progress_enabled = True
+
+
+def opt(help: str, default: Any = dataclasses.MISSING, **argparse_kwargs) -> Any:
+    """A dataclass field for an option: ``opt("help text", default, choices=[...])``.
+
+    ``args=["-k", "--k"]`` sets the flag names; ``args=["images"]`` makes it positional.
+    """
+    if default is not dataclasses.MISSING and not isinstance(default, bool) and default not in ("", None):
+        help = f"{help} (default: {default})"
+    metadata = {"help": help, **argparse_kwargs}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positional(help: str, **argparse_kwargs) -> Any:
+    """A required positional argument named after its field."""
+    return field(metadata={"help": help, "positional": True, **argparse_kwargs})
+
+
+@dataclass(kw_only=True)
+class CommonOptions:
+    """Flags every command takes."""
+
+    verbose: bool = opt("log more, and show tracebacks on errors", False, args=["-v", "--verbose"])
+    quiet: bool = opt("log only warnings and errors", False, args=["-q", "--quiet"])
+    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0)
+    device: str = opt("where to compute", "auto", choices=["auto", "cpu", "cuda"])
+    workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0)
+    no_progress: bool = opt("hide progress bars", False)
+
+
+class _Parser(argparse_dataclass.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like argparse but without usage spam
+        raise _UsageError(f"{self.prog}: error: {message} (see --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class Tool:
+    """Base class of every command. Subclasses set the class attributes and ``main``."""
+
+    name: str = "ldpo"
+    description: str = ""
+    example: str = ""
+    Options: type = CommonOptions
+
+    # -- to implement -------------------------------------------------------------
+    def main(self, opts: Any) -> int | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- machinery ----------------------------------------------------------------
+    def parser(self) -> argparse.ArgumentParser:
+        options_class = _prepare(self.Options)
+        epilog = "example:\n" + "\n".join("  " + line for line in self.example.strip().splitlines())
+        parser = _Parser(
+            options_class,
+            prog=self.name,
+            description=self.description,
+            epilog=epilog if self.example else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument("--version", action="version", version=f"ldpo {__version__}")
+        return parser
+
+    def parse(self, argv: list[str] | None) -> Any:
+        return self.parser().parse_args(argv)
+
+    def run(self, argv: list[str] | None = None) -> int:
+        """Parse ``argv``, run the command, and return its exit status."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        verbose = "-v" in argv or "--verbose" in argv
+        try:
+            opts = self.parse(argv)
+        except _UsageError as err:
+            print(str(err), file=sys.stderr)
+            return 2
+        except SystemExit as exit_:  # --help / --version
+            return int(exit_.code or 0)
+        setup(opts)
+        try:
+            status = self.main(opts)
+            sys.stdout.flush()
+            return int(status or 0)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
+        except KeyboardInterrupt:
+            print(f"{self.name}: interrupted", file=sys.stderr)
+            return 130
+        except InputError as err:
+            return self._fail(str(err), verbose)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            return self._fail(_describe(err), verbose)
+        except Exception as err:  # noqa: BLE001 - an exception must never look like success
+            return self._fail(f"unexpected {type(err).__name__}: {err}", verbose)
+
+    def _fail(self, message: str, verbose: bool) -> int:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        first = message.strip().splitlines()[0] if message.strip() else "failed"
+        hint = "" if verbose else " (-v for the traceback)" if "unexpected" in first else ""
+        print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
+        return 2
+
+    @classmethod
+    def console(cls) -> None:
+        """The console-script entry point."""
+        sys.exit(cls().run())
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and getattr(err, "filename", None):
+        return f"{err.filename}: {err.strerror or err}"
+    if isinstance(err, KeyError):
+        return f"missing key {err}"
+    return str(err) or type(err).__name__
+
+
+_prepared: set[type] = set()
+
+
+def _prepare(options_class: type) -> type:
+    """Make an options dataclass readable by argparse-dataclass.
+
+    Resolves string annotations (``from __future__ import annotations``) to types and
+    gives fields declared with :func:`positional` the ``args`` entry that makes them
+    positional.
+    """
+    if options_class in _prepared:
+        return options_class
+    hints = typing.get_type_hints(options_class)
+    for f in dataclasses.fields(options_class):
+        f.type = hints.get(f.name, f.type)
+        if f.metadata.get("positional") and "args" not in f.metadata:
+            f.metadata = type(f.metadata)({**f.metadata, "args": [f.name]})
+    _prepared.add(options_class)
+    return options_class
+
+
+def setup(opts: Any) -> None:
+    """Logging level, progress bars and seeds from the common flags."""
+    global _progress_enabled
+    level = logging.DEBUG if opts.verbose else logging.WARNING if opts.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    _progress_enabled = not (opts.no_progress or opts.quiet)
+    seed_everything(opts.seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def progress(iterable: Iterable | None = None, **kwargs):
+    """A tqdm progress bar on stderr, hidden by ``--quiet``/``--no-progress``."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    kwargs["disable"] = kwargs.get("disable", False) or not _progress_enabled
+    return tqdm(iterable, **kwargs)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible (use --device auto or cpu)")
+    return name

@@ -1,0 +1,88 @@
+"""Feature-matrix helpers shared by ``cluster`` and ``encode``: PCA, L2, faiss k-means."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger("ldpo")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+class PCA:
+    """Randomized PCA (scikit-learn) with optional whitening, applied chunk by chunk.
+
+    faiss's ``PCAMatrix`` is not used: 141 s against 8 s for 20k x 4096 -> 256 here.
+    """
+
+    def __init__(self, dim: int, whiten: bool = False, seed: int = 0):
+        self.dim, self.whiten, self.seed = dim, whiten, seed
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None  # [dim, D]
+        self.scale: np.ndarray | None = None  # [dim]
+
+    def fit(self, x: np.ndarray) -> "PCA":
+        from sklearn.decomposition import PCA as SkPCA
+
+        n, d = x.shape
+        dim = min(self.dim, n, d)
+        if dim < self.dim:
+            log.info("PCA: %d dimensions asked, %d possible with %d x %d; using %d", self.dim, min(n, d), n, d, dim)
+        pca = SkPCA(n_components=dim, svd_solver="randomized" if dim < min(n, d) else "full",
+                    random_state=self.seed)
+        pca.fit(np.asarray(x, dtype=np.float32))
+        self.dim = dim
+        self.mean = pca.mean_.astype(np.float32)
+        self.components = pca.components_.astype(np.float32)
+        var = pca.explained_variance_.astype(np.float32)
+        self.scale = 1.0 / np.sqrt(np.maximum(var, 1e-12)) if self.whiten else np.ones(dim, np.float32)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        y = (np.asarray(x, dtype=np.float32) - self.mean) @ self.components.T
+        return (y * self.scale).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"dim": self.dim, "whiten": self.whiten, "mean": self.mean,
+                "components": self.components, "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PCA":
+        pca = cls(int(state["dim"]), bool(state["whiten"]))
+        pca.mean, pca.components, pca.scale = (np.asarray(state[k], np.float32) for k in ("mean", "components", "scale"))
+        return pca
+
+
+def use_gpu(device: str) -> bool:
+    """Whether faiss should run on the GPU for ``device`` (``cpu``/``cuda``, already resolved)."""
+    import faiss
+
+    return device == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, device: str = "cpu",
+           spherical: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """faiss k-means: ``(centroids [k, D], assignment [N], final loss)``.
+
+    faiss re-seeds empty clusters by splitting large ones; the loss is read from
+    ``iteration_stats`` (the old ``obj`` attribute is gone).
+    """
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if k > n:
+        raise ValueError(f"k-means: k={k} is more than the {n} points")
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, verbose=False,
+                      gpu=use_gpu(device), min_points_per_centroid=1,
+                      max_points_per_centroid=max(256, (n + k - 1) // k + 1))
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    stats = km.iteration_stats
+    loss = float(stats[-1]["obj"]) if len(stats) else float("nan")
+    return km.centroids.copy(), assign.ravel().astype(np.int64), loss

@@ -1,0 +1,141 @@
+"""Labels CSV: a header with at least ``id,label`` (label a non-negative integer).
+
+Extra columns are kept on read and ignored by the stages. ``-`` is stdin/stdout.
+Rows join stores by id, never by position: :func:`align` puts labels in a store's
+row order and turns unknown, missing or duplicate ids into one-line input errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ldpo.common.errors import InputError
+from ldpo.common.stores import atomic_path
+
+
+@dataclass
+class Labels:
+    ids: list[str]
+    labels: np.ndarray  # int64 [N]
+    extra: dict[str, list[str]] = field(default_factory=dict)
+    source: str = "labels"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(int(c) for c in np.unique(self.labels))
+
+    def mapping(self) -> dict[str, int]:
+        return dict(zip(self.ids, self.labels.tolist()))
+
+
+def read_labels(path: str | os.PathLike) -> Labels:
+    """Read a labels CSV (``-`` = stdin), checking header, ids and integer labels."""
+    name = str(path)
+    try:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{name}: cannot read labels ({err})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or "id" not in header or "label" not in header:
+        raise InputError(f"{name}: not a labels CSV (the header needs 'id' and 'label' columns)")
+    id_col, label_col = header.index("id"), header.index("label")
+    others = [(i, h) for i, h in enumerate(header) if i not in (id_col, label_col)]
+    ids: list[str] = []
+    labels: list[int] = []
+    extra: dict[str, list[str]] = {h: [] for _, h in others}
+    seen: set[str] = set()
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(id_col, label_col):
+            raise InputError(f"{name}: line {line_no}: too few columns")
+        ident, raw = row[id_col].strip(), row[label_col].strip()
+        if not ident:
+            raise InputError(f"{name}: line {line_no}: empty id")
+        if ident in seen:
+            raise InputError(f"{name}: line {line_no}: duplicate id {ident!r}")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InputError(f"{name}: line {line_no}: label {raw!r} is not an integer") from None
+        if value < 0:
+            raise InputError(f"{name}: line {line_no}: label {value} is negative")
+        seen.add(ident)
+        ids.append(ident)
+        labels.append(value)
+        for i, h in others:
+            extra[h].append(row[i] if i < len(row) else "")
+    if not ids:
+        raise InputError(f"{name}: no labels in the file")
+    return Labels(ids, np.asarray(labels, dtype=np.int64), extra, source=name)
+
+
+def write_labels(path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | np.ndarray,
+                 extra: dict[str, Sequence] | None = None) -> None:
+    """Write ``id,label[,extra…]`` to ``path`` (atomically) or stdout for ``-``."""
+    labels = np.asarray(labels)
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
+    extra = extra or {}
+    header = ["id", "label", *extra]
+
+    def dump(fh) -> None:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        columns = [extra[h] for h in extra]
+        for i, (ident, lab) in enumerate(zip(ids, labels.tolist())):
+            writer.writerow([ident, int(lab), *(c[i] for c in columns)])
+
+    if str(path) == "-":
+        dump(sys.stdout)
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            dump(fh)
+
+
+def align(labels: Labels, store_ids: Sequence[str], store_name: str = "store",
+          allow_missing: bool = False, allow_unknown: bool = False) -> np.ndarray:
+    """Labels in the store's row order; ``-1`` marks rows without a label (``allow_missing``).
+
+    Unknown ids (in the labels, not in the store) and missing ids (in the store, not in
+    the labels) are errors unless allowed.
+    """
+    index = {ident: i for i, ident in enumerate(store_ids)}
+    out = np.full(len(store_ids), -1, dtype=np.int64)
+    unknown = [ident for ident in labels.ids if ident not in index]
+    if unknown and not allow_unknown:
+        raise InputError(f"{labels.source}: {len(unknown)} id(s) not in {store_name}, e.g. {unknown[0]!r}")
+    for ident, lab in zip(labels.ids, labels.labels.tolist()):
+        row = index.get(ident)
+        if row is not None:
+            out[row] = lab
+    missing = int((out < 0).sum())
+    if missing and not allow_missing:
+        first = store_ids[int(np.argmax(out < 0))]
+        raise InputError(f"{labels.source}: {missing} id(s) of {store_name} have no label, e.g. {first!r}")
+    return out
+
+
+def contiguous(labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Renumber labels to 0..K-1; return the new labels and the original class list."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    return inverse.astype(np.int64), [int(c) for c in classes]

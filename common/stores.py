@@ -1,0 +1,364 @@
+"""Image and feature stores: one API over HDF5 (``.h5``/``.hdf5``) and Zarr 3 (``.zarr``).
+
+The format follows the path's suffix. Array names are the same in both formats:
+
+* images store: ``images`` uint8 ``[N,H,W]`` or ``[N,H,W,3]``, one image per chunk row;
+* feature store: ``features`` float32 ``[N,D]`` (global, or softmax ``probs``) or
+  ``local`` float16/float32 ``[N,S,C]`` (S positions of C channels);
+* every store: ``ids`` strings ``[N]``, unique; rows join labels by id, never position.
+
+Attributes (JSON-able values) record what made the store.
+
+Writing::
+
+    with create_store(path, n=N, arrays={"features": ((D,), "float32")}, ids=ids,
+                      attrs={"stage": "featurize"}) as store:
+        store.write("features", 0, block)          # by row range
+    # the store appears under its final name only here, when the block completed
+
+Reading::
+
+    with open_store(path) as store:
+        for start, stop, block in store.batches("features", 1024): ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ldpo.common.errors import InputError
+
+H5_SUFFIXES = (".h5", ".hdf5")
+ZARR_SUFFIXES = (".zarr",)
+
+#: array name -> (allowed dtypes, allowed ranks)
+SCHEMA = {
+    "images": ({"uint8"}, {3, 4}),
+    "features": ({"float32"}, {2}),
+    "local": ({"float16", "float32"}, {3}),
+}
+
+
+def store_format(path: str | os.PathLike) -> str:
+    """``"h5"`` or ``"zarr"`` from the path's suffix; anything else is an input error."""
+    suffix = Path(path).suffix.lower()
+    if suffix in H5_SUFFIXES:
+        return "h5"
+    if suffix in ZARR_SUFFIXES:
+        return "zarr"
+    raise InputError(f"{path}: unknown store format {suffix or '(no suffix)'!r}: use .h5, .hdf5 or .zarr")
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """A hidden sibling of ``path`` (same folder, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` onto ``final``; works for files and for Zarr directories."""
+    if final.is_dir() and not final.is_symlink():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` only if the block completes."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(final)
+    try:
+        yield tmp
+    except BaseException:
+        remove(tmp)
+        raise
+    replace(tmp, final)
+
+
+class Store:
+    """An open store. Arrays are read by row ranges; nothing is loaded whole unless asked."""
+
+    def __init__(self, path: Path, handle: Any, fmt: str, writable: bool):
+        self.path = Path(path)
+        self.format = fmt
+        self._handle = handle
+        self.writable = writable
+
+    # -- what is in it ------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._handle.keys())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._handle
+
+    def array(self, name: str) -> Any:
+        """The h5py dataset or zarr array (sliceable like numpy)."""
+        if name not in self._handle:
+            raise InputError(f"{self.path}: has no {name!r} array (it has {', '.join(self.names) or 'none'})")
+        return self._handle[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.array(name).shape)
+
+    @property
+    def kind(self) -> str:
+        """``images``, ``features`` or ``local``: the data array this store holds."""
+        for name in SCHEMA:
+            if name in self._handle:
+                return name
+        raise InputError(f"{self.path}: holds no images, features or local array")
+
+    def __len__(self) -> int:
+        return self.shape("ids")[0]
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self.array("ids")
+        if self.format == "h5":
+            return list(ids.asstr()[:])
+        return [str(x) for x in ids[:].tolist()]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        raw = dict(self._handle.attrs)
+        if self.format == "h5":
+            return {k: _from_h5_attr(v) for k, v in raw.items()}
+        return raw
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self._handle.attrs[key] = json.dumps(value) if self.format == "h5" else _jsonable(value)
+
+    # -- reading ------------------------------------------------------------------
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        arr = self.array(name)
+        stop = arr.shape[0] if stop is None else stop
+        return np.asarray(arr[start:stop])
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows by index (any order), read in sorted order for speed."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        arr = self.array(name)
+        out = np.empty((len(rows),) + tuple(arr.shape[1:]), dtype=arr.dtype)
+        sorted_rows = rows[order]
+        if self.format == "h5":
+            uniq, inverse = np.unique(sorted_rows, return_inverse=True)
+            out[order] = arr[uniq.tolist()][inverse]
+        else:
+            out[order] = arr.get_orthogonal_selection((sorted_rows,))
+        return out
+
+    def batches(self, name: str, batch_size: int, start: int = 0, stop: int | None = None
+                ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, block)`` over rows ``[start, stop)``."""
+        stop = self.shape(name)[0] if stop is None else stop
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            yield lo, hi, self.read(name, lo, hi)
+
+    # -- writing ------------------------------------------------------------------
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write rows ``[start, start + len(values))`` of an existing array."""
+        if not self.writable:
+            raise InputError(f"{self.path}: opened read-only")
+        arr = self.array(name)
+        values = np.asarray(values)
+        if start < 0 or start + len(values) > arr.shape[0]:
+            raise InputError(f"{self.path}: rows {start}..{start + len(values)} outside {name} [0, {arr.shape[0]})")
+        arr[start:start + len(values)] = values.astype(arr.dtype, copy=False)
+
+    def close(self) -> None:
+        if self.format == "h5":
+            self._handle.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- checking -----------------------------------------------------------------
+    def validate(self, expect: str | None = None) -> "Store":
+        """Check the contract: known data array, its dtype and rank, ids unique and of length N."""
+        kind = self.kind
+        if expect is not None and expect != kind and not (expect == "global" and kind == "features"):
+            raise InputError(f"{self.path}: holds {kind}, but a {expect} store is needed here")
+        arr = self.array(kind)
+        dtypes, ranks = SCHEMA[kind]
+        if str(arr.dtype) not in dtypes:
+            raise InputError(f"{self.path}: {kind} has dtype {arr.dtype}, expected {'/'.join(sorted(dtypes))}")
+        if arr.ndim not in ranks or (kind == "images" and arr.ndim == 4 and arr.shape[3] != 3):
+            raise InputError(f"{self.path}: {kind} has shape {tuple(arr.shape)}, which the contract does not allow")
+        if "ids" not in self:
+            raise InputError(f"{self.path}: has no ids array")
+        if self.shape("ids")[0] != arr.shape[0]:
+            raise InputError(f"{self.path}: {arr.shape[0]} {kind} rows but {self.shape('ids')[0]} ids")
+        ids = self.ids
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InputError(f"{self.path}: duplicate id {dup!r}")
+        return self
+
+
+def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = None,
+               validate: bool = True) -> Store:
+    """Open an existing store (``mode`` ``"r"`` or ``"r+"``), validated against the contract.
+
+    ``expect`` (``images``, ``features``, ``local``) turns a store of another kind into
+    a clear input error.
+    """
+    path = Path(path)
+    fmt = store_format(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such store")
+    try:
+        if fmt == "h5":
+            import h5py
+
+            handle = h5py.File(path, mode)
+        else:
+            import zarr
+
+            handle = zarr.open_group(str(path), mode=mode)
+    except (OSError, ValueError, Exception) as err:  # noqa: BLE001 - any open failure is bad input
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{path}: cannot open as {fmt} store ({type(err).__name__}: {err})".splitlines()[0]) from err
+    store = Store(path, handle, fmt, writable=mode != "r")
+    if validate:
+        try:
+            store.validate(expect)
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def _create(path: Path, fmt: str, n: int, arrays: dict[str, tuple[tuple[int, ...], str]],
+            ids: list[str] | None, attrs: dict[str, Any], chunk_rows: int | None) -> Store:
+    if fmt == "h5":
+        import h5py
+
+        handle = h5py.File(path, "w")
+        store = Store(path, handle, fmt, writable=True)
+        for name, (row_shape, dtype) in arrays.items():
+            rows = chunk_rows or _default_chunk_rows(name, row_shape, dtype)
+            handle.create_dataset(name, shape=(n, *row_shape), dtype=dtype,
+                                  chunks=(max(1, min(rows, n)), *row_shape) if n else None)
+        handle.create_dataset("ids", shape=(n,), dtype=h5py.string_dtype())
+    else:
+        import zarr
+
+        handle = zarr.open_group(str(path), mode="w")
+        store = Store(path, handle, fmt, writable=True)
+        for name, (row_shape, dtype) in arrays.items():
+            rows = chunk_rows or _default_chunk_rows(name, row_shape, dtype)
+            handle.create_array(name, shape=(n, *row_shape), dtype=dtype,
+                                chunks=(max(1, min(rows, n)), *row_shape), fill_value=0)
+        handle.create_array("ids", shape=(n,), dtype=str, chunks=(max(1, min(65536, n)),))
+    if ids is not None:
+        if len(ids) != n:
+            raise InputError(f"{path}: {len(ids)} ids for {n} rows")
+        write_ids(store, ids)
+    store.set_attrs(**attrs)
+    return store
+
+
+def write_ids(store: Store, ids: list[str], start: int = 0) -> None:
+    arr = store.array("ids")
+    values = np.array([str(i) for i in ids], dtype=object)
+    if store.format == "zarr":
+        values = np.array([str(i) for i in ids], dtype=str)
+    arr[start:start + len(ids)] = values
+
+
+def _default_chunk_rows(name: str, row_shape: tuple[int, ...], dtype: str) -> int:
+    if name == "images":
+        return 1  # one image per chunk row: random access for training
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    return int(max(1, min(4096, (4 << 20) // max(row_bytes, 1))))  # about 4 MiB chunks
+
+
+@contextlib.contextmanager
+def create_store(path: str | os.PathLike, n: int, arrays: dict[str, tuple[tuple[int, ...], str]],
+                 ids: list[str] | None = None, attrs: dict[str, Any] | None = None,
+                 chunk_rows: int | None = None) -> Iterator[Store]:
+    """Create a store under a temporary name; it gets its final name when the block ends.
+
+    ``arrays`` maps an array name to ``(row_shape, dtype)``. An exception inside the
+    block removes the temporary store and leaves any older file at ``path`` untouched.
+    """
+    path = Path(path)
+    fmt = store_format(path)
+    with atomic_path(path) as tmp:
+        store = _create(tmp, fmt, n, arrays, ids, attrs or {}, chunk_rows)
+        try:
+            yield store
+        finally:
+            store.close()
+    store.path = path
+
+
+def write_store(path: str | os.PathLike, ids: list[str], attrs: dict[str, Any] | None = None,
+                **arrays: np.ndarray) -> None:
+    """Write whole in-memory arrays as a store in one call (small data, tests)."""
+    spec = {name: (tuple(a.shape[1:]), str(a.dtype)) for name, a in arrays.items()}
+    with create_store(path, n=len(ids), arrays=spec, ids=ids, attrs=attrs) as store:
+        for name, a in arrays.items():
+            store.write(name, 0, a)
+        store.validate()
+
+
+def _from_h5_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+
+def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
+    """SHA-256 of a file (or of a Zarr directory's files), for provenance attributes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:limit] if limit else digest.hexdigest()

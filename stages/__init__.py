@@ -1,0 +1,58 @@
+"""The ldpo commands, one module per command. ``ldpo COMMAND …`` runs any of them.
+
+A command is listed here only if its module exists (no placeholders): the table
+maps the command name to its module under ``ldpo.stages``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+from ldpo.common import __version__
+
+COMMANDS = {
+    "toy-data": "toy_data",
+    "extract-keyimages": "extract_keyimages",
+    "topic-label": "topic_label",
+    "finetune": "finetune",
+    "featurize": "featurize",
+    "encode": "encode",
+    "cluster": "cluster",
+    "converge": "converge",
+    "hierarchy": "hierarchy",
+    "keywords": "keywords",
+}
+
+
+def available() -> dict[str, str]:
+    return {cmd: mod for cmd, mod in COMMANDS.items()
+            if importlib.util.find_spec(f"ldpo.stages.{mod}") is not None}
+
+
+def tool(command: str):
+    """The Tool class of a command, e.g. ``tool("cluster")().run([...])``."""
+    module = importlib.import_module(f"ldpo.stages.{available()[command]}")
+    return module.TOOL
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = available()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: ldpo COMMAND [options]   (ldpo COMMAND --help for each)\n\ncommands:")
+        for cmd in commands:
+            print(f"  {cmd}")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"ldpo {__version__}")
+        return 0
+    if argv[0] not in commands:
+        print(f"ldpo: error: unknown command {argv[0]!r} (one of: {', '.join(commands)})", file=sys.stderr)
+        return 2
+    return tool(argv[0])().run(argv[1:])
+
+
+def main() -> None:
+    sys.exit(run())
