@@ -1,0 +1,106 @@
+"""Stores: the same API over HDF5 and Zarr 3, validated, written atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ldpo.common.errors import InputError
+from ldpo.common.stores import create_store, open_store, store_format, write_store
+
+FORMATS = ["h5", "zarr"]
+KINDS = {
+    "images": np.arange(4 * 6 * 5, dtype=np.uint8).reshape(4, 6, 5),
+    "features": np.linspace(-1, 1, 4 * 7, dtype=np.float32).reshape(4, 7),
+    "local": np.linspace(0, 3, 4 * 3 * 2).astype(np.float16).reshape(4, 3, 2),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", [*KINDS, "rgb"])
+def test_round_trip_every_kind(tmp_path, fmt, kind):
+    data = np.zeros((4, 5, 5, 3), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None, None] if kind == "rgb" else KINDS[kind]
+    name = "images" if kind == "rgb" else kind
+    ids = ["b", "a", "é-3", "x y"]
+    path = tmp_path / f"s.{fmt}"
+    write_store(path, ids, {"stage": "test", "classes": [3, 1], "n": 4}, **{name: data})
+    with open_store(path) as store:
+        assert store.kind == name
+        assert store.ids == ids
+        assert len(store) == 4
+        assert store.attrs["classes"] == [3, 1] and store.attrs["n"] == 4 and store.attrs["stage"] == "test"
+        back = store.read(name)
+        assert back.dtype == data.dtype and np.array_equal(back, data)
+        assert np.array_equal(store.take(name, [3, 0, 3]), data[[3, 0, 3]])
+        blocks = list(store.batches(name, 3))
+        assert [(lo, hi) for lo, hi, _ in blocks] == [(0, 3), (3, 4)]
+        assert np.array_equal(np.concatenate([b for _, _, b in blocks]), data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_write_by_row_ranges_fills_regions(tmp_path, fmt):
+    path = tmp_path / f"f.{fmt}"
+    with create_store(path, n=6, arrays={"features": ((2,), "float32")}, ids=list("abcdef")):
+        pass
+    for lo, hi in [(4, 6), (0, 2), (2, 4)]:  # shards in any order
+        with open_store(path, "r+") as store:
+            store.write("features", lo, np.full((hi - lo, 2), lo, np.float32))
+    with open_store(path) as store:
+        assert store.read("features")[:, 0].tolist() == [0, 0, 2, 2, 4, 4]
+        with pytest.raises(InputError, match="read-only"):
+            store.write("features", 0, np.zeros((1, 2)))
+    with open_store(path, "r+") as store:
+        with pytest.raises(InputError, match="outside"):
+            store.write("features", 5, np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_interrupted_write_leaves_no_final_output(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    with pytest.raises(RuntimeError):
+        with create_store(path, n=3, arrays={"features": ((2,), "float32")}, ids=["a", "b", "c"]) as store:
+            store.write("features", 0, np.ones((1, 2)))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_interrupted_rewrite_keeps_the_old_store(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    write_store(path, ["a"], features=np.ones((1, 2), np.float32))
+    with pytest.raises(RuntimeError):
+        with create_store(path, n=1, arrays={"features": ((2,), "float32")}, ids=["a"]):
+            raise RuntimeError("killed")
+    with open_store(path) as store:
+        assert store.read("features").tolist() == [[1.0, 1.0]]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_validation_errors_name_the_file(tmp_path, fmt):
+    dup = tmp_path / f"dup.{fmt}"
+    with create_store(dup, n=2, arrays={"features": ((2,), "float32")}, ids=["a", "a"]):
+        pass
+    with pytest.raises(InputError, match=r"dup\..*duplicate id 'a'"):
+        open_store(dup)
+    wrong = tmp_path / f"wrong.{fmt}"
+    with create_store(wrong, n=2, arrays={"features": ((2,), "float64")}, ids=["a", "b"]):
+        pass
+    with pytest.raises(InputError, match="dtype float64"):
+        open_store(wrong)
+    good = tmp_path / f"good.{fmt}"
+    write_store(good, ["a"], features=np.ones((1, 2), np.float32))
+    with pytest.raises(InputError, match="holds features, but a local store is needed"):
+        open_store(good, expect="local")
+    with pytest.raises(InputError, match="no such store"):
+        open_store(tmp_path / f"missing.{fmt}")
+
+
+def test_format_by_suffix(tmp_path):
+    assert store_format("x.h5") == "h5" and store_format("x.HDF5") == "h5" and store_format("a/b.zarr") == "zarr"
+    with pytest.raises(InputError, match="unknown store format"):
+        store_format("x.npy")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(InputError, match="cannot open"):
+        open_store(junk)
