@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# One LDPO run: [finetune] -> featurize -> [encode] -> cluster -> converge, looped until
+# `converge` exits 0 (or --max-iter), then probs -> hierarchy [-> keywords].
+#
+# Every option has an environment-variable default (LDPO_*), so a SLURM script or a
+# Makefile can set them once. Every stage the loop calls can be replaced without editing
+# this script: set FEATURIZE_CMD, FINETUNE_CMD, ENCODE_CMD, CLUSTER_CMD, CONVERGE_CMD,
+# HIERARCHY_CMD or KEYWORDS_CMD to a command that takes the same arguments and writes the
+# same files (see "Swapping a stage" in the README).
+#
+# A step whose output exists is skipped, so rerunning after a kill resumes.
+#
+# Example:
+#   pipelines/ldpo-loop.sh --images toy/images.h5 --work runs/t25 --truth toy/truth.csv \
+#       --k 25 --max-iter 6 --epochs 3 --input-size 64
+set -euo pipefail
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+Options (environment default in brackets):
+  --images STORE        images store (.h5/.zarr)                   [LDPO_IMAGES]
+  --work DIR            work folder: iter-NN/, final/, history.csv [LDPO_WORK]
+  --truth CSV           ground-truth labels, for reporting only     [LDPO_TRUTH]
+  --reports CSV         reports (report_id,text), with --manifest   [LDPO_REPORTS]
+  --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
+  --arch NAME           CNN architecture (resnet18 from random init,
+                        alexnet with ImageNet weights)               [LDPO_ARCH]
+  --layer NAME          feature layer (avgpool, fc7, conv5, ...)    [LDPO_LAYER]
+  --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
+  --method kmeans|rim   clustering                                  [LDPO_METHOD=kmeans]
+  --k K                 clusters (rim: the over-segmentation)       [LDPO_K=25]
+  --metric nmi|purity   convergence measure                         [LDPO_METRIC=nmi]
+  --threshold X         stop when metric(labels_t, labels_t-1) >= X [LDPO_THRESHOLD=0.9]
+  --max-iter N          at most N fine-tuning iterations            [LDPO_MAX_ITER=6]
+  --no-early-stop       run all --max-iter iterations (DeepMCAT)    [LDPO_NO_EARLY_STOP=0]
+  --init SPEC           random | weights:PATH | checkpoint:PATH     [LDPO_INIT=random]
+  --init-labels CSV     start from these labels (e.g. topic-label)  [LDPO_INIT_LABELS]
+  --epochs E            fine-tuning epochs per iteration            [LDPO_EPOCHS=3]
+  --lr X                fine-tuning learning rate (stage default)   [LDPO_LR]
+  --balanced            class-balanced sampling in finetune         [LDPO_BALANCED=0]
+  --split SPEC          finetune split, 70/10/20 or none            [LDPO_SPLIT=70/10/20]
+  --input-size N        CNN input side in pixels                    [LDPO_INPUT_SIZE=224]
+  --batch-size N                                                    [LDPO_BATCH_SIZE=64]
+  --device auto|cpu|cuda                                            [LDPO_DEVICE=auto]
+  --seed S                                                          [LDPO_SEED=0]
+  --workers N           data-loading workers                        [LDPO_WORKERS=0]
+  -h, --help
+EOF
+}
+
+die() { echo "ldpo-loop: error: $*" >&2; exit 2; }
+log() { [[ ${LDPO_QUIET:-0} == 1 ]] || echo "ldpo-loop: $*" >&2; }
+
+images=${LDPO_IMAGES:-}
+work=${LDPO_WORK:-}
+truth=${LDPO_TRUTH:-}
+reports=${LDPO_REPORTS:-}
+manifest=${LDPO_MANIFEST:-}
+arch=${LDPO_ARCH:-}
+layer=${LDPO_LAYER:-}
+encode=${LDPO_ENCODE:-none}
+method=${LDPO_METHOD:-kmeans}
+k=${LDPO_K:-25}
+metric=${LDPO_METRIC:-nmi}
+threshold=${LDPO_THRESHOLD:-0.9}
+max_iter=${LDPO_MAX_ITER:-6}
+no_early_stop=${LDPO_NO_EARLY_STOP:-0}
+init=${LDPO_INIT:-random}
+init_labels=${LDPO_INIT_LABELS:-}
+epochs=${LDPO_EPOCHS:-3}
+lr=${LDPO_LR:-}
+balanced=${LDPO_BALANCED:-0}
+split=${LDPO_SPLIT:-70/10/20}
+input_size=${LDPO_INPUT_SIZE:-224}
+batch_size=${LDPO_BATCH_SIZE:-64}
+device=${LDPO_DEVICE:-auto}
+seed=${LDPO_SEED:-0}
+workers=${LDPO_WORKERS:-0}
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --images) images=$2; shift ;;
+    --work) work=$2; shift ;;
+    --truth) truth=$2; shift ;;
+    --reports) reports=$2; shift ;;
+    --manifest) manifest=$2; shift ;;
+    --arch) arch=$2; shift ;;
+    --layer) layer=$2; shift ;;
+    --encode) encode=$2; shift ;;
+    --method) method=$2; shift ;;
+    --k) k=$2; shift ;;
+    --metric) metric=$2; shift ;;
+    --threshold) threshold=$2; shift ;;
+    --max-iter) max_iter=$2; shift ;;
+    --no-early-stop) no_early_stop=1 ;;
+    --init) init=$2; shift ;;
+    --init-labels) init_labels=$2; shift ;;
+    --epochs) epochs=$2; shift ;;
+    --lr) lr=$2; shift ;;
+    --balanced) balanced=1 ;;
+    --split) split=$2; shift ;;
+    --input-size) input_size=$2; shift ;;
+    --batch-size) batch_size=$2; shift ;;
+    --device) device=$2; shift ;;
+    --seed) seed=$2; shift ;;
+    --workers) workers=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+  shift
+done
+
+[[ -n $images ]] || die "--images is required (see --help)"
+[[ -n $work ]] || die "--work is required (see --help)"
+[[ -e $images ]] || die "$images: no such images store"
+[[ -z $truth || -f $truth ]] || die "$truth: no such truth file"
+[[ -z $init_labels || -f $init_labels ]] || die "$init_labels: no such labels file"
+[[ $max_iter =~ ^[0-9]+$ ]] || die "--max-iter $max_iter: not a whole number"
+[[ $encode =~ ^(none|fv|vlad|avg|max)$ ]] || die "--encode $encode: one of none, fv, vlad, avg, max"
+if [[ -n $reports && -z $manifest ]] || [[ -z $reports && -n $manifest ]]; then
+  die "--reports and --manifest go together"
+fi
+
+# The stage commands: override any of them to swap a stage.
+ldpo=${LDPO_BIN:-ldpo}
+read -r -a featurize_cmd <<< "${FEATURIZE_CMD:-$ldpo featurize}"
+read -r -a finetune_cmd <<< "${FINETUNE_CMD:-$ldpo finetune}"
+read -r -a encode_cmd <<< "${ENCODE_CMD:-$ldpo encode}"
+read -r -a cluster_cmd <<< "${CLUSTER_CMD:-$ldpo cluster}"
+read -r -a converge_cmd <<< "${CONVERGE_CMD:-$ldpo converge}"
+read -r -a hierarchy_cmd <<< "${HIERARCHY_CMD:-$ldpo hierarchy}"
+read -r -a keywords_cmd <<< "${KEYWORDS_CMD:-$ldpo keywords}"
+
+# A conv layer needs encoding; the default layer follows the encoding.
+if [[ -z $layer ]]; then
+  if [[ $encode == none ]]; then layer=""; else layer=conv5; fi
+fi
+
+common=(--seed "$seed" --device "$device" --workers "$workers")
+[[ ${LDPO_QUIET:-0} == 1 ]] && common+=(--quiet)
+arch_args=()
+[[ -n $arch ]] && arch_args=(--arch "$arch")
+layer_args=()
+[[ -n $layer ]] && layer_args=(--layer "$layer")
+
+mkdir -p "$work"
+history=$work/history.csv
+
+iter_dir() { printf '%s/iter-%02d' "$work" "$1"; }
+
+# featurize -> [encode] -> cluster, for the model SPEC (an --init value) into DIR.
+features_and_labels() {
+  local spec=$1 dir=$2 feats
+  feats=$dir/features.h5
+  if [[ ! -e $feats ]]; then
+    log "$(basename "$dir"): featurize"
+    local size_args=()
+    [[ $spec == checkpoint:* ]] || size_args=(--input-size "$input_size")
+    "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
+      "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${common[@]}"
+  fi
+  if [[ $encode != none ]]; then
+    local encoded=$dir/encoded.h5
+    if [[ ! -e $encoded ]]; then
+      log "$(basename "$dir"): encode ($encode)"
+      "${encode_cmd[@]}" "$feats" --out "$encoded" --method "$encode" "${common[@]}"
+    fi
+    feats=$encoded
+  fi
+  if [[ ! -e $dir/labels.csv ]]; then
+    log "$(basename "$dir"): cluster ($method, k=$k)"
+    "${cluster_cmd[@]}" "$feats" --out "$dir/labels.csv" --method "$method" --k "$k" \
+      --summary "$dir/clusters" "${common[@]}"
+  fi
+}
+
+# converge for iteration T; sets $converged to 0 (stop) or 1 (go on); aborts on anything else.
+check() {
+  local t=$1 dir prev_args=() truth_args=() metrics_args=() status
+  dir=$(iter_dir "$t")
+  [[ $t -gt 0 ]] && prev_args=(--prev "$(iter_dir $((t - 1)))/labels.csv")
+  [[ -n $truth ]] && truth_args=(--truth "$truth")
+  [[ -f $dir/metrics.json ]] && metrics_args=(--metrics-json "$dir/metrics.json")
+  set +e
+  "${converge_cmd[@]}" "$dir/labels.csv" "${prev_args[@]}" "${truth_args[@]}" "${metrics_args[@]}" \
+    --history "$history" --iteration "$t" --metric "$metric" --threshold "$threshold" \
+    --plot "$work/history.png" --quiet > "$dir/converge.txt"
+  status=$?
+  set -e
+  case $status in
+    0) converged=0 ;;
+    1) converged=1 ;;
+    *) echo "ldpo-loop: converge failed with status $status at iteration $t; stopping" >&2; exit "$status" ;;
+  esac
+}
+
+# ---- iteration 0: labels from the initial model, or the given initial labels ----------
+dir0=$(iter_dir 0)
+mkdir -p "$dir0"
+if [[ -n $init_labels ]]; then
+  [[ -e $dir0/labels.csv ]] || cp "$init_labels" "$dir0/labels.csv"
+  log "iter-00: initial labels from $init_labels"
+else
+  features_and_labels "$init" "$dir0"
+fi
+check 0
+
+# ---- iterations 1..max: finetune on the previous labels, re-featurize, re-cluster -------
+t=0
+model_spec=$init
+while (( t < max_iter )); do
+  t=$((t + 1))
+  dir=$(iter_dir "$t")
+  prev=$(iter_dir $((t - 1)))
+  mkdir -p "$dir"
+  if [[ ! -e $dir/model.pt ]]; then
+    log "iter-$(printf %02d "$t"): finetune on $(basename "$prev")/labels.csv"
+    tune_args=(--epochs "$epochs" --split "$split" --input-size "$input_size" --batch-size "$batch_size" --resume)
+    [[ -n $lr ]] && tune_args+=(--lr "$lr")
+    [[ $balanced == 1 ]] && tune_args+=(--balanced)
+    [[ $model_spec == checkpoint:* ]] && tune_args+=(--new-head)
+    "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
+      "${arch_args[@]}" "${tune_args[@]}" "${common[@]}"
+  fi
+  model_spec=checkpoint:$dir/model.pt
+  features_and_labels "$model_spec" "$dir"
+  check "$t"
+  if [[ $converged == 0 && $no_early_stop != 1 ]]; then
+    log "converged at iteration $t ($metric >= $threshold)"
+    break
+  fi
+done
+last=$t
+
+# ---- the category tree and keywords from the final model ---------------------------------
+final=$work/final
+mkdir -p "$final"
+if (( last == 0 )); then
+  log "no fine-tuning iteration ran (--max-iter 0): final labels are iteration 0's; no tree"
+  cp "$dir0/labels.csv" "$final/labels.csv"
+else
+  # The final model's classes are the labels it was trained on: the tree, the final
+  # labels and the keywords all refer to those categories.
+  trained_on=$(iter_dir $((last - 1)))/labels.csv
+  [[ -e $final/labels.csv ]] || cp "$trained_on" "$final/labels.csv"
+  if [[ ! -e $final/probs.h5 ]]; then
+    log "final: class probabilities"
+    "${featurize_cmd[@]}" "$images" --out "$final/probs.h5" --init "checkpoint:$(iter_dir "$last")/model.pt" \
+      --layer probs --batch-size "$batch_size" "${common[@]}"
+  fi
+  if [[ ! -e $final/tree/tree.json ]]; then
+    log "final: hierarchy"
+    "${hierarchy_cmd[@]}" "$final/probs.h5" "$final/labels.csv" --out "$final/tree" "${common[@]}" > "$final/levels.txt"
+  fi
+fi
+if [[ -n $reports && ! -e $final/keywords/index.html ]]; then
+  log "final: keywords"
+  "${keywords_cmd[@]}" "$final/labels.csv" --manifest "$manifest" --reports "$reports" --images "$images" \
+    --out "$final/keywords" "${common[@]}"
+fi
+
+# ---- summary --------------------------------------------------------------------------------
+awk -F, '
+  NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+  function v(name) { return (name in col && $col[name] != "") ? $col[name] : "-" }
+  function f(name) { x = v(name); return x == "-" ? x : sprintf("%.3f", x) }
+  BEGIN { printf "%-5s %5s %6s %9s %7s %10s %8s\n", "iter", "K", "top1", "nmi_prev", "purity", "nmi_truth", "purity" ;
+          printf "%-5s %5s %6s %9s %7s %10s %8s\n", "", "", "", "", "(prev)", "", "(truth)" }
+  { printf "%-5s %5s %6s %9s %7s %10s %8s\n", v("iteration"), v("k"), f("top1"), f("nmi_prev"),
+           f("purity_prev"), f("nmi_truth"), f("purity_truth") }
+' "$history"
+echo "history: $history  plot: $work/history.png"
+[[ -e $final/tree/tree.png ]] && echo "tree: $final/tree/tree.png ($(tr '\n' ' ' < "$final/levels.txt"))"
+[[ -e $final/keywords/index.html ]] && echo "review sheet: $final/keywords/index.html"
+echo "final labels: $final/labels.csv"
