@@ -1,0 +1,307 @@
+"""``topic-label``: LDA topics of the radiology reports as initial image labels (Shin et al.).
+
+Reports (CSV ``report_id,text`` or a folder of ``.txt``) are cleaned with
+:mod:`ldpo.common.text` and modelled with gensim's LDA (``LdaModel``, or
+``LdaMulticore`` with ``--workers`` > 1), trained on every report in REPORTS. Each
+image of the manifest gets the dominant topic of its text: its whole report
+(``--scope report``, the default), or the manifest's ``sentence`` / ``context`` for
+that image (the model's θ inferred on that text; an image whose text has no usable
+word falls back to its report's topic).
+
+With a grid (``--topics 10,20,40,80``) K is chosen by document-completion perplexity
+on an 80/20 split of the reports: fit on 80 %; for each held-out report infer θ from
+a random half of its words and score the other half under θ·φ. The chosen K is the
+first one whose relative decrease to the next K is below ``--flatten`` (the point
+where the curve flattens, as Shin et al. did); the final model is then fit on all
+reports. gensim's own ``log_perplexity`` is not used: on held-out documents it rises
+with K almost always, so its minimum is the smallest K.
+
+Outputs: LABELS (``id,label,topic_weight``; labels are topic numbers, only those
+that occur), and beside LABELS: ``topics.csv`` (``topic,rank,word,weight``, rank from
+1), and with a grid ``perplexity.csv`` (``k,perplexity,relative_decrease,chosen``) and
+``perplexity.png``. ``--model-dir`` also saves the gensim model and dictionary there.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional
+from ldpo.common.errors import InputError
+from ldpo.common.labels import write_labels
+from ldpo.common.stores import atomic_path
+from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports
+
+log = logging.getLogger("ldpo")
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    reports: str = positional("reports: CSV with report_id,text columns, or a folder of .txt files")
+    manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)")
+    out: str = opt("output labels CSV (topics.csv and perplexity files are written beside it)")
+    topics: str = opt("number of topics K, or a comma-separated grid to choose from by perplexity", "80")
+    scope: str = opt("text that labels an image", "report", choices=["report", "sentence", "context"])
+    passes: int = opt("LDA passes over the corpus", 20)
+    iterations: int = opt("LDA inference iterations per document", 100)
+    flatten: float = opt("grid rule: choose the first K whose relative perplexity decrease to the next K is below this",
+                         0.05)
+    holdout: float = opt("fraction of reports held out to score the grid", 0.2)
+    min_df: int = opt("drop words found in fewer reports than this", 2)
+    max_df: float = opt("drop words found in more than this fraction of the reports (boilerplate)", 0.5)
+    stem: bool = opt("Porter-stem words", False)
+    topic_words: int = opt("words per topic in topics.csv", 20)
+    model_dir: str = opt("folder to save the gensim model and dictionary in", "")
+    allow_missing: bool = opt("skip (instead of failing on) images whose report is missing or has no usable words",
+                              False)
+
+
+def parse_grid(text: str) -> list[int]:
+    try:
+        grid = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise InputError(f"--topics {text!r}: give an integer or a comma-separated list of integers") from None
+    if not grid or grid[0] < 2:
+        raise InputError(f"--topics {text!r}: every K must be >= 2")
+    return grid
+
+
+# -- LDA --------------------------------------------------------------------------------
+
+
+def fit_lda(corpus: list, dictionary, k: int, opts: Options):
+    """An LDA model with K topics; deterministic for a seed (with ``--workers`` <= 1)."""
+    from gensim.models import LdaModel, LdaMulticore
+
+    common = dict(corpus=corpus, id2word=dictionary, num_topics=k, passes=opts.passes,
+                  iterations=opts.iterations, random_state=opts.seed, chunksize=2000, eval_every=None)
+    if opts.workers > 1:
+        return LdaMulticore(workers=opts.workers, **common)
+    return LdaModel(**common)
+
+
+def doc_topics(model, bows: list, chunk: int = 2000) -> np.ndarray:
+    """θ ``[len(bows), K]``: each document's topic proportions."""
+    out = np.zeros((len(bows), model.num_topics))
+    for lo in range(0, len(bows), chunk):
+        gamma, _ = model.inference(bows[lo:lo + chunk])
+        out[lo:lo + chunk] = gamma / gamma.sum(axis=1, keepdims=True)
+    return out
+
+
+def completion_perplexity(model, docs: list[list[int]], rng: np.random.Generator) -> float:
+    """Document-completion perplexity: θ from a random half of each doc, scored on the other half."""
+    phi = model.get_topics()  # [K, V], rows sum to 1
+    total_log, total_words = 0.0, 0
+    for words in docs:
+        if len(words) < 2:
+            continue
+        words = rng.permutation(np.asarray(words))
+        half = len(words) // 2
+        seen, hidden = words[:half], words[half:]
+        theta = doc_topics(model, [sorted(Counter(seen.tolist()).items())])[0]
+        p = theta @ phi[:, hidden]
+        total_log += float(np.log(np.maximum(p, 1e-300)).sum())
+        total_words += len(hidden)
+    if total_words == 0:
+        raise InputError("held-out reports have no words to score: use fewer topics or more reports")
+    return float(np.exp(-total_log / total_words))
+
+
+def relative_decrease(perplexity: list[float]) -> list[float]:
+    """``(p[i] - p[i+1]) / p[i]`` for each K but the last (NaN there)."""
+    p = np.asarray(perplexity, dtype=float)
+    return [*((p[:-1] - p[1:]) / p[:-1]).tolist(), float("nan")]
+
+
+def choose_k(grid: list[int], perplexity: list[float], flatten: float) -> int:
+    """The first K whose relative decrease to the next K is below ``flatten`` (else the last K)."""
+    for k, dec in zip(grid, relative_decrease(perplexity)):
+        if dec < flatten:
+            return k
+    return grid[-1]
+
+
+def grid_search(docs: list[list[str]], grid: list[int], opts: Options) -> list[float]:
+    """Completion perplexity of each K on a held-out split of ``docs``."""
+    from gensim.corpora import Dictionary
+
+    rng = np.random.default_rng(opts.seed)
+    n_test = int(round(len(docs) * opts.holdout))
+    if n_test < 1 or len(docs) - n_test < 2:
+        raise InputError(f"{opts.reports}: {len(docs)} reports are too few to choose K by held-out perplexity "
+                         "(give one K)")
+    order = rng.permutation(len(docs))
+    train = [docs[i] for i in order[n_test:]]
+    test = [docs[i] for i in order[:n_test]]
+    dictionary = Dictionary(train)
+    corpus = [dictionary.doc2bow(d) for d in train]
+    test_ids = [[dictionary.token2id[w] for w in d if w in dictionary.token2id] for d in test]
+    scores = []
+    for k in grid:
+        model = fit_lda(corpus, dictionary, k, opts)
+        scores.append(completion_perplexity(model, test_ids, np.random.default_rng([opts.seed, k])))
+        log.info("K=%d: held-out completion perplexity %.1f", k, scores[-1])
+    return scores
+
+
+# -- outputs ----------------------------------------------------------------------------
+
+
+def write_topics(path: Path, model, cleaner: Cleaner, topn: int) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["topic", "rank", "word", "weight"])
+        for t in range(model.num_topics):
+            for rank, (word, weight) in enumerate(model.show_topic(t, topn), start=1):
+                writer.writerow([t, rank, cleaner.display(word), f"{weight:.6g}"])
+
+
+def write_perplexity(folder: Path, grid: list[int], scores: list[float], chosen: int, flatten: float) -> None:
+    decrease = relative_decrease(scores)
+    with atomic_path(folder / "perplexity.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["k", "perplexity", "relative_decrease", "chosen"])
+        for k, p, d in zip(grid, scores, decrease):
+            writer.writerow([k, f"{p:.4f}", "" if np.isnan(d) else f"{d:.4f}", int(k == chosen)])
+    plot_perplexity(folder / "perplexity.png", grid, scores, decrease, chosen, flatten)
+
+
+def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    top.plot(grid, scores, "o-")
+    top.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen K = {chosen}")
+    top.set_ylabel("held-out completion perplexity")
+    top.legend()
+    bottom.plot(grid[:-1], [d * 100 for d in decrease[:-1]], "s-", color="tab:green",
+                label="decrease to the next K")
+    bottom.axhline(flatten * 100, color="tab:red", linestyle=":", label=f"rule: first K below {flatten:.0%}")
+    bottom.axvline(chosen, color="tab:red", linestyle="--")
+    bottom.set_ylabel("relative decrease (%)")
+    bottom.set_xlabel("number of topics K")
+    bottom.set_xscale("log", base=2)
+    bottom.set_xticks(grid, [str(k) for k in grid])
+    bottom.legend()
+    fig.suptitle("topic-label: choosing K where perplexity flattens")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+class TopicLabelTool(Tool):
+    name = "topic-label"
+    description = ("Label key images by the dominant LDA topic of their reports (gensim); with a grid of K, "
+                   "choose K by held-out document-completion perplexity. Writes LABELS (id,label,topic_weight), "
+                   "topics.csv and perplexity.csv/.png beside it.")
+    example = ("topic-label reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
+               "topic-label reports/ --manifest manifest.csv --out lda/labels.csv --topics 10,20,40,80 --seed 1")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        from gensim.corpora import Dictionary
+
+        grid = parse_grid(opts.topics)
+        if not 0 < opts.holdout < 1 or not 0 < opts.max_df <= 1 or opts.passes < 1 or opts.iterations < 1:
+            raise InputError("--holdout must be in (0, 1), --max-df in (0, 1], --passes and --iterations >= 1")
+        cleaner = Cleaner(stem=opts.stem)
+        reports = read_reports(opts.reports)
+        need = () if opts.scope == "report" else (opts.scope,)
+        manifest = read_manifest(opts.manifest, need=need)
+        report_ids = list(reports)
+        docs = [cleaner.words(reports[r]) for r in report_ids]
+
+        dictionary = Dictionary(docs)
+        dictionary.filter_extremes(no_below=min(opts.min_df, max(1, len(docs) // 2)), no_above=opts.max_df,
+                                   keep_n=None)
+        docs = [[w for w in d if w in dictionary.token2id] for d in docs]
+        usable = {r for r, d in zip(report_ids, docs) if d}
+        skipped = self.check_missing(opts, manifest, reports, usable)
+        if len(dictionary) == 0:
+            raise InputError(f"{opts.reports}: no usable words in the reports")
+
+        chosen, scores = grid[0], None
+        if len(grid) > 1:
+            scores = grid_search([d for d in docs if d], grid, opts)
+            chosen = choose_k(grid, scores, opts.flatten)
+            log.info("chose K=%d (first K whose decrease to the next is below %.0f%%)", chosen, opts.flatten * 100)
+        corpus = [dictionary.doc2bow(d) for d in docs]
+        model = fit_lda(corpus, dictionary, chosen, opts)
+        theta = dict(zip(report_ids, doc_topics(model, corpus)))
+
+        ids, labels, weights = self.assign(opts, manifest, theta, skipped, model, dictionary, cleaner)
+        write_labels(opts.out, ids, labels, {"topic_weight": [f"{w:.4f}" for w in weights]})
+        folder = Path(opts.model_dir) if opts.out == "-" and opts.model_dir else Path(opts.out).parent
+        write_topics(folder / "topics.csv", model, cleaner, opts.topic_words)
+        if scores is not None:
+            write_perplexity(folder, grid, scores, chosen, opts.flatten)
+        if opts.model_dir:
+            self.save_model(Path(opts.model_dir), model, dictionary)
+        log.info("labelled %d images with %d of %d topics", len(ids), len(set(labels)), chosen)
+        return 0
+
+    def check_missing(self, opts: Options, manifest, reports: dict, usable: set[str]) -> set[str]:
+        """Manifest ids without a report, or whose report has no usable word: error unless allowed."""
+        absent = set(missing_reports(manifest, reports))
+        empty = {i for i, r in zip(manifest.ids, manifest.column("report_id")) if r in reports and r not in usable}
+        for bad, what in ((absent, "refer to no report in " + opts.reports), (empty, "have reports with no usable words")):
+            if bad and not opts.allow_missing:
+                first = next(i for i in manifest.ids if i in bad)
+                raise InputError(f"{opts.manifest}: {len(bad)} image(s) {what}, e.g. {first!r} "
+                                 "(--allow-missing skips them)")
+        if absent | empty:
+            log.warning("skipping %d image(s) without a usable report", len(absent | empty))
+        if len(absent | empty) == len(manifest.ids):
+            raise InputError(f"{opts.manifest}: no image has a usable report in {opts.reports}")
+        return absent | empty
+
+    def assign(self, opts: Options, manifest, theta: dict, skipped: set[str], model, dictionary, cleaner):
+        """Each image's dominant topic and its weight."""
+        keep = [i for i, ident in enumerate(manifest.ids) if ident not in skipped]
+        ids = [manifest.ids[i] for i in keep]
+        dist = np.asarray([theta[manifest.rows[i]["report_id"]] for i in keep])
+        if opts.scope != "report":
+            texts = [manifest.rows[i][opts.scope] for i in keep]
+            bows = [dictionary.doc2bow(cleaner.words(t)) for t in texts]
+            has_words = np.array([bool(b) for b in bows])
+            if has_words.any():
+                dist[has_words] = doc_topics(model, [b for b in bows if b])
+            if (~has_words).any():
+                log.info("%d image(s) have no usable word in their %s: labelled by their whole report",
+                         int((~has_words).sum()), opts.scope)
+        return ids, dist.argmax(axis=1), dist.max(axis=1)
+
+    def save_model(self, folder: Path, model, dictionary) -> None:
+        """``lda.model`` (+ gensim's side files ``lda.model.*``) and ``lda.dictionary`` in ``folder``."""
+        import os
+        import shutil
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".lda-", dir=folder))
+        try:
+            model.save(str(tmp / "lda.model"))
+            dictionary.save(str(tmp / "lda.dictionary"))
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, folder / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("saved the LDA model to %s", folder / "lda.model")
+
+
+TOOL = TopicLabelTool
+main = TopicLabelTool.console
