@@ -1,0 +1,394 @@
+"""``extract-keyimages``: a DICOM tree + reports (or NIfTI files, or an image folder) → images store.
+
+Two passes over the files, sorted by path. Pass 1 indexes headers (pixel data is not
+read) so the key images and their number N are known; pass 2 decodes only the selected
+frames, in parallel with ``--workers``, and streams them row by row into the store, so
+memory stays flat however large the archive.
+
+Outputs in ``--out DIR``: ``images.h5|zarr`` (``images`` uint8 [N,size,size], ``ids``),
+``manifest.csv`` (id,study,patient,series,instance,frame,modality,report_id,sentence,context),
+``rejects.csv`` (path,reference,reason), and for an image folder with class
+sub-folders ``truth.csv`` (id,label) and ``classes.csv`` (label,name). Ids, study and
+patient keys are salted hashes: no patient name, birth date or UID leaves this stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
+from ldpo.common.errors import InputError
+from ldpo.common.labels import write_labels
+from ldpo.common.stores import atomic_path, create_store, open_store, remove, replace
+from ldpo.stages.extract_keyimages.pixels import parse_window
+from ldpo.stages.extract_keyimages.references import mentions
+from ldpo.stages.extract_keyimages.reports import UID_LIKE, Pseudonyms, Report, read_reports, scrubber
+from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_file, read_file, walk
+
+log = logging.getLogger("ldpo")
+
+DEFAULT_SALT = "ldpo-default-salt"
+MANIFEST_COLUMNS = ["id", "study", "patient", "series", "instance", "frame", "modality", "report_id", "sentence",
+                    "context"]
+REJECT_COLUMNS = ["path", "reference", "reason"]
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    source: str = positional("DICOM tree, NIfTI file/folder, or folder of PNG/JPEG images (class sub-folders optional)")
+    out: str = opt("output folder")
+    reports: str = opt("reports: CSV (report_id,text + accession or study_uid) or a folder of .txt", "")
+    all_slices: bool = opt("every slice (every --every-th) instead of the key images the reports reference", False)
+    every: int = opt("with --all-slices and NIfTI: keep every k-th slice", 1)
+    size: int = opt("output image side in pixels (padded to square with black, then resized)", 256)
+    window: str = opt("override the header window: CENTER,WIDTH or a preset (brain, lung, abdomen, bone, ...)", "")
+    window_index: int = opt("which value of a multi-valued WindowCenter/Width to use", 0)
+    salt: str = opt("salt of the pseudonymous ids (default: $LDPO_SALT)", "")
+    format: str = opt("images store format", "h5", choices=["h5", "zarr"])
+
+
+@dataclass
+class Item:
+    """One output image: where its pixels are and what the manifest says about it."""
+
+    path: str
+    kind: str
+    frame: int
+    id: str
+    study: str = ""
+    patient: str = ""
+    series: int | str = ""
+    instance: int | str = ""
+    modality: str = ""
+    report_id: str = ""
+    sentence: str = ""
+    context: str = ""
+    label: str = ""
+
+    def row(self) -> list:
+        return [self.id, self.study, self.patient, self.series, self.instance, self.frame, self.modality,
+                self.report_id, self.sentence, self.context]
+
+
+@dataclass
+class Reject:
+    path: str
+    reference: str
+    reason: str
+
+
+def pool_map(func: Callable, items: list, workers: int, desc: str) -> Iterator:
+    """``func`` over ``items`` in order, in ``workers`` processes when asked, with a progress bar."""
+    if workers > 0 and len(items) > 1:
+        with multiprocessing.get_context().Pool(workers) as pool:
+            chunk = max(1, min(64, len(items) // (workers * 8)))
+            yield from progress(pool.imap(func, items, chunksize=chunk), total=len(items), desc=desc)
+    else:
+        yield from progress((func(item) for item in items), total=len(items), desc=desc)
+
+
+class Extractor:
+    """One run: index, select, render, write. Holds only headers, never pixels."""
+
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.source = Path(opts.source)
+        self.out = Path(opts.out)
+        self.window = parse_window(opts.window)
+        salt = opts.salt or os.environ.get("LDPO_SALT", "")
+        if not salt:
+            log.warning("no --salt and no LDPO_SALT: using the built-in salt, so pseudonyms are guessable")
+        self.pseudo = Pseudonyms(salt or DEFAULT_SALT)
+        self.rejects: list[Reject] = []
+        self.reports_name = Path(opts.reports).name if opts.reports else ""
+
+    # -- pass 1 -----------------------------------------------------------------------
+    def index(self) -> list[Record]:
+        files = walk(self.source)
+        if not files:
+            raise InputError(f"{self.source}: holds no DICOM, NIfTI or image files")
+        records, sops = [], set()
+        for result in pool_map(index_file, files, self.opts.workers, "index"):
+            if isinstance(result, Failure):
+                self.reject_file(result.path, result.reason)
+            elif result.kind == "dicom" and result.sop_uid and result.sop_uid in sops:
+                self.reject_file(result.path, "duplicate SOP instance (the same object as another file)")
+            else:
+                sops.add(result.sop_uid)
+                records.append(result)
+        log.info("indexed %d files: %d usable objects, %d rejected", len(files), len(records), len(self.rejects))
+        return records
+
+    # -- selection ----------------------------------------------------------------------
+    def select(self, records: list[Record], reports: list[Report]) -> list[Item]:
+        dicom = [r for r in records if r.kind == "dicom"]
+        keyed = self.key_images(dicom, reports) if reports else {}
+        study_report = {uid: rid for (uid, rid) in self.linked(dicom, reports)} if reports else {}
+        every_slice = self.opts.all_slices or not reports
+        if dicom and not reports and not self.opts.all_slices:
+            log.info("no --reports: taking every slice (every %d)", self.opts.every)
+        items = []
+        for record in dicom:
+            items += self.dicom_items(record, keyed, study_report, every_slice)
+        for record in records:
+            if record.kind == "nifti":
+                items += self.nifti_items(record)
+            elif record.kind == "image":
+                items.append(self.image_item(record, reports))
+        return sorted(items, key=lambda it: (it.path, it.frame))
+
+    def linked(self, dicom: list[Record], reports: list[Report]) -> Iterator[tuple[str, str]]:
+        """(study_uid, report_id) for every report that matches a study, first report per study wins."""
+        by_accession = defaultdict(set)
+        uids = set()
+        for r in dicom:
+            uids.add(r.study_uid)
+            if r.accession:
+                by_accession[r.accession].add(r.study_uid)
+        seen = set()
+        for report in reports:
+            studies = by_accession.get(report.accession, set()) if report.accession else set()
+            if report.study_uid in uids:
+                studies = studies | {report.study_uid}
+            for uid in sorted(studies - seen):
+                seen.add(uid)
+                yield uid, report.report_id
+
+    def key_images(self, dicom: list[Record], reports: list[Report]) -> dict[tuple[str, int], tuple[Report, str, str]]:
+        """(path, frame) → (report, sentence, context) for every image a report references."""
+        studies = defaultdict(list)
+        for r in dicom:
+            studies[r.study_uid].append(r)
+        by_report = defaultdict(list)
+        for uid, rid in self.linked(dicom, reports):
+            by_report[rid].append(uid)
+        chosen: dict[tuple[str, int], tuple[Report, str, str]] = {}
+        for report in reports:
+            records = [r for uid in by_report.get(report.report_id, []) for r in studies[uid]]
+            if not records:
+                self.reject_reference(report, "", "no DICOM study matches the report")
+                continue
+            found = mentions(report.text)
+            if not found:
+                self.reject_reference(report, "", "report has no image reference")
+                continue
+            scrub = scrubber(sorted({p for r in records for p in r.phi}))
+            for mention in found:
+                for ref in mention.references:
+                    for key in self.resolve(report, ref, records):
+                        chosen.setdefault(key, (report, scrub(mention.sentence), scrub(mention.context)))
+        return chosen
+
+    def resolve(self, report: Report, ref, records: list[Record]) -> list[tuple[str, int]]:
+        """The (path, frame) pairs a reference names; what it cannot find becomes a reject."""
+        series = defaultdict(list)
+        for r in records:
+            series[r.series_number].append(r)
+        number = ref.series
+        if number is None:
+            if len(series) != 1:
+                self.reject_reference(report, ref.text, f"ambiguous reference: no series given and the study has "
+                                                        f"{len(series)} series")
+                return []
+            number = next(iter(series))
+        if number not in series:
+            self.reject_reference(report, ref.text, f"reference not found: no series {number} in the study")
+            return []
+        members = series[number]
+        by_instance = defaultdict(list)
+        for r in members:
+            by_instance[r.instance_number].append(r)
+        keys, missing = [], []
+        for image in ref.images:
+            if image in by_instance:
+                keys += [(r.path, f) for r in by_instance[image] for f in range(r.frames)]
+            elif len(members) == 1 and 1 <= image <= members[0].frames:  # one multi-frame object: image = frame
+                keys.append((members[0].path, image - 1))
+            else:
+                missing.append(image)
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+            self.reject_reference(report, ref.text, f"reference not found: no image {shown} in series {number}")
+        return keys
+
+    def dicom_items(self, record: Record, keyed: dict, study_report: dict, every_slice: bool) -> list[Item]:
+        if every_slice:
+            frames = range(record.frames)
+        else:
+            frames = [f for f in range(record.frames) if (record.path, f) in keyed]
+        items = []
+        for frame in frames:
+            report, sentence, context = keyed.get((record.path, frame), (None, "", ""))
+            items.append(Item(
+                path=record.path, kind="dicom", frame=frame,
+                id=self.pseudo("image", record.sop_uid or self.relative(record.path), frame, length=16),
+                study=self.pseudo("study", record.study_uid), patient=self.pseudo("patient", record.patient_id),
+                series="" if record.series_number is None else record.series_number,
+                instance="" if record.instance_number is None else record.instance_number,
+                modality=record.modality, report_id=report.report_id if report else study_report.get(record.study_uid, ""),
+                sentence=sentence, context=context))
+        return items
+
+    def thin_slices(self, items: list[Item]) -> list[Item]:
+        """Every ``--every``-th DICOM slice of each series (by instance number, then frame)."""
+        every = max(1, self.opts.every)
+        if every == 1:
+            return items
+        groups = defaultdict(list)
+        for it in items:
+            if it.kind == "dicom":
+                groups[(it.study, it.series)].append(it)
+        keep = {id(it) for it in items if it.kind != "dicom"}
+        for members in groups.values():
+            members.sort(key=lambda it: (it.instance if isinstance(it.instance, int) else 0, it.path, it.frame))
+            keep.update(id(it) for it in members[::every])
+        return [it for it in items if id(it) in keep or it.sentence]
+
+    def nifti_items(self, record: Record) -> list[Item]:
+        rel = self.relative(record.path)
+        study = self.pseudo("study", "nifti", rel)
+        return [Item(path=record.path, kind="nifti", frame=k, id=self.pseudo("nifti", rel, k, length=16), study=study,
+                     series=1, instance=k + 1, modality="NIFTI")
+                for k in range(0, record.frames, max(1, self.opts.every))]
+
+    def image_item(self, record: Record, reports: list[Report]) -> Item:
+        rel = Path(self.relative(record.path))
+        stem = rel.name.split(".")[0]
+        report_id = stem if any(r.report_id == stem for r in reports) else ""
+        label = rel.parts[0] if len(rel.parts) > 1 else ""
+        return Item(path=record.path, kind="image", frame=0, id=self.pseudo("file", rel.as_posix(), length=16),
+                    report_id=report_id, label=label)
+
+    # -- pass 2 -------------------------------------------------------------------------
+    def render(self, items: list[Item], store_path: Path) -> list[Item]:
+        """Decode the selected frames into the store; return the items that made it."""
+        jobs, rows = [], []
+        for it in items:
+            if jobs and jobs[-1].path == it.path:
+                jobs[-1].frames.append(it.frame)
+                rows[-1].append(it)
+            else:
+                jobs.append(Job(it.path, it.kind, [it.frame], self.opts.size, self.window, self.opts.window_index))
+                rows.append([it])
+        partial = store_path.with_name(f".partial-{store_path.name}")
+        size = self.opts.size
+        kept: list[Item] = []
+        attrs = {"stage": "extract-keyimages", "size": size, "window": self.opts.window or "header",
+                 "window_index": self.opts.window_index, "all_slices": bool(self.opts.all_slices),
+                 "every": self.opts.every}
+        with create_store(partial, n=len(items), arrays={"images": ((size, size), "uint8")},
+                          ids=[it.id for it in items], attrs=attrs) as store:
+            row = 0
+            for (images, reason), members in zip(pool_map(read_file, jobs, self.opts.workers, "pixels"), rows):
+                if reason or len(images) != len(members):
+                    self.reject_file(members[0].path, reason or "fewer frames than the header says")
+                    row += len(members)
+                    continue
+                for image, it in zip(images, members):
+                    store.write("images", row, image[None])
+                    row += 1
+                kept += members
+        if len(kept) == len(items):
+            replace(partial, store_path)
+        elif kept:
+            self.compact(partial, store_path, items, kept, attrs)
+        else:
+            remove(partial)
+        return kept
+
+    def compact(self, partial: Path, store_path: Path, items: list[Item], kept: list[Item], attrs: dict) -> None:
+        """Copy the rows that decoded into the final store (only when some file failed in pass 2)."""
+        keep = {it.id for it in kept}
+        rows = [i for i, it in enumerate(items) if it.id in keep]
+        size = self.opts.size
+        try:
+            with open_store(partial, expect="images") as src, \
+                    create_store(store_path, n=len(rows), arrays={"images": ((size, size), "uint8")},
+                                 ids=[items[i].id for i in rows], attrs=attrs) as dst:
+                for start in range(0, len(rows), 256):
+                    block = rows[start:start + 256]
+                    dst.write("images", start, src.take("images", block))
+        finally:
+            remove(partial)
+
+    # -- outputs --------------------------------------------------------------------------
+    def relative(self, path: str) -> str:
+        p = Path(path)
+        try:
+            rel = p.relative_to(self.source) if self.source.is_dir() else Path(p.name)
+        except ValueError:
+            rel = p
+        return rel.as_posix()
+
+    def shown_path(self, path: str) -> str:
+        """A path for rejects.csv: relative to SOURCE, UID-like names replaced by their pseudonym."""
+        return UID_LIKE.sub(lambda m: "uid-" + self.pseudo("path-uid", m.group(0)), self.relative(path))
+
+    def reject_file(self, path: str, reason: str) -> None:
+        self.rejects.append(Reject(self.shown_path(path), "", reason))
+
+    def reject_reference(self, report: Report, reference: str, reason: str) -> None:
+        where = f"{self.reports_name}#{report.report_id}"
+        self.rejects.append(Reject(where, f"{report.report_id}: {reference}" if reference else report.report_id, reason))
+
+    def write_csv(self, path: Path, header: list[str], rows: Iterable[list]) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh, lineterminator="\n")
+                writer.writerow(header)
+                writer.writerows(rows)
+
+    def write_truth(self, items: list[Item]) -> None:
+        if not items or any(it.kind != "image" or not it.label for it in items):
+            return
+        names = sorted({it.label for it in items})
+        index = {name: i for i, name in enumerate(names)}
+        write_labels(self.out / "truth.csv", [it.id for it in items], [index[it.label] for it in items])
+        self.write_csv(self.out / "classes.csv", ["label", "name"], [[i, n] for i, n in enumerate(names)])
+        log.info("class sub-folders: wrote truth.csv for %d classes", len(names))
+
+    def run(self) -> int:
+        if not self.source.exists():
+            raise InputError(f"{self.source}: no such file or folder")
+        if self.opts.size < 8:
+            raise InputError(f"--size {self.opts.size}: must be at least 8")
+        reports = read_reports(self.opts.reports) if self.opts.reports else []
+        records = self.index()
+        items = self.select(records, reports)
+        if self.opts.all_slices or not reports:
+            items = self.thin_slices(items)
+        self.out.mkdir(parents=True, exist_ok=True)
+        store_path = self.out / f"images.{self.opts.format}"
+        kept = self.render(items, store_path) if items else []
+        self.write_csv(self.out / "rejects.csv", REJECT_COLUMNS,
+                       [[r.path, r.reference, r.reason] for r in self.rejects])
+        if not kept:
+            raise InputError(f"{self.source}: nothing usable ({len(self.rejects)} rejects, see {self.out / 'rejects.csv'})")
+        self.write_csv(self.out / "manifest.csv", MANIFEST_COLUMNS, (it.row() for it in kept))
+        self.write_truth(kept)
+        log.info("wrote %d images to %s (%d rejects)", len(kept), store_path, len(self.rejects))
+        return 0
+
+
+class ExtractKeyImagesTool(Tool):
+    name = "extract-keyimages"
+    description = ("Extract key images (those the reports reference), every slice, NIfTI slices, or an image folder "
+                   "into an images store, with a pseudonymous manifest and a rejects list.")
+    example = ("extract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/ --size 256 --workers 4\n"
+               "extract-keyimages volumes/ --out slices/ --all-slices --every 5 --window abdomen\n"
+               "extract-keyimages texture25-folder/ --out t25/ --size 128")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        return Extractor(opts).run()
+
+
+TOOL = ExtractKeyImagesTool
+main = ExtractKeyImagesTool.console

@@ -1,0 +1,244 @@
+"""What a SOURCE holds, in two passes over its files.
+
+Pass 1 (:func:`index_file`) reads headers only: DICOM with pixel data deferred (its
+length and file offset are checked against the file size, the bytes are not read),
+NIfTI headers, image sizes. Pass 2 (:func:`read_file`) decodes the frames that were
+selected and turns them into uint8 ``size``×``size`` images. Both are plain functions of
+picklable arguments so a process pool can run them; each returns records or a reason,
+never raises for a bad file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.stages.extract_keyimages.pixels import dicom_frame, fit, scale, volume_window
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SKIP_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".py", ".sh", ".zip", ".gz", ".log")
+
+
+def kind_of(path: Path) -> str | None:
+    """``dicom``, ``nifti``, ``image``, or None for files that are not images (reports, notes)."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if name.startswith(".") or name.endswith(SKIP_SUFFIXES):
+        return None
+    return "dicom"
+
+
+def walk(source: Path) -> list[tuple[str, str]]:
+    """``(path, kind)`` of every candidate file under ``source`` (or ``source`` itself), sorted by path."""
+    if source.is_file():
+        kind = kind_of(source) or "dicom"
+        return [(str(source), kind)]
+    found = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(root) / name
+            kind = kind_of(path)
+            if kind:
+                found.append((str(path), kind))
+    return sorted(found)
+
+
+@dataclass
+class Record:
+    """One object found in pass 1 (a DICOM instance, a NIfTI volume, or an image file)."""
+
+    path: str
+    kind: str
+    frames: int = 1
+    study_uid: str = ""
+    accession: str = ""
+    patient_id: str = ""
+    series_uid: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    sop_uid: str = ""
+    modality: str = ""
+    phi: list[str] = field(default_factory=list)  # names and birth date, to scrub from report text
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+def index_file(item: tuple[str, str]) -> Record | Failure:
+    path, kind = item
+    try:
+        if kind == "dicom":
+            return _index_dicom(path)
+        if kind == "nifti":
+            return _index_nifti(path)
+        return _index_image(path)
+    except Exception as err:  # noqa: BLE001 - any failure of one file is a reject, the batch goes on
+        return Failure(path, f"unreadable: {_short(err)}")
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
+def _int(value) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _index_dicom(path: str) -> Record | Failure:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import get_decoder
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError:
+        return Failure(path, "unreadable: not a DICOM file")
+    if "PixelData" not in ds:
+        what = ds.get("Modality", "") or "non-image"
+        return Failure(path, f"no pixel data ({what} object)")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        return Failure(path, "unreadable: no transfer syntax in the file meta information")
+    decoder = get_decoder(syntax)
+    if not decoder.is_available:
+        return Failure(path, f"compressed syntax without a decoder: {syntax.name}")
+    truncated = _truncated(path, ds)
+    if truncated:
+        return Failure(path, truncated)
+    name = str(ds.get("PatientName", "") or "")
+    phi = [p for p in re.split(r"[\^=\s,]+", name) if len(p) >= 2]
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    if birth:
+        phi.append(birth)
+    return Record(
+        path=path, kind="dicom", frames=max(1, _int(ds.get("NumberOfFrames", 1)) or 1),
+        study_uid=str(ds.get("StudyInstanceUID", "")), accession=str(ds.get("AccessionNumber", "") or ""),
+        patient_id=str(ds.get("PatientID", "") or ""), series_uid=str(ds.get("SeriesInstanceUID", "")),
+        series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
+        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), phi=phi)
+
+
+def _truncated(path: str, ds) -> str:
+    """A reason when the pixel data is shorter than the header says, else ''."""
+    raw = ds._dict.get(0x7FE00010)
+    length, offset = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if length is None or offset is None or length == 0xFFFFFFFF:
+        return ""  # already read, or encapsulated (undefined length): the decoder will tell
+    size = os.path.getsize(path)
+    if offset + length > size:
+        return f"truncated pixel data: {size - offset} of {length} bytes"
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = (_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * (_int(ds.get("SamplesPerPixel", 1)) or 1) \
+            * max(1, _int(ds.get("NumberOfFrames", 1)) or 1) * (_int(ds.get("BitsAllocated", 8)) or 8) // 8
+        if length < expected:
+            return f"truncated pixel data: {length} of {expected} bytes"
+    return ""
+
+
+def _index_nifti(path: str) -> Record | Failure:
+    import nibabel as nib
+    from nibabel.orientations import io_orientation
+
+    img = nib.load(path)
+    shape = img.shape
+    if len(shape) < 3 or min(shape[:3]) < 1:
+        return Failure(path, f"not a 3-D volume (shape {tuple(shape)})")
+    ornt = io_orientation(img.affine)
+    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # input axis that becomes S
+    return Record(path=path, kind="nifti", frames=int(shape[axial_axis]), modality="NIFTI")
+
+
+def _index_image(path: str) -> Record | Failure:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.verify()
+    return Record(path=path, kind="image")
+
+
+@dataclass
+class Job:
+    """Pass 2 work for one file: which frames, and how to render them."""
+
+    path: str
+    kind: str
+    frames: list[int]
+    size: int
+    window: tuple[float, float] | None
+    window_index: int
+
+
+def read_file(job: Job) -> tuple[list[np.ndarray], str]:
+    """The selected frames as uint8 ``size``×``size`` images, or ``([], reason)``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if job.kind == "dicom":
+                return _read_dicom(job), ""
+            if job.kind == "nifti":
+                return _read_nifti(job), ""
+            return _read_image(job), ""
+    except Exception as err:  # noqa: BLE001 - a file that fails to decode is a reject
+        return [], f"pixel data cannot be decoded: {_short(err)}"
+
+
+def _read_dicom(job: Job) -> list[np.ndarray]:
+    import pydicom
+    from pydicom.pixels import iter_pixels
+
+    ds = pydicom.dcmread(job.path)
+    frames = iter_pixels(ds, indices=job.frames) if job.frames != [0] or "NumberOfFrames" in ds else [ds.pixel_array]
+    return [fit(dicom_frame(frame, ds, job.window, job.window_index), job.size) for frame in frames]
+
+
+def canonical_volume(path: str) -> np.ndarray:
+    """A NIfTI volume in closest-canonical (RAS) orientation, float32, first volume of 4-D data."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    while data.ndim > 3:
+        data = data[..., 0]
+    return data
+
+
+def axial_slice(volume: np.ndarray, k: int) -> np.ndarray:
+    """Axial slice ``k`` of a RAS volume, displayed radiologically (anterior up, patient's right on the left)."""
+    return volume[::-1, ::-1, k].T
+
+
+def _read_nifti(job: Job) -> list[np.ndarray]:
+    volume = canonical_volume(job.path)
+    lo, hi = volume_window(volume, job.window)
+    return [fit(scale(axial_slice(volume, k), lo, hi), job.size) for k in job.frames]
+
+
+def _read_image(job: Job) -> list[np.ndarray]:
+    from PIL import Image
+
+    with Image.open(job.path) as img:
+        if img.mode in ("I", "I;16", "I;16B", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            gray = scale(arr, float(arr.min()), float(arr.max()))
+        else:
+            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    return [fit(gray, job.size)]

@@ -1,0 +1,551 @@
+"""``toy-data pacs``: a small fake PACS — DICOM studies of five body regions plus their reports.
+
+Writes ``DIR/dicom/STnnnn/SEnnnn/IMnnnn.dcm``, ``DIR/reports.csv`` (report_id,accession,text)
+and ``DIR/regions.csv`` (accession,region: the truth, for tests and demos only).
+
+Each study is one region (head, chest, abdomen, spine, pelvis) imaged by CT (HU values
+stored with RescaleSlope/Intercept, signed or unsigned) or MR (some series stored as
+MONOCHROME1), as simple phantoms whose anatomy changes along the slices. Windows are
+sometimes multi-valued. Each report uses its region's words, shared filler, dates and
+measurements, and references 4–10 key images in the varied ways radiologists write
+them; a few references point nowhere or are ambiguous, and a few objects are broken
+(truncated pixel data, structured reports and presentation states without pixels, a
+file that is not DICOM) so every reject path of ``extract-keyimages`` runs.
+Everything follows ``--seed``: the same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, progress
+from ldpo.common.errors import InputError
+from ldpo.common.stores import atomic_path
+
+log = logging.getLogger("ldpo")
+
+REGIONS = ["head", "chest", "abdomen", "spine", "pelvis"]
+MODALITIES = {"head": ["CT", "MR"], "chest": ["CT"], "abdomen": ["CT", "CT", "MR"], "spine": ["MR", "CT"],
+              "pelvis": ["MR", "CT"]}
+
+# tissue classes of the phantoms, and their values in CT (HU) and MR (arbitrary signal)
+AIR, FAT, SOFT, ORGAN, FLUID, BONE, LUNG, LIVER = range(8)
+CT_VALUES = np.array([-1000, -100, 40, 32, 5, 900, -850, 62], dtype=np.float64)
+MR_VALUES = np.array([0, 760, 300, 460, 1050, 90, 25, 240], dtype=np.float64)
+CT_WINDOWS = {"head": [(40, 80), (400, 1800)], "chest": [(-600, 1500), (40, 400)], "abdomen": [(40, 400)],
+              "spine": [(400, 1800), (40, 400)], "pelvis": [(40, 400), (400, 1800)]}
+
+
+# -- phantoms ---------------------------------------------------------------------------
+
+def _ellipse(x, y, cx, cy, rx, ry):
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
+
+
+def _head(x, y, t, rng):
+    s = 0.75 + 0.25 * np.sin(np.pi * (0.15 + 0.7 * t))
+    out = np.full(x.shape, AIR)
+    out[_ellipse(x, y, 0, 0, 0.74 * s, 0.9 * s)] = BONE
+    out[_ellipse(x, y, 0, 0, 0.64 * s, 0.8 * s)] = ORGAN
+    v = 0.25 * np.sin(np.pi * t)
+    out[_ellipse(x, y, -0.13, -0.05, 0.06 + 0.4 * v * 0.3, 0.1 + v)] = FLUID
+    out[_ellipse(x, y, 0.13, -0.05, 0.06 + 0.4 * v * 0.3, 0.1 + v)] = FLUID
+    return out
+
+
+def _chest(x, y, t, rng):
+    out = np.full(x.shape, AIR)
+    out[_ellipse(x, y, 0, 0.05, 0.92, 0.66)] = FAT
+    out[_ellipse(x, y, 0, 0.05, 0.84, 0.58)] = SOFT
+    for side in (-1, 1):
+        out[_ellipse(x, y, 0.42 * side, 0.0, 0.3, 0.42 + 0.06 * t)] = LUNG
+    out[_ellipse(x, y, 0.08, -0.02, 0.2 + 0.08 * np.sin(np.pi * t), 0.2)] = SOFT
+    out[_ellipse(x, y, 0, 0.5, 0.09, 0.09)] = BONE
+    for vx, vy in rng.uniform(-0.6, 0.6, (6, 2)):
+        if abs(vx) > 0.25:
+            out[_ellipse(x, y, vx, vy * 0.6, 0.025, 0.025)] = SOFT
+    return out
+
+
+def _abdomen(x, y, t, rng):
+    out = np.full(x.shape, AIR)
+    out[_ellipse(x, y, 0, 0.05, 0.88, 0.7)] = FAT
+    out[_ellipse(x, y, 0, 0.05, 0.78, 0.6)] = SOFT
+    out[_ellipse(x, y, -0.35, -0.05, 0.36 - 0.2 * t, 0.3 - 0.1 * t)] = LIVER
+    for side in (-1, 1):
+        out[_ellipse(x, y, 0.4 * side, 0.33, 0.11, 0.17)] = ORGAN
+    out[_ellipse(x, y, 0, 0.45, 0.1, 0.1)] = BONE
+    out[_ellipse(x, y, 0.05, 0.25, 0.05, 0.05)] = FLUID
+    for gx, gy in rng.uniform(-0.4, 0.4, (5, 2)):
+        out[_ellipse(x, y, gx + 0.2, gy * 0.6, 0.05, 0.04)] = AIR
+    return out
+
+
+def _spine(x, y, t, rng):
+    out = np.full(x.shape, AIR)
+    out[_ellipse(x, y, 0.1, 0, 0.8, 1.3)] = SOFT
+    width = 0.2 * np.sqrt(max(0.05, 1 - (2 * t - 1) ** 2))  # sagittal: the column narrows off-centre
+    for k in range(-4, 5):
+        top = k * 0.22
+        body = (np.abs(y - top) < 0.08) & (np.abs(x + 0.05) < width)
+        disc = (np.abs(y - top - 0.11) < 0.03) & (np.abs(x + 0.05) < width * 0.9)
+        out[body] = BONE
+        out[disc] = ORGAN
+        out[(np.abs(y - top) < 0.06) & (np.abs(x - 0.45) < 0.07)] = BONE
+    out[(np.abs(x - 0.24) < 0.06 * (0.3 + width * 3)) & (np.abs(y) < 1.0)] = FLUID
+    return out
+
+
+def _pelvis(x, y, t, rng):
+    out = np.full(x.shape, AIR)
+    out[_ellipse(x, y, 0, 0.05, 0.95, 0.68)] = FAT
+    out[_ellipse(x, y, 0, 0.05, 0.86, 0.6)] = SOFT
+    ring = _ellipse(x, y, 0, 0.05, 0.72, 0.5) & ~_ellipse(x, y, 0, 0.05, 0.56, 0.36)
+    out[ring & (y > -0.25 + 0.3 * t)] = BONE
+    for side in (-1, 1):
+        out[_ellipse(x, y, 0.6 * side, 0.05, 0.12 + 0.04 * t, 0.12 + 0.04 * t)] = BONE
+    out[_ellipse(x, y, 0, -0.18, 0.24 - 0.1 * t, 0.18 - 0.06 * t)] = FLUID
+    out[_ellipse(x, y, 0, 0.32, 0.07, 0.07)] = ORGAN
+    return out
+
+
+PHANTOMS = {"head": _head, "chest": _chest, "abdomen": _abdomen, "spine": _spine, "pelvis": _pelvis}
+
+
+def phantom(region: str, modality: str, t: float, size: int, rng: np.random.Generator,
+            pose: tuple[float, float, float, float]) -> np.ndarray:
+    """Float image of ``region`` at slice position ``t`` in [0, 1]: HU for CT, signal for MR."""
+    dx, dy, zoom, angle = pose
+    axis = np.linspace(-1, 1, size)
+    gx, gy = np.meshgrid(axis, axis)
+    c, s = np.cos(angle), np.sin(angle)
+    x = ((gx - dx) * c + (gy - dy) * s) / zoom
+    y = (-(gx - dx) * s + (gy - dy) * c) / zoom
+    tissue = PHANTOMS[region](x, y, t, rng)
+    values = (CT_VALUES if modality == "CT" else MR_VALUES)[tissue]
+    noise = 12.0 if modality == "CT" else 25.0
+    out = values + rng.normal(0, noise, values.shape)
+    return out if modality == "CT" else np.clip(out, 0, 4095)
+
+
+# -- report text --------------------------------------------------------------------------
+
+SIDES = ["right", "left"]
+VOCAB = {
+    "head": {
+        "exam": "HEAD", "indication": ["headache", "dizziness", "head trauma", "seizure", "altered mental status"],
+        "findings": ["There is a {size} mm acute hemorrhage in the {side} {lobe} lobe",
+                     "A small enhancing lesion is seen in the {side} cerebral hemisphere",
+                     "Periventricular white matter hypodensity consistent with chronic small vessel ischemia",
+                     "Mild dilatation of the lateral ventricles without transependymal flow",
+                     "Focal encephalomalacia in the {side} {lobe} lobe from a prior infarct",
+                     "Subdural hematoma along the {side} cerebral convexity measuring {size} mm",
+                     "Mucosal thickening in the {side} maxillary sinus"],
+        "normal": ["The ventricles and sulci are normal in size.", "No intracranial hemorrhage or mass effect.",
+                   "The gray-white matter differentiation of the brain is preserved.", "The calvarium is intact.",
+                   "The basal cisterns are patent and there is no midline shift."],
+        "impression": ["Acute intracranial hemorrhage in the {side} {lobe} lobe.",
+                       "No acute intracranial abnormality of the brain.",
+                       "Chronic microvascular ischemic changes of the cerebral white matter."],
+    },
+    "chest": {
+        "exam": "CHEST", "indication": ["cough", "shortness of breath", "chest pain", "fever", "lung cancer screening"],
+        "findings": ["A {size} mm solid nodule in the {side} {lung} lobe of the lung",
+                     "Small {side} pleural effusion with adjacent atelectasis",
+                     "Consolidation in the {side} lower lobe compatible with pneumonia",
+                     "Centrilobular emphysema in both lungs",
+                     "Enlarged mediastinal lymph node measuring {size} mm",
+                     "Ground glass opacity in the {side} {lung} lobe",
+                     "Pulmonary embolism in a {side} segmental pulmonary artery"],
+        "normal": ["The heart size is normal.", "No pneumothorax.", "The central airways are patent.",
+                   "No pericardial effusion.", "The thoracic aorta is of normal caliber."],
+        "impression": ["Pulmonary nodule in the {side} {lung} lobe; follow-up chest CT is recommended.",
+                       "Pleural effusion with bibasilar atelectasis of the lungs.",
+                       "Pneumonia of the {side} lower lobe."],
+    },
+    "abdomen": {
+        "exam": "ABDOMEN", "indication": ["abdominal pain", "elevated liver enzymes", "weight loss", "hematuria"],
+        "findings": ["A {size} mm hypodense lesion in segment {segment} of the liver",
+                     "Simple cyst in the {side} kidney measuring {size} mm",
+                     "The pancreas is atrophic with a dilated pancreatic duct",
+                     "Gallstones within the gallbladder without cholecystitis",
+                     "Splenomegaly with the spleen measuring {big} cm",
+                     "Diffuse fatty infiltration of the liver",
+                     "A {size} mm stone in the {side} renal pelvis with mild hydronephrosis of the kidney",
+                     "Wall thickening of the ascending colon"],
+        "normal": ["The adrenal glands are normal.", "No free fluid or free air in the abdomen.",
+                   "The spleen is normal in size.", "The abdominal aorta is of normal caliber.",
+                   "The common bile duct is not dilated."],
+        "impression": ["Hepatic lesion in the liver, likely hemangioma.",
+                       "Nephrolithiasis of the {side} kidney with mild hydronephrosis.", "Hepatic steatosis."],
+    },
+    "spine": {
+        "exam": "LUMBAR SPINE", "indication": ["low back pain", "radiculopathy", "sciatica", "back trauma"],
+        "findings": ["Disc herniation at L{level}-L{next} with narrowing of the spinal canal",
+                     "Degenerative disc disease at L{level}-L{next} with loss of disc height",
+                     "Compression fracture of the L{level} vertebral body with {pct} percent height loss",
+                     "Facet arthropathy at the lower lumbar levels",
+                     "Grade 1 spondylolisthesis of L{level} on L{next}",
+                     "Neural foraminal stenosis at L{level}-L{next} on the {side}",
+                     "Schmorl node in the inferior endplate of the L{level} vertebra"],
+        "normal": ["The vertebral alignment is normal.", "The conus medullaris terminates normally.",
+                   "The paraspinal soft tissues are unremarkable.", "Vertebral body heights are maintained."],
+        "impression": ["Lumbar disc herniation with spinal canal stenosis.",
+                       "Degenerative changes of the lumbar spine with disc space narrowing.",
+                       "Vertebral compression fracture of L{level}."],
+    },
+    "pelvis": {
+        "exam": "PELVIS", "indication": ["pelvic pain", "urinary retention", "hip pain", "pelvic mass"],
+        "findings": ["The prostate is enlarged measuring {big} cm", "A {size} mm fibroid in the uterus",
+                     "Ovarian cyst on the {side} measuring {size} mm",
+                     "Bladder wall thickening with trabeculation of the urinary bladder",
+                     "Sclerotic lesion in the {side} iliac bone",
+                     "Degenerative changes of the {side} hip joint with acetabular osteophytes",
+                     "Fracture of the {side} superior pubic ramus"],
+        "normal": ["The urinary bladder is unremarkable.", "No pelvic lymphadenopathy.",
+                   "The sacroiliac joints are normal.", "The rectum and sigmoid colon are unremarkable."],
+        "impression": ["Benign prostatic hyperplasia with bladder wall thickening.", "Uterine fibroid in the pelvis.",
+                       "Fracture of the {side} pubic ramus of the pelvis."],
+    },
+}
+FILLER = ["Clinical correlation is recommended.", "No other significant abnormality.",
+          "Comparison is made with the prior examination dated {date}.",
+          "Findings were discussed with the referring physician on {date} at {time}.",
+          "Follow-up in {months} months is suggested.", "Images were reviewed on the PACS workstation."]
+
+
+def _fill(template: str, rng: np.random.Generator) -> str:
+    level = int(rng.integers(1, 5))
+    return template.format(
+        size=int(rng.integers(3, 40)), side=rng.choice(SIDES), lobe=rng.choice(["frontal", "parietal", "temporal",
+                                                                                "occipital"]),
+        lung=rng.choice(["upper", "middle", "lower"]), segment=rng.choice(["II", "IV", "VI", "VII", "VIII"]),
+        big=round(float(rng.uniform(4, 14)), 1), level=level, next=level + 1, pct=int(rng.integers(10, 50)),
+        date=_date(rng), time=f"{int(rng.integers(7, 19)):02d}:{int(rng.integers(0, 60)):02d}",
+        months=int(rng.choice([3, 6, 12])))
+
+
+def _date(rng: np.random.Generator) -> str:
+    y, m, d = int(rng.integers(2012, 2024)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    return rng.choice([f"{m:02d}/{d:02d}/{y}", f"{y}-{m:02d}-{d:02d}", f"{d:02d}.{m:02d}.{y}"])
+
+
+def _range(a: int, b: int, rng: np.random.Generator) -> str:
+    """``a-b``; the end abbreviated radiologist-style (1013-16) when it shares leading digits."""
+    sa, sb = str(a), str(b)
+    if a >= 100 and len(sa) == len(sb) and sa[:-2] == sb[:-2] and rng.random() < 0.7:
+        sb = sb[-2:]
+    return f"{sa}-{sb}"
+
+
+def reference(series: int, images: list[int], bare: bool, rng: np.random.Generator) -> str:
+    """A key-image reference in one of the forms radiologists write (``bare``: the series may go unnamed)."""
+    consecutive = len(images) > 1 and images == list(range(images[0], images[-1] + 1))
+    if len(images) == 1:
+        i = images[0]
+        forms = [f"(series {series}, image {i})", f"series {series} image {i}", f"Se {series} Im {i}",
+                 f"image {i} of series {series}", f"(image {i}, series {series})", f"ser. {series} img. {i}",
+                 f"Se:{series} Im:{i}"]
+        if bare:
+            forms += [f"image {i}", f"(image {i})", f"key image {i}"]
+    else:
+        numbers = _range(images[0], images[-1], rng) if consecutive else \
+            ", ".join(map(str, images[:-1])) + f" and {images[-1]}"
+        forms = [f"series {series}, images {numbers}", f"(Se {series}, images {numbers})",
+                 f"images {numbers} of series {series}"]
+        if bare:
+            forms += [f"images {numbers}", f"(images {numbers})"]
+    return str(rng.choice(forms))
+
+
+def _with_reference(sentence: str, ref: str, rng: np.random.Generator) -> str:
+    style = rng.integers(0, 3)
+    if style == 0 and not ref.startswith("("):
+        return f"On {ref}, {sentence[0].lower()}{sentence[1:]}."
+    if ref.startswith("("):
+        return f"{sentence} {ref}."
+    return f"{sentence} ({ref})." if style == 1 else f"{sentence}, see {ref}."
+
+
+# -- studies --------------------------------------------------------------------------------
+
+@dataclass
+class Series:
+    number: int
+    modality: str
+    first_instance: int
+    slices: int
+    windows: list[tuple[float, float]]
+    monochrome1: bool = False
+    storage: str = "unsigned"  # CT: unsigned (intercept -1024), signed (intercept 0) or scaled (slope 2)
+    instances: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    index: int
+    region: str
+    modality: str
+    accession: str
+    patient: tuple[str, str, str]  # name, id, birth date
+    series: list[Series]
+
+
+FIRST = ["ANNA", "JOHN", "MARIA", "PETER", "LINDA", "OMAR", "WEI", "SOFIA", "LUCAS", "EMMA", "RAVI", "NORA"]
+LAST = ["MILLER", "GARCIA", "NGUYEN", "SCHMIDT", "ROSSI", "KOWALSKI", "TANAKA", "OKAFOR", "SILVA", "JOHANSSON"]
+
+
+def plan_study(index: int, region: str, rng: np.random.Generator) -> Study:
+    modality = str(rng.choice(MODALITIES[region]))
+    n_series = int(rng.choice([1, 1, 2, 2, 3]))
+    numbers = sorted(rng.choice([2, 3, 4, 5, 6, 201, 601, 1001], size=n_series, replace=False).tolist())
+    series = []
+    for number in numbers:
+        slices = int(rng.integers(8, 15))
+        first = int(number) + 1 if number >= 200 and rng.random() < 0.6 else 1
+        if modality == "CT":
+            windows = [CT_WINDOWS[region][int(rng.integers(len(CT_WINDOWS[region])))]]
+            if rng.random() < 0.4:
+                windows = windows + [w for w in CT_WINDOWS[region] + [(40, 400)] if w != windows[0]][:1]
+            storage = str(rng.choice(["unsigned", "unsigned", "signed", "scaled"]))
+            mono1 = False
+        else:
+            windows = [(500.0, 1000.0)] + ([(300.0, 600.0)] if rng.random() < 0.3 else [])
+            storage, mono1 = "unsigned", bool(rng.random() < 0.3)
+        s = Series(int(number), modality, first, slices, windows, mono1, storage)
+        s.instances = list(range(first, first + slices))
+        series.append(s)
+    name = f"{rng.choice(LAST)}^{rng.choice(FIRST)}"
+    birth = f"{int(rng.integers(1935, 2000))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+    patient = (name, f"PID{int(rng.integers(10000, 99999))}", birth)
+    return Study(index, region, modality, f"A{int(rng.integers(1_000_000, 9_999_999))}", patient, series)
+
+
+def write_report(study: Study, rng: np.random.Generator) -> str:
+    vocab = VOCAB[study.region]
+    contrast = rng.choice(["WITHOUT CONTRAST", "WITH CONTRAST", "WITH AND WITHOUT CONTRAST"])
+    lines = [f"EXAMINATION: {study.modality} {vocab['exam']} {contrast}",
+             f"CLINICAL INDICATION: {str(rng.choice(vocab['indication'])).capitalize()}.",
+             f"COMPARISON: {_date(rng) if rng.random() < 0.6 else 'None'}.",
+             f"TECHNIQUE: {study.modality} images were obtained with {int(rng.choice([1, 2, 3, 5]))} mm slice "
+             f"thickness.", "", "FINDINGS:"]
+    findings = [str(f) for f in rng.permutation(vocab["findings"])]
+    budget = int(rng.integers(4, 11))
+    sentences = []
+    single = len(study.series) == 1
+    while budget > 0 and findings:
+        s = study.series[int(rng.integers(len(study.series)))]
+        count = min(budget, int(rng.choice([1, 1, 2, 3])))
+        start = int(rng.integers(0, len(s.instances) - count + 1))
+        picked = s.instances[start:start + count] if rng.random() < 0.6 else \
+            sorted(rng.choice(s.instances, size=count, replace=False).tolist())
+        sentences.append(_with_reference(_fill(findings.pop(), rng), reference(s.number, picked, single, rng), rng))
+        budget -= count
+    if study.index % 7 == 3:  # a reference that points nowhere
+        s = study.series[0]
+        sentences.append(f"Incidental note on series {s.number} image {s.instances[-1] + 40}.")
+    if study.index % 11 == 6 and not single:  # a reference without a series in a multi-series study
+        sentences.append(f"Compare image {study.series[0].instances[0]}.")
+    for normal in rng.permutation(vocab["normal"])[: int(rng.integers(1, 4))]:
+        sentences.insert(int(rng.integers(0, len(sentences) + 1)), str(normal))
+    sentences += [_fill(str(f), rng) for f in rng.permutation(FILLER)[: int(rng.integers(1, 3))]]
+    lines.append(" ".join(sentences))
+    lines += ["", "IMPRESSION:"]
+    for k, text in enumerate(rng.permutation(vocab["impression"])[: int(rng.integers(1, 3))], 1):
+        lines.append(f"{k}. {_fill(str(text), rng)}")
+    return "\n".join(lines)
+
+
+# -- DICOM writing --------------------------------------------------------------------------------
+
+def _uid(seed: int, *parts: object) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[str(seed), *(str(p) for p in parts)])
+
+
+def _dataset(study: Study, seed: int, sop_class: str, sop_uid: str, modality: str):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    name, pid, birth = study.patient
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = name, pid, birth
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = _uid(seed, "study", study.index)
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20200101", "120000", str(study.index + 1)
+    ds.AccessionNumber = study.accession
+    ds.StudyDescription = f"{study.modality} {VOCAB[study.region]['exam']}"
+    return ds
+
+
+CT_STORAGE, MR_STORAGE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+SR_STORAGE, PR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.11.1"
+
+
+def image_dataset(study: Study, s: Series, instance: int, values: np.ndarray, seed: int, thickness: float):
+    """A CT or MR image object carrying ``values`` (HU or MR signal) in the series' storage style."""
+    sop_class = CT_STORAGE if s.modality == "CT" else MR_STORAGE
+    ds = _dataset(study, seed, sop_class, _uid(seed, "sop", study.index, s.number, instance), s.modality)
+    ds.SeriesInstanceUID = _uid(seed, "series", study.index, s.number)
+    ds.SeriesNumber, ds.InstanceNumber = s.number, instance
+    ds.SeriesDescription = f"{s.modality} series {s.number}"
+    ds.FrameOfReferenceUID = _uid(seed, "frame", study.index)
+    z = (instance - s.first_instance) * thickness
+    ds.ImagePositionPatient = [-160.0, -160.0, round(z, 2)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceThickness, ds.PixelSpacing = thickness, [320 / values.shape[0]] * 2
+    ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, values.shape[0], values.shape[1]
+    ds.BitsAllocated, ds.HighBit = 16, 11
+    ds.BitsStored = 12
+    ds.PhotometricInterpretation = "MONOCHROME1" if s.monochrome1 else "MONOCHROME2"
+    windows = list(s.windows)
+    if s.modality == "CT":
+        slope, intercept = {"unsigned": (1, -1024), "signed": (1, 0), "scaled": (2, -2048)}[s.storage]
+        stored = np.rint((np.clip(values, -1024, 3071) - intercept) / slope)
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
+        if s.storage == "signed":
+            ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
+            pixels = stored.astype(np.int16)
+        else:
+            ds.PixelRepresentation = 0
+            pixels = np.clip(stored, 0, 4095).astype(np.uint16)
+    else:
+        ds.PixelRepresentation = 0
+        stored = np.clip(np.rint(values), 0, 4095)
+        if s.monochrome1:  # stored inverted, so a correct reader shows the same picture
+            stored = 4095 - stored
+            windows = [(4095 - c, w) for c, w in windows]
+        pixels = stored.astype(np.uint16)
+    centers, widths = [c for c, _ in windows], [w for _, w in windows]
+    ds.WindowCenter = centers if len(centers) > 1 else centers[0]
+    ds.WindowWidth = widths if len(widths) > 1 else widths[0]
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def non_image_dataset(study: Study, seed: int, kind: str):
+    """A structured report or presentation state: a DICOM object with no pixel data."""
+    sop_class = SR_STORAGE if kind == "SR" else PR_STORAGE
+    ds = _dataset(study, seed, sop_class, _uid(seed, kind, study.index), kind)
+    ds.SeriesInstanceUID = _uid(seed, "series", study.index, kind)
+    ds.SeriesNumber, ds.InstanceNumber = 999, 1
+    if kind == "SR":
+        ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    return ds
+
+
+def write_study(study: Study, folder: Path, size: int, seed: int) -> int:
+    """Write the study's series (one file per slice); return how many files."""
+    rng = np.random.default_rng([seed, study.index, 1])
+    pose = (float(rng.normal(0, 0.04)), float(rng.normal(0, 0.04)), float(rng.uniform(0.88, 1.08)),
+            float(rng.normal(0, 0.06)))
+    count = 0
+    for s in study.series:
+        sub = folder / f"SE{s.number:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        thickness = float(rng.choice([2.5, 3.0, 5.0]))
+        for k, instance in enumerate(s.instances):
+            t = (k + 0.5) / len(s.instances)
+            values = phantom(study.region, s.modality, t, size, rng, pose)
+            image_dataset(study, s, instance, values, seed, thickness).save_as(
+                sub / f"IM{instance:04d}.dcm", enforce_file_format=True)
+            count += 1
+    return count
+
+
+def write_broken(study: Study, folder: Path, kind: str, size: int, seed: int) -> str:
+    """One broken object in the study's folder; returns its path relative to ``folder``'s parent."""
+    if kind in ("SR", "PR"):
+        path = folder / f"{kind}0001.dcm"
+        non_image_dataset(study, seed, kind).save_as(path, enforce_file_format=True)
+    elif kind == "truncated":
+        s = study.series[0]
+        instance = s.instances[-1] + 1
+        path = folder / f"SE{s.number:04d}" / f"IM{instance:04d}.dcm"
+        values = phantom(study.region, s.modality, 1.0, size, np.random.default_rng([seed, study.index, 2]),
+                         (0, 0, 1, 0))
+        image_dataset(study, s, instance, values, seed, 5.0).save_as(path, enforce_file_format=True)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - size * 3])  # cut off the end of the pixel data
+    else:
+        path = folder / "IM_CORRUPT"
+        path.write_bytes(np.random.default_rng([seed, study.index, 3]).bytes(2048))
+    return path.relative_to(folder.parent).as_posix()
+
+
+BROKEN = ["truncated", "SR", "notdicom", "PR", "truncated"]
+
+
+def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_progress: bool = True) -> dict:
+    """Write the toy PACS under ``out``; returns a summary (counts, broken files)."""
+    if studies < 1:
+        raise InputError(f"--studies {studies}: must be at least 1")
+    if not 16 <= size <= 512:
+        raise InputError(f"--size {size}: must be between 16 and 512")
+    rng = np.random.default_rng([seed, 0])
+    regions = [REGIONS[i % len(REGIONS)] for i in range(studies)]
+    regions = [regions[i] for i in rng.permutation(studies)]
+    plans = [plan_study(i, region, np.random.default_rng([seed, i, 0])) for i, region in enumerate(regions)]
+    out.mkdir(parents=True, exist_ok=True)
+    dicom_tmp = out / ".dicom.tmp"
+    shutil.rmtree(dicom_tmp, ignore_errors=True)
+    files, broken = 0, []
+    for study in progress(plans, desc="studies", disable=not show_progress):
+        folder = dicom_tmp / f"ST{study.index + 1:04d}"
+        files += write_study(study, folder, size, seed)
+        if study.index < len(BROKEN):
+            broken.append((BROKEN[study.index], write_broken(study, folder, BROKEN[study.index], size, seed)))
+    dicom = out / "dicom"
+    shutil.rmtree(dicom, ignore_errors=True)
+    dicom_tmp.rename(dicom)
+    reports = [(f"r{i + 1:04d}", st.accession, write_report(st, np.random.default_rng([seed, st.index, 5])))
+               for i, st in enumerate(plans)]
+    _write_csv(out / "reports.csv", ["report_id", "accession", "text"], reports)
+    _write_csv(out / "regions.csv", ["accession", "region"], [(st.accession, st.region) for st in plans])
+    return {"studies": studies, "files": files, "broken": broken}
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    out: str = opt("output folder (dicom/, reports.csv, regions.csv)")
+    studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40)
+    size: int = opt("image side in pixels", 64)
+
+
+class PacsTool(Tool):
+    name = "toy-data pacs"
+    description = ("Generate a small fake PACS: DICOM CT/MR studies of five body regions (dicom/), their reports "
+                   "referencing key images (reports.csv: report_id,accession,text) and the true region of each study "
+                   "(regions.csv: accession,region). A few objects are broken on purpose.")
+    example = "toy-data pacs --out pacs/ --studies 40 --seed 0\nextract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/"
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True)
+        log.info("wrote %d studies (%d image files, %d broken objects) to %s", summary["studies"], summary["files"],
+                 len(summary["broken"]), opts.out)
+        return 0
+
+
+TOOL = PacsTool
