@@ -1,0 +1,326 @@
+"""The model registry shared by ``featurize`` and ``finetune``.
+
+Architectures are torchvision's (``alexnet``, ``googlenet``, ``vgg16_bn``, ``resnet18``,
+``resnet50``) plus ``alexnet_bn``: torchvision's AlexNet with a BatchNorm after each
+convolution (DeepCluster's AlexNet had BatchNorm; without it AlexNet does not learn
+from random init here). Named layers are read with a forward hook on the module that
+produces them; the hook stops the forward pass there, so later layers cost nothing.
+
+``--init`` is one of:
+
+* ``random``: torchvision's own initialisation, seeded. The backbone is built from the
+  seed alone and a new head from a seed derived from it, so the backbone is identical
+  whatever the number of classes (``featurize`` and ``finetune`` on the same seed agree);
+* ``weights:PATH``: a local ImageNet state_dict in torchvision's format (nothing is
+  downloaded at run time);
+* ``checkpoint:PATH``: a ``finetune`` checkpoint (arch, classes, input size and
+  normalization come with it).
+
+Every file is loaded with ``torch.load(..., weights_only=True)``: a checkpoint cannot
+run code.
+
+Minimum input sizes (px, square): alexnet/alexnet_bn 63, googlenet 15, vgg16_bn 32,
+resnet18/resnet50 16 (at 64 px ResNet's ``layer4`` is 2×2, AlexNet's ``conv5`` 3×3).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldpo.common.errors import InputError
+from ldpo.common.stores import file_checksum
+
+log = logging.getLogger("ldpo")
+
+CHECKPOINT_FORMAT = "ldpo-checkpoint-1"
+
+
+@dataclass(frozen=True)
+class Layer:
+    module: str  # dotted path of the module whose output is the layer; "" = the model's output
+    kind: str  # "local" [N,S,C] | "global" [N,D] | "probs" [N,K]
+
+
+_ALEXNET_FC = {"fc6": Layer("classifier.2", "global"), "fc7": Layer("classifier.5", "global")}
+_RESNET = {"layer4": Layer("layer4", "local"), "avgpool": Layer("avgpool", "global")}
+_PROBS = {"probs": Layer("", "probs")}
+
+#: arch -> layer name -> where it is taken. conv layers are taken after their ReLU.
+LAYERS: dict[str, dict[str, Layer]] = {
+    "alexnet": {"conv5": Layer("features.11", "local"), **_ALEXNET_FC, **_PROBS},
+    "alexnet_bn": {"conv5": Layer("features.16", "local"), **_ALEXNET_FC, **_PROBS},
+    "googlenet": {"inc5b": Layer("inception5b", "local"), "pool5": Layer("avgpool", "global"), **_PROBS},
+    "vgg16_bn": {"conv5": Layer("features.42", "local"), "fc7": Layer("classifier.4", "global"), **_PROBS},
+    "resnet18": {**_RESNET, **_PROBS},
+    "resnet50": {**_RESNET, **_PROBS},
+}
+ARCHS = tuple(LAYERS)
+DEFAULT_LAYER = {"alexnet": "fc7", "alexnet_bn": "fc7", "googlenet": "pool5", "vgg16_bn": "fc7",
+                 "resnet18": "avgpool", "resnet50": "avgpool"}
+HEAD = {"alexnet": "classifier.6", "alexnet_bn": "classifier.6", "vgg16_bn": "classifier.6",
+        "googlenet": "fc", "resnet18": "fc", "resnet50": "fc"}
+MIN_INPUT = {"alexnet": 63, "alexnet_bn": 63, "googlenet": 15, "vgg16_bn": 32, "resnet18": 16, "resnet50": 16}
+
+#: From random init a BatchNorm net learns (measured: AlexNet without BN did not);
+#: with ImageNet weights, the paper's AlexNet.
+DEFAULT_ARCH = {"random": "resnet18", "weights": "alexnet", "checkpoint": None}
+DEFAULT_LR = {"random": 0.01, "weights": 0.001, "checkpoint": 0.001}
+DEFAULT_HEAD_LR_MULT = {"random": 1.0, "weights": 10.0, "checkpoint": 10.0}
+NORMALIZATIONS = ("imagenet", "zscore")
+DEFAULT_INPUT_SIZE = 224
+DEFAULT_NORMALIZE = "imagenet"
+IMAGENET_CLASSES = 1000
+
+
+# -- --init ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Init:
+    kind: str  # random | weights | checkpoint
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+_DOWNLOAD_WORDS = {"imagenet", "download", "pretrained", "default", "true"}
+
+
+def parse_init(text: str) -> Init:
+    """``random``, ``weights:PATH`` or ``checkpoint:PATH``; a URL or ``imagenet`` is refused."""
+    kind, _, path = text.partition(":")
+    if text.lower() in _DOWNLOAD_WORDS or (kind == "weights" and _looks_remote(path)):
+        raise InputError(f"--init {text}: nothing is downloaded at run time; pass a local torchvision "
+                         "state_dict file as --init weights:PATH (e.g. weights:alexnet-owt-7be5be79.pth)")
+    if kind == "random" and not path:
+        return Init("random")
+    if kind in ("weights", "checkpoint") and path:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such {kind} file (--init {text})")
+        return Init(kind, path)
+    raise InputError(f"--init {text}: use random, weights:PATH or checkpoint:PATH")
+
+
+def _looks_remote(path: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", path, re.I)) or path.lower() in _DOWNLOAD_WORDS
+
+
+def load_file(path: str, what: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with bad files turned into input errors."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and unpickler errors all mean "bad file"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: cannot load as {what} with weights_only=True ({first})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a {what} (a {type(data).__name__}, not a dict)")
+    return data
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    ckpt = load_file(path, "finetune checkpoint")
+    missing = [k for k in ("arch", "num_classes", "state_dict") if k not in ckpt]
+    if missing:
+        raise InputError(f"{path}: not a finetune checkpoint (no {', '.join(missing)})")
+    if ckpt["arch"] not in ARCHS:
+        raise InputError(f"{path}: unknown architecture {ckpt['arch']!r}")
+    return ckpt
+
+
+# -- building -------------------------------------------------------------------------
+def add_batchnorm(alexnet: nn.Module) -> nn.Module:
+    """Turn torchvision's AlexNet into ``alexnet_bn``: a BatchNorm2d after every conv."""
+    layers: list[nn.Module] = []
+    for module in alexnet.features:
+        layers.append(module)
+        if isinstance(module, nn.Conv2d):
+            layers.append(nn.BatchNorm2d(module.out_channels))
+    alexnet.features = nn.Sequential(*layers)
+    return alexnet
+
+
+def _construct(arch: str, transform_input: bool = False) -> nn.Module:
+    """A torchvision model with its default 1000-class head and its own random init."""
+    from torchvision import models as tv
+
+    if arch in ("alexnet", "alexnet_bn"):
+        return tv.alexnet()
+    if arch == "googlenet":
+        return tv.googlenet(aux_logits=False, init_weights=True, transform_input=transform_input)
+    if arch in ("vgg16_bn", "resnet18", "resnet50"):
+        return getattr(tv, arch)()
+    raise InputError(f"--arch {arch}: unknown architecture (one of {', '.join(ARCHS)})")
+
+
+def head_seed(seed: int) -> int:
+    """The seed a new head is drawn from: derived from, but not equal to, the backbone's."""
+    return (seed * 7919 + 104_729) % (2**63)
+
+
+def set_head(model: nn.Module, arch: str, num_classes: int, seed: int) -> None:
+    """Replace the classification head by a new ``num_classes``-way linear layer."""
+    parent_name, _, child = HEAD[arch].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(head_seed(seed))
+        new = nn.Linear(old.in_features, num_classes)
+    if child.isdigit():
+        parent[int(child)] = new
+    else:
+        setattr(parent, child, new)
+
+
+def head_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
+    return list(model.get_submodule(HEAD[arch]).parameters())
+
+
+def num_outputs(model: nn.Module, arch: str) -> int:
+    return model.get_submodule(HEAD[arch]).out_features
+
+
+@dataclass
+class Built:
+    """A model and what came with it."""
+
+    model: nn.Module
+    arch: str
+    init: Init
+    classes: list[int]
+    input_size: int
+    normalize: str
+    transform_input: bool = False
+    checksum: str | None = None  # of the weights/checkpoint file
+    trained_options: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> str:
+    if ckpt is not None:
+        if arch is not None and arch != ckpt["arch"]:
+            raise InputError(f"{init.path}: a {ckpt['arch']} checkpoint, but --arch {arch} was asked")
+        return ckpt["arch"]
+    chosen = arch or DEFAULT_ARCH[init.kind]
+    if arch is None:
+        log.info("arch: %s (the default for --init %s)", chosen, init.kind)
+    return chosen
+
+
+def build(init: Init, arch: str | None = None, num_classes: int | None = None, seed: int = 0,
+          input_size: int | None = None, normalize: str | None = None) -> Built:
+    """Build a model for ``init``; a new ``num_classes`` head replaces one of another size.
+
+    ``input_size``/``normalize`` left ``None`` come from the checkpoint, else 224/imagenet.
+    """
+    ckpt = load_checkpoint(init.path) if init.kind == "checkpoint" else None
+    arch = resolve_arch(arch, init, ckpt)
+    transform_input = bool(ckpt.get("transform_input", False)) if ckpt else (
+        arch == "googlenet" and init.kind == "weights")  # torchvision's GoogLeNet weights expect it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _construct(arch, transform_input)
+    classes = list(range(IMAGENET_CLASSES))
+    if init.kind == "weights":
+        model = _load_weights(model, arch, init.path)
+    elif arch == "alexnet_bn":
+        model = add_batchnorm(model)
+    if ckpt is not None:
+        set_head(model, arch, int(ckpt["num_classes"]), seed)
+        _load_state(model, ckpt["state_dict"], init.path, arch)
+        classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
+    if num_classes is not None and num_classes != num_outputs(model, arch):
+        set_head(model, arch, num_classes, seed)
+        classes = list(range(num_classes))
+    size = input_size or (ckpt or {}).get("input_size") or DEFAULT_INPUT_SIZE
+    norm = normalize or (ckpt or {}).get("normalize") or DEFAULT_NORMALIZE
+    check_input_size(arch, int(size))
+    if norm not in NORMALIZATIONS:
+        raise InputError(f"--normalize {norm}: use one of {', '.join(NORMALIZATIONS)}")
+    return Built(model, arch, init, classes, int(size), norm, transform_input,
+                 file_checksum(init.path) if init.path else None,
+                 dict((ckpt or {}).get("options", {})))
+
+
+def _load_weights(model: nn.Module, arch: str, path: str) -> nn.Module:
+    """A torchvision ImageNet state_dict; for ``alexnet_bn`` plain AlexNet weights also fit."""
+    state = load_file(path, "torchvision state_dict")
+    state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}  # GoogLeNet's aux heads
+    if arch == "alexnet_bn" and "features.10.weight" in state:  # plain AlexNet weights, then add BN
+        _load_state(model, state, path, "alexnet")
+        return add_batchnorm(model)
+    if arch == "alexnet_bn":
+        model = add_batchnorm(model)
+    _load_state(model, state, path, arch)
+    return model
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: str, arch: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:200]
+        raise InputError(f"{path}: does not fit {arch} ({detail})") from None
+
+
+def check_input_size(arch: str, size: int) -> None:
+    if size < MIN_INPUT[arch]:
+        raise InputError(f"--input-size {size}: {arch} needs at least {MIN_INPUT[arch]} px")
+
+
+def check_layer(arch: str, layer: str) -> Layer:
+    if layer not in LAYERS[arch]:
+        raise InputError(f"--layer {layer}: {arch} has layers {', '.join(LAYERS[arch])}")
+    return LAYERS[arch][layer]
+
+
+# -- reading a layer ------------------------------------------------------------------
+class _Captured(Exception):
+    def __init__(self, value: torch.Tensor):
+        super().__init__("layer captured")
+        self.value = value
+
+
+class Extractor(nn.Module):
+    """``model`` cut at a named layer: ``[N,D]`` global, ``[N,S,C]`` local, or softmax probs."""
+
+    def __init__(self, model: nn.Module, arch: str, layer: str):
+        super().__init__()
+        self.model = model
+        self.layer = check_layer(arch, layer)
+        if self.layer.module:
+            model.get_submodule(self.layer.module).register_forward_hook(self._stop)
+
+    @staticmethod
+    def _stop(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        raise _Captured(output)  # the rest of the network is not needed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer.kind == "probs":
+            return torch.softmax(self.model(x).float(), dim=1)
+        try:
+            self.model(x)
+        except _Captured as captured:
+            out = captured.value
+        else:
+            raise RuntimeError(f"layer {self.layer.module} was not reached")
+        if self.layer.kind == "local":
+            return out.flatten(2).transpose(1, 2)  # [N,C,H,W] -> [N,H*W,C]
+        return out.flatten(1)
+
+    def output_shape(self, input_size: int, device: str = "cpu") -> tuple[int, ...]:
+        """The per-image output shape at ``input_size`` (one zero image through the net)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                out = self(torch.zeros(1, 3, input_size, input_size, device=device))
+        except RuntimeError as err:
+            raise InputError(f"--input-size {input_size}: too small for this network ({str(err).splitlines()[0]})") from None
+        finally:
+            self.train(was_training)
+        return tuple(out.shape[1:])

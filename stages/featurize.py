@@ -1,0 +1,183 @@
+"""``featurize``: a CNN layer's activations for every image of a store.
+
+Global layers (``fc7``, ``avgpool``, …) write ``features`` float32 ``[N,D]``; conv layers
+(``conv5``, ``layer4``, ``inc5b``) write ``local`` float16 ``[N,S,C]`` for ``encode``;
+``probs`` writes the softmax ``features`` float32 ``[N,K]`` with the class list in the
+attribute ``classes``. ``ids`` are the images store's, in its order.
+
+``--shard i/n`` fills part of a store made by a first call with ``--create-only`` (same
+options), so SLURM array jobs fill one store: shard i computes rows i·N/n … (i+1)·N/n,
+with each boundary rounded down to a multiple of the array's chunk rows so that no two
+shards write the same chunk (``--create-only`` makes chunks of about N/256 rows). Run
+shards concurrently only on ``.zarr`` stores; HDF5 files take one writer at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.errors import InputError
+
+log = logging.getLogger("ldpo")
+
+#: attributes a shard checks against the store made by --create-only
+MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normalize", "source_rows")
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    images: str = positional("images store (.h5/.zarr)")
+    out: str = opt("output feature store (.h5/.zarr)")
+    arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
+                              "alexnet for --init weights:)", None)
+    layer: Optional[str] = opt("layer: alexnet/alexnet_bn conv5|fc6|fc7, googlenet inc5b|pool5, vgg16_bn "
+                               "conv5|fc7, resnet18/50 layer4|avgpool, any: probs (default: fc7, pool5 or avgpool)",
+                               None)
+    init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
+    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
+    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
+                                   choices=["imagenet", "zscore"])
+    batch_size: int = opt("images per batch", 64)
+    amp: bool = opt("mixed precision (bfloat16 on CPU, float16 on CUDA)", False)
+    shard: Optional[str] = opt("compute only shard i of n (i/n, 0-based) into a store made by --create-only", None)
+    create_only: bool = opt("create the (zero-filled) output store for --shard runs and stop", False)
+
+
+class FeaturizeTool(Tool):
+    name = "featurize"
+    description = "Extract a CNN layer's activations (or softmax probs) for every image of a store."
+    example = ("featurize images.h5 --out feats.h5 --init random --input-size 64\n"
+               "featurize images.h5 --out probs.h5 --init checkpoint:model.pt --layer probs\n"
+               "featurize images.zarr --out f.zarr --init weights:alexnet-owt-7be5be79.pth --arch alexnet "
+               "--layer conv5 --create-only\n"
+               "featurize images.zarr --out f.zarr --init weights:alexnet-owt-7be5be79.pth --arch alexnet "
+               "--layer conv5 --shard 0/8")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        import torch
+
+        from ldpo.common import models
+        from ldpo.common.stores import open_store
+
+        device = resolve_device(opts.device)
+        torch.manual_seed(opts.seed)
+        if device == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if opts.batch_size < 1:
+            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
+        shard = parse_shard(opts.shard)
+        init = models.parse_init(opts.init)
+        if opts.arch is not None and opts.arch not in models.ARCHS:
+            raise InputError(f"--arch {opts.arch}: unknown architecture (one of {', '.join(models.ARCHS)})")
+        with open_store(opts.images, expect="images") as images:
+            n, ids = len(images), images.ids
+        if n == 0:
+            raise InputError(f"{opts.images}: no images")
+        built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize)
+        layer = opts.layer or models.DEFAULT_LAYER[built.arch]
+        extractor = models.Extractor(built.model, built.arch, layer).eval().to(device)
+        shape = extractor.output_shape(built.input_size, device)
+        name, dtype = ("local", "float16") if extractor.layer.kind == "local" else ("features", "float32")
+        attrs = {"stage": "featurize", "arch": built.arch, "layer": layer, "init": str(init),
+                 "checkpoint": built.checksum, "input_size": built.input_size, "normalize": built.normalize,
+                 "source": str(opts.images), "source_rows": n, "seed": opts.seed}
+        if extractor.layer.kind == "probs":
+            attrs["classes"] = built.classes
+        log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,
+                 "x".join(map(str, shape)), n, built.input_size, device)
+        spec = {name: (shape, dtype)}
+        if opts.create_only:
+            return create_only(opts.out, n, spec, ids, attrs)
+        if shard is not None:
+            return self.fill_shard(opts, extractor, built, name, attrs, shard, n, ids, device)
+        from ldpo.common.stores import create_store
+
+        with create_store(opts.out, n=n, arrays=spec, ids=ids, attrs=attrs) as store:
+            extract(opts, extractor, built, store, name, 0, n, device)
+        return 0
+
+    def fill_shard(self, opts, extractor, built, name, attrs, shard, n, ids, device) -> int:
+        from ldpo.common.stores import open_store
+
+        with open_store(opts.out, "r+") as store:
+            have = store.attrs
+            wrong = [k for k in MATCHING_ATTRS if have.get(k) != attrs[k]]
+            if wrong or name not in store or store.ids != ids:
+                what = ", ".join(f"{k} {have.get(k)!r} ≠ {attrs[k]!r}" for k in wrong) or "its ids or array differ"
+                raise InputError(f"{opts.out}: not made by --create-only with these options ({what})")
+            lo, hi = shard_rows(shard, n, int(store.array(name).chunks[0]))
+            log.info("shard %d/%d: rows %d..%d", shard[0], shard[1], lo, hi)
+            extract(opts, extractor, built, store, name, lo, hi, device)
+        return 0
+
+
+def create_only(out: str, n: int, spec: dict, ids: list[str], attrs: dict) -> int:
+    """An empty store for --shard runs, in chunks of about N/256 rows (at most ~4 MiB) so shards balance."""
+    from ldpo.common.stores import create_store
+
+    (shape, dtype), = spec.values()
+    row_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    chunk_rows = max(1, min(n // 256, (4 << 20) // row_bytes))
+    with create_store(out, n=n, arrays=spec, ids=ids, attrs=attrs, chunk_rows=chunk_rows):
+        pass
+    log.info("created %s for --shard runs", out)
+    return 0
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text}: use i/n, e.g. 0/8") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_rows(shard: tuple[int, int], n: int, chunk: int = 1) -> tuple[int, int]:
+    """Rows ``[i·N/n, (i+1)·N/n)``, boundaries rounded down to multiples of ``chunk``."""
+    i, parts = shard
+
+    def bound(k: int) -> int:
+        return n if k >= parts else (k * n // parts) // chunk * chunk
+
+    return bound(i), bound(i + 1)
+
+
+def extract(opts: Options, extractor, built, store, name: str, lo: int, hi: int, device: str) -> None:
+    """Stream rows ``[lo, hi)`` of the images through the extractor into ``store[name]``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ldpo.common.imagedata import Preprocess, StoreBlocks
+
+    blocks = StoreBlocks(opts.images, lo, hi, opts.batch_size, Preprocess(built.input_size, built.normalize))
+    loader = DataLoader(blocks, batch_size=None, num_workers=opts.workers, pin_memory=device == "cuda")
+    amp_dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    start, row = time.perf_counter(), lo
+    with torch.inference_mode(), progress(total=hi - lo, desc="featurize", unit="img") as bar:
+        for x in loader:
+            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=opts.amp):
+                out = extractor(x.to(device, non_blocking=True))
+            store.write(name, row, out.float().cpu().numpy())
+            row += len(x)
+            bar.update(len(x))
+    seconds = time.perf_counter() - start
+    log.info("featurize: %d images in %.1f s (%.1f img/s)", hi - lo, seconds, (hi - lo) / max(seconds, 1e-9))
+
+
+TOOL = FeaturizeTool
+main = FeaturizeTool.console
+
+if __name__ == "__main__":
+    main()

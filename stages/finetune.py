@@ -1,0 +1,464 @@
+"""``finetune``: train a CNN on (pseudo-)labels; write a checkpoint and ``metrics.json``.
+
+The paper's recipe: SGD, momentum 0.9, weight decay 5e-4; base LR 0.001 with the new
+head at ×10 when starting from pretrained weights or a checkpoint. From ``--init
+random`` the default is a BatchNorm network (resnet18) at LR 0.01 with no head boost
+(measured: AlexNet without BatchNorm did not learn from random init). A fresh seeded
+70/10/20 split per call (``--split none``: train on everything, DeepCluster style).
+
+Outputs (rank 0 writes, atomically):
+
+* ``CHECKPOINT``: ``torch.save`` dict of tensors and plain types (loads with
+  ``weights_only=True``): ``format``, ``arch``, ``num_classes``, ``classes`` (original
+  label values, index = output unit), ``state_dict``, ``options`` (resolved),
+  ``metrics``, ``input_size``, ``normalize``, ``transform_input``, ``init``;
+* ``metrics.json`` in the same folder: ``epochs`` (per epoch ``train_loss``,
+  ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
+  ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
+  the split has no such part). ``train_*`` are running figures over the last epoch's
+  augmented batches;
+* ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler, scaler and RNG
+  state), removed at the end; ``--resume`` continues from it.
+
+Under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU, nccl
+on CUDA); ``--batch-size`` is per process. ``LDPO_STOP_AFTER_EPOCH=E`` interrupts the
+run after epoch E's partial checkpoint (for testing ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.errors import InputError
+
+log = logging.getLogger("ldpo")
+
+FORMAT = "ldpo-checkpoint-1"
+PARTIAL_FORMAT = "ldpo-finetune-partial-1"
+#: options that do not change the result (left out of the resume signature)
+NOT_IN_SIGNATURE = {"verbose", "quiet", "no_progress", "resume", "workers", "device", "out"}
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    images: str = positional("images store (.h5/.zarr)")
+    labels: str = positional("labels CSV (id,label) naming images of the store")
+    out: str = opt("output checkpoint (.pt); metrics.json is written next to it")
+    arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
+                              "alexnet for --init weights:)", None)
+    init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
+    epochs: int = opt("training epochs", 3)
+    batch_size: int = opt("images per batch (per process under torchrun)", 64)
+    lr: Optional[float] = opt("base learning rate (default: 0.01 from random init, else 0.001)", None)
+    head_lr_mult: Optional[float] = opt("learning-rate multiplier of the head (default: 1 from random init, else 10)",
+                                        None)
+    momentum: float = opt("SGD momentum", 0.9)
+    weight_decay: float = opt("SGD weight decay", 5e-4)
+    schedule: str = opt("learning-rate schedule over the epochs", "constant", choices=["constant", "cosine"])
+    split: str = opt("train/val/test percentages, or none (train on everything)", "70/10/20")
+    balanced: bool = opt("sample classes uniformly (each drawn ~N/K times per epoch)", False)
+    flip: bool = opt("random horizontal flips (off: radiology images have laterality)", False)
+    crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35)
+    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
+    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
+                                   choices=["imagenet", "zscore"])
+    amp: bool = opt("mixed precision (bfloat16 on CPU, float16 + loss scaling on CUDA)", False)
+    resume: bool = opt("continue from OUT.partial (or report done if OUT exists with the same options)", False)
+    allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
+
+
+class FinetuneTool(Tool):
+    name = "finetune"
+    description = "Fine-tune (or train from scratch) a CNN on labels; write a checkpoint and metrics.json."
+    example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
+               "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
+               "torchrun --nproc_per_node 4 -m ldpo.stages.finetune images.h5 labels.csv --out model.pt")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        import torch
+
+        from ldpo.common import models
+
+        check_options(opts)
+        init = models.parse_init(opts.init)
+        if opts.arch is not None and opts.arch not in models.ARCHS:
+            raise InputError(f"--arch {opts.arch}: unknown architecture (one of {', '.join(models.ARCHS)})")
+        data = load_data(opts)
+        rank, world, device = start_distributed(resolve_device(opts.device))
+        try:
+            if rank:
+                log.setLevel(logging.WARNING)
+            torch.manual_seed(opts.seed)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize)
+            settings = resolve_settings(opts, built, world)
+            if opts.resume and finished(opts.out, settings):
+                log.info("%s: already done with these options (--resume)", opts.out)
+                return 0
+            Trainer(opts, built, data, settings, rank, world, device).run()
+        finally:
+            stop_distributed(world)
+        return 0
+
+
+def check_options(opts: Options) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(opts, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be at least 1")
+    if not 0 < opts.crop_scale <= 1:
+        raise InputError(f"--crop-scale {opts.crop_scale}: must be in (0, 1]")
+    parse_split(opts.split)
+
+
+def parse_split(text: str) -> tuple[float, float, float] | None:
+    """``70/10/20`` → fractions; ``none`` → None (train on everything)."""
+    if text.lower() == "none":
+        return None
+    try:
+        parts = [float(p) for p in text.split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or abs(sum(parts) - 100) > 1e-6:
+        raise InputError(f"--split {text}: use train/val/test percentages summing to 100 (e.g. 70/10/20), or none")
+    return parts[0] / 100, parts[1] / 100, parts[2] / 100
+
+
+# -- data -----------------------------------------------------------------------------
+@dataclass
+class Data:
+    classes: list[int]  # original label values; index = class number
+    train: tuple[np.ndarray, np.ndarray]  # store rows, class numbers
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+def load_data(opts: Options) -> Data:
+    """Labels joined to the store by id, renumbered 0..K-1 and split (seeded)."""
+    from ldpo.common.labels import align, contiguous, read_labels
+    from ldpo.common.stores import open_store
+
+    with open_store(opts.images, expect="images") as store:
+        store_ids = store.ids
+    per_row = align(read_labels(opts.labels), store_ids, opts.images, allow_missing=opts.allow_missing)
+    rows = np.flatnonzero(per_row >= 0)
+    if len(rows) == 0:
+        raise InputError(f"{opts.labels}: no image of {opts.images} has a label")
+    targets, classes = contiguous(per_row[rows])
+    if len(classes) < 2:
+        raise InputError(f"{opts.labels}: only one class ({classes[0]}); finetune needs at least two")
+    skipped = len(store_ids) - len(rows)
+    log.info("finetune: %d labelled images in %d classes%s", len(rows), len(classes),
+             f" ({skipped} without a label skipped)" if skipped else "")
+    fractions = parse_split(opts.split)
+    if fractions is None:
+        empty = (rows[:0], targets[:0])
+        return Data(classes, (rows, targets), empty, empty)
+    perm = np.random.default_rng(opts.seed).permutation(len(rows))
+    n_train = max(1, round(fractions[0] * len(rows)))
+    n_val = min(len(rows) - n_train, round(fractions[1] * len(rows)))
+    parts = np.split(perm, [n_train, n_train + n_val])
+    train, val, test = ((rows[p], targets[p]) for p in parts)
+    log.info("split %s: %d train, %d val, %d test", opts.split, len(parts[0]), len(parts[1]), len(parts[2]))
+    return Data(classes, train, val, test)
+
+
+# -- settings and resume --------------------------------------------------------------
+def resolve_settings(opts: Options, built, world: int) -> dict[str, Any]:
+    """The options with every default resolved: the checkpoint's ``options`` and the resume signature."""
+    from ldpo.common import models
+
+    settings = {k: v for k, v in asdict(opts).items() if k not in NOT_IN_SIGNATURE}
+    lr_given, mult_given = opts.lr is not None, opts.head_lr_mult is not None
+    settings.update(arch=built.arch, input_size=built.input_size, normalize=built.normalize, world=world,
+                    lr=opts.lr if lr_given else models.DEFAULT_LR[built.init.kind],
+                    head_lr_mult=opts.head_lr_mult if mult_given else models.DEFAULT_HEAD_LR_MULT[built.init.kind],
+                    images=str(Path(opts.images).resolve()), labels=str(Path(opts.labels).resolve()),
+                    init_checksum=built.checksum)
+    log.info("finetune: %s from --init %s, lr %g%s, head ×%g%s, %d epochs at %d px", built.arch, built.init,
+             settings["lr"], "" if lr_given else " (default for this init)", settings["head_lr_mult"],
+             "" if mult_given else " (default)", opts.epochs, built.input_size)
+    return settings
+
+
+def partial_path(out: str) -> Path:
+    return Path(f"{out}.partial")
+
+
+def metrics_path(out: str) -> Path:
+    return Path(out).parent / "metrics.json"
+
+
+def finished(out: str, settings: dict[str, Any]) -> bool:
+    """True when ``out`` is a finished checkpoint made with the same options."""
+    from ldpo.common.models import load_file
+
+    if not Path(out).is_file():
+        return False
+    ckpt = load_file(out, "finetune checkpoint")
+    if ckpt.get("options") != settings:
+        log.warning("%s exists but was made with other options: training again", out)
+        return False
+    write_json(metrics_path(out), ckpt.get("metrics", {}))
+    return True
+
+
+def write_json(path: Path, data: Any) -> None:
+    from ldpo.common.stores import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def torch_save(path: Path, data: dict[str, Any]) -> None:
+    import torch
+
+    from ldpo.common.stores import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+
+
+# -- distributed ----------------------------------------------------------------------
+def start_distributed(device: str) -> tuple[int, int, str]:
+    """``(rank, world, device)``; a process group when launched by torchrun with WORLD_SIZE > 1."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return dist.get_rank(), world, device
+
+
+def stop_distributed(world: int) -> None:
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], world: int, device: str) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if world <= 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# -- training -------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, opts: Options, built, data: Data, settings: dict[str, Any], rank: int, world: int,
+                 device: str):
+        import torch
+
+        from ldpo.common.models import head_parameters
+
+        self.opts, self.built, self.data, self.settings = opts, built, data, settings
+        self.rank, self.world, self.device = rank, world, device
+        self.kind = device.split(":")[0]
+        model = built.model.to(device)
+        head = {id(p) for p in head_parameters(model, built.arch)}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": settings["lr"]},
+                  {"params": [p for p in model.parameters() if id(p) in head],
+                   "lr": settings["lr"] * settings["head_lr_mult"]}]
+        self.optimizer = torch.optim.SGD(groups, lr=settings["lr"], momentum=opts.momentum,
+                                         weight_decay=opts.weight_decay)
+        if opts.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=opts.epochs)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        self.scaler = torch.amp.GradScaler(self.kind, enabled=opts.amp and self.kind == "cuda")
+        self.model = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(model, device_ids=[device] if self.kind == "cuda" else None)
+        self.net = model  # unwrapped, for state_dicts
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    # -- loaders ----------------------------------------------------------------------
+    def train_loader(self):
+        from torch.utils.data import DataLoader
+
+        from ldpo.common.imagedata import Augment, EpochSampler, StoreImages
+
+        rows, targets = self.data.train
+        augment = Augment(self.built.input_size, self.built.normalize, self.opts.crop_scale, self.opts.flip)
+        dataset = StoreImages(self.opts.images, rows, targets, augment, seed=self.opts.seed)
+        sampler = EpochSampler(targets, self.opts.balanced, self.opts.seed, self.rank, self.world)
+        drop_last = len(sampler) > self.opts.batch_size  # no 1-image batch for BatchNorm
+        loader = DataLoader(dataset, batch_size=self.opts.batch_size, sampler=sampler, drop_last=drop_last,
+                            num_workers=self.opts.workers, pin_memory=self.kind == "cuda")
+        return loader, dataset, sampler
+
+    def eval_loader(self, part: tuple[np.ndarray, np.ndarray]):
+        from torch.utils.data import DataLoader
+
+        from ldpo.common.imagedata import Preprocess, StoreImages
+
+        rows, targets = part
+        share = slice(self.rank, None, self.world)  # strided, unpadded: every image counted once
+        dataset = StoreImages(self.opts.images, rows[share], targets[share],
+                              Preprocess(self.built.input_size, self.built.normalize))
+        return DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers,
+                          pin_memory=self.kind == "cuda")
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        if self.opts.resume:
+            self.load_partial()
+        loader, dataset, sampler = self.train_loader()
+        stop_after = int(os.environ.get("LDPO_STOP_AFTER_EPOCH", "0") or 0)
+        for epoch in range(self.start_epoch, self.opts.epochs):
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            start = time.perf_counter()
+            loss, top1 = self.train_epoch(loader, epoch)
+            self.scheduler.step()
+            val = self.evaluate(self.data.val)
+            self.history.append({"epoch": epoch + 1, "train_loss": loss, "train_top1": top1,
+                                 "val_top1": val[0], "val_top5": val[1],
+                                 "lr": self.optimizer.param_groups[0]["lr"],
+                                 "seconds": round(time.perf_counter() - start, 2)})
+            log.info("epoch %d/%d: train loss %.4f top-1 %.3f%s", epoch + 1, self.opts.epochs, loss, top1,
+                     "" if val[0] is None else f", val top-1 {val[0]:.3f} top-5 {val[1]:.3f}")
+            self.save_partial(epoch + 1)
+            if stop_after and epoch + 1 == stop_after and epoch + 1 < self.opts.epochs:
+                raise KeyboardInterrupt  # LDPO_STOP_AFTER_EPOCH: a simulated kill, for tests
+        test = self.evaluate(self.data.test)
+        self.finish(test)
+
+    def train_epoch(self, loader, epoch: int) -> tuple[float, float]:
+        import torch
+        import torch.nn.functional as F
+
+        self.model.train()
+        amp_dtype = torch.bfloat16 if self.kind == "cpu" else torch.float16
+        loss_sum = correct = count = 0.0
+        bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img")
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(device_type=self.kind, dtype=amp_dtype, enabled=self.opts.amp):
+                out = self.model(x)
+                loss = F.cross_entropy(out.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            count += len(y)
+            bar.update(len(y))
+        bar.close()
+        loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def evaluate(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:
+        """Top-1 and top-5 (top-min(5,K)) accuracy on a split part; (None, None) when it is empty."""
+        import torch
+
+        if len(part[0]) == 0:
+            return None, None
+        self.model.eval()
+        k = min(5, len(self.data.classes))
+        top1 = top5 = count = 0.0
+        with torch.inference_mode():
+            for x, y in self.eval_loader(part):
+                x, y = x.to(self.device), y.to(self.device)
+                best = self.net(x).topk(k, dim=1).indices
+                top1 += (best[:, 0] == y).sum().item()
+                top5 += (best == y[:, None]).any(dim=1).sum().item()
+                count += len(y)
+        top1, top5, count = all_sum([top1, top5, count], self.world, self.device)
+        return top1 / count, top5 / count
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+
+    def save_partial(self, epochs_done: int) -> None:
+        import torch
+
+        if self.rank:
+            return
+        torch_save(partial_path(self.opts.out), {
+            "format": PARTIAL_FORMAT, "options": self.settings, "epochs_done": epochs_done,
+            "state_dict": self.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if self.kind == "cuda" else [],
+            "history": self.history})
+
+    def load_partial(self) -> None:
+        import torch
+
+        from ldpo.common.models import load_file
+
+        path = partial_path(self.opts.out)
+        if not path.is_file():
+            log.info("--resume: no %s, starting from the first epoch", path)
+            return
+        state = load_file(str(path), "partial finetune checkpoint")
+        if state.get("format") != PARTIAL_FORMAT:
+            raise InputError(f"{path}: not a partial finetune checkpoint")
+        if state["options"] != self.settings:
+            differ = sorted(k for k in set(state["options"]) | set(self.settings)
+                            if state["options"].get(k) != self.settings.get(k))
+            raise InputError(f"{path}: made with other options ({', '.join(differ)}); "
+                             "rerun with the same options or delete it")
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        log.info("--resume: continuing %s after epoch %d", path, self.start_epoch)
+
+    def finish(self, test: tuple[float | None, float | None]) -> None:
+        last = self.history[-1] if self.history else {}
+        metrics = {"epochs": self.history, "classes": len(self.data.classes),
+                   "final": {"train_loss": last.get("train_loss"), "train_top1": last.get("train_top1"),
+                             "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"),
+                             "test_top1": test[0], "test_top5": test[1],
+                             "n_train": len(self.data.train[0]), "n_val": len(self.data.val[0]),
+                             "n_test": len(self.data.test[0])}}
+        if test[0] is not None:
+            log.info("test top-1 %.3f top-5 %.3f", test[0], test[1])
+        if self.rank:
+            return
+        torch_save(Path(self.opts.out), {
+            "format": FORMAT, "arch": self.built.arch, "num_classes": len(self.data.classes),
+            "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
+            "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
+            "transform_input": self.built.transform_input, "init": str(self.built.init)})
+        write_json(metrics_path(self.opts.out), metrics)
+        partial_path(self.opts.out).unlink(missing_ok=True)
+        log.info("wrote %s and %s", self.opts.out, metrics_path(self.opts.out))
+
+
+TOOL = FinetuneTool
+main = FinetuneTool.console
+
+if __name__ == "__main__":
+    main()
