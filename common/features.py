@@ -9,9 +9,21 @@ import numpy as np
 log = logging.getLogger("ldpo")
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+def l2_normalize(x: np.ndarray, eps: float = 1e-12, inplace: bool = False, batch: int = 65536) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero).
+
+    ``inplace=True`` overwrites a float32 ``x`` block by block, so a large matrix is
+    not copied.
+    """
+    if not inplace:
+        x = np.asarray(x, dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+    if x.dtype != np.float32:
+        raise ValueError(f"l2_normalize(inplace=True) needs float32, got {x.dtype}")
+    for lo in range(0, len(x), batch):
+        block = x[lo:lo + batch]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), eps)
+    return x
 
 
 class PCA:

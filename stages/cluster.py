@@ -1,0 +1,310 @@
+"""``cluster``: feature store → pseudo-labels, by k-means or by over-segmented k-means + RIM.
+
+Preprocessing follows DeepCluster: optional PCA (``--pca D``, optional ``--whiten``),
+then row L2 normalization (on unless ``--no-l2``).
+
+``--method kmeans``: faiss k-means (GPU when present). Clusters left empty after the
+final assignment are reported and the labels renumbered 0..K'-1.
+
+``--method rim`` (Regularized Information Maximization, Gomes et al. 2010, as used by
+Wang et al. 2017): k-means with ``--k`` clusters (over-segmentation; capped at N/4 for
+small N) initializes a multilogit regression p(c|f) = softmax(W f + b). RIM maximizes
+
+    I(c; f) - penalty = H(mean_i p(c|f_i)) - mean_i H(p(c|f_i)) - lam * v * sum_k |w_k|^2
+
+with v = mean_i |f_i - mean(f)|^2, the features' total variance. The mutual information
+is a mean over the N rows and the penalty does not grow with N, so ``--lam`` means the
+same at any N; the factor v makes it invariant to the features' scale (logits W f stay
+the same when f is multiplied by a and W divided by a). The bias b is not penalized.
+The default 1e-3 recovers 5 well-separated blobs from k=50 at N=200 and N=2000; larger
+values merge clusters (0.01 collapses everything), smaller ones keep more (1e-4 to
+1e-5 keep tens of clusters). W starts from the k-means centroids at the temperature
+that minimizes the objective; L-BFGS optimizes it, full batch, with the logits computed
+in chunks so memory stays O(chunk x k). Labels are argmax p(c|f); clusters no row
+chooses are pruned and the rest renumbered 0..K'-1, K' printed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.errors import InputError
+from ldpo.common.features import PCA, kmeans, l2_normalize
+from ldpo.common.labels import write_labels
+from ldpo.common.stores import atomic_path, open_store
+
+log = logging.getLogger("ldpo")
+
+#: what to run first when a store holds something other than global features
+NEEDS = {"local": "run `encode` first (it turns local descriptors into one vector per image)",
+         "images": "run `featurize` first (it turns images into features)"}
+RIM_MIN_POINTS_PER_CLUSTER = 4  # over-segmentation cap: k <= N / 4
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    features: str = positional("feature store (.h5/.hdf5/.zarr) holding features [N,D]")
+    out: str = opt("output labels CSV (id,label; '-' = stdout)")
+    method: str = opt("algorithm", "kmeans", choices=["kmeans", "rim"])
+    k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100)
+    pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0)
+    whiten: bool = opt("whiten after PCA", False)
+    no_l2: bool = opt("skip the row L2 normalization", False)
+    niter: int = opt("k-means iterations", 20)
+    lam: float = opt("RIM weight penalty (larger merges more clusters)", 1e-3)
+    rim_iter: int = opt("RIM L-BFGS iterations at most", 200)
+    batch: int = opt("rows read per batch", 8192)
+    summary: str = opt("write cluster sizes to SUMMARY.csv (cluster,size) and a size plot to SUMMARY.png "
+                       "(a .csv/.png suffix on SUMMARY is dropped first)", "")
+
+
+class ClusterTool(Tool):
+    name = "cluster"
+    description = ("Cluster a feature store into pseudo-labels (id,label CSV): faiss k-means, or over-segmented "
+                   "k-means refined by RIM, which chooses the cluster count K' itself. Logs K' and the loss on stderr.")
+    example = ("cluster feats.h5 --out labels.csv --k 25\n"
+               "cluster feats.h5 --out labels.csv --method rim --k 1000 --lam 1e-3 --pca 256 --summary sizes")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        check_options(opts)
+        ids, x = read_features(opts.features, opts.batch)
+        x = preprocess(x, opts)
+        device = resolve_device(opts.device)
+        if opts.method == "kmeans":
+            if opts.k > len(x):
+                raise InputError(f"{opts.features}: --k {opts.k} is more than the {len(x)} rows")
+            _, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device)
+            labels = renumber(assign, opts.k, "k-means")
+            log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
+        else:
+            labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device)
+            log.info("RIM: K'=%d clusters (from k=%d, lam=%g), loss %.6g, mutual information %.4f nats",
+                     labels.max() + 1, min(opts.k, rim_cap(len(x))), opts.lam, loss, mi)
+        write_labels(opts.out, ids, labels)
+        if opts.summary:
+            write_summary(opts.summary, labels)
+        return 0
+
+
+def check_options(opts: Options) -> None:
+    if opts.k < 1:
+        raise InputError(f"--k {opts.k}: must be at least 1")
+    if opts.pca < 0 or opts.niter < 1 or opts.rim_iter < 1 or opts.batch < 1:
+        raise InputError("--pca must be >= 0, and --niter, --rim-iter, --batch >= 1")
+    if not opts.lam >= 0:
+        raise InputError(f"--lam {opts.lam}: must be >= 0")
+    if opts.whiten and not opts.pca:
+        raise InputError("--whiten needs --pca D")
+
+
+def read_features(path: str, batch: int) -> tuple[list[str], np.ndarray]:
+    """ids and the whole ``features`` matrix as one float32 array, filled batch by batch."""
+    with open_store(path) as store:
+        kind = store.kind
+        if kind in NEEDS:
+            raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
+        n, d = store.shape("features")
+        if n == 0:
+            raise InputError(f"{path}: no rows")
+        x = np.empty((n, d), dtype=np.float32)
+        for lo, hi, block in progress(store.batches("features", batch), desc="reading", total=-(-n // batch)):
+            x[lo:hi] = block
+        ids = store.ids
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise InputError(f"{path}: row {bad} (id {ids[bad]!r}) has NaN or infinite features")
+    return ids, x
+
+
+def preprocess(x: np.ndarray, opts: Options) -> np.ndarray:
+    """PCA (optional, whitened optionally), then row L2 normalization (default on)."""
+    if opts.pca:
+        pca = PCA(opts.pca, opts.whiten, opts.seed).fit(x)
+        y = np.empty((len(x), pca.dim), dtype=np.float32)
+        for lo in range(0, len(x), opts.batch):
+            y[lo:lo + opts.batch] = pca.transform(x[lo:lo + opts.batch])
+        x = y
+        log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if opts.whiten else "")
+    if not opts.no_l2:
+        l2_normalize(x, inplace=True)
+    return x
+
+
+def renumber(assign: np.ndarray, k: int, what: str, expected: bool = False) -> np.ndarray:
+    """Labels 0..K'-1 in the order of the original cluster numbers; report empty clusters
+    (a warning, unless emptying them is the ``expected`` outcome, as in RIM)."""
+    used, labels = np.unique(assign, return_inverse=True)
+    if len(used) < k:
+        (log.info if expected else log.warning)("%s: %d of %d clusters ended empty; the rest renumbered 0..%d", what, k - len(used), k,
+                    len(used) - 1)
+    return labels.astype(np.int64)
+
+
+# -- RIM ---------------------------------------------------------------------------------
+
+def rim_cap(n: int) -> int:
+    return max(1, n // RIM_MIN_POINTS_PER_CLUSTER)
+
+
+def rim(x: np.ndarray, k: int, lam: float, niter: int, rim_iter: int, seed: int, device: str
+        ) -> tuple[np.ndarray, float, float]:
+    """Labels 0..K'-1, the final loss and the mutual information (nats)."""
+    import torch
+
+    cap = rim_cap(len(x))
+    if k > cap:
+        log.warning("RIM: --k %d over-segments %d rows too finely; starting from k=%d (N/%d)", k, len(x), cap,
+                    RIM_MIN_POINTS_PER_CLUSTER)
+        k = cap
+    centroids, assign, _ = kmeans(x, k, niter, seed, device)
+    torch.manual_seed(seed)
+    mean = x.mean(axis=0)
+    problem = RimProblem(torch.from_numpy(x).to(device), torch.from_numpy(mean).to(device), lam)
+    W, b = problem.initial(torch.from_numpy(centroids).to(device))
+    loss, mi = problem.fit(W, b, rim_iter)
+    with torch.no_grad():
+        chosen = torch.cat([problem.logits(W, b, lo, hi).argmax(dim=1) for lo, hi in problem.chunks()])
+    return renumber(chosen.cpu().numpy(), k, "RIM", expected=True), loss, mi
+
+
+class RimProblem:
+    """The RIM objective on centred features, evaluated in row chunks."""
+
+    def __init__(self, x, mean, lam: float, chunk_elems: int = 1 << 24):
+        self.x, self.mean, self.lam = x, mean, lam
+        self.n = x.shape[0]
+        self.chunk_elems = chunk_elems
+        self.variance = float(sum(((x[lo:hi] - mean) ** 2).sum() for lo, hi in self._spans(x.shape[1]))) / self.n
+        self.variance = max(self.variance, 1e-12)
+        self.k = 0
+
+    def _spans(self, width: int):
+        step = max(1, self.chunk_elems // max(width, 1))
+        return [(lo, min(lo + step, self.n)) for lo in range(0, self.n, step)]
+
+    def chunks(self):
+        return self._spans(max(self.k, self.x.shape[1]))
+
+    def logits(self, W, b, lo: int, hi: int):
+        return (self.x[lo:hi] - self.mean) @ W.T + b
+
+    def penalty(self, W):
+        return self.lam * self.variance * (W ** 2).sum()
+
+    def terms(self, W, b):
+        """(mean p, mean conditional entropy) without gradients."""
+        import torch
+
+        with torch.no_grad():
+            p_sum = torch.zeros(self.k, dtype=W.dtype, device=W.device)
+            h_sum = torch.zeros((), dtype=W.dtype, device=W.device)
+            for lo, hi in self.chunks():
+                logp = torch.log_softmax(self.logits(W, b, lo, hi), dim=1)
+                p = logp.exp()
+                p_sum += p.sum(dim=0)
+                h_sum -= (p * logp).sum()
+        return p_sum / self.n, h_sum / self.n
+
+    def value(self, W, b) -> tuple[float, float]:
+        """(loss = -MI + penalty, MI)."""
+        import torch
+
+        p_mean, h_cond = self.terms(W, b)
+        mi = float(-(p_mean * torch.log(p_mean.clamp_min(1e-30))).sum() - h_cond)
+        return -mi + float(self.penalty(W).detach()), mi
+
+    def loss_and_grad(self, W, b) -> float:
+        """Loss, with gradients accumulated in W.grad and b.grad, one chunk at a time.
+
+        H(mean p) couples all rows; its gradient equals that of the linear surrogate
+        g . sum_i p_i / N with g = dH/d(mean p) = -(log mean p + 1), fixed from a first pass.
+        """
+        import torch
+
+        p_mean, h_cond = self.terms(W, b)
+        log_p_mean = torch.log(p_mean.clamp_min(1e-30))
+        mi = float(-(p_mean * log_p_mean).sum() - h_cond)
+        g = -(log_p_mean + 1.0)
+        for lo, hi in self.chunks():
+            logp = torch.log_softmax(self.logits(W, b, lo, hi), dim=1)
+            p = logp.exp()
+            surrogate = -(p @ g).sum() / self.n - (p * logp).sum() / self.n  # -H(mean p) + H(c|f) parts
+            surrogate.backward()
+        penalty = self.penalty(W)
+        penalty.backward()
+        return -mi + float(penalty.detach())
+
+    def initial(self, centroids):
+        """W = s c_k, b = -s |c_k|^2 / 2 (the k-means assignment at temperature 1/s), best s of a grid."""
+        c = centroids - self.mean
+        self.k = c.shape[0]
+        best = None
+        for s in np.logspace(-1, 3, 17) / self.variance:
+            loss, _ = self.value(s * c, -0.5 * s * (c ** 2).sum(dim=1))
+            if best is None or loss < best[0]:
+                best = (loss, s)
+        s = best[1]
+        log.debug("RIM: initial temperature 1/%.4g, loss %.6g", s, best[0])
+        W = (s * c).clone().requires_grad_(True)
+        b = (-0.5 * s * (c ** 2).sum(dim=1)).clone().requires_grad_(True)
+        return W, b
+
+    def fit(self, W, b, max_iter: int) -> tuple[float, float]:
+        import torch
+
+        opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-9, tolerance_change=1e-12)
+        bar = progress(total=max_iter, desc="RIM")
+
+        def closure():
+            opt.zero_grad()
+            loss = self.loss_and_grad(W, b)
+            bar.update(1)
+            return torch.tensor(loss, dtype=W.dtype)
+
+        opt.step(closure)
+        bar.close()
+        return self.value(W.detach(), b.detach())
+
+
+# -- summary -----------------------------------------------------------------------------
+
+def summary_paths(path: str) -> tuple[Path, Path]:
+    base = Path(path)
+    if base.suffix.lower() in (".csv", ".png"):
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".csv"), base.with_name(base.name + ".png")
+
+
+def write_summary(path: str, labels: np.ndarray) -> None:
+    """``cluster,size`` CSV and a PNG: sizes sorted, and their histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    csv_path, png_path = summary_paths(path)
+    sizes = np.bincount(labels)
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text("cluster,size\n" + "".join(f"{c},{s}\n" for c, s in enumerate(sizes.tolist())))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.bar(np.arange(len(sizes)), np.sort(sizes)[::-1], width=1.0, color="tab:blue")
+    left.set(xlabel="cluster (largest first)", ylabel="images", title=f"K'={len(sizes)} clusters")
+    right.hist(sizes, bins=min(30, max(1, len(sizes))), color="tab:gray")
+    right.set(xlabel="cluster size", ylabel="clusters",
+              title=f"sizes: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}")
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    log.info("wrote %s and %s", csv_path, png_path)
+
+
+TOOL = ClusterTool
+main = ClusterTool.console
