@@ -13,6 +13,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 def contingency(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Counts ``[K_pred, K_truth]`` of items per (predicted, true) pair."""
+    if len(pred) != len(truth) or len(pred) == 0:
+        raise ValueError(f"labelings of {len(pred)} and {len(truth)} items cannot be compared")
     _, p = np.unique(np.asarray(pred), return_inverse=True)
     _, t = np.unique(np.asarray(truth), return_inverse=True)
     table = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
@@ -26,12 +28,18 @@ def purity(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(table.max(axis=1).sum() / table.sum())
 
 
+def inverse_purity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Purity the other way round: fraction of items whose class's majority cluster is theirs."""
+    return purity(truth, pred)
+
+
 def nmi(pred: np.ndarray, truth: np.ndarray) -> float:
     """Normalized mutual information (arithmetic normalization), symmetric."""
     return float(normalized_mutual_info_score(truth, pred))
 
 
 def ari(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Adjusted Rand index (0 for chance, 1 for identical partitions), symmetric."""
     return float(adjusted_rand_score(truth, pred))
 
 
@@ -46,7 +54,7 @@ def all_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """purity both ways, NMI, ARI and Hungarian accuracy."""
     return {
         "purity": purity(pred, truth),
-        "inverse_purity": purity(truth, pred),
+        "inverse_purity": inverse_purity(pred, truth),
         "nmi": nmi(pred, truth),
         "ari": ari(pred, truth),
         "hungarian": hungarian_accuracy(pred, truth),

@@ -1,0 +1,240 @@
+"""``converge``: compare this iteration's labels with the previous ones; the loop's stop signal.
+
+Exit status, like ``diff``/``grep``: 0 = converged (the ``--metric`` between CURR and
+PREV reaches ``--threshold``), 1 = not yet (also when there is no ``--prev``), 2 = any
+error. Only the last line of :meth:`ConvergeTool.main` returns 1, after every output
+was written; an exception anywhere before it exits 2 (the CLI base maps every
+exception to 2), so a shell loop ``until converge …; do …; done`` cannot spin forever
+on a crash (test ``$?`` for 2 separately).
+
+Metrics vs PREV (the paper's convergence measures): purity of CURR w.r.t. PREV and the
+inverse purity (PREV w.r.t. CURR), NMI, ARI. ``--metric purity`` uses the smaller of
+the two purities, so neither splitting nor merging clusters passes unnoticed; the
+default ``nmi`` with threshold 0.9 stops when nine tenths of the information in one
+labeling is shared by the other. With ``--truth``: purity, NMI, ARI and Hungarian
+accuracy of CURR against the truth (cluster and class counts may differ).
+
+The history CSV gets one row per iteration (a re-run of the same iteration replaces its
+row), always with the columns of :data:`HISTORY_COLUMNS`, empty where not applicable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.common import metrics
+from ldpo.common.cli import CommonOptions, Tool, opt, positional
+from ldpo.common.errors import InputError
+from ldpo.common.labels import Labels, align, read_labels
+from ldpo.common.stores import atomic_path
+
+log = logging.getLogger("ldpo")
+
+PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
+TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
+HISTORY_COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp"]
+TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes `top1`
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    curr: str = positional("labels CSV of this iteration (id,label)")
+    prev: str = opt("labels CSV of the previous iteration (none: not converged, exit 1)", "")
+    truth: str = opt("ground-truth labels CSV, for evaluation only (it may list more ids)", "")
+    history: str = opt("history CSV to add this iteration's row to (a row of the same iteration is replaced)", "")
+    iteration: int = opt("iteration number for the history (-1 = one more than the history's last)", -1)
+    metric: str = opt("the convergence measure vs --prev", "nmi", choices=["nmi", "purity"])
+    threshold: float = opt("converged when the metric reaches this", 0.9)
+    plot: str = opt("redraw the whole history as this PNG (needs --history)", "")
+    metrics_json: str = opt("finetune metrics.json whose `final` top-1 goes into the history's top1 column", "")
+
+
+class ConvergeTool(Tool):
+    name = "converge"
+    description = ("Compare two consecutive labelings (purity both ways, NMI, ARI; vs --truth as well). "
+                   "Exit 0 = converged, 1 = not yet, 2 = error. Prints one line of key=value pairs.")
+    example = ("converge labels_3.csv --prev labels_2.csv --truth truth.csv --history history.csv "
+               "--iteration 3 --plot history.png\n"
+               "converge l_3.csv --prev l_2.csv; case $? in 0) echo stop;; 1) echo go on;; *) exit 2;; esac")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        if not 0.0 <= opts.threshold <= 1.0:
+            raise InputError(f"--threshold {opts.threshold}: must be between 0 and 1")
+        if opts.plot and not opts.history:
+            raise InputError("--plot draws the history: give --history too")
+        curr = read_labels(opts.curr)
+        row: dict[str, object] = {"k": len(np.unique(curr.labels))}
+        if opts.prev:
+            row.update(versus_prev(curr, read_labels(opts.prev)))
+        if opts.truth:
+            row.update(versus_truth(curr, read_labels(opts.truth)))
+        if opts.metrics_json:
+            row["top1"] = read_top1(opts.metrics_json)
+        score = convergence_score(row, opts.metric) if opts.prev else None
+        converged = score is not None and score >= opts.threshold
+        row["converged"] = int(converged)
+        row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        history = read_history(opts.history) if opts.history else []
+        row["iteration"] = opts.iteration if opts.iteration >= 0 else next_iteration(history)
+        if opts.history:
+            history = merge_row(history, row)
+            write_history(opts.history, history)
+            if opts.plot:
+                plot_history(history, opts.plot, opts.threshold, opts.metric)
+        print(" ".join(f"{c}={fmt(row.get(c, ''))}" for c in HISTORY_COLUMNS if c != "timestamp"
+                       and row.get(c, "") != ""))
+        log.info("%s", "converged" if converged else
+                 "no previous labels: not converged" if score is None else
+                 f"not converged: {opts.metric} {score:.4f} < {opts.threshold}")
+        return 0 if converged else 1
+
+
+def versus_prev(curr: Labels, prev: Labels) -> dict[str, float]:
+    """CURR against PREV, joined by id (both must list the same ids)."""
+    prev_aligned = align(prev, curr.ids, curr.source)
+    m = {
+        "purity_prev": metrics.purity(curr.labels, prev_aligned),
+        "inverse_purity_prev": metrics.inverse_purity(curr.labels, prev_aligned),
+        "nmi_prev": metrics.nmi(curr.labels, prev_aligned),
+        "ari_prev": metrics.ari(curr.labels, prev_aligned),
+    }
+    return check_finite(m)
+
+
+def versus_truth(curr: Labels, truth: Labels) -> dict[str, float]:
+    """CURR against the truth; the truth may name more ids, but must cover every id of CURR."""
+    truth_aligned = align(truth, curr.ids, curr.source, allow_unknown=True)
+    m = metrics.all_metrics(curr.labels, truth_aligned)
+    return check_finite({"purity_truth": m["purity"], "nmi_truth": m["nmi"], "ari_truth": m["ari"],
+                         "hungarian_truth": m["hungarian"]})
+
+
+def check_finite(values: dict[str, float]) -> dict[str, float]:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise RuntimeError(f"{name} came out {value}: cannot decide convergence")
+    return values
+
+
+def convergence_score(row: dict, metric: str) -> float:
+    if metric == "purity":
+        return min(row["purity_prev"], row["inverse_purity_prev"])
+    return row["nmi_prev"]
+
+
+def read_top1(path: str) -> float:
+    """``top1`` from a finetune metrics.json: ``final.val_top1``, else ``train_top1``, else ``test_top1``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such metrics file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable JSON file ({err})") from None
+    final = data.get("final") if isinstance(data, dict) else None
+    if not isinstance(final, dict):
+        raise InputError(f"{path}: has no `final` metrics object")
+    for key in TOP1_KEYS:
+        value = final.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    raise InputError(f"{path}: `final` has none of {', '.join(TOP1_KEYS)} as a number")
+
+
+# -- history -----------------------------------------------------------------------------
+
+def read_history(path: str) -> list[dict[str, str]]:
+    """Rows of an existing history CSV (none if the file does not exist yet)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read history ({err})") from None
+    if not text.strip():
+        return []
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "iteration" not in reader.fieldnames:
+        raise InputError(f"{path}: not a converge history (no 'iteration' column)")
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        try:
+            int(raw["iteration"])
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: line {line_no}: iteration {raw['iteration']!r} is not an integer") from None
+        rows.append({c: raw.get(c) or "" for c in HISTORY_COLUMNS})
+    return rows
+
+
+def next_iteration(history: list[dict]) -> int:
+    return max((int(r["iteration"]) for r in history), default=-1) + 1
+
+
+def merge_row(history: list[dict], row: dict) -> list[dict]:
+    """The history with ``row`` added, or replacing the row of the same iteration; sorted by iteration."""
+    new = {c: fmt(row.get(c, "")) for c in HISTORY_COLUMNS}
+    kept = [r for r in history if int(r["iteration"]) != int(row["iteration"])]
+    return sorted(kept + [new], key=lambda r: int(r["iteration"]))
+
+
+def write_history(path: str, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def plot_history(rows: list[dict], path: str, threshold: float, metric: str) -> None:
+    """Metrics over iterations: vs the previous labels (left), vs the truth and top-1 (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = np.array([int(r["iteration"]) for r in rows])
+
+    def series(col: str) -> np.ndarray:
+        return np.array([float(r[col]) if r.get(col, "") != "" else np.nan for r in rows])
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for col in PREV_COLUMNS:
+        left.plot(its, series(col), marker="o", label=col.removesuffix("_prev"))
+    left.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold ({metric})")
+    done = its[series("converged") == 1]
+    if len(done):
+        left.axvline(done.min(), color="tab:green", ls=":", lw=1.5, label="converged")
+    left.set(title="vs previous iteration", xlabel="iteration", ylim=(-0.05, 1.05))
+    for col in [*TRUTH_COLUMNS, "top1"]:
+        values = series(col)
+        if np.isfinite(values).any():
+            right.plot(its, values, marker="s", label=col.removesuffix("_truth"))
+    right.set(title="vs ground truth", xlabel="iteration")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+TOOL = ConvergeTool
+main = ConvergeTool.console

@@ -1,0 +1,268 @@
+"""``hierarchy``: the category tree from the converged model's class confusion (Wang et al. 2017, Sec. 3.5).
+
+PROBS is a feature store ``features`` [N,K] of softmax scores (``featurize --layer
+probs``), its attribute ``classes`` giving the label value of each column (absent:
+columns are labels 0..K-1, with a warning). LABELS (id,label) are the labels the
+model was trained on, joined by id.
+
+Level 0 holds the classes that have images. With P(a|b) the mean, over images of
+group a, of their summed scores for the classes of group b (Eq. 6–7: scores of merged
+classes add up), the affinity is A = ½(P(a|b) + P(b|a)); scikit-learn's affinity
+propagation on A (precomputed, preference = its default, the median of A) merges the
+groups into the next level. This repeats until one root remains (two groups left join
+at the root directly: AP has nothing to choose between two). When AP stops merging
+(or fails to converge, or ``--max-levels`` is reached) the remaining groups are merged
+into the root in one forced step, which is logged and recorded in tree.json.
+
+Writes into ``--out`` DIR:
+
+* ``tree.json``: the root node; every node has ``id`` ("L<level>-<index>"), ``level``,
+  ``index``, ``size`` (images), ``classes`` (member label values) and ``children``;
+  the root also has ``levels`` (group count per level) and ``forced_final_merge``;
+* ``levels.csv``: ``id,level0,level1,…`` (level0 = the image's label, level j = its
+  group index at level j; the last level is the root, 0);
+* ``tree.png``: a dendrogram of the levels.
+
+Prints ``levels: 25, 7, 2, 1`` (group count per level) on stdout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
+from ldpo.common.errors import InputError
+from ldpo.common.labels import align, read_labels
+from ldpo.common.stores import atomic_path, open_store
+
+log = logging.getLogger("ldpo")
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)")
+    labels: str = positional("labels CSV (id,label) the model was trained on")
+    out: str = opt("output folder for tree.json, levels.csv, tree.png")
+    damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
+    max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
+    batch: int = opt("rows read per batch", 8192)
+
+
+class HierarchyTool(Tool):
+    name = "hierarchy"
+    description = ("Build the category tree: affinity propagation on the class confusion of the final model, "
+                   "merged level by level up to one root. Writes tree.json, levels.csv, tree.png; prints the "
+                   "group count per level.")
+    example = "hierarchy probs.h5 labels_final.csv --out tree/ --seed 0"
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        if not 0.5 <= opts.damping < 1.0:
+            raise InputError(f"--damping {opts.damping}: must be in [0.5, 1)")
+        if opts.max_levels < 1 or opts.batch < 1:
+            raise InputError("--max-levels and --batch must be >= 1")
+        ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch)
+        present = np.flatnonzero(counts > 0)
+        if len(present) < len(classes):
+            log.warning("%d of %d classes have no images in %s; left out of the tree", len(classes) - len(present),
+                        len(classes), opts.labels)
+        groups, forced = build_levels(sums, counts, present, opts.damping, opts.max_levels, opts.seed)
+        sizes = [len(level) for level in groups]
+        out = Path(opts.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tree = tree_json(groups, classes, counts, forced)
+        with atomic_path(out / "tree.json") as tmp:
+            tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
+        write_levels(out / "levels.csv", ids, row_class, classes, groups)
+        draw_tree(out / "tree.png", groups, classes, counts)
+        print("levels: " + ", ".join(str(s) for s in sizes))
+        return 0
+
+
+def read_scores(probs_path: str, labels_path: str, batch: int):
+    """ids, each row's class column, the class values, per-class score sums [K,K] and counts [K]."""
+    with open_store(probs_path) as store:
+        if store.kind != "features":
+            raise InputError(f"{probs_path}: holds {store.kind}, not softmax scores: run `featurize --layer probs`")
+        n, k = store.shape("features")
+        classes = class_values(store.attrs, k, probs_path)
+        ids = store.ids
+        labels = align(read_labels(labels_path), ids, probs_path)
+        column = {value: j for j, value in enumerate(classes)}
+        unknown = sorted(set(np.unique(labels).tolist()) - set(column))
+        if unknown:
+            raise InputError(f"{labels_path}: label {unknown[0]} is not one of the {k} classes of {probs_path}")
+        row_class = np.array([column[v] for v in labels.tolist()], dtype=np.int64)
+        sums = np.zeros((k, k), dtype=np.float64)
+        for lo, hi, block in progress(store.batches("features", batch), desc="scores", total=-(-n // batch)):
+            if not np.isfinite(block).all() or (block < 0).any():
+                raise InputError(f"{probs_path}: rows {lo}..{hi} hold negative or non-finite scores: "
+                                 "softmax probabilities are needed (featurize --layer probs)")
+            np.add.at(sums, row_class[lo:hi], block.astype(np.float64))
+    counts = np.bincount(row_class, minlength=k).astype(np.float64)
+    return ids, row_class, classes, sums, counts
+
+
+def class_values(attrs: dict, k: int, path: str) -> list[int]:
+    raw = attrs.get("classes")
+    if raw is None:
+        log.warning("%s: no `classes` attribute; taking its %d columns as labels 0..%d", path, k, k - 1)
+        return list(range(k))
+    if not isinstance(raw, (list, tuple)) or len(raw) != k:
+        raise InputError(f"{path}: attribute `classes` must list {k} label values, one per column")
+    try:
+        values = [int(v) for v in raw]
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: attribute `classes` holds a non-integer label value") from None
+    if len(set(values)) != k:
+        raise InputError(f"{path}: attribute `classes` repeats a label value")
+    return values
+
+
+def affinity(sums: np.ndarray, counts: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """A = ½(P + Pᵀ) for groups given by the 0/1 matrix ``members`` [G, K] (Eq. 6–7)."""
+    group_sums = members @ sums @ members.T  # [a, b]: scores of group a's images summed over group b
+    p = group_sums / (members @ counts)[:, None]
+    return 0.5 * (p + p.T)
+
+
+def propagate(a: np.ndarray, damping: float, seed: int) -> np.ndarray | None:
+    """Affinity-propagation labels 0..G'-1, or None when it did not converge."""
+    from sklearn.cluster import AffinityPropagation
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="All samples have mutually equal similarities")
+        ap = AffinityPropagation(affinity="precomputed", damping=damping, max_iter=1000, convergence_iter=30,
+                                 random_state=seed).fit(a)
+    labels = np.asarray(ap.labels_)
+    if len(ap.cluster_centers_indices_) == 0 or (labels < 0).any():
+        return None
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def build_levels(sums: np.ndarray, counts: np.ndarray, present: np.ndarray, damping: float, max_levels: int,
+                 seed: int) -> tuple[list[list[list[int]]], bool]:
+    """Levels of groups; a group lists the indices of its children in the level below.
+
+    Level 0 lists the class columns themselves (one per group). Returns the levels and
+    whether the last merge was forced.
+    """
+    levels: list[list[list[int]]] = [[[int(c)] for c in present]]
+    leaves: list[list[int]] = [[int(c)] for c in present]  # class columns under each group of the top level
+    forced = False
+    while len(leaves) > 1:
+        members = np.zeros((len(leaves), len(sums)))
+        for g, cols in enumerate(leaves):
+            members[g, cols] = 1.0
+        if len(leaves) == 2:  # nothing for AP to choose: the last two groups meet at the root
+            assign = np.zeros(2, dtype=np.int64)
+        elif len(levels) <= max_levels:
+            assign = propagate(affinity(sums, counts, members), damping, seed)
+        else:
+            assign = None
+        if assign is None or assign.max() + 1 >= len(leaves):
+            reason = ("the level cap --max-levels was reached" if len(levels) > max_levels else
+                      "affinity propagation did not converge" if assign is None else
+                      "affinity propagation merged nothing more")
+            log.warning("forcing the final merge of %d groups into the root: %s", len(leaves), reason)
+            assign, forced = np.zeros(len(leaves), dtype=np.int64), True
+        children = [sorted(np.flatnonzero(assign == g).tolist()) for g in range(assign.max() + 1)]
+        children.sort(key=min)
+        levels.append(children)
+        leaves = [sorted(c for child in group for c in leaves[child]) for group in children]
+        log.info("level %d: %d groups", len(levels) - 1, len(children))
+    return levels, forced
+
+
+def leaf_columns(levels: list[list[list[int]]]) -> list[list[list[int]]]:
+    """For every level and group, the class columns under it."""
+    out = [[group[:] for group in levels[0]]]
+    for level in levels[1:]:
+        out.append([sorted(c for child in group for c in out[-1][child]) for group in level])
+    return out
+
+
+def tree_json(levels, classes: list[int], counts: np.ndarray, forced: bool) -> dict:
+    cols = leaf_columns(levels)
+
+    def node(level: int, index: int) -> dict:
+        members = cols[level][index]
+        children = [] if level == 0 else [node(level - 1, c) for c in levels[level][index]]
+        return {"id": f"L{level}-{index}", "level": level, "index": index,
+                "size": int(sum(counts[c] for c in members)), "classes": [classes[c] for c in members],
+                "children": children}
+
+    root = node(len(levels) - 1, 0)
+    return {**root, "levels": [len(level) for level in levels], "forced_final_merge": forced}
+
+
+def write_levels(path: Path, ids: list[str], row_class: np.ndarray, classes: list[int], levels) -> None:
+    """``id,level0,…``: each image's label, then its group index at every level."""
+    cols = leaf_columns(levels)
+    group_of = []  # per level: class column -> group index
+    for level in cols:
+        lookup = np.full(len(classes), -1, dtype=np.int64)
+        for g, members in enumerate(level):
+            lookup[members] = g
+        group_of.append(lookup)
+    header = ["id"] + [f"level{j}" for j in range(len(levels))]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(header)
+            for ident, col in zip(ids, row_class.tolist()):
+                writer.writerow([ident, classes[col], *(int(g[col]) for g in group_of[1:])])
+
+
+def draw_tree(path: Path, levels, classes: list[int], counts: np.ndarray) -> None:
+    """A dendrogram: leaves along x in tree order, one horizontal bar per merge at its level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order: list[int] = []
+
+    def visit(level: int, index: int) -> None:
+        if level == 0:
+            order.append(index)
+        for child in ([] if level == 0 else levels[level][index]):
+            visit(level - 1, child)
+
+    visit(len(levels) - 1, 0)
+    x = [dict() for _ in levels]
+    x[0] = {leaf: pos for pos, leaf in enumerate(order)}
+    n_leaves = len(order)
+    fig, ax = plt.subplots(figsize=(min(40, max(6, 0.25 * n_leaves)), 1.2 + 1.1 * len(levels)))
+    for level in range(1, len(levels)):
+        for g, children in enumerate(levels[level]):
+            xs = [x[level - 1][c] for c in children]
+            x[level][g] = float(np.mean(xs))
+            for cx in xs:
+                ax.plot([cx, cx], [level - 1, level], color="tab:blue", lw=1)
+            ax.plot([min(xs), max(xs)], [level, level], color="tab:blue", lw=1.5)
+    size = 7 if n_leaves <= 60 else 4
+    ax.set_xticks(range(n_leaves), [f"{classes[levels[0][leaf][0]]}" for leaf in order], rotation=90, fontsize=size)
+    ax.set_yticks(range(len(levels)), [f"level {j} ({len(levels[j])})" for j in range(len(levels))])
+    ax.set_xlim(-0.5, n_leaves - 0.5)
+    ax.set_ylim(-0.3, len(levels) - 0.7)
+    ax.set_title(f"category tree: {int(counts.sum())} images, {n_leaves} classes")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+TOOL = HierarchyTool
+main = HierarchyTool.console
