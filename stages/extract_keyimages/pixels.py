@@ -78,13 +78,14 @@ def voi(values: np.ndarray, ds: Dataset, index: int = 0) -> tuple[np.ndarray, fl
         return None
     index = min(max(index, 0), count - 1)
     try:
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             out = apply_voi_lut(values, ds, index=index)
-            ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=index)  # the range's two ends
+            if "VOILUTSequence" in ds and len(ds.VOILUTSequence):  # a LUT table: its entries' bit depth
+                return out, 0.0, float(2 ** int(ds.VOILUTSequence[index].LUTDescriptor[2]) - 1)
+            ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=index)  # a window: its range's two ends
     except (ValueError, TypeError, AttributeError, IndexError):
         return None  # e.g. a zero window width: fall back to min..max
-    lo, hi = float(np.min(ends)), float(np.max(ends))
-    return out, lo, hi
+    return out, float(np.min(ends)), float(np.max(ends))
 
 
 def dicom_frame(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None,

@@ -206,8 +206,8 @@ def _read_dicom(job: Job) -> list[np.ndarray]:
     from pydicom.pixels import iter_pixels
 
     ds = pydicom.dcmread(job.path)
-    frames = iter_pixels(ds, indices=job.frames) if job.frames != [0] or "NumberOfFrames" in ds else [ds.pixel_array]
-    return [fit(dicom_frame(frame, ds, job.window, job.window_index), job.size) for frame in frames]
+    return [fit(dicom_frame(frame, ds, job.window, job.window_index), job.size)
+            for frame in iter_pixels(ds, indices=job.frames)]
 
 
 def canonical_volume(path: str) -> np.ndarray:

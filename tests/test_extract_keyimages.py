@@ -1,0 +1,306 @@
+"""``extract-keyimages`` on real DICOM files from pydicom/pydicom-data, NIfTI, image folders and the toy PACS."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from ldpo.common.stores import open_store
+from ldpo.stages.extract_keyimages import MANIFEST_COLUMNS
+
+SALT = ["--salt", "test-salt"]
+
+
+def data_file(name: str) -> Path:
+    path = get_testdata_file(name, download=False)  # exact names only: pattern look-ups try to download
+    assert path, name
+    return Path(path)
+
+
+def copy(names: list[str], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(data_file(name), folder / name)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def outputs(out: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    manifest = read_csv(out / "manifest.csv")
+    store = next(p for p in (out / "images.h5", out / "images.zarr") if p.exists())
+    with open_store(store, expect="images") as s:
+        images = dict(zip(s.ids, s.read("images")))
+    assert [m["id"] for m in manifest] == list(images)  # rows join by id, in the same order
+    return manifest, images
+
+
+def expected_window(name: str, index: int = 0, invert: bool = False) -> np.ndarray:
+    """pydicom's own modality LUT + apply_voi_lut, its output range rescaled to 0..255."""
+    ds = pydicom.dcmread(data_file(name))
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, index=index)
+    bits = ds.BitsStored
+    lo, hi = (0, 2 ** bits - 1) if ds.PixelRepresentation == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        lo, hi = lo * ds.RescaleSlope + ds.RescaleIntercept, hi * ds.RescaleSlope + ds.RescaleIntercept
+    out = (values - lo) / (hi - lo) * 255
+    return 255 - out if invert else out
+
+
+def single_image(cli, tmp_path: Path, name: str, size: int, *extra: str) -> np.ndarray:
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", copy([name], tmp_path / "src"), "--out", out, "--size", size, *SALT, *extra)
+    assert r.code == 0, r.err
+    _, images = outputs(out)
+    assert len(images) == 1
+    return next(iter(images.values())).astype(np.float64)
+
+
+@pytest.mark.parametrize("name, size", [("MR_small.dcm", 64), ("693_UNCI.dcm", 512)])
+def test_header_window_matches_pydicom(cli, tmp_path, name, size):
+    got = single_image(cli, tmp_path, name, size)
+    want = expected_window(name)
+    assert np.abs(got - want).max() <= 1
+    assert got.std() > 10  # a real picture, not a flat frame
+
+
+def test_voi_lut_table_matches_pydicom(cli, tmp_path):
+    ds = pydicom.dcmread(data_file("vlut_04.dcm"))  # a VOI LUT Sequence (16-bit table), no window
+    got = single_image(cli, tmp_path, "vlut_04.dcm", ds.Rows)
+    want = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds) / 65535 * 255
+    assert np.abs(got - want).max() <= 1 and got.std() > 10
+
+
+def test_window_index_picks_the_second_window_and_pads_to_square(cli, tmp_path):
+    name = "examples_overlay.dcm"  # 300×484, WindowCenter [450, 200]
+    got = single_image(cli, tmp_path, name, 484, "--window-index", "1")
+    top = (484 - 300) // 2
+    assert np.abs(got[top:top + 300] - expected_window(name, index=1)).max() <= 1
+    assert got[:top].max() == 0 and got[top + 300:].max() == 0  # black padding
+    assert np.abs(got[top:top + 300] - expected_window(name, index=0)).max() > 20
+
+
+def test_window_override_and_presets(cli, tmp_path):
+    name = "693_UNCI.dcm"
+    got = single_image(cli, tmp_path, name, 512, "--window", "abdomen")
+    ds = pydicom.dcmread(data_file(name))
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    want = np.clip((hu - (40 - 0.5)) / (400 - 1) + 0.5, 0, 1) * 255  # LINEAR window 40,400 (PS3.3 C.11.2.1.2.1)
+    assert np.abs(got - want).max() <= 1.5
+    r = cli("extract-keyimages", tmp_path / "src", "--out", tmp_path / "bad", "--window", "wide-ish")
+    assert r.code == 2 and "--window" in r.err
+
+
+def test_monochrome1_is_inverted(cli, tmp_path):
+    got = single_image(cli, tmp_path, "RG3_UNCR.dcm", 1760)
+    want = expected_window("RG3_UNCR.dcm", invert=True)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - (255 - want)).mean() > 30
+
+
+def test_multiframe_by_frame(cli, tmp_path):
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", copy(["emri_small.dcm"], tmp_path / "src"), "--out", out, "--size", 64, *SALT)
+    assert r.code == 0, r.err
+    manifest, images = outputs(out)
+    assert [int(m["frame"]) for m in manifest] == list(range(10))
+    ds = pydicom.dcmread(data_file("emri_small.dcm"))
+    frame3 = ds.pixel_array[3].astype(np.float64)
+    want = (frame3 - frame3.min()) / (frame3.max() - frame3.min()) * 255  # no window in the header: min..max
+    assert np.abs(images[manifest[3]["id"]] - want).max() <= 1
+    assert len({im.tobytes() for im in images.values()}) == 10
+
+
+def test_broken_files_become_rejects_and_the_batch_goes_on(cli, tmp_path):
+    src = copy(["MR_small.dcm", "MR_truncated.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm",
+                "test-SR.dcm", "CT_small.dcm"], tmp_path / "src")
+    (src / "notes.bin").write_bytes(b"not a dicom file at all" * 20)
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", src, "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    reasons = {row["path"]: row["reason"] for row in read_csv(out / "rejects.csv")}
+    assert reasons["MR_truncated.dcm"].startswith("truncated pixel data")
+    assert reasons["MR_small_jpeg_ls_lossless.dcm"].startswith("compressed syntax without a decoder: JPEG-LS")
+    assert reasons["JPGExtended.dcm"].startswith("pixel data cannot be decoded")  # fails only in pass 2
+    assert reasons["test-SR.dcm"].startswith("no pixel data")
+    assert reasons["notes.bin"] == "unreadable: not a DICOM file"
+    manifest, images = outputs(out)
+    assert sorted(m["modality"] for m in manifest) == ["CT", "MR"]
+    assert all(im.max() > 0 for im in images.values())  # the pass-2 failure left no blank row behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial store left over
+
+
+def test_nothing_usable_exits_2_with_one_line(cli, tmp_path):
+    src = copy(["MR_truncated.dcm", "test-SR.dcm"], tmp_path / "src")
+    r = cli("extract-keyimages", src, "--out", tmp_path / "out", "-q", *SALT)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1 and "nothing usable" in r.err
+    assert len(read_csv(tmp_path / "out" / "rejects.csv")) == 2
+    assert not (tmp_path / "out" / "images.h5").exists()
+
+
+def uids(ds) -> set[str]:
+    found = set()
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.value:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            found.update(str(v) for v in values if len(str(v)) > 8)
+    return found
+
+
+def test_no_phi_or_uid_in_any_output(cli, tmp_path):
+    names = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "examples_overlay.dcm", "693_UNCI.dcm"]
+    src = copy(names, tmp_path / "src")
+    secrets: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        headers = [pydicom.dcmread(src / n) for n in names]
+    for ds in headers:
+        secrets |= uids(ds) | uids(ds.file_meta)
+        secrets |= {p for p in str(ds.get("PatientName", "")).replace("=", "^").split("^") if len(p) > 2}
+        if ds.get("PatientBirthDate"):
+            secrets.add(str(ds.PatientBirthDate))
+    ct = headers[0]
+    reports = tmp_path / "reports.csv"
+    with open(reports, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["report_id", "study_uid", "text"])
+        w.writerow(["rep1", ct.StudyInstanceUID,
+                    f"Patient {ct.PatientName.family_name} (born {ct.get('PatientBirthDate', '')}, "
+                    f"study {ct.StudyInstanceUID}). A nodule is seen on image {ct.InstanceNumber}. No effusion."])
+    if ct.get("PatientBirthDate"):
+        secrets.add(str(ct.PatientBirthDate))
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", src, "--reports", reports, "--all-slices", "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, _ = outputs(out)
+    row = next(m for m in manifest if m["report_id"] == "rep1" and m["sentence"])
+    assert row["sentence"] == f"A nodule is seen on image {ct.InstanceNumber}."
+    assert "[removed]" in row["context"] and "[uid]" in row["context"]
+    assert {m["report_id"] for m in manifest} == {"rep1", ""}
+    assert len(secrets) > 10
+    blobs = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for secret in secrets:
+        for path, blob in blobs.items():
+            assert secret.encode() not in blob, f"{secret!r} leaked into {path.name}"
+
+
+def test_nifti_canonical_axial_slices(cli, tmp_path):
+    import nibabel as nib
+
+    z = np.arange(10, dtype=np.float32)
+    volume = np.zeros((20, 24, 10), dtype=np.float32) + z * 10  # brighter towards the last stored slice
+    volume[2:5, 2:8, :] = 500  # a marker near the start of the first two (flipped) axes
+    affine = np.diag([-2.0, -2.0, -3.0, 1.0])  # LPI storage: canonical RAS flips all three axes
+    src = tmp_path / "vol"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(volume, affine), src / "ct.nii.gz")
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", src, "--out", out, "--size", 24, "--every", 3, "--window", "45,110", *SALT)
+    assert r.code == 0, r.err
+    manifest, images = outputs(out)
+    assert [m["instance"] for m in manifest] == ["1", "4", "7", "10"]
+    background = [images[m["id"]][12, 12] for m in manifest]
+    # canonical order is inferior→superior: the stored last slice (90) comes first
+    assert background == sorted(background, reverse=True) and background[0] > background[-1]
+    # the marker sits at the patient's right-anterior corner (stored axes run right→left, anterior→posterior):
+    # displayed radiologically it is top-left; 20 columns are padded by 2 black columns each side
+    first = images[manifest[0]["id"]]
+    assert first.shape == (24, 24)
+    assert np.argwhere(first == 255).min(0).tolist() == [2, 4] and np.argwhere(first == 255).max(0).tolist() == [7, 6]
+
+
+def test_image_folder_with_classes(cli, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("bark", 40), ("wool", 200)):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(3):
+            img = np.clip(rng.normal(level, 10, (30, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "src" / cls / f"{cls}{i}.png")
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", tmp_path / "src", "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, images = outputs(out)
+    truth = {row["id"]: int(row["label"]) for row in read_csv(out / "truth.csv")}
+    assert read_csv(out / "classes.csv") == [{"label": "0", "name": "bark"}, {"label": "1", "name": "wool"}]
+    assert set(truth) == set(images)
+    for ident, image in images.items():
+        inner = image[6:26]  # 30×40 padded to 40×40 then resized to 32: rows 6..26 hold the picture
+        assert (inner.mean() > 120) == (truth[ident] == 1)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    from ldpo.stages import run
+
+    out = tmp_path_factory.mktemp("pacs")
+    assert run(["toy-data", "pacs", "--out", str(out), "--studies", "10", "--seed", "1", "-q"]) == 0
+    return out
+
+
+def test_toy_pacs_end_to_end(cli, pacs, tmp_path):
+    out = tmp_path / "keys"
+    r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", out, "--size", 64, *SALT)
+    assert r.code == 0, r.err
+    with open(out / "manifest.csv", encoding="utf-8") as fh:
+        assert fh.readline().strip() == ",".join(MANIFEST_COLUMNS)
+    manifest, images = outputs(out)
+    reports = {row["report_id"]: row for row in read_csv(pacs / "reports.csv")}
+    assert 30 <= len(manifest) <= 120
+    assert {m["report_id"] for m in manifest} <= set(reports)
+    assert len({m["report_id"] for m in manifest}) == len(reports)  # every study has key images
+    for m in manifest:
+        assert m["sentence"] and m["sentence"] in m["context"]
+        assert " ".join(reports[m["report_id"]]["text"].split()).find(m["sentence"]) >= 0
+        assert m["series"].isdigit() and m["instance"].isdigit() and m["modality"] in ("CT", "MR")
+    rejects = read_csv(out / "rejects.csv")
+    broken = {row["path"]: row["reason"] for row in rejects if row["path"].startswith("ST")}
+    assert sorted(broken.values(), key=str)[:1] and len(broken) == 5
+    assert sum(v.startswith("truncated") for v in broken.values()) == 2
+    assert sum(v.startswith("no pixel data") for v in broken.values()) == 2
+    assert any(v.startswith("unreadable") for v in broken.values())
+    assert any(row["reason"].startswith("reference not found") for row in rejects)
+    assert all(im.std() > 5 for im in images.values())
+
+    # parallel workers and the Zarr format give the same rows; another salt gives other ids
+    out2 = tmp_path / "keys2"
+    r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", out2, "--size", 64,
+            "--workers", 2, "--format", "zarr", *SALT)
+    assert r.code == 0, r.err
+    manifest2, images2 = outputs(out2)
+    assert manifest2 == manifest
+    assert all(np.array_equal(images[k], images2[k]) for k in images)
+    r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", tmp_path / "k3",
+            "--size", 32, "--salt", "other")
+    assert r.code == 0
+    ids3 = [m["id"] for m in read_csv(tmp_path / "k3" / "manifest.csv")]
+    assert len(ids3) == len(manifest) and not set(ids3) & set(images)
+
+
+def test_toy_pacs_all_slices_and_txt_reports(cli, pacs, tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for row in read_csv(pacs / "reports.csv"):
+        (folder / f"{row['accession']}.txt").write_text(row["text"], encoding="utf-8")
+    out = tmp_path / "all"
+    r = cli("extract-keyimages", pacs / "dicom", "--reports", folder, "--all-slices", "--every", 4,
+            "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, _ = outputs(out)
+    accessions = {row["accession"] for row in read_csv(pacs / "reports.csv")}
+    assert {m["report_id"] for m in manifest} == accessions  # .txt reports: report_id = stem = accession
+    unreferenced = [m for m in manifest if not m["sentence"]]
+    assert unreferenced and len(manifest) > 60
