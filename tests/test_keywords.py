@@ -234,3 +234,48 @@ def test_bad_inputs_exit_2_with_one_line(cli, tiny, tmp_path):
         assert r.code == 2, argv
         assert len(r.err.strip().splitlines()) == 1 and message in r.err, r.err
     assert (busy / "thesis.tex").read_text() == "mine"
+
+
+PACS_WORDS = {
+    "head": {"brain", "cerebral", "intracranial", "hemorrhage", "ventricles", "matter", "white", "head"},
+    "chest": {"lung", "lungs", "pleural", "effusion", "nodule", "pneumonia", "chest", "atelectasis", "pulmonary"},
+    "abdomen": {"liver", "kidney", "hepatic", "spleen", "pancreas", "gallbladder", "abdomen", "renal"},
+    "spine": {"disc", "lumbar", "spinal", "vertebral", "spine", "stenosis", "herniation", "canal"},
+    "pelvis": {"bladder", "pelvis", "prostate", "uterus", "fibroid", "pubic", "hip", "urinary", "pelvic"},
+}
+
+
+def test_toy_pacs_end_to_end(cli, tmp_path):
+    """toy-data pacs → extract-keyimages → topic-label → keywords: labels and words follow the body region."""
+    from ldpo.common.metrics import nmi
+
+    pacs, keys, review = tmp_path / "pacs", tmp_path / "keys", tmp_path / "review"
+    assert cli("toy-data", "pacs", "--out", pacs, "--studies", "50", "--size", "32", "-q").code == 0
+    r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", "32",
+            "--salt", "test", "-q")
+    assert r.code == 0, r.err
+    labels = keys / "labels.csv"
+    r = cli("topic-label", pacs / "reports.csv", "--manifest", keys / "manifest.csv", "--out", labels,
+            "--topics", "5", "-q")
+    assert r.code == 0, r.err
+    r = cli("keywords", labels, "--manifest", keys / "manifest.csv", "--reports", pacs / "reports.csv",
+            "--images", keys / "images.h5", "--out", review, "-q")
+    assert r.code == 0, r.err
+
+    accession = {row["report_id"]: row["accession"] for row in read_csv(pacs / "reports.csv")}
+    region_of = {row["accession"]: row["region"] for row in read_csv(pacs / "regions.csv")}
+    report_of = {row["id"]: row["report_id"] for row in read_csv(keys / "manifest.csv")}
+    lab = read_labels(labels)
+    assert set(lab.ids) == set(report_of)
+    truth = [region_of[accession[report_of[i]]] for i in lab.ids]
+    regions = sorted(set(truth))
+    assert len(regions) == 5
+    score = nmi(lab.labels, np.array([regions.index(t) for t in truth]))
+    assert score > 0.5, score
+    words = keyword_table(review)
+    mapping = lab.mapping()
+    for region in regions:
+        cluster = Counter(mapping[i] for i, t in zip(lab.ids, truth) if t == region).most_common(1)[0][0]
+        assert len(set(words[cluster]) & PACS_WORDS[region]) >= 2, (region, words[cluster])
+    sheet = parse_sheet(review)
+    assert sheet.images and all((review / src).is_file() for src in sheet.images)
