@@ -73,12 +73,10 @@ class ClusterTool(Tool):
 
     def main(self, opts: Options) -> int:
         check_options(opts)
-        ids, x = read_features(opts.features, opts.batch)
-        x = preprocess(x, opts)
         device = resolve_device(opts.device)
+        ids, x = read_features(opts.features, opts.batch, opts.k if opts.method == "kmeans" else 1)
+        x = preprocess(x, opts)
         if opts.method == "kmeans":
-            if opts.k > len(x):
-                raise InputError(f"{opts.features}: --k {opts.k} is more than the {len(x)} rows")
             _, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device)
             labels = renumber(assign, opts.k, "k-means")
             log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
@@ -103,15 +101,15 @@ def check_options(opts: Options) -> None:
         raise InputError("--whiten needs --pca D")
 
 
-def read_features(path: str, batch: int) -> tuple[list[str], np.ndarray]:
+def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], np.ndarray]:
     """ids and the whole ``features`` matrix as one float32 array, filled batch by batch."""
     with open_store(path) as store:
         kind = store.kind
         if kind in NEEDS:
             raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
         n, d = store.shape("features")
-        if n == 0:
-            raise InputError(f"{path}: no rows")
+        if n < max(min_rows, 1):
+            raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
         x = np.empty((n, d), dtype=np.float32)
         for lo, hi, block in progress(store.batches("features", batch), desc="reading", total=-(-n // batch)):
             x[lo:hi] = block
@@ -141,8 +139,8 @@ def renumber(assign: np.ndarray, k: int, what: str, expected: bool = False) -> n
     (a warning, unless emptying them is the ``expected`` outcome, as in RIM)."""
     used, labels = np.unique(assign, return_inverse=True)
     if len(used) < k:
-        (log.info if expected else log.warning)("%s: %d of %d clusters ended empty; the rest renumbered 0..%d", what, k - len(used), k,
-                    len(used) - 1)
+        report = log.info if expected else log.warning
+        report("%s: %d of %d clusters ended empty; the rest renumbered 0..%d", what, k - len(used), k, len(used) - 1)
     return labels.astype(np.int64)
 
 
