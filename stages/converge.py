@@ -4,7 +4,7 @@ Exit status, like ``diff``/``grep``: 0 = converged (the ``--metric`` between CUR
 PREV reaches ``--threshold``), 1 = not yet (also when there is no ``--prev``), 2 = any
 error. Only the last line of :meth:`ConvergeTool.main` returns 1, after every output
 was written; an exception anywhere before it exits 2 (the CLI base maps every
-exception to 2), so a shell loop ``until converge …; do …; done`` cannot spin forever
+exception to 2, and ``main`` turns a stray ``SystemExit`` into one), so a shell loop ``until converge …; do …; done`` cannot spin forever
 on a crash (test ``$?`` for 2 separately).
 
 Metrics vs PREV (the paper's convergence measures): purity of CURR w.r.t. PREV and the
@@ -68,6 +68,14 @@ class ConvergeTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
+        try:
+            converged = self.compare(opts)
+        except SystemExit as exit_:  # a library calling sys.exit(1) must not read as "not converged"
+            raise RuntimeError(f"unexpected exit (status {exit_.code}) while comparing") from exit_
+        return 0 if converged is True else 1
+
+    def compare(self, opts: Options) -> bool:
+        """Compute, record and print; True when converged."""
         if not 0.0 <= opts.threshold <= 1.0:
             raise InputError(f"--threshold {opts.threshold}: must be between 0 and 1")
         if opts.plot and not opts.history:
@@ -96,7 +104,7 @@ class ConvergeTool(Tool):
         log.info("%s", "converged" if converged else
                  "no previous labels: not converged" if score is None else
                  f"not converged: {opts.metric} {score:.4f} < {opts.threshold}")
-        return 0 if converged else 1
+        return converged
 
 
 def versus_prev(curr: Labels, prev: Labels) -> dict[str, float]:

@@ -1,0 +1,155 @@
+"""``converge``: exit codes 0/1/2, the history CSV, the plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ldpo.common.labels import write_labels
+from ldpo.stages import converge as converge_stage
+
+N = 120
+IDS = [f"im{i:04d}" for i in range(N)]
+
+
+def labels_file(path, labels, ids=IDS):
+    write_labels(path, ids, np.asarray(labels))
+    return path
+
+
+def history_rows(path):
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == converge_stage.HISTORY_COLUMNS
+        return list(reader)
+
+
+def summary(out: str) -> dict[str, str]:
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    return dict(pair.split("=", 1) for pair in lines[0].split())
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = np.arange(N) % 4
+    return {
+        "truth": labels_file(tmp_path / "truth.csv", truth),
+        "same": labels_file(tmp_path / "same.csv", (truth + 1) % 4),  # the truth, renamed
+        "split": labels_file(tmp_path / "split.csv", truth * 2 + (np.arange(N) // 4) % 2),  # every class in two
+        "random": labels_file(tmp_path / "random.csv", rng.integers(0, 4, N)),
+        "random2": labels_file(tmp_path / "random2.csv", rng.integers(0, 4, N)),
+    }
+
+
+def test_identical_partitions_converge(cli, files):
+    r = cli("converge", files["same"], "--prev", files["truth"])
+    assert r.code == 0, r.err
+    s = summary(r.out)
+    assert s["nmi_prev"] == "1" and s["purity_prev"] == "1" and s["ari_prev"] == "1" and s["converged"] == "1"
+
+
+def test_independent_partitions_do_not(cli, files):
+    r = cli("converge", files["random"], "--prev", files["random2"])
+    assert r.code == 1, r.err
+    assert float(summary(r.out)["nmi_prev"]) < 0.1
+
+
+def test_no_previous_labels_means_go_on(cli, files):
+    r = cli("converge", files["same"])
+    assert r.code == 1, r.err
+    assert summary(r.out) == {"iteration": "0", "k": "4", "converged": "0"}
+
+
+def test_purity_criterion_catches_splits_that_purity_alone_misses(cli, files):
+    r = cli("converge", files["split"], "--prev", files["truth"], "--metric", "purity", "--threshold", "0.9")
+    assert r.code == 1
+    s = summary(r.out)
+    assert s["purity_prev"] == "1" and s["inverse_purity_prev"] == "0.5"
+    assert cli("converge", files["split"], "--prev", files["truth"], "--metric", "nmi", "--threshold", "0.7").code == 0
+
+
+def test_missing_or_malformed_files_exit_2(cli, files, tmp_path):
+    (tmp_path / "bad.csv").write_text("id,label\nim0000,zero\n")
+    (tmp_path / "few.csv").write_text("id,label\nim0000,1\n")
+    (tmp_path / "metrics.json").write_text("{not json")
+    (tmp_path / "nofinal.json").write_text(json.dumps({"epochs": 3}))
+    cases = [
+        ([tmp_path / "absent.csv", "--prev", files["truth"]], "absent.csv"),
+        ([files["same"], "--prev", tmp_path / "absent.csv"], "absent.csv"),
+        ([tmp_path / "bad.csv", "--prev", files["truth"]], "not an integer"),
+        ([files["same"], "--prev", tmp_path / "few.csv"], "have no label"),
+        ([files["same"], "--truth", tmp_path / "few.csv"], "have no label"),
+        ([files["same"], "--metrics-json", tmp_path / "metrics.json"], "JSON"),
+        ([files["same"], "--metrics-json", tmp_path / "nofinal.json"], "final"),
+        ([files["same"], "--metrics-json", tmp_path / "absent.json"], "absent.json"),
+        ([files["same"], "--threshold", "1.5"], "--threshold"),
+        ([files["same"], "--plot", tmp_path / "h.png"], "--history"),
+    ]
+    for argv, needle in cases:
+        r = cli("converge", *argv)
+        assert r.code == 2, (argv, r.err)
+        assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+        assert r.out == ""
+
+
+@pytest.mark.parametrize("failure", [ZeroDivisionError("boom"), MemoryError(), AssertionError("inner"), SystemExit(1)])
+def test_an_internal_exception_exits_2_never_1(cli, files, monkeypatch, failure):
+    def broken(*args):
+        raise failure
+
+    monkeypatch.setattr(converge_stage.metrics, "nmi", broken)
+    r = cli("converge", files["random"], "--prev", files["random2"])
+    assert r.code == 2, r.err
+    assert r.err.startswith("converge: error:")
+
+
+def test_a_nan_metric_is_an_error_not_a_no(cli, files, monkeypatch):
+    monkeypatch.setattr(converge_stage.metrics, "ari", lambda *a: float("nan"))
+    r = cli("converge", files["random"], "--prev", files["random2"])
+    assert r.code == 2 and "ari_prev" in r.err
+
+
+def test_history_appends_rows_and_replaces_a_rerun_iteration(cli, files, tmp_path):
+    hist, plot = tmp_path / "history.csv", tmp_path / "history.png"
+    (tmp_path / "m.json").write_text(json.dumps({"final": {"train_top1": 0.9, "val_top1": 0.75}}))
+    (tmp_path / "m2.json").write_text(json.dumps({"final": {"train_top1": 0.8}}))
+    common = ["--history", hist, "--truth", files["truth"], "--plot", plot]
+    assert cli("converge", files["random"], *common).code == 1  # iteration 0: nothing to compare with
+    assert cli("converge", files["split"], "--prev", files["random"], *common, "--metrics-json", tmp_path / "m.json"
+               ).code == 1
+    r = cli("converge", files["same"], "--prev", files["split"], "--iteration", "2", *common, "--threshold", "0.7",
+            "--metrics-json", tmp_path / "m2.json")
+    assert r.code == 0
+    rows = history_rows(hist)
+    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    assert [r["k"] for r in rows] == ["4", "8", "4"]
+    assert rows[0]["nmi_prev"] == "" and rows[0]["top1"] == "" and rows[0]["nmi_truth"] != ""
+    assert rows[1]["top1"] == "0.75" and rows[2]["top1"] == "0.8"  # val_top1 first, else train_top1
+    assert rows[1]["hungarian_truth"] == "0.5" and rows[1]["purity_truth"] == "1"  # 8 clusters vs 4 classes
+    assert rows[2]["hungarian_truth"] == "1" and [r["converged"] for r in rows] == ["0", "0", "1"]
+    assert all(r["timestamp"] for r in rows)
+    first_plot = plot.read_bytes()
+    assert first_plot[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a resumed loop re-runs iteration 1: its row is replaced, not duplicated
+    assert cli("converge", files["same"], "--prev", files["truth"], "--iteration", "1", *common).code == 0
+    rows = history_rows(hist)
+    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    assert rows[1]["nmi_prev"] == "1" and rows[1]["top1"] == "" and rows[1]["k"] == "4"
+    assert plot.read_bytes() != first_plot
+    # without --iteration the next number follows the history's last
+    cli("converge", files["same"], "--history", hist)
+    assert [r["iteration"] for r in history_rows(hist)] == ["0", "1", "2", "3"]
+
+
+def test_a_history_that_is_not_one_is_exit_2_and_left_alone(cli, files, tmp_path):
+    hist = tmp_path / "h.csv"
+    hist.write_text("a,b\n1,2\n")
+    r = cli("converge", files["same"], "--prev", files["truth"], "--history", hist)
+    assert r.code == 2 and "iteration" in r.err
+    assert hist.read_text() == "a,b\n1,2\n"
