@@ -19,7 +19,13 @@ with K almost always, so its minimum is the smallest K.
 Outputs: LABELS (``id,label,topic_weight``; labels are topic numbers, only those
 that occur), and beside LABELS: ``topics.csv`` (``topic,rank,word,weight``, rank from
 1), and with a grid ``perplexity.csv`` (``k,perplexity,relative_decrease,chosen``) and
-``perplexity.png``. ``--model-dir`` also saves the gensim model and dictionary there.
+``perplexity.png``. With ``--out -`` (labels on stdout) those files go to
+``--model-dir``, or the current folder. ``--model-dir`` also saves the gensim model
+(``lda.model`` and its ``lda.model.*`` side files) and ``lda.dictionary`` there.
+
+Same inputs and ``--seed`` give the same files. With ``--workers`` > 1
+(``LdaMulticore``) results stay seeded, but on corpora larger than one chunk (2000
+reports) the order in which the workers' updates merge may vary between runs.
 """
 
 from __future__ import annotations
