@@ -1,0 +1,151 @@
+"""``hierarchy``: affinity propagation on a planted block-structured confusion."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ldpo.common.labels import write_labels
+from ldpo.common.metrics import ari
+from ldpo.common.stores import write_store
+
+
+def planted(blocks: int, per_block: int, per_class: int = 15, seed: int = 0):
+    """Softmax scores: 0.6 on the image's class, 0.15 on each class of its block, 0.02 elsewhere, noisy."""
+    rng = np.random.default_rng(seed)
+    k = blocks * per_block
+    y = np.repeat(np.arange(k), per_class)
+    scores = np.full((len(y), k), 0.02)
+    for row, c in enumerate(y):
+        b = c // per_block
+        scores[row, b * per_block:(b + 1) * per_block] = 0.15
+        scores[row, c] = 0.6
+    scores *= np.exp(0.25 * rng.standard_normal(scores.shape))
+    return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32), y
+
+
+def write_inputs(tmp_path, scores, y, classes=None, name="probs.h5"):
+    ids = [f"img{i:04d}" for i in range(len(y))]
+    attrs = {"stage": "featurize", "layer": "probs"}
+    if classes is not None:
+        attrs["classes"] = classes
+    write_store(tmp_path / name, ids, attrs, features=scores)
+    values = np.asarray(classes)[y] if classes is not None else y
+    write_labels(tmp_path / "labels.csv", ids[::-1], values[::-1])  # joined by id, not position
+    return ids, values
+
+
+def read_levels(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_planted_blocks_are_recovered(cli, tmp_path):
+    scores, y = planted(3, 4)
+    classes = [100 + 7 * c for c in range(12)]  # label values need not be 0..K-1
+    ids, values = write_inputs(tmp_path, scores, y, classes)
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "tree")
+    assert r.code == 0, r.err
+    assert r.out.strip() == "levels: 12, 3, 2, 1"
+
+    rows = read_levels(tmp_path / "tree" / "levels.csv")
+    assert list(rows[0]) == ["id", "level0", "level1", "level2", "level3"]
+    assert [r["id"] for r in rows] == ids
+    assert [int(r["level0"]) for r in rows] == values.tolist()
+    level1 = np.array([int(r["level1"]) for r in rows])
+    assert ari(level1, y // 4) == 1.0  # the blocks, exactly
+    assert {r["level3"] for r in rows} == {"0"}
+
+    tree = json.loads((tmp_path / "tree" / "tree.json").read_text())
+    assert tree["levels"] == [12, 3, 2, 1] and tree["forced_final_merge"] is False
+    assert tree["size"] == len(y) and sorted(tree["classes"]) == classes
+    blocks = [sorted(node["classes"]) for child in tree["children"] for node in
+              (child["children"] if child["level"] == 2 else [child])]
+    assert sorted(blocks) == [classes[0:4], classes[4:8], classes[8:12]]
+    leaves = [leaf for b in tree["children"] for node in b["children"] for leaf in node["children"]]
+    assert all(leaf["size"] == 15 and leaf["children"] == [] for leaf in leaves)
+    assert (tmp_path / "tree" / "tree.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deterministic_for_a_seed(cli, tmp_path):
+    scores, y = planted(4, 3, seed=1)
+    write_inputs(tmp_path, scores, y, list(range(12)))
+    texts = []
+    for out in ("a", "b"):
+        assert cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / out,
+                   "--seed", "5").code == 0
+        texts.append((tmp_path / out / "levels.csv").read_text())
+    assert texts[0] == texts[1]
+
+
+def test_no_classes_attribute_means_columns_are_labels(cli, tmp_path):
+    scores, y = planted(2, 3)
+    write_inputs(tmp_path, scores, y, classes=None)
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t")
+    assert r.code == 0, r.err
+    assert "no `classes` attribute" in r.err
+    rows = read_levels(tmp_path / "t" / "levels.csv")
+    assert ari(np.array([int(r["level1"]) for r in rows]), y // 3) == 1.0
+
+
+def test_the_level_cap_forces_the_root_and_says_so(cli, tmp_path):
+    scores, y = planted(3, 4)
+    write_inputs(tmp_path, scores, y, list(range(12)))
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", "--max-levels", "1")
+    assert r.code == 0, r.err
+    assert r.out.strip() == "levels: 12, 3, 1" and "forcing the final merge of 3 groups" in r.err
+    tree = json.loads((tmp_path / "t" / "tree.json").read_text())
+    assert tree["forced_final_merge"] is True and len(tree["children"]) == 3
+
+
+def test_a_confusion_without_structure_still_ends_in_one_root(cli, tmp_path):
+    y = np.repeat(np.arange(5), 10)
+    scores = np.eye(5, dtype=np.float32)[y]  # never confused
+    write_inputs(tmp_path, scores, y, list(range(5)))
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t")
+    assert r.code == 0, r.err
+    assert r.out.startswith("levels: 5") and r.out.strip().endswith(", 1")
+    rows = read_levels(tmp_path / "t" / "levels.csv")
+    assert {r[list(r)[-1]] for r in rows} == {"0"}
+
+
+def test_classes_without_images_are_left_out(cli, tmp_path):
+    scores, y = planted(3, 4)
+    keep = y != 5
+    write_inputs(tmp_path, scores[keep], y[keep], list(range(12)))
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t")
+    assert r.code == 0, r.err
+    assert r.out.startswith("levels: 11, 3") and "1 of 12 classes have no images" in r.err
+
+
+@pytest.mark.parametrize("case", ["unknown-label", "negative", "classes-length", "images-store", "missing-id"])
+def test_bad_input_exits_2_with_one_line(cli, tmp_path, case):
+    scores, y = planted(2, 2, per_class=4)
+    classes = [0, 1, 2, 3]
+    if case == "unknown-label":
+        classes = [0, 1, 2, 9]
+        write_inputs(tmp_path, scores, y, classes)
+        write_labels(tmp_path / "labels.csv", [f"img{i:04d}" for i in range(len(y))], y)  # 3 is not a class
+        needle = "label 3 is not one of"
+    elif case == "negative":
+        write_inputs(tmp_path, np.log(scores), y, classes)
+        needle = "negative or non-finite"
+    elif case == "classes-length":
+        write_inputs(tmp_path, scores, y, classes[:3] + [3, 4])
+        needle = "`classes`"
+    elif case == "images-store":
+        write_inputs(tmp_path, scores, y, classes)
+        write_store(tmp_path / "probs.h5", [f"img{i:04d}" for i in range(len(y))], {},
+                    images=np.zeros((len(y), 8, 8), np.uint8))
+        needle = "featurize --layer probs"
+    else:
+        write_inputs(tmp_path, scores, y, classes)
+        write_labels(tmp_path / "labels.csv", [f"img{i:04d}" for i in range(len(y) - 1)], y[:-1])
+        needle = "have no label"
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", "--no-progress")
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert not (tmp_path / "t" / "tree.json").exists()
