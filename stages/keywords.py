@@ -245,11 +245,15 @@ def example_sentences(labels: dict[str, int], manifest: Manifest) -> dict[int, l
 
 
 def check_out(out: Path) -> None:
-    """OUT is replaced as a whole: refuse a folder with other content than a review sheet."""
+    """OUT is replaced as a whole: refuse a folder holding anything but an earlier review sheet."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.html").exists():
-        raise InputError(f"{out}: folder is not empty and holds no review sheet (index.html): give a new folder")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir()
+                   if not (p.name in ("index.html", "keywords.csv") or p.name.startswith("montage-"))]
+        if foreign:
+            raise InputError(f"{out}: folder is not empty and is not a review sheet (it holds {foreign[0]!r}): "
+                             "give a new folder")
 
 
 def write_keywords(path: Path, sections: list[dict]) -> None:

@@ -221,6 +221,7 @@ class TopicLabelTool(Tool):
     def main(self, opts: Options) -> int:
         from gensim.corpora import Dictionary
 
+        logging.getLogger("gensim").setLevel(logging.INFO if opts.verbose else logging.ERROR)
         grid = parse_grid(opts.topics)
         if not 0 < opts.holdout < 1 or not 0 < opts.max_df <= 1 or opts.passes < 1 or opts.iterations < 1:
             raise InputError("--holdout must be in (0, 1), --max-df in (0, 1], --passes and --iterations >= 1")
@@ -264,7 +265,8 @@ class TopicLabelTool(Tool):
         """Manifest ids without a report, or whose report has no usable word: error unless allowed."""
         absent = set(missing_reports(manifest, reports))
         empty = {i for i, r in zip(manifest.ids, manifest.column("report_id")) if r in reports and r not in usable}
-        for bad, what in ((absent, "refer to no report in " + opts.reports), (empty, "have reports with no usable words")):
+        problems = ((absent, f"refer to no report in {opts.reports}"), (empty, "have reports with no usable words"))
+        for bad, what in problems:
             if bad and not opts.allow_missing:
                 first = next(i for i in manifest.ids if i in bad)
                 raise InputError(f"{opts.manifest}: {len(bad)} image(s) {what}, e.g. {first!r} "

@@ -171,6 +171,7 @@ def test_common_fraction_and_counting_rules(cli, tiny, tmp_path):
     labels, manifest, reports, store = tiny
     base = ["keywords", labels, "--manifest", manifest, "--reports", reports, "--images", store, "-q"]
     assert cli(*base, "--out", tmp_path / "all").code == 0
+    assert cli(*base, "--out", tmp_path / "all").code == 0  # an earlier review sheet is replaced
     # r1 counted once for cluster 0 although two of its images are there; 'shared' is in every cluster
     assert counts(tmp_path / "all") == {0: {"alpha": 2, "bravo": 1, "echo": 1, "measuring": 1, "sentence": 1},
                                         1: {"bravo": 2, "charlie": 1}, 2: {"delta": 1}}
@@ -223,7 +224,7 @@ def test_bad_inputs_exit_2_with_one_line(cli, tiny, tmp_path):
     busy.mkdir()
     (busy / "thesis.tex").write_text("mine")
     cases = [
-        ([*base, "--out", busy], "not empty"),
+        ([*base, "--out", busy], "thesis.tex"),
         (["keywords", labels, "--manifest", reports, "--reports", reports, "--images", store,
           "--out", tmp_path / "x"], "manifest"),
         ([*base[:-1], tmp_path / "nope.h5", "--out", tmp_path / "y"], "no such store"),
