@@ -292,8 +292,15 @@ class Extractor(nn.Module):
         super().__init__()
         self.model = model
         self.layer = check_layer(arch, layer)
-        if self.layer.module:
-            model.get_submodule(self.layer.module).register_forward_hook(self._stop)
+        self._hook = model.get_submodule(self.layer.module).register_forward_hook(self._stop) \
+            if self.layer.module else None
+
+    def detach_hook(self) -> nn.Module:
+        """Remove the hook: the model runs whole again (another layer can be taken)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        return self.model
 
     @staticmethod
     def _stop(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:

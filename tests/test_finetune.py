@@ -1,0 +1,147 @@
+"""finetune: learning on the toy set, checkpoint contract, resume after a kill, gloo, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ldpo.common.labels import read_labels, write_labels
+from ldpo.common.stores import open_store, write_store
+
+
+@pytest.fixture
+def small(toy, tmp_path):
+    """20 toy images (4 of each of 5 classes, 64 px) and their truth labels."""
+    folder = toy(classes=5, per_class=12, size=64)
+    truth = read_labels(folder / "truth.csv")
+    rows = np.concatenate([np.flatnonzero(truth.labels == c)[:4] for c in range(5)])
+    with open_store(folder / "images.h5") as store:
+        ids = [store.ids[r] for r in rows]
+        images = store.take("images", rows)
+    write_store(tmp_path / "images.h5", ids, {"stage": "test"}, images=images)
+    write_labels(tmp_path / "labels.csv", ids, truth.labels[rows])
+    return tmp_path / "images.h5", tmp_path / "labels.csv"
+
+
+TINY = ["--input-size", "32", "--batch-size", "8", "--no-progress", "--seed", "3"]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_learns_the_toy_classes_and_writes_the_checkpoint_contract(cli, toy, tmp_path):
+    folder = toy(classes=5, per_class=12, size=64)
+    out = tmp_path / "run" / "model.pt"
+    r = cli("finetune", folder / "images.h5", folder / "truth.csv", "--out", out, "--input-size", "48",
+            "--epochs", "5", "--batch-size", "12", "--crop-scale", "0.6", "--split", "none", "--no-progress")
+    assert r.code == 0, r.err
+    assert "resnet18" in r.err and "lr 0.01" in r.err  # the chosen defaults are logged
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 5 and metrics["final"]["test_top1"] is None
+    assert metrics["final"]["train_top1"] >= 0.5  # chance is 0.2
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    ckpt = load(out)
+    assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 5 and ckpt["classes"] == [0, 1, 2, 3, 4]
+    assert ckpt["input_size"] == 48 and ckpt["normalize"] == "imagenet" and ckpt["metrics"] == metrics
+    assert ckpt["options"]["lr"] == 0.01 and ckpt["options"]["head_lr_mult"] == 1.0
+    assert not (tmp_path / "run" / "model.pt.partial").exists()
+    # the checkpoint feeds featurize: probs take its class list and input size
+    probs = tmp_path / "probs.h5"
+    assert cli("featurize", folder / "images.h5", "--out", probs, "--init", f"checkpoint:{out}",
+               "--layer", "probs", "-q").code == 0
+    with open_store(probs) as store:
+        p, attrs = store.read("features"), store.attrs
+    assert p.shape == (60, 5) and attrs["classes"] == [0, 1, 2, 3, 4] and attrs["input_size"] == 48
+    truth = read_labels(folder / "truth.csv").labels
+    assert (p.argmax(1) == truth).mean() >= 0.4
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(cli, small, tmp_path, monkeypatch):
+    images, labels = small
+    # alexnet_bn: its dropout draws from the RNG, so the resumed RNG state matters too
+    args = ["--epochs", "2", "--arch", "alexnet_bn", "--input-size", "64", "--batch-size", "8", "--no-progress",
+            "--seed", "3"]
+    whole = tmp_path / "whole" / "model.pt"
+    assert cli("finetune", images, labels, "--out", whole, *args).code == 0
+    killed = tmp_path / "killed" / "model.pt"
+    monkeypatch.setenv("LDPO_STOP_AFTER_EPOCH", "1")
+    assert cli("finetune", images, labels, "--out", killed, *args).code == 130
+    assert not killed.exists() and load(f"{killed}.partial")["epochs_done"] == 1
+    monkeypatch.delenv("LDPO_STOP_AFTER_EPOCH")
+    r = cli("finetune", images, labels, "--out", killed, "--resume", *args)
+    assert r.code == 0 and "continuing" in r.err, r.err
+    a, b = load(whole), load(killed)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    strip = lambda m: [{k: v for k, v in e.items() if k != "seconds"} for e in m["epochs"]]  # noqa: E731
+    assert strip(a["metrics"]) == strip(b["metrics"]) and a["metrics"]["final"] == b["metrics"]["final"]
+    assert a["metrics"]["final"]["val_top1"] is not None and a["metrics"]["final"]["test_top5"] is not None
+    r = cli("finetune", images, labels, "--out", killed, "--resume", *args)
+    assert r.code == 0 and "already done" in r.err
+
+
+def test_two_gloo_processes_write_one_valid_checkpoint(small, tmp_path):
+    images, labels = small
+    out = tmp_path / "ddp" / "model.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "ldpo.stages.finetune", str(images), str(labels), "--out", str(out), "--epochs", "1",
+           "--split", "none", "--device", "cpu", *TINY]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = load(out)
+    assert ckpt["options"]["world"] == 2 and ckpt["num_classes"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["metrics"]["final"]["n_train"] == 20 and len(ckpt["metrics"]["epochs"]) == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
+
+
+def one_error_line(r):
+    lines = r.err.strip().splitlines()
+    assert r.code == 2 and len(lines) == 1 and lines[0].startswith("finetune: error:"), r.err
+    return lines[0]
+
+
+def test_bad_input_exits_2_with_one_line(cli, small, tmp_path):
+    images, labels = small
+    out = tmp_path / "m.pt"
+    ids = read_labels(labels).ids
+    unknown = tmp_path / "unknown.csv"
+    write_labels(unknown, ids + ["not-an-image"], [0] * 10 + [1] * 11)
+    assert "not in" in one_error_line(cli("finetune", images, unknown, "--out", out, "-q"))
+    single = tmp_path / "single.csv"
+    write_labels(single, ids, [3] * len(ids))
+    assert "only one class" in one_error_line(cli("finetune", images, single, "--out", out, "-q"))
+    assert "no such store" in one_error_line(cli("finetune", tmp_path / "none.h5", labels, "--out", out, "-q"))
+    partial = tmp_path / "partial.csv"
+    write_labels(partial, ids[:10], [0] * 5 + [1] * 5)
+    assert "have no label" in one_error_line(cli("finetune", images, partial, "--out", out, "-q"))
+    other = tmp_path / "resnet.pt"
+    torch.save({"arch": "resnet18", "num_classes": 5, "state_dict": {}}, other)
+    line = one_error_line(cli("finetune", images, labels, "--out", out, "--init", f"checkpoint:{other}",
+                              "--arch", "alexnet", "-q"))
+    assert "resnet18 checkpoint" in line
+    line = one_error_line(cli("finetune", images, labels, "--out", out, "--init",
+                              "weights:https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "-q"))
+    assert "nothing is downloaded" in line
+    assert "--split" in one_error_line(cli("finetune", images, labels, "--out", out, "--split", "80/30", "-q"))
+    assert not out.exists()
+
+
+def test_allow_missing_trains_on_the_labelled_images_only(cli, small, tmp_path):
+    images, labels = small
+    lab = read_labels(labels)
+    partial = tmp_path / "partial.csv"
+    write_labels(partial, lab.ids[::2], lab.labels[::2])
+    out = tmp_path / "m" / "model.pt"
+    r = cli("finetune", images, partial, "--out", out, "--allow-missing", "--epochs", "1", "--split", "none", *TINY)
+    assert r.code == 0, r.err
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["final"]["n_train"] == 10 and "10 without a label skipped" in r.err

@@ -1,0 +1,133 @@
+"""The model registry: layer shapes, seeded random init, weights files, input transforms, sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldpo.common import imagedata, models
+from ldpo.common.errors import InputError
+
+# (arch, input px) -> layer -> per-image shape; small inputs keep the big nets cheap.
+SHAPES = {
+    ("alexnet", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,)},
+    ("alexnet_bn", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,)},
+    ("googlenet", 64): {"inc5b": (4, 1024), "pool5": (1024,), "probs": (1000,)},
+    ("vgg16_bn", 32): {"conv5": (4, 512), "fc7": (4096,), "probs": (1000,)},
+    ("resnet18", 64): {"layer4": (4, 512), "avgpool": (512,), "probs": (1000,)},
+    ("resnet50", 64): {"layer4": (4, 2048), "avgpool": (2048,), "probs": (1000,)},
+}
+
+
+@pytest.mark.parametrize("arch,size", list(SHAPES))
+def test_every_layer_has_its_documented_shape(arch, size):
+    assert set(SHAPES[arch, size]) == set(models.LAYERS[arch])
+    built = models.build(models.Init("random"), arch, None, seed=0, input_size=size)
+    x = torch.rand(2, 3, size, size)
+    for layer, shape in SHAPES[arch, size].items():
+        extractor = models.Extractor(built.model, arch, layer).eval()
+        with torch.inference_mode():
+            out = extractor(x)
+        assert tuple(out.shape) == (2, *shape), (arch, layer)
+        if layer == "probs":
+            assert torch.allclose(out.sum(1), torch.ones(2), atol=1e-5)
+        extractor.detach_hook()
+
+
+def test_paper_sizes_at_224_px():
+    alexnet = models.build(models.Init("random"), "alexnet", None).model
+    assert models.Extractor(alexnet, "alexnet", "conv5").output_shape(224) == (13 * 13, 256)
+    googlenet = models.build(models.Init("random"), "googlenet", None).model
+    assert models.Extractor(googlenet, "googlenet", "inc5b").output_shape(224) == (7 * 7, 1024)
+
+
+def test_input_below_the_minimum_is_an_input_error():
+    with pytest.raises(InputError, match="at least 63"):
+        models.build(models.Init("random"), "alexnet", None, input_size=62)
+    net = models.build(models.Init("random"), "alexnet_bn", None, input_size=63).model
+    assert models.Extractor(net, "alexnet_bn", "fc7").output_shape(63) == (4096,)
+    with pytest.raises(InputError, match="conv5"):
+        models.check_layer("alexnet", "avgpool")
+
+
+def backbone(model, arch):
+    head = models.HEAD[arch] + "."
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "alexnet_bn"])
+def test_random_backbone_depends_on_the_seed_only_not_on_the_head(arch):
+    a = models.build(models.Init("random"), arch, None, seed=7).model  # featurize: 1000-way head
+    b = models.build(models.Init("random"), arch, 5, seed=7).model  # finetune: 5 classes
+    c = models.build(models.Init("random"), arch, 5, seed=8).model
+    ka, kb = backbone(a, arch), backbone(b, arch)
+    assert ka.keys() == kb.keys()
+    assert all(torch.equal(ka[k], kb[k]) for k in ka)
+    assert models.num_outputs(b, arch) == 5
+    assert not all(torch.equal(ka[k], v) for k, v in backbone(c, arch).items())
+    assert torch.equal(models.build(models.Init("random"), arch, 5, seed=7).model.state_dict()[models.HEAD[arch] + ".weight"],
+                       b.state_dict()[models.HEAD[arch] + ".weight"])
+
+
+def test_weights_file_loads_exactly_and_alexnet_bn_takes_plain_alexnet_weights(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(3)
+    reference = alexnet().state_dict()
+    path = tmp_path / "alexnet.pth"
+    torch.save(reference, path)
+    built = models.build(models.parse_init(f"weights:{path}"), None, None, seed=0)
+    assert built.arch == "alexnet" and built.checksum
+    assert all(torch.equal(v, reference[k]) for k, v in built.model.state_dict().items())
+    bn = models.build(models.parse_init(f"weights:{path}"), "alexnet_bn", 4, seed=0).model
+    assert torch.equal(bn.features[0].weight, reference["features.0.weight"])
+    assert isinstance(bn.features[1], torch.nn.BatchNorm2d) and models.num_outputs(bn, "alexnet_bn") == 4
+    with pytest.raises(InputError, match="does not fit resnet18"):
+        models.build(models.parse_init(f"weights:{path}"), "resnet18", None)
+
+
+@pytest.mark.parametrize("text", ["imagenet", "weights:https://download.pytorch.org/models/alexnet.pth",
+                                  "weights:download"])
+def test_nothing_is_downloaded(text):
+    with pytest.raises(InputError, match="nothing is downloaded"):
+        models.parse_init(text)
+
+
+def test_bad_init_texts(tmp_path):
+    with pytest.raises(InputError, match="no such checkpoint"):
+        models.parse_init(f"checkpoint:{tmp_path / 'nope.pt'}")
+    with pytest.raises(InputError, match="use random"):
+        models.parse_init("scratch")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="cannot load"):
+        models.build(models.parse_init(f"checkpoint:{junk}"))
+
+
+def test_grayscale_becomes_three_channels_and_zscore_is_per_image():
+    gray = np.random.default_rng(0).integers(0, 256, (2, 40, 40), dtype=np.uint8)
+    x = imagedata.to_float3(gray)
+    assert x.shape == (2, 3, 40, 40) and torch.equal(x[:, 0], x[:, 2])
+    assert torch.allclose(x[1, 1], torch.from_numpy(gray[1]).float() / 255)
+    rgb = imagedata.to_float3(np.stack([gray] * 3, axis=-1))
+    assert torch.equal(rgb, x)
+    z = imagedata.Preprocess(32, "zscore")(x * torch.tensor([1.0, 0.2]).view(2, 1, 1, 1))
+    assert z.shape == (2, 3, 32, 32)
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(z.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-4)
+    imnet = imagedata.Preprocess(40, "imagenet")(torch.full((1, 3, 40, 40), 0.485))
+    assert torch.allclose(imnet[0, 0], torch.zeros(40, 40), atol=1e-6)
+
+
+def test_balanced_sampler_draws_classes_uniformly_and_shards_like_distributed_sampler():
+    targets = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    sampler = imagedata.EpochSampler(targets, balanced=True, seed=1)
+    counts = np.bincount(targets[list(sampler)], minlength=3)
+    assert counts.sum() == 100 and counts.min() >= 30
+    plain = imagedata.EpochSampler(targets, seed=1)
+    assert sorted(plain) == list(range(100))
+    plain.set_epoch(1)
+    assert list(plain) != list(imagedata.EpochSampler(targets, seed=1))
+    shards = [list(imagedata.EpochSampler(targets[:7], seed=2, rank=r, world=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 4 and set(shards[0]) | set(shards[1]) == set(range(7))
