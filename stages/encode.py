@@ -229,7 +229,7 @@ def encoded_dim(method: str, components: int, channels: int) -> int:
 
 # -- fitting ----------------------------------------------------------------------------------
 
-def fit_gmm(x: np.ndarray, k: int, seed: int, device: str, niter: int = 50, tol: float = 1e-5
+def fit_gmm(x: np.ndarray, k: int, seed: int, device: str, niter: int = 30, tol: float = 1e-5
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Diagonal GMM by EM, started from faiss k-means: ``(weights [K], means [K,C], variances [K,C])``."""
     import torch
@@ -366,7 +366,10 @@ class EncodeTool(Tool):
                                   opts.seed, device)
                 log.info("fitted %s encoder in %.1f s", enc.method, time.perf_counter() - started)
             started = time.perf_counter()
-            write_features(src, enc, opts, device)
+            checksum = file_checksum(opts.local, 16)
+            log.info("source checksum in %.1f s", time.perf_counter() - started)
+            started = time.perf_counter()
+            write_features(src, enc, opts, device, checksum)
             log.info("encoded %d images in %.1f s (%s, %d -> %d dims)", n, time.perf_counter() - started,
                      enc.method, enc.encoded_dim, enc.dim)
         if opts.model_out:
@@ -409,20 +412,20 @@ def load_for(opts: Options, channels: int) -> Encoder:
                          f"{opts.model_in} was fitted on {enc.channels}")
     if opts.method and opts.method != enc.method:
         raise InputError(f"--method {opts.method} contradicts the encoder {opts.model_in} ({enc.method})")
-    if opts.no_pca and enc.pca is not None or opts.dim is not None and opts.dim != enc.dim:
+    if (opts.no_pca and enc.pca is not None) or (opts.dim is not None and opts.dim != enc.dim):
         raise InputError(f"{opts.model_in}: the encoder gives {enc.dim} dims "
                          f"({'with' if enc.pca is not None else 'without'} PCA); drop --dim/--no-pca")
     log.info("encoder %s: %s, C=%d, K=%d, %d dims", opts.model_in, enc.method, enc.channels, enc.components, enc.dim)
     return enc
 
 
-def write_features(src, enc: Encoder, opts: Options, device: str) -> None:
+def write_features(src, enc: Encoder, opts: Options, device: str, source_checksum: str) -> None:
     """Stream the local array batch by batch through the encoder into the output store."""
     n, s, c = src.shape("local")
     attrs = {"stage": "encode", "method": enc.method, "encoding": enc.method, "components": enc.components,
              "dim": enc.dim, "encoded_dim": enc.encoded_dim, "pca": enc.pca is not None,
              "channels": c, "positions": s, "layer": src.attrs.get("layer", ""),
-             "source": str(opts.local), "source_checksum": file_checksum(opts.local, 16),
+             "source": str(opts.local), "source_checksum": source_checksum,
              "model": opts.model_in or opts.model_out, "model_checksum": enc.checksum(), "seed": opts.seed}
     with create_store(opts.out, n=n, arrays={"features": ((enc.dim,), "float32")}, ids=src.ids,
                       attrs=attrs) as out:
