@@ -112,11 +112,12 @@ def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], 
             raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
         x = np.empty((n, d), dtype=np.float32)
         for lo, hi, block in progress(store.batches("features", batch), desc="reading", total=-(-n // batch)):
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                bad = lo + int(np.flatnonzero(~finite)[0])
+                raise InputError(f"{path}: row {bad} (id {store.ids[bad]!r}) has NaN or infinite features")
             x[lo:hi] = block
         ids = store.ids
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise InputError(f"{path}: row {bad} (id {ids[bad]!r}) has NaN or infinite features")
     return ids, x
 
 

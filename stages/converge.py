@@ -2,10 +2,10 @@
 
 Exit status, like ``diff``/``grep``: 0 = converged (the ``--metric`` between CURR and
 PREV reaches ``--threshold``), 1 = not yet (also when there is no ``--prev``), 2 = any
-error. Only the last line of :meth:`ConvergeTool.main` returns 1, after every output
-was written; an exception anywhere before it exits 2 (the CLI base maps every
-exception to 2, and ``main`` turns a stray ``SystemExit`` into one), so a shell loop ``until converge …; do …; done`` cannot spin forever
-on a crash (test ``$?`` for 2 separately).
+error. :meth:`ConvergeTool.main` returns 1 only after every output was written; an
+exception anywhere exits 2 (the CLI base maps every exception to 2, and ``main``
+turns a stray ``SystemExit`` into one), so a shell loop cannot spin forever on a
+crash, provided it tells 1 from 2 (``case $? in 0) …;; 1) …;; *) exit 2;; esac``).
 
 Metrics vs PREV (the paper's convergence measures): purity of CURR w.r.t. PREV and the
 inverse purity (PREV w.r.t. CURR), NMI, ARI. ``--metric purity`` uses the smaller of
