@@ -110,14 +110,18 @@ def test_grayscale_becomes_three_channels_and_zscore_is_per_image():
     x = imagedata.to_float3(gray)
     assert x.shape == (2, 3, 40, 40) and torch.equal(x[:, 0], x[:, 2])
     assert torch.allclose(x[1, 1], torch.from_numpy(gray[1]).float() / 255)
-    rgb = imagedata.to_float3(np.stack([gray] * 3, axis=-1))
-    assert torch.equal(rgb, x)
-    z = imagedata.Preprocess(32, "zscore")(x * torch.tensor([1.0, 0.2]).view(2, 1, 1, 1))
-    assert z.shape == (2, 3, 32, 32)
+    rgb = np.stack([gray] * 3, axis=-1)
+    assert torch.equal(imagedata.to_float3(rgb), x)
+    dark = (gray * np.array([1.0, 0.2])[:, None, None]).astype(np.uint8)
+    z = imagedata.Preprocess(32, "zscore")(dark)
+    assert z.shape == (2, 3, 32, 32) and torch.equal(z[:, 0], z[:, 1])
     assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
-    assert torch.allclose(z.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-4)
-    imnet = imagedata.Preprocess(40, "imagenet")(torch.full((1, 3, 40, 40), 0.485))
-    assert torch.allclose(imnet[0, 0], torch.zeros(40, 40), atol=1e-6)
+    assert torch.allclose(z.std(dim=(1, 2, 3), correction=0), torch.ones(2), atol=1e-4)
+    for how, block in [("imagenet", gray), ("imagenet", rgb), ("zscore", rgb)]:  # the fast path = the plain one
+        plain = imagedata.normalize(imagedata.resize(imagedata.to_float3(block), 32), how)
+        assert torch.allclose(imagedata.Preprocess(32, how)(block), plain, atol=1e-4)
+    imnet = imagedata.Preprocess(40, "imagenet")(np.full((1, 40, 40), 124, np.uint8))
+    assert torch.allclose(imnet[0, 0], torch.full((40, 40), (124 / 255 - 0.485) / 0.229), atol=1e-5)
 
 
 def test_balanced_sampler_draws_classes_uniformly_and_shards_like_distributed_sampler():
