@@ -16,9 +16,12 @@ with v = mean_i |f_i - mean(f)|^2, the features' total variance. The mutual info
 is a mean over the N rows and the penalty does not grow with N, so ``--lam`` means the
 same at any N; the factor v makes it invariant to the features' scale (logits W f stay
 the same when f is multiplied by a and W divided by a). The bias b is not penalized.
-The default 1e-3 recovers 5 well-separated blobs from k=50 at N=200 and N=2000; larger
-values merge clusters (0.01 collapses everything), smaller ones keep more (1e-4 to
-1e-5 keep tens of clusters). W starts from the k-means centroids at the temperature
+The penalty grows with the number of live clusters while the information gain of one
+more cluster shrinks, so the lambda that fits depends on how many groups the data
+hold: the default 1e-3 recovers 5 well-separated blobs from k=50 at N=200 and N=2000
+(0.01 collapses them into one, 1e-4 keeps tens); 100 blobs in 20000 x 256 from
+k=1000 need 1e-5 (K'=100, NMI 1.0; 1e-3 collapses them). Start near 1e-5 when
+hundreds of categories are expected. W starts from the k-means centroids at the temperature
 that minimizes the objective; L-BFGS optimizes it, full batch, with the logits computed
 in chunks so memory stays O(chunk x k). Labels are argmax p(c|f); clusters no row
 chooses are pruned and the rest renumbered 0..K'-1, K' printed.
@@ -56,7 +59,7 @@ class Options(CommonOptions):
     whiten: bool = opt("whiten after PCA", False)
     no_l2: bool = opt("skip the row L2 normalization", False)
     niter: int = opt("k-means iterations", 20)
-    lam: float = opt("RIM weight penalty (larger merges more clusters)", 1e-3)
+    lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3)
     rim_iter: int = opt("RIM L-BFGS iterations at most", 200)
     batch: int = opt("rows read per batch", 8192)
     summary: str = opt("write cluster sizes to SUMMARY.csv (cluster,size) and a size plot to SUMMARY.png "
