@@ -102,7 +102,7 @@ class FinetuneTool(Tool):
             torch.use_deterministic_algorithms(True, warn_only=True)
             built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize)
             settings = resolve_settings(opts, built, world)
-            if opts.resume and finished(opts.out, settings):
+            if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
                 return 0
             Trainer(opts, built, data, settings, rank, world, device).run()
@@ -198,7 +198,7 @@ def metrics_path(out: str) -> Path:
     return Path(out).parent / "metrics.json"
 
 
-def finished(out: str, settings: dict[str, Any]) -> bool:
+def finished(out: str, settings: dict[str, Any], rank: int = 0) -> bool:
     """True when ``out`` is a finished checkpoint made with the same options."""
     from ldpo.common.models import load_file
 
@@ -208,7 +208,8 @@ def finished(out: str, settings: dict[str, Any]) -> bool:
     if ckpt.get("options") != settings:
         log.warning("%s exists but was made with other options: training again", out)
         return False
-    write_json(metrics_path(out), ckpt.get("metrics", {}))
+    if rank == 0:
+        write_json(metrics_path(out), ckpt.get("metrics", {}))
     return True
 
 
@@ -354,7 +355,7 @@ class Trainer:
         self.model.train()
         amp_dtype = torch.bfloat16 if self.kind == "cpu" else torch.float16
         loss_sum = correct = count = 0.0
-        bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img")
+        bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.kind, dtype=amp_dtype, enabled=self.opts.amp):
