@@ -212,8 +212,9 @@ def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> s
 
 
 def build(init: Init, arch: str | None = None, num_classes: int | None = None, seed: int = 0,
-          input_size: int | None = None, normalize: str | None = None) -> Built:
-    """Build a model for ``init``; a new ``num_classes`` head replaces one of another size.
+          input_size: int | None = None, normalize: str | None = None, new_head: bool = False) -> Built:
+    """Build a model for ``init``; a new ``num_classes`` head replaces one of another size
+    (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes).
 
     ``input_size``/``normalize`` left ``None`` come from the checkpoint, else 224/imagenet.
     """
@@ -233,7 +234,7 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
         set_head(model, arch, int(ckpt["num_classes"]), seed)
         _load_state(model, ckpt["state_dict"], init.path, arch)
         classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
-    if num_classes is not None and num_classes != num_outputs(model, arch):
+    if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)):
         set_head(model, arch, num_classes, seed)
         classes = list(range(num_classes))
     size = input_size or (ckpt or {}).get("input_size") or DEFAULT_INPUT_SIZE

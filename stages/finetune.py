@@ -74,6 +74,8 @@ class Options(CommonOptions):
     amp: bool = opt("mixed precision (bfloat16 on CPU, float16 + loss scaling on CUDA)", False)
     resume: bool = opt("continue from OUT.partial (or report done if OUT exists with the same options)", False)
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
+    new_head: bool = opt("replace the head even when the class count is unchanged (the loop does this: "
+                         "a new clustering's cluster numbers mean new classes)", False)
 
 
 class FinetuneTool(Tool):
@@ -100,7 +102,8 @@ class FinetuneTool(Tool):
                 log.setLevel(logging.WARNING)
             torch.manual_seed(opts.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
-            built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize)
+            built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize,
+                                 new_head=opts.new_head)
             settings = resolve_settings(opts, built, world)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)

@@ -135,3 +135,19 @@ def test_balanced_sampler_draws_classes_uniformly_and_shards_like_distributed_sa
     assert list(plain) != list(imagedata.EpochSampler(targets, seed=1))
     shards = [list(imagedata.EpochSampler(targets[:7], seed=2, rank=r, world=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 4 and set(shards[0]) | set(shards[1]) == set(range(7))
+
+
+def test_new_head_replaces_a_head_of_the_same_size(tmp_path):
+    """The loop fine-tunes on a new clustering each iteration: same K, new meaning."""
+    built = models.build(models.Init("random"), "resnet18", 4, seed=1)
+    weight = built.model.fc.weight.detach().clone()
+    with torch.no_grad():
+        built.model.fc.weight.add_(1.0)  # as if trained
+    path = tmp_path / "m.pt"
+    torch.save({"arch": "resnet18", "num_classes": 4, "classes": [0, 1, 2, 3], "input_size": 64,
+                "normalize": "imagenet", "state_dict": built.model.state_dict(), "options": {}}, path)
+    kept = models.build(models.Init("checkpoint", str(path)), None, 4, seed=1).model
+    fresh = models.build(models.Init("checkpoint", str(path)), None, 4, seed=1, new_head=True).model
+    assert torch.equal(kept.fc.weight, weight + 1.0)
+    assert torch.equal(fresh.fc.weight, weight)  # drawn anew from the head seed
+    assert torch.equal(fresh.layer4[0].conv1.weight, kept.layer4[0].conv1.weight)  # backbone kept
