@@ -161,9 +161,14 @@ read -r -a converge_cmd <<< "${CONVERGE_CMD:-$ldpo converge}"
 read -r -a hierarchy_cmd <<< "${HIERARCHY_CMD:-$ldpo hierarchy}"
 read -r -a keywords_cmd <<< "${KEYWORDS_CMD:-$ldpo keywords}"
 
-# A conv layer needs encoding; the default layer follows the encoding.
-if [[ -z $layer ]]; then
-  if [[ $encode == none ]]; then layer=""; else layer=conv5; fi
+# Encoding needs a conv layer: by default the architecture's last one (the paper's
+# Conv5 / Inception-5b). Without encoding, featurize picks the architecture's global layer.
+if [[ -z $layer && $encode != none ]]; then
+  case ${arch:-$([[ $init == weights:* ]] && echo alexnet || echo resnet18)} in
+    alexnet*|vgg*) layer=conv5 ;;
+    googlenet) layer=inc5b ;;
+    *) layer=layer4 ;;
+  esac
 fi
 
 common=(--seed "$seed" --device "$device" --workers "$workers")

@@ -170,3 +170,15 @@ def test_pacs_path_end_to_end(tmp_path):
     assert len(words) >= 5
     assert (out / "pacs/run/final/tree/tree.json").exists()
     assert len(history(out / "pacs/run")) >= 2
+
+
+def test_encoded_conv_features_path(toy, tmp_path):
+    """--encode vlad: featurize a conv layer (local descriptors), encode, then cluster."""
+    data = toy(classes=3, per_class=8, size=48)
+    work = tmp_path / "run"
+    loop("--images", data / "images.h5", "--work", work, "--k", 3, "--encode", "vlad", "--max-iter", 1,
+         "--epochs", 1, *FAST, ENCODE_ARGS="--components 4 --dim 8")
+    with open_store(work / "iter-01/features.h5") as local, open_store(work / "iter-01/encoded.h5") as encoded:
+        assert local.kind == "local" and local.attrs["layer"] == "layer4"
+        assert encoded.shape("features") == (24, 8) and encoded.attrs["method"] == "vlad"
+    assert len(read_labels(work / "iter-01/labels.csv")) == 24

@@ -91,3 +91,21 @@ def test_loop_script_help_and_bad_option():
     missing = subprocess.run(["bash", str(loop), "--images", "/nope.h5", "--work", "/tmp/x"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "/nope.h5: no such images store" in missing.stderr
+
+
+def test_regular_install_ships_both_namespaces(tmp_path):
+    """A built wheel (what `pip install .` installs) holds ldpo.common and every stage module."""
+    proc = subprocess.run([__import__("sys").executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = tmp_path.glob("ldpo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert not any(n.startswith(("stages/", "common/")) for n in names), "no top-level stages/common packages"
+    for module in available().values():
+        assert f"ldpo/stages/{module}.py" in names or f"ldpo/stages/{module}/__init__.py" in names, module
+    assert "ldpo/common/stores.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert all(f"{cmd} = " in text for cmd in available())
