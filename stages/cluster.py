@@ -39,6 +39,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, reso
 from ldpo.common.errors import InputError
 from ldpo.common.features import PCA, kmeans, l2_normalize
 from ldpo.common.labels import write_labels
+from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
 
 log = logging.getLogger("ldpo")
@@ -286,10 +287,7 @@ def summary_paths(path: str) -> tuple[Path, Path]:
 
 def write_summary(path: str, labels: np.ndarray) -> None:
     """``cluster,size`` CSV and a PNG: sizes sorted, and their histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     csv_path, png_path = summary_paths(path)
     sizes = np.bincount(labels)
@@ -302,9 +300,7 @@ def write_summary(path: str, labels: np.ndarray) -> None:
     right.set(xlabel="cluster size", ylabel="clusters",
               title=f"sizes: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, png_path)
     log.info("wrote %s and %s", csv_path, png_path)
 
 

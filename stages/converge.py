@@ -35,6 +35,7 @@ from ldpo.common import metrics
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import Labels, align, read_labels
+from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path
 
 log = logging.getLogger("ldpo")
@@ -211,10 +212,7 @@ def fmt(value: object) -> str:
 
 def plot_history(rows: list[dict], path: str, threshold: float, metric: str) -> None:
     """Metrics over iterations: vs the previous labels (left), vs the truth and top-1 (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     its = np.array([int(r["iteration"]) for r in rows])
 
@@ -239,9 +237,7 @@ def plot_history(rows: list[dict], path: str, threshold: float, metric: str) -> 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 TOOL = ConvergeTool

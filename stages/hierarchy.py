@@ -40,6 +40,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
+from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
 
 log = logging.getLogger("ldpo")
@@ -225,10 +226,7 @@ def write_levels(path: Path, ids: list[str], row_class: np.ndarray, classes: lis
 
 def draw_tree(path: Path, levels, classes: list[int], counts: np.ndarray) -> None:
     """A dendrogram: leaves along x in tree order, one horizontal bar per merge at its level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order: list[int] = []
 
@@ -259,9 +257,7 @@ def draw_tree(path: Path, levels, classes: list[int], counts: np.ndarray) -> Non
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 TOOL = HierarchyTool

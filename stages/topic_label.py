@@ -41,6 +41,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
+from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path
 from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports
 
@@ -180,10 +181,7 @@ def write_perplexity(folder: Path, grid: list[int], scores: list[float], chosen:
 
 
 def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     top.plot(grid, scores, "o-")
@@ -201,9 +199,7 @@ def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: fl
     bottom.legend()
     fig.suptitle("topic-label: choosing K where perplexity flattens")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # -- the command ------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
-from ldpo.common.stores import atomic_path, write_store
+from ldpo.common.plots import pyplot, save_png
+from ldpo.common.stores import write_store
 
 log = logging.getLogger("ldpo")
 
@@ -246,10 +247,7 @@ def raw_pixel_purity(images: np.ndarray, labels: np.ndarray, seed: int = 0, side
 
 def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: int = 8) -> None:
     """A PNG with one row of samples per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes = np.unique(labels)
     cols = min(per_row, int(np.bincount(labels).min()))
@@ -264,9 +262,7 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: i
             ax.axis("off")
     fig.suptitle("toy Texture-25: one row per class", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 @dataclass(kw_only=True)
