@@ -77,11 +77,33 @@ def use_gpu(device: str) -> bool:
     return device == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, device: str = "cpu",
-           spherical: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """faiss k-means: ``(centroids [k, D], assignment [N], final loss)``.
+#: k-means++ seeds from at most this many rows per cluster (a seeded sample), so seeding
+#: costs O(sample x k x D) whatever N is.
+KMEANS_PP_ROWS_PER_CLUSTER = 64
+KMEANS_PP_MIN_ROWS = 5000
 
-    faiss re-seeds empty clusters by splitting large ones; the loss is read from
+
+def kmeans_pp_seeds(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ initial centroids (scikit-learn's greedy variant) from a seeded row sample."""
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    size = min(n, max(KMEANS_PP_MIN_ROWS, KMEANS_PP_ROWS_PER_CLUSTER * k))
+    sample = x if size == n else x[np.sort(rng.choice(n, size, replace=False))]
+    centres, _ = kmeans_plusplus(sample, k, random_state=int(rng.integers(2**31 - 1)))
+    return np.ascontiguousarray(centres, dtype=np.float32)
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, device: str = "cpu",
+           spherical: bool = False, nredo: int = 1, init: str = "kmeans++") -> tuple[np.ndarray, np.ndarray, float]:
+    """faiss k-means, best of ``nredo`` starts: ``(centroids [k, D], assignment [N], loss)``.
+
+    Each start seeds its centroids by k-means++ on a sample (``init="kmeans++"``) or
+    takes faiss's random rows (``init="random"``), runs ``niter`` Lloyd iterations, and
+    the start with the lowest loss (sum of squared distances) wins. Start r uses seed
+    ``seed * 1000 + r``: the same seed gives the same labels on a given device. faiss
+    re-seeds empty clusters by splitting large ones; the loss is read from
     ``iteration_stats`` (the old ``obj`` attribute is gone).
     """
     import faiss
@@ -90,11 +112,16 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, device: str = 
     n, d = x.shape
     if k > n:
         raise ValueError(f"k-means: k={k} is more than the {n} points")
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, verbose=False,
-                      gpu=use_gpu(device), min_points_per_centroid=1,
-                      max_points_per_centroid=max(256, (n + k - 1) // k + 1))
-    km.train(x)
-    _, assign = km.index.search(x, 1)
-    stats = km.iteration_stats
-    loss = float(stats[-1]["obj"]) if len(stats) else float("nan")
-    return km.centroids.copy(), assign.ravel().astype(np.int64), loss
+    best = None
+    for r in range(max(1, nredo)):
+        start_seed = seed * 1000 + r
+        km = faiss.Kmeans(d, k, niter=niter, seed=start_seed, spherical=spherical, verbose=False,
+                          gpu=use_gpu(device), min_points_per_centroid=1,
+                          max_points_per_centroid=max(256, (n + k - 1) // k + 1))
+        km.train(x, init_centroids=kmeans_pp_seeds(x, k, start_seed) if init == "kmeans++" else None)
+        dist, assign = km.index.search(x, 1)
+        loss = float(dist.sum())
+        log.debug("k-means start %d/%d: loss %.6g", r + 1, nredo, loss)
+        if best is None or loss < best[2]:
+            best = (km.centroids.copy(), assign.ravel().astype(np.int64), loss)
+    return best

@@ -60,6 +60,13 @@ class Options(CommonOptions):
     whiten: bool = opt("whiten after PCA", False)
     no_l2: bool = opt("skip the row L2 normalization", False)
     niter: int = opt("k-means iterations", 20)
+    nredo: int = opt("k-means starts; the one with the lowest loss wins (measured: 3 beats 1 on 50 close "
+                     "blobs, 5 gains nothing more)", 3)
+    init: str = opt("k-means seeding", "kmeans++", choices=["kmeans++", "random"])
+    balance: str = opt("reassign k-means clusters to equal sizes with Sinkhorn-Knopp (SeLa): none | sinkhorn",
+                       "none", choices=["none", "sinkhorn"])
+    balance_temp: float = opt("Sinkhorn temperature, relative to the mean squared distance to the nearest "
+                              "centroid (smaller: assignments follow the distances more)", 0.1)
     lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3)
     rim_iter: int = opt("RIM L-BFGS iterations at most", 200)
     batch: int = opt("rows read per batch", 8192)
@@ -81,11 +88,14 @@ class ClusterTool(Tool):
         ids, x = read_features(opts.features, opts.batch, opts.k if opts.method == "kmeans" else 1)
         x = preprocess(x, opts)
         if opts.method == "kmeans":
-            _, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device)
+            centroids, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device, nredo=opts.nredo,
+                                             init=opts.init)
+            if opts.balance == "sinkhorn":
+                assign = sinkhorn_assign(x, centroids, opts.balance_temp, device)
             labels = renumber(assign, opts.k, "k-means")
             log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
         else:
-            labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device)
+            labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device, opts.nredo)
             log.info("RIM: K'=%d clusters (from k=%d, lam=%g), loss %.6g, mutual information %.4f nats",
                      labels.max() + 1, min(opts.k, rim_cap(len(x))), opts.lam, loss, mi)
         write_labels(opts.out, ids, labels)
@@ -149,13 +159,40 @@ def renumber(assign: np.ndarray, k: int, what: str, expected: bool = False) -> n
     return labels.astype(np.int64)
 
 
+# -- balanced assignment -----------------------------------------------------------------
+
+def sinkhorn_assign(x: np.ndarray, centroids: np.ndarray, temp: float, device: str, iters: int = 100,
+                    chunk: int = 65536) -> np.ndarray:
+    """Equal-size assignment (SeLa, Asano et al. 2020): argmax of the Sinkhorn-Knopp
+    transport plan Q ∝ exp(-|x - c_k|² / (temp · mean nearest distance²)) with every
+    row summing to 1/N and every cluster to 1/K, computed in the log domain."""
+    import torch
+
+    c = torch.from_numpy(centroids).to(device)
+    rows = [torch.from_numpy(x[lo:lo + chunk]).to(device) for lo in range(0, len(x), chunk)]
+    d2 = torch.cat([torch.cdist(r, c).pow(2) for r in rows])  # [N, K]
+    scale = float(d2.min(dim=1).values.mean().clamp_min(1e-12)) * temp
+    logq = -d2 / scale
+    n, k = logq.shape
+    log_r, log_c = -np.log(n), -np.log(k)
+    u = torch.zeros(n, 1, dtype=logq.dtype, device=logq.device)
+    v = torch.zeros(1, k, dtype=logq.dtype, device=logq.device)
+    for _ in range(iters):
+        u = log_r - torch.logsumexp(logq + v, dim=1, keepdim=True)
+        v = log_c - torch.logsumexp(logq + u, dim=0, keepdim=True)
+    assign = (logq + u + v).argmax(dim=1).cpu().numpy()
+    sizes = np.bincount(assign, minlength=k)
+    log.info("Sinkhorn balancing: cluster sizes %d..%d (N/K = %.1f)", sizes.min(), sizes.max(), n / k)
+    return assign
+
+
 # -- RIM ---------------------------------------------------------------------------------
 
 def rim_cap(n: int) -> int:
     return max(1, n // RIM_MIN_POINTS_PER_CLUSTER)
 
 
-def rim(x: np.ndarray, k: int, lam: float, niter: int, rim_iter: int, seed: int, device: str
+def rim(x: np.ndarray, k: int, lam: float, niter: int, rim_iter: int, seed: int, device: str, nredo: int = 1
         ) -> tuple[np.ndarray, float, float]:
     """Labels 0..K'-1, the final loss and the mutual information (nats)."""
     import torch
@@ -165,7 +202,7 @@ def rim(x: np.ndarray, k: int, lam: float, niter: int, rim_iter: int, seed: int,
         log.warning("RIM: --k %d over-segments %d rows too finely; starting from k=%d (N/%d)", k, len(x), cap,
                     RIM_MIN_POINTS_PER_CLUSTER)
         k = cap
-    centroids, assign, _ = kmeans(x, k, niter, seed, device)
+    centroids, assign, _ = kmeans(x, k, niter, seed, device, nredo=nredo)
     torch.manual_seed(seed)
     mean = x.mean(axis=0)
     problem = RimProblem(torch.from_numpy(x).to(device), torch.from_numpy(mean).to(device), lam)
