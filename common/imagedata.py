@@ -83,8 +83,8 @@ class Augment:
     Draws from the global torch RNG: :class:`StoreImages` seeds it per image and epoch.
     """
 
-    def __init__(self, size: int, how: str, min_scale: float = 0.35, flip: bool = False):
-        self.size, self.how, self.min_scale, self.flip = size, how, min_scale, flip
+    def __init__(self, size: int, how: str, min_scale: float = 0.35, flip: bool = False, jitter: float = 0.0):
+        self.size, self.how, self.min_scale, self.flip, self.jitter = size, how, min_scale, flip, jitter
 
     def __call__(self, block: np.ndarray) -> torch.Tensor:
         from torchvision.transforms import RandomResizedCrop
@@ -96,7 +96,20 @@ class Augment:
         x = resize(x, self.size)
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
+        if self.jitter:
+            x = jitter_intensity(x, self.jitter)
         return normalize(x, self.how)
+
+
+def jitter_intensity(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Random gamma in [e^-s, e^s], then contrast ×[1-s, 1+s] about the mean and brightness
+    ±s/2, clipped to [0,1]: the intensity changes of gray medical images (no hue). Gamma
+    survives per-image z-scoring; contrast and brightness matter with ``imagenet``."""
+    u = torch.rand(3) * 2 - 1  # three draws in [-1, 1]
+    x = x.clamp_min(0).pow(float(torch.exp(u[0] * strength)))
+    mean = x.mean()
+    x = (x - mean) * (1 + float(u[1]) * strength) + mean + float(u[2]) * strength / 2
+    return x.clamp(0, 1)
 
 
 class _LazyStore:

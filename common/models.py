@@ -74,6 +74,9 @@ DEFAULT_ARCH = {"random": "resnet18", "weights": "alexnet", "checkpoint": None}
 DEFAULT_LR = {"random": 0.01, "weights": 0.001, "checkpoint": 0.001}
 DEFAULT_HEAD_LR_MULT = {"random": 1.0, "weights": 10.0, "checkpoint": 10.0}
 NORMALIZATIONS = ("imagenet", "zscore")
+#: fixed filters applied to the normalized input before the first layer (part of the model,
+#: recorded in its checkpoint): DeepCluster's Sobel removes intensity, keeps edges.
+INPUT_FILTERS = ("none", "sobel", "gray-sobel")
 DEFAULT_INPUT_SIZE = 224
 DEFAULT_NORMALIZE = "imagenet"
 IMAGENET_CLASSES = 1000
@@ -181,6 +184,41 @@ def head_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
     return list(model.get_submodule(HEAD[arch]).parameters())
 
 
+def head_inputs(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
+    """What the head sees for the batch ``x`` (the penultimate features), the head not run."""
+    def stop(module: nn.Module, args: Any) -> None:
+        raise _Captured(args[0])
+
+    hook = model.get_submodule(HEAD[arch]).register_forward_pre_hook(stop)
+    try:
+        model(x)
+    except _Captured as captured:
+        return captured.value.flatten(1)
+    finally:
+        hook.remove()
+    raise RuntimeError(f"head {HEAD[arch]} was not reached")
+
+
+def set_head_to_centroids(model: nn.Module, arch: str, features: torch.Tensor, targets: torch.Tensor) -> float:
+    """Make the head the nearest-centroid classifier of (features, targets): logit_c =
+    s·(f·m_c − |m_c|²/2) = −s·|f − m_c|²/2 + const, with s = 1 / mean |f − m_y|² so that
+    logit gaps are of order one. Returns s. Classes without rows keep their weights."""
+    head = model.get_submodule(HEAD[arch])
+    k = head.out_features
+    f = features.double()
+    t = targets.long()
+    counts = torch.bincount(t, minlength=k).double()
+    sums = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, t, f)
+    means = sums / counts.clamp_min(1)[:, None]
+    spread = float(((f - means[t]) ** 2).sum(dim=1).mean())
+    s = 1.0 / max(spread, 1e-12)
+    present = counts > 0
+    with torch.no_grad():
+        head.weight[present] = (s * means[present]).to(head.weight.dtype)
+        head.bias[present] = (-0.5 * s * (means[present] ** 2).sum(dim=1)).to(head.bias.dtype)
+    return s
+
+
 def num_outputs(model: nn.Module, arch: str) -> int:
     return model.get_submodule(HEAD[arch]).out_features
 
@@ -196,6 +234,7 @@ class Built:
     input_size: int
     normalize: str
     transform_input: bool = False
+    input_filter: str = "none"
     checksum: str | None = None  # of the weights/checkpoint file
     trained_options: dict[str, Any] = field(default_factory=dict)
 
@@ -212,11 +251,13 @@ def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> s
 
 
 def build(init: Init, arch: str | None = None, num_classes: int | None = None, seed: int = 0,
-          input_size: int | None = None, normalize: str | None = None, new_head: bool = False) -> Built:
+          input_size: int | None = None, normalize: str | None = None, new_head: bool = False,
+          input_filter: str | None = None) -> Built:
     """Build a model for ``init``; a new ``num_classes`` head replaces one of another size
     (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes).
 
-    ``input_size``/``normalize`` left ``None`` come from the checkpoint, else 224/imagenet.
+    ``input_size``/``normalize``/``input_filter`` left ``None`` come from the checkpoint,
+    else 224/imagenet/none.
     """
     ckpt = load_checkpoint(init.path) if init.kind == "checkpoint" else None
     arch = resolve_arch(arch, init, ckpt)
@@ -242,7 +283,11 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     check_input_size(arch, int(size))
     if norm not in NORMALIZATIONS:
         raise InputError(f"--normalize {norm}: use one of {', '.join(NORMALIZATIONS)}")
-    return Built(model, arch, init, classes, int(size), norm, transform_input,
+    filt = input_filter or (ckpt or {}).get("input_filter") or "none"
+    if filt not in INPUT_FILTERS:
+        raise InputError(f"--input-filter {filt}: use one of {', '.join(INPUT_FILTERS)}")
+    attach_input_filter(model, filt)
+    return Built(model, arch, init, classes, int(size), norm, transform_input, filt,
                  file_checksum(init.path) if init.path else None,
                  dict((ckpt or {}).get("options", {})))
 
@@ -256,16 +301,53 @@ def _load_weights(model: nn.Module, arch: str, path: str) -> nn.Module:
         return add_batchnorm(model)
     if arch == "alexnet_bn":
         model = add_batchnorm(model)
-    _load_state(model, state, path, arch)
+    state = _drop_other_head(model, arch, state, path)
+    _load_state(model, state, path, arch, head_optional=True)
     return model
 
 
-def _load_state(model: nn.Module, state: dict[str, Any], path: str, arch: str) -> None:
+def _drop_other_head(model: nn.Module, arch: str, state: dict[str, Any], path: str) -> dict[str, Any]:
+    """A weights file trained for another class count: keep its backbone, drop its head (logged)."""
+    prefix = HEAD[arch] + "."
+    own = model.get_submodule(HEAD[arch]).weight.shape
+    theirs = state.get(prefix + "weight")
+    if theirs is None or tuple(theirs.shape) == tuple(own):
+        return state
+    log.info("%s: its %d-class head is dropped (a new head is built)", path, theirs.shape[0])
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: str, arch: str, head_optional: bool = False) -> None:
     try:
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:200]
         raise InputError(f"{path}: does not fit {arch} ({detail})") from None
+    prefix = HEAD[arch] + "."
+    missing = [k for k in missing if not (head_optional and k.startswith(prefix))]
+    if missing or unexpected:
+        raise InputError(f"{path}: does not fit {arch} ({len(missing)} keys missing, e.g. {missing[:3]}; "
+                         f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})")
+
+
+def sobel(x: torch.Tensor, keep_gray: bool = False) -> torch.Tensor:
+    """``[B,3,H,W]`` → 3 channels: Sobel x, Sobel y and the gradient magnitude of the channel
+    mean (``keep_gray``: the channel mean, Sobel x, Sobel y)."""
+    gray = x.mean(dim=1, keepdim=True)
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
+    weight = torch.stack([k, k.T]).unsqueeze(1)  # [2,1,3,3]
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(gray, (1, 1, 1, 1), mode="replicate"), weight)
+    third = gray if keep_gray else g.pow(2).sum(dim=1, keepdim=True).sqrt()
+    return torch.cat([third, g], dim=1) if keep_gray else torch.cat([g, third], dim=1)
+
+
+def attach_input_filter(model: nn.Module, name: str) -> None:
+    """Run the fixed input filter ``name`` before the model's first layer (a forward pre-hook:
+    no parameters, nothing in the state_dict; every caller of ``model(x)`` gets it)."""
+    if name == "none":
+        return
+    keep_gray = name == "gray-sobel"
+    model.register_forward_pre_hook(lambda module, args: (sobel(args[0], keep_gray), *args[1:]))
 
 
 def check_input_size(arch: str, size: int) -> None:

@@ -28,7 +28,7 @@ from ldpo.common.errors import InputError
 log = logging.getLogger("ldpo")
 
 #: attributes a shard checks against the store made by --create-only
-MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normalize", "source_rows")
+MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normalize", "input_filter", "source_rows")
 
 
 @dataclass(kw_only=True)
@@ -44,6 +44,9 @@ class Options(CommonOptions):
     input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
     normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
                                    choices=["imagenet", "zscore"])
+    input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
+                                      "(default: the checkpoint's, else none)", None,
+                                      choices=["none", "sobel", "gray-sobel"])
     batch_size: int = opt("images per batch", 64)
     amp: bool = opt("mixed precision (bfloat16 on CPU, float16 on CUDA)", False)
     shard: Optional[str] = opt("compute only shard i of n (i/n, 0-based) into a store made by --create-only", None)
@@ -81,14 +84,15 @@ class FeaturizeTool(Tool):
             n, ids = len(images), images.ids
         if n == 0:
             raise InputError(f"{opts.images}: no images")
-        built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize)
+        built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize,
+                             input_filter=opts.input_filter)
         layer = opts.layer or models.DEFAULT_LAYER[built.arch]
         extractor = models.Extractor(built.model, built.arch, layer).eval().to(device)
         shape = extractor.output_shape(built.input_size, device)
         name, dtype = ("local", "float16") if extractor.layer.kind == "local" else ("features", "float32")
         attrs = {"stage": "featurize", "arch": built.arch, "layer": layer, "init": str(init),
                  "checkpoint": built.checksum, "input_size": built.input_size, "normalize": built.normalize,
-                 "source": str(opts.images), "source_rows": n, "seed": opts.seed}
+                 "input_filter": built.input_filter, "source": str(opts.images), "source_rows": n, "seed": opts.seed}
         if extractor.layer.kind == "probs":
             attrs["classes"] = built.classes
         log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,

@@ -11,7 +11,7 @@ Outputs (rank 0 writes, atomically):
 * ``CHECKPOINT``: ``torch.save`` dict of tensors and plain types (loads with
   ``weights_only=True``): ``format``, ``arch``, ``num_classes``, ``classes`` (original
   label values, index = output unit), ``state_dict``, ``options`` (resolved),
-  ``metrics``, ``input_size``, ``normalize``, ``transform_input``, ``init``;
+  ``metrics``, ``input_size``, ``normalize``, ``transform_input``, ``input_filter``, ``init``;
 * ``metrics.json`` in the same folder: ``epochs`` (per epoch ``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
@@ -71,6 +71,14 @@ class Options(CommonOptions):
     input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
     normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
                                    choices=["imagenet", "zscore"])
+    input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
+                                      "(default: the checkpoint's, else none)", None,
+                                      choices=["none", "sobel", "gray-sobel"])
+    jitter: float = opt("intensity augmentation strength: random gamma in [e^-j, e^j], contrast x[1-j, 1+j] "
+                        "and brightness ±j/2 per image (0 = none)", 0.0)
+    head_init: str = opt("a new head starts random, or as the nearest-centroid classifier of the labels "
+                         "in the network's own features before training (DeepCluster-v2)", "random",
+                         choices=["random", "centroids"])
     amp: bool = opt("mixed precision (bfloat16 on CPU, float16 + loss scaling on CUDA)", False)
     resume: bool = opt("continue from OUT.partial (or report done if OUT exists with the same options)", False)
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
@@ -103,7 +111,7 @@ class FinetuneTool(Tool):
             torch.manual_seed(opts.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
             built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize,
-                                 new_head=opts.new_head)
+                                 new_head=opts.new_head, input_filter=opts.input_filter)
             settings = resolve_settings(opts, built, world)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
@@ -183,6 +191,7 @@ def resolve_settings(opts: Options, built, world: int) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(opts).items() if k not in NOT_IN_SIGNATURE}
     lr_given, mult_given = opts.lr is not None, opts.head_lr_mult is not None
     settings.update(arch=built.arch, input_size=built.input_size, normalize=built.normalize, world=world,
+                    input_filter=built.input_filter,
                     lr=opts.lr if lr_given else models.DEFAULT_LR[built.init.kind],
                     head_lr_mult=opts.head_lr_mult if mult_given else models.DEFAULT_HEAD_LR_MULT[built.init.kind],
                     images=str(Path(opts.images).resolve()), labels=str(Path(opts.labels).resolve()),
@@ -306,7 +315,8 @@ class Trainer:
         from ldpo.common.imagedata import Augment, EpochSampler, StoreImages
 
         rows, targets = self.data.train
-        augment = Augment(self.built.input_size, self.built.normalize, self.opts.crop_scale, self.opts.flip)
+        augment = Augment(self.built.input_size, self.built.normalize, self.opts.crop_scale, self.opts.flip,
+                          self.opts.jitter)
         dataset = StoreImages(self.opts.images, rows, targets, augment, seed=self.opts.seed)
         sampler = EpochSampler(targets, self.opts.balanced, self.opts.seed, self.rank, self.world)
         drop_last = len(sampler) > self.opts.batch_size  # no 1-image batch for BatchNorm
@@ -330,6 +340,8 @@ class Trainer:
     def run(self) -> None:
         if self.opts.resume:
             self.load_partial()
+        if self.opts.head_init == "centroids" and self.start_epoch == 0:
+            self.head_from_centroids()
         loader, dataset, sampler = self.train_loader()
         stop_after = int(os.environ.get("LDPO_STOP_AFTER_EPOCH", "0") or 0)
         for epoch in range(self.start_epoch, self.opts.epochs):
@@ -350,6 +362,28 @@ class Trainer:
                 raise KeyboardInterrupt  # LDPO_STOP_AFTER_EPOCH: a simulated kill, for tests
         test = self.evaluate(self.data.test)
         self.finish(test)
+
+    def head_from_centroids(self) -> None:
+        """--head-init centroids: the head starts as the nearest-centroid classifier of the
+        training labels in the network's own (pre-training) features, so the first steps
+        refine the clusters rather than fight a random head."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from ldpo.common.imagedata import Preprocess, StoreImages
+        from ldpo.common.models import head_inputs, set_head_to_centroids
+
+        rows, targets = self.data.train
+        dataset = StoreImages(self.opts.images, rows, targets, Preprocess(self.built.input_size, self.built.normalize))
+        loader = DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers)
+        self.net.eval()
+        feats = []
+        with torch.inference_mode():
+            for x, _ in progress(loader, desc="head from centroids", disable=self.rank > 0):
+                feats.append(head_inputs(self.net, self.built.arch, x.to(self.device)).float())
+        scale = set_head_to_centroids(self.net, self.built.arch, torch.cat(feats),
+                                      torch.from_numpy(targets).to(self.device))
+        log.info("head: nearest-centroid classifier of %d classes (scale %.3g)", len(self.data.classes), scale)
 
     def train_epoch(self, loader, epoch: int) -> tuple[float, float]:
         import torch
@@ -455,7 +489,8 @@ class Trainer:
             "format": FORMAT, "arch": self.built.arch, "num_classes": len(self.data.classes),
             "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
             "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
-            "transform_input": self.built.transform_input, "init": str(self.built.init)})
+            "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
+            "init": str(self.built.init)})
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)
         log.info("wrote %s and %s", self.opts.out, metrics_path(self.opts.out))
