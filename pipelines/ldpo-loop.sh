@@ -43,6 +43,8 @@ Options (environment default in brackets):
   --input-size N        CNN input side in pixels                    [LDPO_INPUT_SIZE=224]
   --normalize imagenet|zscore  input normalization (zscore = per image;
                         default zscore from random init, else imagenet) [LDPO_NORMALIZE]
+  --input-filter none|sobel|gray-sobel  fixed filter before the CNN (kept
+                        in its checkpoints)                          [LDPO_INPUT_FILTER=none]
   --batch-size N                                                    [LDPO_BATCH_SIZE=64]
   --device auto|cpu|cuda                                            [LDPO_DEVICE=auto]
   --seed S                                                          [LDPO_SEED=0]
@@ -80,6 +82,7 @@ balanced=${LDPO_BALANCED:-0}
 split=${LDPO_SPLIT:-70/10/20}
 input_size=${LDPO_INPUT_SIZE:-224}
 normalize=${LDPO_NORMALIZE:-}
+input_filter=${LDPO_INPUT_FILTER:-none}
 batch_size=${LDPO_BATCH_SIZE:-64}
 device=${LDPO_DEVICE:-auto}
 seed=${LDPO_SEED:-0}
@@ -109,6 +112,7 @@ while [[ $# -gt 0 ]]; do
     --split) split=$2; shift ;;
     --input-size) input_size=$2; shift ;;
     --normalize) normalize=$2; shift ;;
+    --input-filter) input_filter=$2; shift ;;
     --batch-size) batch_size=$2; shift ;;
     --device) device=$2; shift ;;
     --seed) seed=$2; shift ;;
@@ -190,7 +194,8 @@ features_and_labels() {
   if [[ ! -e $feats ]]; then
     log "$(basename "$dir"): featurize"
     local size_args=()
-    [[ $spec == checkpoint:* ]] || size_args=(--input-size "$input_size" --normalize "$normalize")
+    [[ $spec == checkpoint:* ]] || size_args=(--input-size "$input_size" --normalize "$normalize"
+      --input-filter "$input_filter")
     "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
       "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${featurize_args[@]}" "${common[@]}"
   fi
@@ -255,7 +260,7 @@ while (( t < max_iter )); do
     [[ -n $lr ]] && tune_args+=(--lr "$lr")
     tune_args+=("${from_scratch_args[@]}" "${finetune_args[@]}")
     [[ $balanced == 1 ]] && tune_args+=(--balanced)
-    [[ $model_spec == checkpoint:* ]] && tune_args+=(--new-head)
+    if [[ $model_spec == checkpoint:* ]]; then tune_args+=(--new-head); else tune_args+=(--input-filter "$input_filter"); fi
     "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
       "${arch_args[@]}" "${tune_args[@]}" "${common[@]}"
   fi
