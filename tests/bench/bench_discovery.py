@@ -1,0 +1,319 @@
+"""Discovery benchmark: the LDPO loop on toy sets, scored against their truth.
+
+For every (data set, setting, seed) it runs ``pipelines/ldpo-loop.sh`` in a fresh work
+folder and prints purity and NMI against the truth at iteration 0 and at the end (the
+last iteration's clustering), the iteration count and the wall time; then the medians
+over seeds per (set, setting). When a setting clusters into more groups than the truth
+has classes (over-clustering), purity would reward the extra clusters: the ``@K``
+columns re-cluster that iteration's features into exactly the truth's class count
+(same cluster options), which stays comparable across settings.
+
+Data sets (generated here, nothing is downloaded):
+
+* ``texture25``: toy Texture-25, all 25 classes × 40 images at 64 px (``--classes``,
+  ``--per-class``, ``--size`` change it);
+* ``pacs``: the toy PACS (40 studies) through ``extract-keyimages`` at 64 px, truth =
+  each key image's body region (5 regions) from the study's ``regions.csv``;
+* ``pretrained``: the paper's setting without downloads: ResNet-18 trained supervised
+  on texture families 10–24 (the source) is saved as a weights file, and the loop runs
+  on families 0–9 (the target, disjoint) from ``--init weights:FILE``.
+
+Usage (from the repository root, with the venv's ``ldpo`` on PATH or found beside python):
+
+    python tests/bench/bench_discovery.py                       # the default setting, all sets, seeds 0-2
+    python tests/bench/bench_discovery.py --sets texture25 --settings v1,default --seeds 0
+    python tests/bench/bench_discovery.py --settings all --jobs 8 --device cuda    # the lever sweep
+
+``--list`` prints the settings. Results also go to ``--out``/results.csv (one row per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOP = ROOT / "pipelines" / "ldpo-loop.sh"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Setting:
+    help: str
+    args: list[str] = field(default_factory=list)  # loop options
+    env: dict[str, str] = field(default_factory=dict)  # CLUSTER_ARGS, FINETUNE_ARGS, …
+    k_mult: int = 1  # clusters = k_mult × the truth's class count
+
+
+#: The loop's defaults are "default"; each other setting changes one lever (or, for the
+#: combinations, a few), so their effects can be read against it.
+V1 = {"CLUSTER_ARGS": "--nredo 1 --init random"}
+SETTINGS: dict[str, Setting] = {
+    "default": Setting("the loop's defaults, nothing overridden"),
+    "v1": Setting("the first version: k-means with one random start", env=V1),
+    "pca128w": Setting("PCA-whitening to 128 dims, then L2 (DeepCluster)", env={"CLUSTER_ARGS": "--pca 128 --whiten"}),
+    "pca128": Setting("PCA to 128 dims (no whitening), then L2", env={"CLUSTER_ARGS": "--pca 128"}),
+    "l2only": Setting("no PCA, L2 only", env={"CLUSTER_ARGS": "--pca 0"}),
+    "sobel": Setting("Sobel input filter", args=["--input-filter", "sobel"]),
+    "graysobel": Setting("[gray, Sobel x, Sobel y] input filter", args=["--input-filter", "gray-sobel"]),
+    "nofilter": Setting("no input filter", args=["--input-filter", "none"]),
+    "imagenet": Setting("ImageNet normalization instead of per-image z-score", args=["--normalize", "imagenet"]),
+    "zscore": Setting("per-image z-score normalization", args=["--normalize", "zscore"]),
+    "crop02": Setting("random resized crop down to 20% of the area", env={"FINETUNE_ARGS": "--crop-scale 0.2"}),
+    "crop06": Setting("random resized crop down to 60% of the area", env={"FINETUNE_ARGS": "--crop-scale 0.6"}),
+    "nocrop": Setting("no random crop", env={"FINETUNE_ARGS": "--crop-scale 1"}),
+    "jitter": Setting("intensity jitter 0.3 (gamma, contrast, brightness)", env={"FINETUNE_ARGS": "--jitter 0.3"}),
+    "balanced": Setting("class-balanced sampling", args=["--balanced"]),
+    "centroidhead": Setting("head starts as the nearest-centroid classifier", env={"FINETUNE_ARGS": "--head-init centroids"}),
+    "randomhead": Setting("head starts random", env={"FINETUNE_ARGS": "--head-init random"}),
+    "epochs6": Setting("6 epochs per iteration instead of 3", args=["--epochs", "6"]),
+    "overcluster3": Setting("3x over-clustering (k = 3 x classes; @K columns compare fairly)", k_mult=3),
+    "sinkhorn": Setting("Sinkhorn-balanced pseudo-labels (SeLa)", env={"CLUSTER_ARGS": "--balance sinkhorn"}),
+    "sobel+pca128": Setting("Sobel, PCA to 128", args=["--input-filter", "sobel"], env={"CLUSTER_ARGS": "--pca 128"}),
+    "sobel+jitter": Setting("Sobel, intensity jitter 0.3", args=["--input-filter", "sobel"],
+                            env={"FINETUNE_ARGS": "--jitter 0.3"}),
+    "graysobel+pca128+jitter": Setting("[gray, Sobel], PCA to 128, jitter 0.3", args=["--input-filter", "gray-sobel"],
+                                       env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
+    "pca128+jitter": Setting("PCA to 128, jitter 0.3", env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
+}
+
+
+def ldpo() -> list[str]:
+    exe = BIN / "ldpo" if (BIN / "ldpo").exists() else shutil.which("ldpo")
+    if exe is None:
+        raise SystemExit("bench_discovery: no `ldpo` command beside python or on PATH (pip install -e . first)")
+    return [str(exe)]
+
+
+def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+# -- data sets -------------------------------------------------------------------------
+def make_texture25(out: Path, classes: int, per_class: int, size: int) -> tuple[Path, Path]:
+    if not (out / "images.h5").exists():
+        run([*ldpo(), "toy-data", "texture25", "--out", str(out), "--classes", str(classes),
+             "--per-class", str(per_class), "--size", str(size), "--seed", "0", "--quiet"])
+    return out / "images.h5", out / "truth.csv"
+
+
+def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
+    """Toy PACS key images; truth = body region of the key image's study (5 regions)."""
+    from ldpo.common.labels import write_labels
+
+    images, truth = out / "keyimages" / "images.h5", out / "truth.csv"
+    if truth.exists():
+        return images, truth
+    run([*ldpo(), "toy-data", "pacs", "--out", str(out / "toy"), "--studies", str(studies), "--seed", "0", "--quiet"])
+    run([*ldpo(), "extract-keyimages", str(out / "toy" / "dicom"), "--reports", str(out / "toy" / "reports.csv"),
+         "--out", str(out / "keyimages"), "--size", str(size), "--quiet"], env=dict(os.environ, LDPO_SALT="bench"))
+    region = {r["accession"]: r["region"] for r in csv.DictReader(open(out / "toy" / "regions.csv"))}
+    accession = {r["report_id"]: r["accession"] for r in csv.DictReader(open(out / "toy" / "reports.csv"))}
+    rows = list(csv.DictReader(open(out / "keyimages" / "manifest.csv")))
+    names = sorted(set(region.values()))
+    write_labels(truth, [r["id"] for r in rows], np.array([names.index(region[accession[r["report_id"]]])
+                                                           for r in rows]))
+    return images, truth
+
+
+def make_pretrained(out: Path, per_class: int, size: int, epochs: int, device: str) -> tuple[Path, Path, Path]:
+    """Target = texture families 0-9; a ResNet-18 trained on families 10-24 saved as a weights file."""
+    from ldpo.common.labels import read_labels, write_labels
+    from ldpo.common.stores import open_store, write_store
+
+    weights = out / "source-resnet18.pth"
+    target, target_truth = out / "target.h5", out / "target-truth.csv"
+    if weights.exists():
+        return target, target_truth, weights
+    images, truth = make_texture25(out / "all", 25, per_class, size)
+    labels = read_labels(truth)
+    with open_store(images) as store:
+        pixels, ids = store.read("images"), store.ids
+    is_target = labels.labels < 10
+    for mask, store_path, truth_path in ((is_target, target, target_truth),
+                                         (~is_target, out / "source.h5", out / "source-truth.csv")):
+        rows = np.flatnonzero(mask)
+        write_store(store_path, [ids[i] for i in rows], {"stage": "bench"}, images=pixels[rows])
+        write_labels(truth_path, [ids[i] for i in rows], labels.labels[rows])
+    model = out / "source.pt"
+    run([*ldpo(), "finetune", str(out / "source.h5"), str(out / "source-truth.csv"), "--out", str(model),
+         "--init", "random", "--arch", "resnet18", "--epochs", str(epochs), "--input-size", str(size),
+         "--normalize", "zscore", "--split", "none", "--lr", "0.05", "--schedule", "cosine",
+         "--device", device, "--quiet"])
+    import torch
+
+    state = torch.load(model, map_location="cpu", weights_only=True)["state_dict"]
+    torch.save(state, weights)  # a plain state_dict, like torchvision's ImageNet files
+    return target, target_truth, weights
+
+
+# -- one run -----------------------------------------------------------------------------
+def read_history(work: Path) -> list[dict[str, str]]:
+    with open(work / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> tuple[float, float]:
+    """Purity and NMI against the truth after re-clustering an iteration's features into k groups."""
+    from ldpo.common.labels import align, read_labels
+    from ldpo.common.metrics import nmi, purity
+
+    folder = work / f"iter-{iteration:02d}"
+    feats = folder / "encoded.h5" if (folder / "encoded.h5").exists() else folder / "features.h5"
+    out = folder / f"labels-at-{k}.csv"
+    run([*ldpo(), "cluster", str(feats), "--out", str(out), "--k", str(k), *cluster_args.split(), "--quiet"])
+    t = read_labels(truth)
+    pred = align(read_labels(out), t.ids, str(truth))
+    return purity(pred, t.labels), nmi(pred, t.labels)
+
+
+def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setting: Setting, seed: int,
+            work: Path, opts, extra: list[str]) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    k = classes * setting.k_mult
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1",
+               OMP_NUM_THREADS=str(opts.threads), **setting.env)
+    cmd = ["bash", str(LOOP), "--images", str(images), "--work", str(work), "--truth", str(truth),
+           "--k", str(k), "--max-iter", str(opts.max_iter), "--epochs", str(opts.epochs),
+           "--input-size", str(opts.size), "--batch-size", "32", "--device", opts.device, "--seed", str(seed),
+           *extra, *setting.args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"set": data, "setting": name, "seed": seed, "error": proc.stderr.strip().splitlines()[-1:]}
+    rows = read_history(work)
+    first, last = rows[0], rows[-1]
+    result = {"set": data, "setting": name, "seed": seed, "k": k,
+              "purity0": float(first["purity_truth"]), "nmi0": float(first["nmi_truth"]),
+              "purity": float(last["purity_truth"]), "nmi": float(last["nmi_truth"]),
+              "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
+    if setting.k_mult > 1:
+        args = setting.env.get("CLUSTER_ARGS", "")
+        result["purity0@K"], result["nmi0@K"] = at_k(work, 0, classes, truth, args)
+        result["purity@K"], result["nmi@K"] = at_k(work, int(last["iteration"]), classes, truth, args)
+    if not opts.keep:
+        for big in work.glob("iter-*/*.pt"):
+            big.unlink()
+    return result
+
+
+# -- report ------------------------------------------------------------------------------
+COLUMNS = ["set", "setting", "seed", "k", "purity0", "purity", "nmi0", "nmi", "purity0@K", "purity@K",
+           "nmi0@K", "nmi@K", "iterations", "seconds"]
+
+
+def fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    print(f"\n{title}")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+
+
+def medians(results: list[dict]) -> list[dict]:
+    out = []
+    for key in dict.fromkeys((r["set"], r["setting"]) for r in results):
+        group = [r for r in results if (r["set"], r["setting"]) == key and "error" not in r]
+        if not group:
+            continue
+        row = {"set": key[0], "setting": key[1], "seed": f"{len(group)} seeds", "k": group[0]["k"]}
+        for c in COLUMNS[4:]:
+            values = [r[c] for r in group if c in r]
+            if values:
+                row[c] = float(np.median(values)) if c != "iterations" else int(np.median(values))
+        row["seconds"] = round(float(np.median([r["seconds"] for r in group])), 1)
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default="texture25,pacs,pretrained")
+    p.add_argument("--settings", default="default", help="comma-separated names, or all (see --list)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--classes", type=int, default=25)
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--max-iter", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
+    p.add_argument("--out", default="out/bench-discovery")
+    p.add_argument("--keep", action="store_true", help="keep the checkpoints of every run")
+    p.add_argument("--list", action="store_true")
+    opts = p.parse_args(argv)
+    if opts.list:
+        for name, s in SETTINGS.items():
+            print(f"{name:14s} {s.help}")
+        return 0
+    names = list(SETTINGS) if opts.settings == "all" else opts.settings.split(",")
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown settings {unknown} (see --list)")
+    opts.threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.jobs)
+    out = Path(opts.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in opts.seeds.split(",")]
+
+    jobs = []
+    for data in opts.sets.split(","):
+        extra: list[str] = []
+        if data == "texture25":
+            images, truth = make_texture25(out / "data-texture25", opts.classes, opts.per_class, opts.size)
+            classes = opts.classes
+        elif data == "pacs":
+            images, truth = make_pacs(out / "data-pacs", 40, opts.size)
+            classes = 5
+        elif data == "pretrained":
+            images, truth, weights = make_pretrained(out / "data-pretrained", opts.per_class, opts.size,
+                                                     opts.pretrain_epochs, opts.device)
+            classes = 10
+            extra = ["--init", f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore"]
+        else:
+            p.error(f"unknown set {data}")
+        for name in names:
+            for seed in seeds:
+                jobs.append((data, images, truth, classes, name, SETTINGS[name], seed,
+                             out / f"{data}-{name}-s{seed}", opts, extra))
+    print(f"{len(jobs)} runs, {opts.jobs} at a time, {opts.threads} threads each, device {opts.device}",
+          file=sys.stderr)
+    start = time.perf_counter()
+    results = []
+    with open(out / "results.csv", "w", newline="") as fh, ThreadPoolExecutor(opts.jobs) as pool:
+        writer = csv.DictWriter(fh, COLUMNS + ["error"], extrasaction="ignore")
+        writer.writeheader()
+        for future in as_completed([pool.submit(one_run, *job) for job in jobs]):  # rows land as runs end
+            r = future.result()
+            results.append(r)
+            writer.writerow(r)
+            fh.flush()
+            print(" ".join(f"{k}={fmt(v)}" for k, v in r.items()), file=sys.stderr, flush=True)
+    results.sort(key=lambda r: ([j[0] for j in jobs].index(r["set"]), names.index(r["setting"]), r["seed"]))
+    print_table(results, "runs")
+    print_table(medians(results), "medians over seeds")
+    print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; rows in {out / 'results.csv'}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
