@@ -341,6 +341,8 @@ def setup(opts: Any) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    # zarr decodes on an asyncio loop: a failed chunk must give one line, not the loop's tracebacks
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if opts.verbose else logging.CRITICAL)
     _progress_enabled = not (opts.no_progress or opts.quiet)
     seed_everything(opts.seed)
 
