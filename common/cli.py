@@ -52,7 +52,7 @@ def opt(help: str, default: Any = dataclasses.MISSING, *, min: float | None = No
     ``args=["-k", "--k"]`` sets the flag names; ``args=["images"]`` makes it positional.
 
     Bounds, declared where the option is, checked by :class:`Tool` right after parsing
-    (exit 2, ``--size 100000: must be at most 8192``):
+    (exit 2, ``--size 100000: must be between 8 and 8192``, ``--lr nan: must be a finite number``):
 
     * ``min=`` / ``max=``: inclusive limits (``opt("…", 3, min=1)``, ``min=0, max=1``);
     * ``above=`` / ``below=``: exclusive limits (``above=0, below=1`` for an open interval);
@@ -244,6 +244,8 @@ def check_bounds(opts: Any) -> None:
 def _out_of_bounds(value: float, meta: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
+    if "min" in meta and "max" in meta and not meta["min"] <= value <= meta["max"]:
+        return f"must be between {meta['min']} and {meta['max']}"
     if "min" in meta and value < meta["min"]:
         return f"must be at least {meta['min']}"
     if "max" in meta and value > meta["max"]:

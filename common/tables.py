@@ -107,6 +107,14 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
             _dump(fh, header, rows)
 
 
+def side_file(main: str | os.PathLike, tail: str) -> Path:
+    """A side file named from the main output: ``side_file("run/labels.csv", "topics.csv")`` →
+    ``run/labels.topics.csv``, so two outputs of one command never share a fixed name."""
+    main = Path(main)
+    stem = main.stem if main.suffix.lower() == ".csv" else main.name
+    return main.with_name(f"{stem}.{tail}")
+
+
 def _dump(fh, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(header)
