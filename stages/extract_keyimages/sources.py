@@ -151,6 +151,8 @@ def _patient(ds) -> dict[str, list[str]]:
 
 def _truncated(path: str, ds) -> str:
     """A reason when the pixel data is shorter than the header says, else ''."""
+    if ds.file_meta.TransferSyntaxUID.is_deflated:
+        return ""  # offsets are into the inflated data set, not the file: the decoder will tell
     raw = ds._dict.get(0x7FE00010)
     length, offset = getattr(raw, "length", None), getattr(raw, "value_tell", None)
     if length is None or offset is None or length == 0xFFFFFFFF:
