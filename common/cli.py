@@ -96,9 +96,9 @@ class CommonOptions:
 
     verbose: bool = opt("log more, and show tracebacks on errors", False, args=["-v", "--verbose"])
     quiet: bool = opt("log only warnings and errors", False, args=["-q", "--quiet"])
-    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0)
+    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0, min=0, max=2**63 - 1)
     device: str = opt("where to compute", "auto", choices=["auto", "cpu", "cuda"])
-    workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0)
+    workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0, min=0, max=1024)
     no_progress: bool = opt("hide progress bars", False)
 
 
