@@ -195,7 +195,7 @@ class Tool:
     def _fail(self, message: str, verbose: bool) -> int:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        first = message.strip().splitlines()[0] if message.strip() else "failed"
+        first = _headline(message)
         hint = "" if verbose else " (-v for the traceback)" if "unexpected" in first else ""
         print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
         return 2
@@ -204,6 +204,19 @@ class Tool:
     def console(cls) -> None:
         """The console-script entry point."""
         sys.exit(cls().run())
+
+
+def _headline(message: str) -> str:
+    """The one line to print: the message's first line, or for an error re-raised from a worker
+    process (torch's ``Caught InputError in DataLoader worker process 0.`` + the worker's traceback)
+    the original error's own line, which names the file."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "failed"
+    if len(lines) > 1 and lines[0].startswith("Caught ") and " worker" in lines[0]:
+        kind, sep, rest = lines[-1].partition(": ")
+        return rest if sep and kind.rsplit(".", 1)[-1] == "InputError" else lines[-1]
+    return lines[0]
 
 
 def _describe(err: BaseException) -> str:

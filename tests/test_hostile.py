@@ -54,6 +54,8 @@ def finished_run(tmp_path_factory, toy):
     rng = np.random.default_rng(0)
     write_store(ws / "feats.h5", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
     write_store(ws / "feats.zarr", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
+    with open_store(ws / "images.h5") as store:
+        write_store(ws / "images.zarr", ids, {"stage": "test"}, images=store.read("images"))
     write_store(ws / "local.h5", ids, {"stage": "test"}, local=rng.normal(size=(len(ids), 4, 8)).astype(np.float32))
     src = ws / "dicom"
     src.mkdir()
@@ -110,6 +112,12 @@ def corrupt_zarr_chunk(ws: Path) -> Path:
     chunks = sorted(p for p in (ws / "feats.zarr" / "features").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunks[0].write_bytes(b"garbage" * 10)
     return ws / "feats.zarr"
+
+
+def corrupt_image_chunk(ws: Path) -> Path:
+    chunks = sorted(p for p in (ws / "images.zarr" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks[3].write_bytes(b"garbage" * 10)
+    return ws / "images.zarr"
 
 
 def integer_ids(ws: Path) -> Path:
@@ -202,6 +210,9 @@ CASES = {
     # damaged or wrongly encoded inputs: the message names the file
     "zarr-corrupt-chunk": lambda ws: (["cluster", corrupt_zarr_chunk(ws), "--out", ws / "l.csv", "--k", "2"],
                                       ws / "feats.zarr"),
+    "zarr-corrupt-chunk-in-a-worker": lambda ws: (["featurize", corrupt_image_chunk(ws), "--out", ws / "f.h5",
+                                                   "--input-size", "32", "--device", "cpu", "--workers", "1"],
+                                                  ws / "images.zarr"),
     "reports-latin-1": lambda ws: (["extract-keyimages", ws / "dicom", "--reports", reports_in(ws, "latin-1"),
                                     "--out", ws / "keys", *SALT], ws / "reports-latin-1.csv"),
     "reports-utf-16": lambda ws: (["extract-keyimages", ws / "dicom", "--reports", reports_in(ws, "utf-16"),
