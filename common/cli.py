@@ -10,6 +10,11 @@ progress bars on stderr, seeding, and the exit-status contract:
   and no traceback unless ``--verbose``;
 * 141 when stdout is closed early (``| head``), like other Unix tools.
 
+Before ``main`` runs, the base checks what the options declare (see :func:`opt`): the
+range of every numeric option (``min``/``max``/``above``/``below``, and never
+``nan``/``inf``), and that no output (``role="output"``) is one of the inputs
+(``role="input"``), another output, or a special file.
+
 Tests call ``Tool().run(argv)`` in-process; it returns the exit status and never
 calls ``sys.exit``.
 """
@@ -70,6 +75,7 @@ def opt(help: str, default: Any = dataclasses.MISSING, *, min: float | None = No
     """
     if default is not dataclasses.MISSING and not isinstance(default, bool) and default not in ("", None):
         help = f"{help} (default: {default})"
+    help += _range_text(min, max, above, below)
     metadata = {"help": help, **argparse_kwargs, **_checks(min, max, above, below, role, aliases)}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: default, metadata=metadata)
@@ -81,6 +87,15 @@ def positional(help: str, *, role: str | None = None, min: float | None = None, 
     """A required positional argument named after its field (``role=``, ``min=``, ``max=`` as for :func:`opt`)."""
     return field(metadata={"help": help, "positional": True, **argparse_kwargs,
                            **_checks(min, max, None, None, role, None)})
+
+
+def _range_text(min, max, above, below) -> str:
+    """`` [1, 64]``, `` (0, 1)``, `` [0, inf)`` … for --help; empty without bounds."""
+    if min is None and max is None and above is None and below is None:
+        return ""
+    low = f"[{min}" if min is not None else f"({above}" if above is not None else "(-inf"
+    high = f"{max}]" if max is not None else f"{below})" if below is not None else "inf)"
+    return f" {low}, {high}"
 
 
 def _checks(min, max, above, below, role, aliases) -> dict:
@@ -96,7 +111,7 @@ class CommonOptions:
 
     verbose: bool = opt("log more, and show tracebacks on errors", False, args=["-v", "--verbose"])
     quiet: bool = opt("log only warnings and errors", False, args=["-q", "--quiet"])
-    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0, min=0, max=2**63 - 1)
+    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0, min=0)
     device: str = opt("where to compute", "auto", choices=["auto", "cpu", "cuda"])
     workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0, min=0, max=1024)
     no_progress: bool = opt("hide progress bars", False)
