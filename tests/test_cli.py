@@ -162,3 +162,44 @@ def test_an_output_may_not_be_an_input_another_output_or_a_special_file(capsys, 
         assert err.startswith("copy-test: error: ") and message in err and len(err.splitlines()) == 1, err
     assert a.read_text() == "x"
     assert Copy().run([str(a), "--out", "-"]) == 0  # stdout is never a clash
+
+
+class Noisy(Tool):
+    """Fails the way a damaged Zarr chunk did: asyncio logs the failed tasks, then the read raises."""
+
+    name = "noisy-test"
+    Options = EchoOptions
+
+    def main(self, opts):
+        import logging
+
+        logging.getLogger("asyncio").error("Task exception was never retrieved\nTraceback (most recent call last):")
+        raise InputError(f"{opts.path}: cannot read images rows 0..12: the store is damaged")
+
+
+def test_asyncio_noise_stays_off_stderr_unless_verbose():
+    """In a real process (pytest captures logging itself): one line, the asyncio log only with -v."""
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        script = ("import sys; sys.path.insert(0, %r); from test_cli import Noisy; sys.exit(Noisy().run(%r))"
+                  % (str(__import__("pathlib").Path(__file__).parent), ["img.zarr", *flags]))
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+    quiet = run()
+    assert quiet.returncode == 2
+    assert quiet.stderr == "noisy-test: error: img.zarr: cannot read images rows 0..12: the store is damaged\n"
+    loud = run("-v")
+    assert loud.returncode == 2 and "Task exception was never retrieved" in loud.stderr
+
+
+def test_an_error_from_a_worker_process_prints_the_workers_own_line(capsys):
+    class Worker(Tool):
+        name = "worker-test"
+        Options = EchoOptions
+
+        def main(self, opts):
+            raise InputError("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"x.py\", line 1, in f\nldpo.common.errors.InputError: "
+                             f"{opts.path}: the store is damaged")
+
+    assert Worker().run(["img.zarr"]) == 2
+    assert capsys.readouterr().err == "worker-test: error: img.zarr: the store is damaged\n"
