@@ -424,3 +424,28 @@ def test_an_object_no_decoder_reads_is_a_reject_with_its_reason(cli, tmp_path):
     (reject,) = read_csv(out / "rejects.csv")
     assert reject["source"] == file_pseudonym("JPEG-lossy.dcm")
     assert reject["reason"].startswith("pixel data cannot be decoded: Unable to decode")
+
+
+def test_a_nan_window_or_an_all_nan_slice_is_a_reject_not_a_black_image(cli, tmp_path):
+    import nibabel as nib
+
+    src = copy(["MR_small.dcm"], tmp_path / "src")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(data_file("MR_small.dcm"))
+        ds.WindowCenter, ds.WindowWidth = "NaN", "400"
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+        ds.save_as(src / "nan-window.dcm")
+    volume = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+    volume[:, :, 1] = np.nan
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), src / "vol.nii.gz")
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", src, "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, images = outputs(out)
+    assert sorted(m["modality"] for m in manifest) == ["MR", "NIFTI", "NIFTI"]  # slice 1 of the volume is gone
+    assert all(im.max() > 0 for im in images.values())
+    reasons = {row["source"]: row["reason"] for row in read_csv(out / "rejects.csv")}
+    assert reasons == {file_pseudonym("nan-window.dcm"): "frame 0: WindowCenter is nan: the header's window is not "
+                                                         "a finite number",
+                       file_pseudonym("vol.nii.gz"): "frame 1: no finite pixel values (all NaN or infinite)"}
