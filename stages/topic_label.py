@@ -258,13 +258,15 @@ class TopicLabelTool(Tool):
 
         ids, labels, weights = self.assign(opts, manifest, theta, skipped, model, dictionary, cleaner)
         sides = side_files(opts)
-        finals = [sides["topics"], sides["perplexity"], sides["plot"]] + ([] if opts.out == "-" else [opts.out])
-        with atomic_paths(*finals) as tmps:
-            topics, table, plot = tmps[:3]
-            write_topics(topics, model, cleaner, opts.topic_words)
+        # Named from --out, an older run's perplexity files are ours to remove; fixed names (--out -) are not.
+        finals = [sides["topics"]]
+        if scores is not None or opts.out != "-":
+            finals += [sides["perplexity"], sides["plot"]]
+        with atomic_paths(*finals, *([] if opts.out == "-" else [opts.out])) as tmps:
+            write_topics(tmps[0], model, cleaner, opts.topic_words)
             if scores is not None:
-                write_perplexity(table, plot, grid, scores, chosen, opts.flatten)
-            write_labels(opts.out if opts.out == "-" else tmps[3], ids, labels,
+                write_perplexity(tmps[1], tmps[2], grid, scores, chosen, opts.flatten)
+            write_labels(opts.out if opts.out == "-" else tmps[-1], ids, labels,
                          {"topic_weight": [f"{w:.4f}" for w in weights]})
         if opts.model_dir:
             self.save_model(Path(opts.model_dir), model, dictionary)
