@@ -449,3 +449,11 @@ def test_a_nan_window_or_an_all_nan_slice_is_a_reject_not_a_black_image(cli, tmp
     assert reasons == {file_pseudonym("nan-window.dcm"): "frame 0: WindowCenter is nan: the header's window is not "
                                                          "a finite number",
                        file_pseudonym("vol.nii.gz"): "frame 1: no finite pixel values (all NaN or infinite)"}
+
+
+def test_an_output_folder_inside_the_source_is_not_read_back(cli, tmp_path):
+    src = copy(["MR_small.dcm"], tmp_path / "src")
+    for _ in range(2):
+        r = cli("extract-keyimages", src, "--out", src / "keys", "--size", 32, *SALT)
+        assert r.code == 0, r.err
+    assert read_csv(src / "keys" / "rejects.csv") == []  # its own images.h5 was not taken for a broken DICOM

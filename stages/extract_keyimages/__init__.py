@@ -122,7 +122,8 @@ class Extractor:
 
     # -- pass 1 -----------------------------------------------------------------------
     def index(self) -> list[Record]:
-        files = walk(self.source)
+        out = self.out.resolve()
+        files = [f for f in walk(self.source) if out not in Path(f[0]).resolve().parents]  # not our own outputs
         if not files:
             raise InputError(f"{self.source}: holds no DICOM, NIfTI or image files")
         records, sops = [], set()
