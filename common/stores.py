@@ -85,18 +85,46 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def _make_folder(final: Path) -> None:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{final}: cannot create its folder {final.parent} ({err.strerror or err})") from None
+
+
+def _about(err: BaseException, tmp: Path, final: Path) -> BaseException:
+    """An OSError about a temporary name, re-told about the output the user named."""
+    if isinstance(err, OSError) and (str(getattr(err, "filename", "")) == str(tmp) or tmp.name in str(err)):
+        return InputError(f"{final}: cannot write ({err.strerror or type(err).__name__})")
+    return err
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    try:
+        replace(tmp, final)
+    except OSError as err:
+        remove(tmp)
+        raise InputError(f"{final}: cannot replace it ({err.strerror or err})") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``path`` only if the block completes."""
+    """Yield a temporary path to write; rename it to ``path`` only if the block completes.
+
+    On failure the temporary is removed, and an OS error about it names ``path`` instead.
+    """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(final)
     tmp = temporary_name(final)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         remove(tmp)
-        raise
-    replace(tmp, final)
+        told = _about(err, tmp, final)
+        if told is err:
+            raise
+        raise told from err
+    _commit(tmp, final)
 
 
 @contextlib.contextmanager
@@ -110,17 +138,21 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """
     finals = [Path(p) for p in paths]
     for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(final)
     tmps = [temporary_name(final) for final in finals]
     try:
         yield tmps
-    except BaseException:
+    except BaseException as err:
         for tmp in tmps:
             remove(tmp)
+        for tmp, final in zip(tmps, finals):
+            told = _about(err, tmp, final)
+            if told is not err:
+                raise told from err
         raise
     for tmp, final in zip(tmps, finals):
         if tmp.exists():
-            replace(tmp, final)
+            _commit(tmp, final)
         else:
             remove(final)
 

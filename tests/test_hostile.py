@@ -232,6 +232,8 @@ CASES = {
                                     "WindowCenter is nan"),
     "nifti-all-nan": lambda ws: (["extract-keyimages", all_nan_volume(ws), "--out", ws / "keys", *SALT],
                                  "no finite voxel values"),
+    "output-folder-is-a-file": lambda ws: (["converge", ws / "labels.csv", "--history", ws / "labels.csv" / "h.csv"],
+                                           f"{ws / 'labels.csv' / 'h.csv'}: cannot create its folder"),
     # held by the first version too
     "labels-missing (held)": lambda ws: (["converge", ws / "nope.csv"], ws / "nope.csv"),
     "store-suffix (held)": lambda ws: (["cluster", ws / "labels.csv", "--out", ws / "l.csv"], ws / "labels.csv"),
