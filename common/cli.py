@@ -10,6 +10,11 @@ progress bars on stderr, seeding, and the exit-status contract:
   and no traceback unless ``--verbose``;
 * 141 when stdout is closed early (``| head``), like other Unix tools.
 
+Before ``main`` runs, the base checks what the options declare (see :func:`opt`): the
+range of every numeric option (``min``/``max``/``above``/``below``, and never
+``nan``/``inf``), and that no output (``role="output"``) is one of the inputs
+(``role="input"``), another output, or a special file.
+
 Tests call ``Tool().run(argv)`` in-process; it returns the exit status and never
 calls ``sys.exit``.
 """
@@ -19,8 +24,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import random
+import stat
 import sys
 import traceback
 import typing
@@ -38,22 +45,64 @@ log = logging.getLogger("ldpo")
 _progress_enabled = True
 
 
-def opt(help: str, default: Any = dataclasses.MISSING, **argparse_kwargs) -> Any:
+#: what ``role=`` may say about a path option (see :func:`opt`)
+ROLES = ("input", "output")
+
+
+def opt(help: str, default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
+        above: float | None = None, below: float | None = None, role: str | None = None,
+        aliases: list[str] | None = None, **argparse_kwargs) -> Any:
     """A dataclass field for an option: ``opt("help text", default, choices=[...])``.
 
     ``args=["-k", "--k"]`` sets the flag names; ``args=["images"]`` makes it positional.
+
+    Bounds, declared where the option is, checked by :class:`Tool` right after parsing
+    (exit 2, ``--size 100000: must be between 8 and 8192``, ``--lr nan: must be a finite number``):
+
+    * ``min=`` / ``max=``: inclusive limits (``opt("…", 3, min=1)``, ``min=0, max=1``);
+    * ``above=`` / ``below=``: exclusive limits (``above=0, below=1`` for an open interval);
+    * every float option refuses ``nan`` and ``inf`` (bounded or not); ``None`` (an
+      ``Optional`` option left unset) is never checked.
+
+    Paths: ``role="input"`` marks a file the command reads, ``role="output"`` one it
+    writes (a folder too). Before ``main`` runs, the base refuses an output that is one
+    of the inputs or another output (same resolved path or same inode) and an output
+    that is a special file (FIFO, ``/dev/null``, a device, a socket). ``""`` and ``-``
+    (stdin/stdout) are never checked. Files derived from options (side files named from
+    the main output) are added by overriding :meth:`Tool.inputs` / :meth:`Tool.outputs`.
+
+    ``aliases=["--batch"]``: old spellings still accepted, hidden from ``--help``.
     """
     if default is not dataclasses.MISSING and not isinstance(default, bool) and default not in ("", None):
         help = f"{help} (default: {default})"
-    metadata = {"help": help, **argparse_kwargs}
+    help += _range_text(min, max, above, below)
+    metadata = {"help": help, **argparse_kwargs, **_checks(min, max, above, below, role, aliases)}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: default, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def positional(help: str, **argparse_kwargs) -> Any:
-    """A required positional argument named after its field."""
-    return field(metadata={"help": help, "positional": True, **argparse_kwargs})
+def positional(help: str, *, role: str | None = None, min: float | None = None, max: float | None = None,
+               **argparse_kwargs) -> Any:
+    """A required positional argument named after its field (``role=``, ``min=``, ``max=`` as for :func:`opt`)."""
+    return field(metadata={"help": help, "positional": True, **argparse_kwargs,
+                           **_checks(min, max, None, None, role, None)})
+
+
+def _range_text(min, max, above, below) -> str:
+    """`` [1, 64]``, `` (0, 1)``, `` [0, inf)`` … for --help; empty without bounds."""
+    if min is None and max is None and above is None and below is None:
+        return ""
+    low = f"[{min}" if min is not None else f"({above}" if above is not None else "(-inf"
+    high = f"{max}]" if max is not None else f"{below})" if below is not None else "inf)"
+    return f" {low}, {high}"
+
+
+def _checks(min, max, above, below, role, aliases) -> dict:
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role={role!r}: one of {ROLES}")
+    found = {"min": min, "max": max, "above": above, "below": below, "role": role, "aliases": aliases}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 @dataclass(kw_only=True)
@@ -62,9 +111,9 @@ class CommonOptions:
 
     verbose: bool = opt("log more, and show tracebacks on errors", False, args=["-v", "--verbose"])
     quiet: bool = opt("log only warnings and errors", False, args=["-q", "--quiet"])
-    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0)
+    seed: int = opt("random seed (same inputs, seed and device give the same outputs)", 0, min=0)
     device: str = opt("where to compute", "auto", choices=["auto", "cpu", "cuda"])
-    workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0)
+    workers: int = opt("worker processes for loading/parallel work (0 = in the main process)", 0, min=0, max=1024)
     no_progress: bool = opt("hide progress bars", False)
 
 
@@ -101,7 +150,28 @@ class Tool:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.add_argument("--version", action="version", version=f"ldpo {__version__}")
+        for f in dataclasses.fields(options_class):
+            for alias in f.metadata.get("aliases", ()):
+                parser.add_argument(alias, dest=f.name, type=_value_type(f), default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS)
         return parser
+
+    def inputs(self, opts: Any) -> list[tuple[str, str]]:
+        """``(flag, path)`` of every file the command reads: the ``role="input"`` options.
+
+        Override to add inputs that no single option names (call ``super()``)."""
+        return _paths(opts, "input")
+
+    def outputs(self, opts: Any) -> list[tuple[str, str]]:
+        """``(flag, path)`` of every file the command writes: the ``role="output"`` options.
+
+        Override to add side files named from the main output (call ``super()``)."""
+        return _paths(opts, "output")
+
+    def check(self, opts: Any) -> None:
+        """Bounds of every numeric option, then outputs vs inputs and special files."""
+        check_bounds(opts)
+        check_paths(self.inputs(opts), self.outputs(opts))
 
     def parse(self, argv: list[str] | None) -> Any:
         return self.parser().parse_args(argv)
@@ -119,6 +189,7 @@ class Tool:
             return int(exit_.code or 0)
         setup(opts)
         try:
+            self.check(opts)
             status = self.main(opts)
             sys.stdout.flush()
             return int(status or 0)
@@ -139,7 +210,7 @@ class Tool:
     def _fail(self, message: str, verbose: bool) -> int:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        first = message.strip().splitlines()[0] if message.strip() else "failed"
+        first = _headline(message)
         hint = "" if verbose else " (-v for the traceback)" if "unexpected" in first else ""
         print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
         return 2
@@ -150,12 +221,124 @@ class Tool:
         sys.exit(cls().run())
 
 
+def _headline(message: str) -> str:
+    """The one line to print: the message's first line, or for an error re-raised from a worker
+    process (torch's ``Caught InputError in DataLoader worker process 0.`` + the worker's traceback)
+    the original error's own line, which names the file."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "failed"
+    if len(lines) > 1 and lines[0].startswith("Caught ") and " worker" in lines[0]:
+        kind, sep, rest = lines[-1].partition(": ")
+        return rest if sep and kind.rsplit(".", 1)[-1] == "InputError" else lines[-1]
+    return lines[0]
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and getattr(err, "filename", None):
         return f"{err.filename}: {err.strerror or err}"
     if isinstance(err, KeyError):
         return f"missing key {err}"
     return str(err) or type(err).__name__
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """How the user spells a field: its long flag (``--batch-size``) or positional name."""
+    args = f.metadata.get("args")
+    if f.metadata.get("positional") or (args and not args[0].startswith("-")):
+        return f.name.upper()
+    if args:
+        return max(args, key=len)
+    return "--" + f.name.replace("_", "-")
+
+
+def _value_type(f: dataclasses.Field):
+    kind = f.metadata.get("type", f.type)
+    inner = [t for t in typing.get_args(kind) if t is not type(None)]
+    return inner[0] if inner else kind
+
+
+def check_bounds(opts: Any) -> None:
+    """Refuse values outside the ``min``/``max``/``above``/``below`` an option declares, and non-finite floats."""
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        problem = _out_of_bounds(value, f.metadata)
+        if problem:
+            raise InputError(f"{flag_of(f)} {value}: {problem}")
+
+
+def _out_of_bounds(value: float, meta: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if "min" in meta and "max" in meta and not meta["min"] <= value <= meta["max"]:
+        return f"must be between {meta['min']} and {meta['max']}"
+    if "min" in meta and value < meta["min"]:
+        return f"must be at least {meta['min']}"
+    if "max" in meta and value > meta["max"]:
+        return f"must be at most {meta['max']}"
+    if "above" in meta and value <= meta["above"]:
+        return f"must be above {meta['above']}"
+    if "below" in meta and value >= meta["below"]:
+        return f"must be below {meta['below']}"
+    return ""
+
+
+def _paths(opts: Any, role: str) -> list[tuple[str, str]]:
+    found = []
+    for f in dataclasses.fields(opts):
+        if f.metadata.get("role") != role:
+            continue
+        value = getattr(opts, f.name)
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path not in (None, "", "-"):
+                found.append((flag_of(f), str(path)))
+    return found
+
+
+def _identity(path: str) -> tuple[str, tuple[int, int] | None]:
+    """(resolved path, (device, inode) when it exists): two paths naming one file share one of them."""
+    try:
+        st = os.stat(path)
+        inode = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    return os.path.realpath(path), inode
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+    """Refuse an output that is an input, another output, or a special file (exit 2, naming it)."""
+    known = [(flag, path, _identity(path)) for flag, path in inputs if path not in ("", "-")]
+    for flag, path in outputs:
+        if path in ("", "-"):
+            continue
+        special = _special_kind(path)
+        if special:
+            raise InputError(f"{path}: {flag} is a {special}, not a regular file: refusing to write to it")
+        me = _identity(path)
+        for other_flag, other, ident in known:
+            if _same(me, ident):
+                role = "an output" if (other_flag, other) in outputs else "an input"
+                raise InputError(f"{path}: {flag} is the same file as {other_flag} ({other}), {role} of this "
+                                 "command: give another output path")
+        known.append((flag, path, me))
+
+
+def _special_kind(path: str) -> str:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return ""
 
 
 _prepared: set[type] = set()
@@ -188,6 +371,8 @@ def setup(opts: Any) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    # zarr decodes on an asyncio loop: a failed chunk must give one line, not the loop's tracebacks
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if opts.verbose else logging.CRITICAL)
     _progress_enabled = not (opts.no_progress or opts.quiet)
     seed_everything(opts.seed)
 

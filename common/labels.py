@@ -1,6 +1,7 @@
 """Labels CSV: a header with at least ``id,label`` (label a non-negative integer).
 
 Extra columns are kept on read and ignored by the stages. ``-`` is stdin/stdout.
+Encoding and atomic writing follow :mod:`ldpo.common.tables` (UTF-8 with or without BOM).
 Rows join stores by id, never by position: :func:`align` puts labels in a store's
 row order and turns unknown, missing or duplicate ids into one-line input errors.
 """
@@ -10,15 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ldpo.common.errors import InputError
-from ldpo.common.stores import atomic_path
+from ldpo.common.tables import read_text, write_csv
+
+#: the largest label a labels CSV may hold (class numbers, not measurements)
+MAX_LABEL = 2**31 - 1
 
 
 @dataclass
@@ -42,15 +44,7 @@ class Labels:
 def read_labels(path: str | os.PathLike) -> Labels:
     """Read a labels CSV (``-`` = stdin), checking header, ids and integer labels."""
     name = str(path)
-    try:
-        if name == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such labels file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{name}: cannot read labels ({err})") from None
+    text = read_text(path, "labels file")
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if not header or "id" not in header or "label" not in header:
@@ -77,6 +71,8 @@ def read_labels(path: str | os.PathLike) -> Labels:
             raise InputError(f"{name}: line {line_no}: label {raw!r} is not an integer") from None
         if value < 0:
             raise InputError(f"{name}: line {line_no}: label {value} is negative")
+        if value > MAX_LABEL:
+            raise InputError(f"{name}: line {line_no}: label {value} is too large (at most {MAX_LABEL})")
         seen.add(ident)
         ids.append(ident)
         labels.append(value)
@@ -94,22 +90,9 @@ def write_labels(path: str | os.PathLike, ids: Sequence[str], labels: Sequence[i
     if len(ids) != len(labels):
         raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
     extra = extra or {}
-    header = ["id", "label", *extra]
-
-    def dump(fh) -> None:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        columns = [extra[h] for h in extra]
-        for i, (ident, lab) in enumerate(zip(ids, labels.tolist())):
-            writer.writerow([ident, int(lab), *(c[i] for c in columns)])
-
-    if str(path) == "-":
-        dump(sys.stdout)
-        sys.stdout.flush()
-        return
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            dump(fh)
+    columns = [extra[h] for h in extra]
+    rows = ([ident, int(lab), *(c[i] for c in columns)] for i, (ident, lab) in enumerate(zip(ids, labels.tolist())))
+    write_csv(path, ["id", "label", *extra], rows)
 
 
 def align(labels: Labels, store_ids: Sequence[str], store_name: str = "store",

@@ -58,9 +58,13 @@ def store_format(path: str | os.PathLike) -> str:
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
-    """A hidden sibling of ``path`` (same folder, so the final rename is atomic)."""
+    """A hidden sibling of ``path`` (same folder, so the final rename is atomic), same suffix.
+
+    ``images.h5`` → ``.images.tmp-1a2b3c4d.h5``: the suffix stays last, so a temporary
+    store is still recognized as HDF5 or Zarr.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
 def replace(tmp: Path, final: Path) -> None:
@@ -81,18 +85,76 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def _make_folder(final: Path) -> None:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{final}: cannot create its folder {final.parent} ({err.strerror or err})") from None
+
+
+def _about(err: BaseException, tmp: Path, final: Path) -> BaseException:
+    """An OSError about a temporary name, re-told about the output the user named."""
+    if isinstance(err, OSError) and (str(getattr(err, "filename", "")) == str(tmp) or tmp.name in str(err)):
+        return InputError(f"{final}: cannot write ({err.strerror or type(err).__name__})")
+    return err
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    try:
+        replace(tmp, final)
+    except OSError as err:
+        remove(tmp)
+        raise InputError(f"{final}: cannot replace it ({err.strerror or err})") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``path`` only if the block completes."""
+    """Yield a temporary path to write; rename it to ``path`` only if the block completes.
+
+    On failure the temporary is removed, and an OS error about it names ``path`` instead.
+    """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(final)
     tmp = temporary_name(final)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         remove(tmp)
+        told = _about(err, tmp, final)
+        if told is err:
+            raise
+        raise told from err
+    _commit(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for outputs that belong together: all or none.
+
+    Yields one temporary path per output. When the block completes every written one is
+    renamed into place (one after the other, after all were written) and an output the
+    block did not write is removed, since it would describe an older run. An exception
+    removes every temporary and leaves all the older outputs as they were.
+    """
+    finals = [Path(p) for p in paths]
+    for final in finals:
+        _make_folder(final)
+    tmps = [temporary_name(final) for final in finals]
+    try:
+        yield tmps
+    except BaseException as err:
+        for tmp in tmps:
+            remove(tmp)
+        for tmp, final in zip(tmps, finals):
+            told = _about(err, tmp, final)
+            if told is not err:
+                raise told from err
         raise
-    replace(tmp, final)
+    for tmp, final in zip(tmps, finals):
+        if tmp.exists():
+            _commit(tmp, final)
+        else:
+            remove(final)
 
 
 class Store:
@@ -135,9 +197,24 @@ class Store:
     @property
     def ids(self) -> list[str]:
         ids = self.array("ids")
-        if self.format == "h5":
-            return list(ids.asstr()[:])
-        return [str(x) for x in ids[:].tolist()]
+        if ids.dtype.kind not in "OSUT":
+            raise InputError(f"{self.path}: ids are {ids.dtype} numbers, but the contract needs strings "
+                             "(write them as text)")
+        with self._reading("ids"):
+            if self.format == "h5":
+                return list(ids.asstr()[:])
+            return [str(x) for x in ids[:].tolist()]
+
+    @contextlib.contextmanager
+    def _reading(self, name: str, where: str = "") -> Iterator[None]:
+        """Turn a decoding failure (a corrupt chunk, a truncated file) into one line naming the store."""
+        try:
+            yield
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - codecs raise anything; the message must name the store
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"{self.path}: cannot read {name}{where}: the store is damaged ({text})") from None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -154,7 +231,8 @@ class Store:
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         arr = self.array(name)
         stop = arr.shape[0] if stop is None else stop
-        return np.asarray(arr[start:stop])
+        with self._reading(name, f" rows {start}..{stop}"):
+            return np.asarray(arr[start:stop])
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows by index (any order), read in sorted order for speed."""
@@ -163,12 +241,16 @@ class Store:
         arr = self.array(name)
         out = np.empty((len(rows),) + tuple(arr.shape[1:]), dtype=arr.dtype)
         sorted_rows = rows[order]
+        with self._reading(name, f" ({len(rows)} rows from {int(sorted_rows[0]) if len(rows) else 0})"):
+            self._take_sorted(arr, out, order, sorted_rows)
+        return out
+
+    def _take_sorted(self, arr, out: np.ndarray, order: np.ndarray, sorted_rows: np.ndarray) -> None:
         if self.format == "h5":
             uniq, inverse = np.unique(sorted_rows, return_inverse=True)
             out[order] = arr[uniq.tolist()][inverse]
         else:
             out[order] = arr.get_orthogonal_selection((sorted_rows,))
-        return out
 
     def batches(self, name: str, batch_size: int, start: int = 0, stop: int | None = None
                 ) -> Iterator[tuple[int, int, np.ndarray]]:

@@ -1,13 +1,8 @@
 """Report text shared by ``topic-label`` and ``keywords``: reading and cleaning words.
 
-Reading:
-
-* :func:`read_reports` — a CSV whose header has ``report_id`` and ``text`` (other
-  columns allowed, e.g. the toy PACS's ``report_id,accession,text``), or a folder of
-  ``.txt`` files (report id = file stem). Returns ``{report_id: text}`` in file order.
-* :func:`read_manifest` — the key-image manifest written by ``extract-keyimages``
-  (``id,study,patient,series,instance,frame,modality,report_id,sentence,context``);
-  only ``id`` and ``report_id`` are required here, the others when a stage uses them.
+Reading reports and manifests is :mod:`ldpo.common.tables` (one reader per file kind,
+one encoding rule); :func:`read_reports` here is its ``{report_id: text}`` form, and
+:func:`read_manifest` / :class:`Manifest` are re-exported for the text stages.
 
 Cleaning (:class:`Cleaner`): lower-case regex tokens; numbers, measurements
 (``5mm``, ``3.2cm``, ``2nd``, ``1013-78``), dates and times (``2014-03-12``,
@@ -20,16 +15,14 @@ which surface word each stem came from, so stemmed keywords can be shown as word
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ldpo.common.errors import InputError
+from ldpo.common.tables import Manifest, missing_reports, read_manifest, report_texts
+
+__all__ = ["Cleaner", "Manifest", "is_date_like", "is_number", "missing_reports", "read_manifest", "read_reports",
+           "stop_words", "tokenize"]
 
 #: words in nearly every report that references key images: noise for topics and keywords
 REFERENCE_WORDS = frozenset({
@@ -133,118 +126,7 @@ class Cleaner:
         return min(forms.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
-# -- reading ------------------------------------------------------------------------
+# -- reading: one reader per file kind, in ldpo.common.tables ------------------------
 
-
-def _csv_limit() -> None:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long reports exceed the 128 KiB default
-
-
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such {what}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
-
-
-def _csv_rows(path: Path, what: str, required: list[str]):
-    """Yield ``(line_no, row_dict)`` of a CSV, checking the header has ``required`` columns.
-
-    Quoted fields may span lines (reports often do); ``line_no`` is the record's first line.
-    """
-    _csv_limit()
-    text = _read_text(path, what)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if not header:
-            raise InputError(f"{path}: empty {what}")
-        header = [h.strip() for h in header]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise InputError(f"{path}: not a {what} (the header needs {', '.join(repr(c) for c in required)}; "
-                             f"missing {', '.join(missing)})")
-        line_no = reader.line_num + 1
-        for row in reader:
-            if row and any(c.strip() for c in row):
-                if len(row) > len(header):
-                    raise InputError(f"{path}: line {line_no}: {len(row)} fields but the header has {len(header)}")
-                yield line_no, dict(zip(header, row + [""] * (len(header) - len(row))))
-            line_no = reader.line_num + 1
-    except csv.Error as err:
-        raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
-
-
-def read_reports(path: str | os.PathLike) -> dict[str, str]:
-    """``{report_id: text}`` from a CSV (``report_id``, ``text`` columns) or a folder of ``.txt``."""
-    path = Path(path)
-    if path.is_dir():
-        return _read_report_folder(path)
-    reports: dict[str, str] = {}
-    for line_no, row in _csv_rows(path, "reports CSV", ["report_id", "text"]):
-        rid = row["report_id"].strip()
-        if not rid:
-            raise InputError(f"{path}: line {line_no}: empty report_id")
-        if rid in reports:
-            raise InputError(f"{path}: line {line_no}: duplicate report_id {rid!r}")
-        reports[rid] = row["text"]
-    if not reports:
-        raise InputError(f"{path}: no reports in the file")
-    return reports
-
-
-def _read_report_folder(folder: Path) -> dict[str, str]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
-    if not files:
-        raise InputError(f"{folder}: no .txt reports in the folder")
-    reports: dict[str, str] = {}
-    for f in files:
-        if f.stem in reports:
-            raise InputError(f"{f}: duplicate report id {f.stem!r}")
-        reports[f.stem] = _read_text(f, "report")
-    return reports
-
-
-@dataclass
-class Manifest:
-    """Key-image manifest rows, in file order; ``column(name)`` gives one column."""
-
-    ids: list[str]
-    rows: list[dict[str, str]]
-    source: str
-
-    def column(self, name: str) -> list[str]:
-        return [r.get(name, "") for r in self.rows]
-
-    def index(self) -> dict[str, int]:
-        return {ident: i for i, ident in enumerate(self.ids)}
-
-
-def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manifest:
-    """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns."""
-    path = Path(path)
-    ids: list[str] = []
-    rows: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for line_no, row in _csv_rows(path, "manifest CSV", ["id", "report_id", *need]):
-        ident = row["id"].strip()
-        if not ident:
-            raise InputError(f"{path}: line {line_no}: empty id")
-        if ident in seen:
-            raise InputError(f"{path}: line {line_no}: duplicate id {ident!r}")
-        seen.add(ident)
-        row["report_id"] = row["report_id"].strip()
-        ids.append(ident)
-        rows.append(row)
-    if not ids:
-        raise InputError(f"{path}: no rows in the manifest")
-    return Manifest(ids, rows, str(path))
-
-
-def missing_reports(manifest: Manifest, reports: dict[str, str]) -> list[str]:
-    """Manifest ids whose ``report_id`` is empty or not among ``reports``."""
-    return [i for i, rid in zip(manifest.ids, manifest.column("report_id")) if rid not in reports]
+#: ``{report_id: text}`` (the same reader as every other stage's, see :mod:`ldpo.common.tables`)
+read_reports = report_texts

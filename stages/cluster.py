@@ -52,8 +52,8 @@ RIM_MIN_POINTS_PER_CLUSTER = 4  # over-segmentation cap: k <= N / 4
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    features: str = positional("feature store (.h5/.hdf5/.zarr) holding features [N,D]")
-    out: str = opt("output labels CSV (id,label; '-' = stdout)")
+    features: str = positional("feature store (.h5/.hdf5/.zarr) holding features [N,D]", role="input")
+    out: str = opt("output labels CSV (id,label; '-' = stdout)", role="output")
     method: str = opt("algorithm", "kmeans", choices=["kmeans", "rim"])
     k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100)
     pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0)

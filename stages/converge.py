@@ -2,7 +2,11 @@
 
 Exit status, like ``diff``/``grep``: 0 = converged (the ``--metric`` between CURR and
 PREV reaches ``--threshold``), 1 = not yet (also when there is no ``--prev``), 2 = any
-error. :meth:`ConvergeTool.main` returns 1 only after every output was written; an
+error. Because a Python that dies before the command runs (a broken install, an import
+error) also exits 1, the verdict is printed too: the last line of stdout is exactly
+``converged=1`` (converged: stop) or ``converged=0`` (not yet: go on), the same value as
+the history's ``converged`` column. A caller should trust only that line and abort when
+it is missing. :meth:`ConvergeTool.main` returns 1 only after every output was written; an
 exception anywhere exits 2 (the CLI base maps every exception to 2, and ``main``
 turns a stray ``SystemExit`` into one), so a shell loop cannot spin forever on a
 crash, provided it tells 1 from 2 (``case $? in 0) …;; 1) …;; *) exit 2;; esac``).
@@ -36,7 +40,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import Labels, align, read_labels
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import atomic_path
+from ldpo.common.tables import read_text, write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -48,21 +52,24 @@ TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    curr: str = positional("labels CSV of this iteration (id,label)")
-    prev: str = opt("labels CSV of the previous iteration (none: not converged, exit 1)", "")
-    truth: str = opt("ground-truth labels CSV, for evaluation only (it may list more ids)", "")
-    history: str = opt("history CSV to add this iteration's row to (a row of the same iteration is replaced)", "")
-    iteration: int = opt("iteration number for the history (-1 = one more than the history's last)", -1)
+    curr: str = positional("labels CSV of this iteration (id,label)", role="input")
+    prev: str = opt("labels CSV of the previous iteration (none: not converged, exit 1)", "", role="input")
+    truth: str = opt("ground-truth labels CSV, for evaluation only (it may list more ids)", "", role="input")
+    history: str = opt("history CSV to add this iteration's row to (a row of the same iteration is replaced)", "",
+                       role="output")
+    iteration: int = opt("iteration number for the history (-1 = one more than the history's last)", -1, min=-1)
     metric: str = opt("the convergence measure vs --prev", "nmi", choices=["nmi", "purity"])
-    threshold: float = opt("converged when the metric reaches this", 0.9)
-    plot: str = opt("redraw the whole history as this PNG (needs --history)", "")
-    metrics_json: str = opt("finetune metrics.json whose `final` top-1 goes into the history's top1 column", "")
+    threshold: float = opt("converged when the metric reaches this", 0.9, min=0, max=1)
+    plot: str = opt("redraw the whole history as this PNG (needs --history)", "", role="output")
+    metrics_json: str = opt("finetune metrics.json whose `final` top-1 goes into the history's top1 column", "",
+                            role="input")
 
 
 class ConvergeTool(Tool):
     name = "converge"
     description = ("Compare two consecutive labelings (purity both ways, NMI, ARI; vs --truth as well). "
-                   "Exit 0 = converged, 1 = not yet, 2 = error. Prints one line of key=value pairs.")
+                   "Exit 0 = converged, 1 = not yet, 2 = error. Prints one line of key=value pairs, then the "
+                   "verdict on its own line: converged=1 (stop) or converged=0 (go on).")
     example = ("converge labels_3.csv --prev labels_2.csv --truth truth.csv --history history.csv "
                "--iteration 3 --plot history.png\n"
                "converge l_3.csv --prev l_2.csv; case $? in 0) echo stop;; 1) echo go on;; *) exit 2;; esac")
@@ -77,8 +84,6 @@ class ConvergeTool(Tool):
 
     def compare(self, opts: Options) -> bool:
         """Compute, record and print; True when converged."""
-        if not 0.0 <= opts.threshold <= 1.0:
-            raise InputError(f"--threshold {opts.threshold}: must be between 0 and 1")
         if opts.plot and not opts.history:
             raise InputError("--plot draws the history: give --history too")
         curr = read_labels(opts.curr)
@@ -102,6 +107,7 @@ class ConvergeTool(Tool):
                 plot_history(history, opts.plot, opts.threshold, opts.metric)
         print(" ".join(f"{c}={fmt(row.get(c, ''))}" for c in HISTORY_COLUMNS if c != "timestamp"
                        and row.get(c, "") != ""))
+        print(f"converged={int(converged)}")  # the verdict, on its own line (see the module docstring)
         log.info("%s", "converged" if converged else
                  "no previous labels: not converged" if score is None else
                  f"not converged: {opts.metric} {score:.4f} < {opts.threshold}")
@@ -166,10 +172,7 @@ def read_history(path: str) -> list[dict[str, str]]:
     p = Path(path)
     if not p.exists():
         return []
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read history ({err})") from None
+    text = read_text(p, "history")
     if not text.strip():
         return []
     reader = csv.DictReader(io.StringIO(text))
@@ -197,11 +200,7 @@ def merge_row(history: list[dict], row: dict) -> list[dict]:
 
 
 def write_history(path: str, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csv(path, HISTORY_COLUMNS, ([r.get(c, "") for c in HISTORY_COLUMNS] for r in rows))
 
 
 def fmt(value: object) -> str:

@@ -327,18 +327,20 @@ def fit_encoder(store, method: str, k: int, rows: np.ndarray, pca_dim: int | Non
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    local: str = positional("local-descriptor store (.h5/.zarr) with `local` [N,S,C] from featurize --layer conv5|inc5b|layer4")
-    out: str = opt("output feature store (.h5/.zarr): `features` float32 [N,D]")
+    local: str = positional("local-descriptor store (.h5/.zarr) with `local` [N,S,C] from featurize --layer conv5|inc5b|layer4",
+                            role="input")
+    out: str = opt("output feature store (.h5/.zarr): `features` float32 [N,D]", role="output")
     method: str = opt("encoding: fv (Fisher Vector), vlad, avg or max pooling "
                       "(required unless --model-in, which then sets it)", "", choices=list(METHODS))
-    components: int = opt("GMM components (fv) or codebook words (vlad)", 64)
+    components: int = opt("GMM components (fv) or codebook words (vlad)", 64, min=1, max=65536)
     dim: Optional[int] = opt(f"PCA output dimensions (default {DEFAULT_DIM}, then capped with a warning by the "
-                             "encoding's dimension and --fit-sample; an explicit larger value is an error)", None)
+                             "encoding's dimension and --fit-sample; an explicit larger value is an error)", None,
+                             min=1)
     no_pca: bool = opt("keep the full encoding, no PCA", False)
-    fit_sample: int = opt("images sampled (seeded) to fit the GMM/codebook and the PCA", 5000)
-    model_out: str = opt("save the fitted encoder here (.npz)", "")
-    model_in: str = opt("apply this saved encoder (.npz) instead of fitting one", "")
-    batch_size: int = opt("images encoded per batch", 128)
+    fit_sample: int = opt("images sampled (seeded) to fit the GMM/codebook and the PCA", 5000, min=1)
+    model_out: str = opt("save the fitted encoder here (.npz)", "", role="output")
+    model_in: str = opt("apply this saved encoder (.npz) instead of fitting one", "", role="input")
+    batch_size: int = opt("images encoded per batch", 128, min=1)
 
 
 class EncodeTool(Tool):
@@ -382,10 +384,6 @@ def check_options(opts: Options) -> None:
         raise InputError("--method is required (fv, vlad, avg or max) unless --model-in is given")
     if opts.dim is not None and opts.no_pca:
         raise InputError("--dim and --no-pca exclude each other")
-    for flag, value in (("--components", opts.components), ("--fit-sample", opts.fit_sample),
-                        ("--batch-size", opts.batch_size), ("--dim", 1 if opts.dim is None else opts.dim)):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1, not {value}")
 
 
 def choose_dim(opts: Options, full: int, fit_rows: int) -> int | None:

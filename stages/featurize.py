@@ -33,8 +33,8 @@ MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normaliz
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    images: str = positional("images store (.h5/.zarr)")
-    out: str = opt("output feature store (.h5/.zarr)")
+    images: str = positional("images store (.h5/.zarr)", role="input")
+    out: str = opt("output feature store (.h5/.zarr)", role="output")
     arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     layer: Optional[str] = opt("layer: alexnet/alexnet_bn conv5|fc6|fc7, googlenet inc5b|pool5, vgg16_bn "

@@ -50,9 +50,9 @@ NOT_IN_SIGNATURE = {"verbose", "quiet", "no_progress", "resume", "workers", "dev
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    images: str = positional("images store (.h5/.zarr)")
-    labels: str = positional("labels CSV (id,label) naming images of the store")
-    out: str = opt("output checkpoint (.pt); metrics.json is written next to it")
+    images: str = positional("images store (.h5/.zarr)", role="input")
+    labels: str = positional("labels CSV (id,label) naming images of the store", role="input")
+    out: str = opt("output checkpoint (.pt); metrics.json is written next to it", role="output")
     arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")

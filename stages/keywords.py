@@ -17,7 +17,6 @@ Writes OUT (a folder, replaced as a whole when complete):
 
 from __future__ import annotations
 
-import csv
 import html
 import logging
 from collections import Counter
@@ -30,6 +29,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import read_labels
 from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.tables import write_csv
 from ldpo.common.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports
 
 log = logging.getLogger("ldpo")
@@ -40,17 +40,17 @@ THUMB = 96
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    labels: str = positional("labels CSV (id,label)")
-    manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)")
-    reports: str = opt("reports: CSV with report_id,text columns, or a folder of .txt files")
-    images: str = opt("images store (.h5/.zarr) for the montages")
-    out: str = opt("output folder: keywords.csv, index.html, montage-*.png")
-    top: int = opt("keywords per cluster", 10)
+    labels: str = positional("labels CSV (id,label)", role="input")
+    manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)", role="input")
+    reports: str = opt("reports: CSV with report_id,text columns, or a folder of .txt files", role="input")
+    images: str = opt("images store (.h5/.zarr) for the montages", role="input")
+    out: str = opt("output folder: keywords.csv, index.html, montage-*.png", role="output")
+    top: int = opt("keywords per cluster", 10, min=1)
     scope: str = opt("text counted per image", "report", choices=["report", "sentence"])
-    common_fraction: float = opt("drop words found in at least this fraction of the clusters", 1.0)
-    min_length: int = opt("drop words shorter than this", 3)
+    common_fraction: float = opt("drop words found in at least this fraction of the clusters", 1.0, above=0, max=1)
+    min_length: int = opt("drop words shorter than this", 3, min=1)
     stem: bool = opt("count Porter stems (shown as their most frequent word)", False)
-    examples: int = opt("example sentences per cluster on the review sheet", 3)
+    examples: int = opt("example sentences per cluster on the review sheet", 3, min=0)
     allow_missing: bool = opt("allow label ids without manifest rows or reports (and manifest rows without labels)",
                               False)
 
@@ -169,8 +169,6 @@ class KeywordsTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        if opts.top < 1 or not 0 < opts.common_fraction <= 1 or opts.min_length < 1:
-            raise InputError("--top and --min-length must be >= 1, --common-fraction in (0, 1]")
         out = Path(opts.out)
         check_out(out)
         lab = read_labels(opts.labels)
@@ -257,12 +255,8 @@ def check_out(out: Path) -> None:
 
 
 def write_keywords(path: Path, sections: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["cluster", "rank", "word", "count"])
-        for s in sections:
-            for rank, (word, n) in enumerate(s["words"], start=1):
-                writer.writerow([s["cluster"], rank, word, n])
+    write_csv(path, ["cluster", "rank", "word", "count"],
+              ([s["cluster"], rank, word, n] for s in sections for rank, (word, n) in enumerate(s["words"], start=1)))
 
 
 TOOL = KeywordsTool

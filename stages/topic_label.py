@@ -17,11 +17,14 @@ reports. gensim's own ``log_perplexity`` is not used: on held-out documents it r
 with K almost always, so its minimum is the smallest K.
 
 Outputs: LABELS (``id,label,topic_weight``; labels are topic numbers, only those
-that occur), and beside LABELS: ``topics.csv`` (``topic,rank,word,weight``, rank from
-1), and with a grid ``perplexity.csv`` (``k,perplexity,relative_decrease,chosen``) and
-``perplexity.png``. With ``--out -`` (labels on stdout) those files go to
-``--model-dir``, or the current folder. ``--model-dir`` also saves the gensim model
-(``lda.model`` and its ``lda.model.*`` side files) and ``lda.dictionary`` there.
+that occur), and side files named from it (``--out run/labels.csv``):
+``run/labels.topics.csv`` (``topic,rank,word,weight``, rank from 1), and with a grid
+``run/labels.perplexity.csv`` (``k,perplexity,relative_decrease,chosen``) and
+``run/labels.perplexity.png``. They are written together (a failed run replaces none;
+a run without a grid removes an older run's perplexity files). With ``--out -`` (labels
+on stdout) the side files are ``topics.csv`` etc. in ``--model-dir``, or the current
+folder. ``--model-dir`` also saves the gensim model (``lda.model`` and its
+``lda.model.*`` side files) and ``lda.dictionary`` there.
 
 Same inputs and ``--seed`` give the same files. With ``--workers`` > 1
 (``LdaMulticore``) results stay seeded, but on corpora larger than one chunk (2000
@@ -30,7 +33,6 @@ reports) the order in which the workers' updates merge may vary between runs.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -42,7 +44,8 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import atomic_path
+from ldpo.common.stores import atomic_paths
+from ldpo.common.tables import side_file, write_csv
 from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports
 
 log = logging.getLogger("ldpo")
@@ -50,21 +53,22 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    reports: str = positional("reports: CSV with report_id,text columns, or a folder of .txt files")
-    manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)")
-    out: str = opt("output labels CSV (topics.csv and perplexity files are written beside it)")
+    reports: str = positional("reports: CSV with report_id,text columns, or a folder of .txt files", role="input")
+    manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)", role="input")
+    out: str = opt("output labels CSV (OUT.topics.csv and OUT.perplexity.csv/.png are named from it)", role="output")
     topics: str = opt("number of topics K, or a comma-separated grid to choose from by perplexity", "80")
     scope: str = opt("text that labels an image", "report", choices=["report", "sentence", "context"])
-    passes: int = opt("LDA passes over the corpus", 20)
-    iterations: int = opt("LDA inference iterations per document", 100)
+    passes: int = opt("LDA passes over the corpus", 20, min=1)
+    iterations: int = opt("LDA inference iterations per document", 100, min=1)
     flatten: float = opt("grid rule: choose the first K whose relative perplexity decrease to the next K is below this",
-                         0.05)
-    holdout: float = opt("fraction of reports held out to score the grid", 0.2)
-    min_df: int = opt("drop words found in fewer reports than this", 2)
-    max_df: float = opt("drop words found in more than this fraction of the reports (boilerplate)", 0.5)
+                         0.05, min=0, max=1)
+    holdout: float = opt("fraction of reports held out to score the grid", 0.2, above=0, below=1)
+    min_df: int = opt("drop words found in fewer reports than this", 2, min=1)
+    max_df: float = opt("drop words found in more than this fraction of the reports (boilerplate)", 0.5, above=0,
+                        max=1)
     stem: bool = opt("Porter-stem words", False)
-    topic_words: int = opt("words per topic in topics.csv", 20)
-    model_dir: str = opt("folder to save the gensim model and dictionary in", "")
+    topic_words: int = opt("words per topic in the topics table", 20, min=1)
+    model_dir: str = opt("folder to save the gensim model and dictionary in", "", role="output")
     allow_missing: bool = opt("skip (instead of failing on) images whose report is missing or has no usable words",
                               False)
 
@@ -161,23 +165,28 @@ def grid_search(docs: list[list[str]], grid: list[int], opts: Options) -> list[f
 # -- outputs ----------------------------------------------------------------------------
 
 
+def side_files(opts: Options) -> dict[str, Path]:
+    """The side files, named from ``--out`` (``labels.topics.csv``; ``topics.csv`` in the model folder for ``-``)."""
+    tails = {"topics": "topics.csv", "perplexity": "perplexity.csv", "plot": "perplexity.png"}
+    if opts.out == "-":
+        folder = Path(opts.model_dir or ".")
+        return {key: folder / tail for key, tail in tails.items()}
+    return {key: side_file(opts.out, tail) for key, tail in tails.items()}
+
+
 def write_topics(path: Path, model, cleaner: Cleaner, topn: int) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["topic", "rank", "word", "weight"])
-        for t in range(model.num_topics):
-            for rank, (word, weight) in enumerate(model.show_topic(t, topn), start=1):
-                writer.writerow([t, rank, cleaner.display(word), f"{weight:.6g}"])
+    rows = ([t, rank, cleaner.display(word), f"{weight:.6g}"]
+            for t in range(model.num_topics) for rank, (word, weight) in enumerate(model.show_topic(t, topn), start=1))
+    write_csv(path, ["topic", "rank", "word", "weight"], rows)
 
 
-def write_perplexity(folder: Path, grid: list[int], scores: list[float], chosen: int, flatten: float) -> None:
+def write_perplexity(table: Path, plot: Path, grid: list[int], scores: list[float], chosen: int,
+                     flatten: float) -> None:
     decrease = relative_decrease(scores)
-    with atomic_path(folder / "perplexity.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["k", "perplexity", "relative_decrease", "chosen"])
-        for k, p, d in zip(grid, scores, decrease):
-            writer.writerow([k, f"{p:.4f}", "" if np.isnan(d) else f"{d:.4f}", int(k == chosen)])
-    plot_perplexity(folder / "perplexity.png", grid, scores, decrease, chosen, flatten)
+    write_csv(table, ["k", "perplexity", "relative_decrease", "chosen"],
+              ([k, f"{p:.4f}", "" if np.isnan(d) else f"{d:.4f}", int(k == chosen)]
+               for k, p, d in zip(grid, scores, decrease)))
+    plot_perplexity(plot, grid, scores, decrease, chosen, flatten)
 
 
 def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: float) -> None:
@@ -208,19 +217,20 @@ def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: fl
 class TopicLabelTool(Tool):
     name = "topic-label"
     description = ("Label key images by the dominant LDA topic of their reports (gensim); with a grid of K, "
-                   "choose K by held-out document-completion perplexity. Writes LABELS (id,label,topic_weight), "
-                   "topics.csv and perplexity.csv/.png beside it.")
+                   "choose K by held-out document-completion perplexity. Writes LABELS (id,label,topic_weight) "
+                   "and, named from it, LABELS.topics.csv and LABELS.perplexity.csv/.png.")
     example = ("topic-label reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
                "topic-label reports/ --manifest manifest.csv --out lda/labels.csv --topics 10,20,40,80 --seed 1")
     Options = Options
+
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        return super().outputs(opts) + [(f"--out ({key} table)", str(path)) for key, path in side_files(opts).items()]
 
     def main(self, opts: Options) -> int:
         from gensim.corpora import Dictionary
 
         logging.getLogger("gensim").setLevel(logging.INFO if opts.verbose else logging.ERROR)
         grid = parse_grid(opts.topics)
-        if not 0 < opts.holdout < 1 or not 0 < opts.max_df <= 1 or opts.passes < 1 or opts.iterations < 1:
-            raise InputError("--holdout must be in (0, 1), --max-df in (0, 1], --passes and --iterations >= 1")
         cleaner = Cleaner(stem=opts.stem)
         reports = read_reports(opts.reports)
         need = () if opts.scope == "report" else (opts.scope,)
@@ -247,11 +257,17 @@ class TopicLabelTool(Tool):
         theta = dict(zip(report_ids, doc_topics(model, corpus)))
 
         ids, labels, weights = self.assign(opts, manifest, theta, skipped, model, dictionary, cleaner)
-        write_labels(opts.out, ids, labels, {"topic_weight": [f"{w:.4f}" for w in weights]})
-        folder = Path(opts.model_dir) if opts.out == "-" and opts.model_dir else Path(opts.out).parent
-        write_topics(folder / "topics.csv", model, cleaner, opts.topic_words)
-        if scores is not None:
-            write_perplexity(folder, grid, scores, chosen, opts.flatten)
+        sides = side_files(opts)
+        # Named from --out, an older run's perplexity files are ours to remove; fixed names (--out -) are not.
+        finals = [sides["topics"]]
+        if scores is not None or opts.out != "-":
+            finals += [sides["perplexity"], sides["plot"]]
+        with atomic_paths(*finals, *([] if opts.out == "-" else [opts.out])) as tmps:
+            write_topics(tmps[0], model, cleaner, opts.topic_words)
+            if scores is not None:
+                write_perplexity(tmps[1], tmps[2], grid, scores, chosen, opts.flatten)
+            write_labels(opts.out if opts.out == "-" else tmps[-1], ids, labels,
+                         {"topic_weight": [f"{w:.4f}" for w in weights]})
         if opts.model_dir:
             self.save_model(Path(opts.model_dir), model, dictionary)
         log.info("labelled %d images with %d of %d topics", len(ids), len(set(labels)), chosen)

@@ -98,3 +98,108 @@ def test_closed_stdout_is_not_an_error(tmp_path):
                           shell=True, executable="/bin/bash", capture_output=True, text=True)
     assert proc.stdout.strip() == "141"
     assert "Traceback" not in proc.stderr
+
+
+# -- bounds and input/output roles, declared on the option --------------------------------
+
+@dataclass(kw_only=True)
+class CopyOptions(CommonOptions):
+    source: str = positional("a file", role="input")
+    out: str = opt("where to copy it", role="output")
+    log: str = opt("a second output", "", role="output")
+    size: int = opt("a size", 8, min=1, max=64)
+    rate: float = opt("a rate", 0.5, above=0, below=1)
+    batch_size: int = opt("a batch", 4, min=1, aliases=["--batch"])
+
+
+class Copy(Tool):
+    name = "copy-test"
+    example = "copy-test a.csv --out b.csv"
+    Options = CopyOptions
+
+    def main(self, opts):
+        print(opts.size, opts.rate, opts.batch_size)
+        return 0
+
+
+def test_bounds_are_checked_with_the_flag_named(capsys, tmp_path):
+    (tmp_path / "a").write_text("x")
+    base = [str(tmp_path / "a"), "--out", str(tmp_path / "b")]
+    assert Copy().run([*base, "--size", "64", "--rate", "0.1", "--batch", "2"]) == 0
+    assert capsys.readouterr().out == "64 0.1 2\n"  # the old spelling still works
+    for args, message in ((["--size", "100"], "--size 100: must be between 1 and 64"),
+                          (["--size", "0"], "--size 0: must be between 1 and 64"),
+                          (["--rate", "1"], "--rate 1.0: must be below 1"),
+                          (["--rate", "0"], "--rate 0.0: must be above 0"),
+                          (["--rate", "nan"], "--rate nan: must be a finite number"),
+                          (["--rate", "inf"], "--rate inf: must be a finite number"),
+                          (["--batch-size", "0"], "--batch-size 0: must be at least 1")):
+        assert Copy().run([*base, *args]) == 2
+        assert capsys.readouterr().err == f"copy-test: error: {message}\n"
+    assert Copy().run(["--help"]) == 0
+    assert "--batch " not in capsys.readouterr().out  # aliases are hidden
+
+
+def test_an_output_may_not_be_an_input_another_output_or_a_special_file(capsys, tmp_path):
+    import os
+
+    a = tmp_path / "a.csv"
+    a.write_text("x")
+    os.link(a, tmp_path / "hard.csv")
+    (tmp_path / "link.csv").symlink_to(a)
+    os.mkfifo(tmp_path / "fifo")
+    cases = [
+        ([str(a), "--out", str(a)], f"{a}: --out is the same file as SOURCE ({a}), an input"),
+        ([str(a), "--out", str(tmp_path / "link.csv")], "--out is the same file as SOURCE"),
+        ([str(a), "--out", str(tmp_path / "hard.csv")], "--out is the same file as SOURCE"),
+        ([str(a), "--out", str(tmp_path / "b"), "--log", str(tmp_path / "b")], "--log is the same file as --out"),
+        ([str(a), "--out", str(tmp_path / "fifo")], "--out is a FIFO, not a regular file"),
+        ([str(a), "--out", "/dev/null"], "/dev/null: --out is a character device"),
+    ]
+    for args, message in cases:
+        assert Copy().run(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("copy-test: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert a.read_text() == "x"
+    assert Copy().run([str(a), "--out", "-"]) == 0  # stdout is never a clash
+
+
+class Noisy(Tool):
+    """Fails the way a damaged Zarr chunk did: asyncio logs the failed tasks, then the read raises."""
+
+    name = "noisy-test"
+    Options = EchoOptions
+
+    def main(self, opts):
+        import logging
+
+        logging.getLogger("asyncio").error("Task exception was never retrieved\nTraceback (most recent call last):")
+        raise InputError(f"{opts.path}: cannot read images rows 0..12: the store is damaged")
+
+
+def test_asyncio_noise_stays_off_stderr_unless_verbose():
+    """In a real process (pytest captures logging itself): one line, the asyncio log only with -v."""
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        script = ("import sys; sys.path.insert(0, %r); from test_cli import Noisy; sys.exit(Noisy().run(%r))"
+                  % (str(__import__("pathlib").Path(__file__).parent), ["img.zarr", *flags]))
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+    quiet = run()
+    assert quiet.returncode == 2
+    assert quiet.stderr == "noisy-test: error: img.zarr: cannot read images rows 0..12: the store is damaged\n"
+    loud = run("-v")
+    assert loud.returncode == 2 and "Task exception was never retrieved" in loud.stderr
+
+
+def test_an_error_from_a_worker_process_prints_the_workers_own_line(capsys):
+    class Worker(Tool):
+        name = "worker-test"
+        Options = EchoOptions
+
+        def main(self, opts):
+            raise InputError("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"x.py\", line 1, in f\nldpo.common.errors.InputError: "
+                             f"{opts.path}: the store is damaged")
+
+    assert Worker().run(["img.zarr"]) == 2
+    assert capsys.readouterr().err == "worker-test: error: img.zarr: the store is damaged\n"

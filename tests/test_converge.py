@@ -28,9 +28,12 @@ def history_rows(path):
 
 
 def summary(out: str) -> dict[str, str]:
+    """The key=value line; the verdict line after it must agree with its `converged`."""
     lines = out.strip().splitlines()
-    assert len(lines) == 1
-    return dict(pair.split("=", 1) for pair in lines[0].split())
+    assert len(lines) == 2
+    values = dict(pair.split("=", 1) for pair in lines[0].split())
+    assert lines[1] == f"converged={values['converged']}"
+    return values
 
 
 @pytest.fixture
@@ -153,3 +156,13 @@ def test_a_history_that_is_not_one_is_exit_2_and_left_alone(cli, files, tmp_path
     r = cli("converge", files["same"], "--prev", files["truth"], "--history", hist)
     assert r.code == 2 and "iteration" in r.err
     assert hist.read_text() == "a,b\n1,2\n"
+
+
+def test_the_verdict_is_printed_on_its_own_last_line(cli, files, tmp_path):
+    """The loop reads `converged=1` (stop) / `converged=0` (go on), not only the exit status."""
+    r = cli("converge", files["truth"], "--prev", files["same"])
+    assert r.code == 0 and r.out.splitlines()[-1] == "converged=1"
+    r = cli("converge", files["truth"])
+    assert r.code == 1 and r.out.splitlines()[-1] == "converged=0"
+    r = cli("converge", tmp_path / "missing.csv", "--prev", files["truth"])
+    assert r.code == 2 and "converged=" not in r.out

@@ -122,19 +122,25 @@ def test_multiframe_by_frame(cli, tmp_path):
     assert len({im.tobytes() for im in images.values()}) == 10
 
 
+def file_pseudonym(relative: str, salt: str = SALT[1]) -> str:
+    """How rejects.csv names a file: its salted hash, never its path."""
+    from ldpo.stages.extract_keyimages.phi import Pseudonyms
+
+    return "file:" + Pseudonyms(salt)("file", relative, length=16)
+
+
 def test_broken_files_become_rejects_and_the_batch_goes_on(cli, tmp_path):
-    src = copy(["MR_small.dcm", "MR_truncated.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm",
-                "test-SR.dcm", "CT_small.dcm"], tmp_path / "src")
+    src = copy(["MR_small.dcm", "MR_truncated.dcm", "JPEG-lossy.dcm", "test-SR.dcm", "CT_small.dcm"], tmp_path / "src")
     (src / "notes.bin").write_bytes(b"not a dicom file at all" * 20)
     out = tmp_path / "out"
     r = cli("extract-keyimages", src, "--out", out, "--size", 32, *SALT)
     assert r.code == 0, r.err
-    reasons = {row["path"]: row["reason"] for row in read_csv(out / "rejects.csv")}
-    assert reasons["MR_truncated.dcm"].startswith("truncated pixel data")
-    assert reasons["MR_small_jpeg_ls_lossless.dcm"].startswith("compressed syntax without a decoder: JPEG-LS")
-    assert reasons["JPGExtended.dcm"].startswith("pixel data cannot be decoded")  # fails only in pass 2
-    assert reasons["test-SR.dcm"].startswith("no pixel data")
-    assert reasons["notes.bin"] == "unreadable: not a DICOM file"
+    reasons = {row["source"]: row["reason"] for row in read_csv(out / "rejects.csv")}
+    assert reasons[file_pseudonym("MR_truncated.dcm")].startswith("truncated pixel data")
+    assert reasons[file_pseudonym("JPEG-lossy.dcm")].startswith("pixel data cannot be decoded")  # fails in pass 2
+    assert reasons[file_pseudonym("test-SR.dcm")].startswith("no pixel data")
+    assert reasons[file_pseudonym("notes.bin")] == "unreadable: not a DICOM file"
+    assert not any(".dcm" in reason for reason in reasons.values())
     manifest, images = outputs(out)
     assert sorted(m["modality"] for m in manifest) == ["CT", "MR"]
     assert all(im.max() > 0 for im in images.values())  # the pass-2 failure left no blank row behind
@@ -145,8 +151,9 @@ def test_nothing_usable_exits_2_with_one_line(cli, tmp_path):
     src = copy(["MR_truncated.dcm", "test-SR.dcm"], tmp_path / "src")
     r = cli("extract-keyimages", src, "--out", tmp_path / "out", "-q", *SALT)
     assert r.code == 2
-    assert len(r.err.strip().splitlines()) == 1 and "nothing usable" in r.err
-    assert len(read_csv(tmp_path / "out" / "rejects.csv")) == 2
+    assert len(r.err.strip().splitlines()) == 1 and "nothing usable: 2 rejects" in r.err
+    assert "truncated pixel data" in r.err and "no pixel data" in r.err
+    assert not (tmp_path / "out" / "rejects.csv").exists()  # outputs are written together, or not at all
     assert not (tmp_path / "out" / "images.h5").exists()
 
 
@@ -267,7 +274,7 @@ def test_toy_pacs_end_to_end(cli, pacs, tmp_path):
         assert " ".join(reports[m["report_id"]]["text"].split()).find(m["sentence"]) >= 0
         assert m["series"].isdigit() and m["instance"].isdigit() and m["modality"] in ("CT", "MR")
     rejects = read_csv(out / "rejects.csv")
-    broken = {row["path"]: row["reason"] for row in rejects if row["path"].startswith("ST")}
+    broken = {row["source"]: row["reason"] for row in rejects if row["source"].startswith("file:")}
     assert sorted(broken.values(), key=str)[:1] and len(broken) == 5
     assert sum(v.startswith("truncated") for v in broken.values()) == 2
     assert sum(v.startswith("no pixel data") for v in broken.values()) == 2
@@ -304,3 +311,149 @@ def test_toy_pacs_all_slices_and_txt_reports(cli, pacs, tmp_path):
     assert {m["report_id"] for m in manifest} == accessions  # .txt reports: report_id = stem = accession
     unreferenced = [m for m in manifest if not m["sentence"]]
     assert unreferenced and len(manifest) > 60
+
+
+# -- PHI: a study named after its patient ---------------------------------------------
+
+PHI_NAME, PHI_ID, PHI_ACCESSION, PHI_BIRTH = "Doe^Jane", "PID884422", "ACC55731", "19230417"
+PHI_STRINGS = ["Doe", "Jane", PHI_ID, PHI_ACCESSION, PHI_BIRTH, "1923", "17-04-1923", "April 17, 1923",
+               "17/04/1923", "04/17/1923", "Doe_Jane_19230417"]
+
+
+def patient_study(root: Path) -> tuple[Path, Path]:
+    """``root/Doe_Jane_19230417/`` with a good CT, a broken file and a truncated one; and a report."""
+    folder = root / "dicom" / "Doe_Jane_19230417"
+    folder.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID, ds.AccessionNumber, ds.PatientBirthDate = PHI_NAME, PHI_ID, PHI_ACCESSION, PHI_BIRTH
+    ds.save_as(folder / "Doe_Jane_19230417_ct1.dcm")
+    (folder / "Doe_Jane_scout.dcm").write_bytes(b"Doe Jane 19230417: not a DICOM file" * 10)
+    shutil.copy(data_file("MR_truncated.dcm"), folder / "Jane_Doe_mr.dcm")
+    reports = root / "reports.csv"
+    text = (f"Mrs. Doe (MRN {PHI_ID}, accession {PHI_ACCESSION}), born 17-04-1923, i.e. April 17, 1923 "
+            f"(DOB {PHI_BIRTH}). Jane Doe has a 5 mm nodule on image {ds.InstanceNumber}, born 17/04/1923 "
+            f"or 04/17/1923. No change on image 999. Dr Smith agrees.")
+    with open(reports, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["report_id", "accession", "text"], ["R1", PHI_ACCESSION, text]])
+    return root / "dicom", reports
+
+
+def test_no_phi_from_a_study_named_after_its_patient(cli, tmp_path):
+    import re
+
+    dicom, reports = patient_study(tmp_path)
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", dicom, "--reports", reports, "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, _ = outputs(out)
+    assert len(manifest) == 1 and "nodule" in manifest[0]["sentence"] and "[removed]" in manifest[0]["sentence"]
+    rejects = read_csv(out / "rejects.csv")
+    assert {row["reason"].split(":")[0] for row in rejects} >= {"unreadable", "truncated pixel data",
+                                                                  "reference not found"}
+    assert all(row["source"].startswith(("file:", "report:")) for row in rejects)
+    blobs = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(blobs) == 3
+    for secret in PHI_STRINGS:
+        pattern = re.compile(rb"(?<![A-Za-z0-9])" + re.escape(secret.encode()) + rb"(?![A-Za-z0-9])", re.IGNORECASE)
+        for path, blob in blobs.items():
+            assert not pattern.search(blob), f"{secret!r} leaked into {path.name}"
+
+
+@pytest.mark.parametrize("birth, written", [
+    ("19230417", "1923-04-17"), ("19230417", "17-04-1923"), ("19230417", "17/04/1923"), ("19230417", "04/17/1923"),
+    ("19230417", "17.04.1923"), ("19230417", "April 17, 1923"), ("19230417", "17 April 1923"),
+    ("19230417", "Apr 17 1923"), ("19230417", "17th of April, 1923"), ("19230417", "4/17/23"),
+    ("19230417", "19230417"), ("19230905", "Sept. 5, 1923"),
+])
+def test_birth_dates_are_scrubbed_in_every_common_form(birth, written):
+    from ldpo.stages.extract_keyimages.phi import scrubber
+
+    scrub = scrubber(dates=[birth])
+    assert scrub(f"Born {written}, seen today.") == "Born [removed], seen today."
+
+
+def test_names_ids_and_titles_are_scrubbed_but_not_medical_words():
+    from ldpo.stages.extract_keyimages.phi import scrubber
+
+    scrub = scrubber(names=["Doe", "Jane"], ids=["PID884422", "ACC55731"])
+    text = scrub("Mrs. Doe and JANE (PID884422, ACC55731) seen by Dr Smith and MR. JONES; MR images, MS lesions.")
+    assert text == ("Mrs. [removed] and [removed] ([removed], [removed]) seen by [removed] and [removed]; "
+                    "MR images, MS lesions.")
+
+
+# -- every transfer syntax pydicom ships a sample of decodes ---------------------------
+
+TRANSFER_SYNTAXES = [
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50"),  # JPEG Baseline (Process 1)
+    ("JPGExtended.dcm", "1.2.840.10008.1.2.4.51"),  # JPEG Extended (Process 2 and 4), 12-bit
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "1.2.840.10008.1.2.4.70"),  # JPEG Lossless P14 SV1, the PACS favourite
+    ("JPEG-LL.dcm", "1.2.840.10008.1.2.4.70"),  # the same, 16-bit
+    ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
+    ("JPEGLSNearLossless_08.dcm", "1.2.840.10008.1.2.4.81"),  # JPEG-LS near-lossless
+    ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90"),  # JPEG 2000 lossless
+    ("693_J2KI.dcm", "1.2.840.10008.1.2.4.91"),  # JPEG 2000 (lossy)
+    ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),  # RLE lossless
+    ("image_dfl.dcm", "1.2.840.10008.1.2.1.99"),  # Deflated explicit VR little endian
+    ("MR_small.dcm", "1.2.840.10008.1.2.1"),  # explicit VR little endian
+    ("MR_small_implicit.dcm", "1.2.840.10008.1.2"),  # implicit VR little endian
+    ("MR_small_bigendian.dcm", "1.2.840.10008.1.2.2"),  # explicit VR big endian
+]
+
+
+@pytest.mark.parametrize("name, syntax", TRANSFER_SYNTAXES, ids=[n for n, _ in TRANSFER_SYNTAXES])
+def test_every_transfer_syntax_decodes(cli, tmp_path, name, syntax):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pydicom.dcmread(data_file(name), stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", copy([name], tmp_path / "src"), "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    _, images = outputs(out)
+    assert len(images) >= 1 and all(im.std() > 1 for im in images.values())  # real pictures, not flat frames
+    assert read_csv(out / "rejects.csv") == []
+
+
+def test_an_object_no_decoder_reads_is_a_reject_with_its_reason(cli, tmp_path):
+    """JPEG-lossy.dcm (JPEG Extended) defeats every installed decoder: a reject, the batch goes on."""
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", copy(["JPEG-lossy.dcm", "MR_small.dcm"], tmp_path / "src"), "--out", out,
+            "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    (reject,) = read_csv(out / "rejects.csv")
+    assert reject["source"] == file_pseudonym("JPEG-lossy.dcm")
+    assert reject["reason"].startswith("pixel data cannot be decoded: Unable to decode")
+
+
+def test_a_nan_window_or_an_all_nan_slice_is_a_reject_not_a_black_image(cli, tmp_path):
+    import nibabel as nib
+
+    src = copy(["MR_small.dcm"], tmp_path / "src")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(data_file("MR_small.dcm"))
+        ds.WindowCenter, ds.WindowWidth = "NaN", "400"
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+        ds.save_as(src / "nan-window.dcm")
+    volume = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+    volume[:, :, 1] = np.nan
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), src / "vol.nii.gz")
+    out = tmp_path / "out"
+    r = cli("extract-keyimages", src, "--out", out, "--size", 32, *SALT)
+    assert r.code == 0, r.err
+    manifest, images = outputs(out)
+    assert sorted(m["modality"] for m in manifest) == ["MR", "NIFTI", "NIFTI"]  # slice 1 of the volume is gone
+    assert all(im.max() > 0 for im in images.values())
+    reasons = {row["source"]: row["reason"] for row in read_csv(out / "rejects.csv")}
+    assert reasons == {file_pseudonym("nan-window.dcm"): "frame 0: WindowCenter is nan: the header's window is not "
+                                                         "a finite number",
+                       file_pseudonym("vol.nii.gz"): "frame 1: no finite pixel values (all NaN or infinite)"}
+
+
+def test_an_output_folder_inside_the_source_is_not_read_back(cli, tmp_path):
+    src = copy(["MR_small.dcm"], tmp_path / "src")
+    for _ in range(2):
+        r = cli("extract-keyimages", src, "--out", src / "keys", "--size", 32, *SALT)
+        assert r.code == 0, r.err
+    assert read_csv(src / "keys" / "rejects.csv") == []  # its own images.h5 was not taken for a broken DICOM

@@ -92,7 +92,7 @@ def test_labels_follow_regions_and_topics_name_them(cli, corpus, tmp_path):
     assert set(lab.extra) == {"topic_weight"}
     score = region_nmi(out, truth)
     assert score > 0.5, score
-    topics = read_csv(tmp_path / "topics.csv")
+    topics = read_csv(tmp_path / "labels.topics.csv")  # side files are named from --out
     assert list(topics[0]) == ["topic", "rank", "word", "weight"]
     top_words = {}
     for row in topics:
@@ -152,13 +152,13 @@ def test_grid_picks_the_planted_number_of_topics(cli, tmp_path):
     r = cli("topic-label", reports, "--manifest", manifest, "--out", out, "--topics", "2,4,8,16", "--seed", "0",
             "-q")
     assert r.code == 0, r.err
-    table = read_csv(tmp_path / "perplexity.csv")
+    table = read_csv(tmp_path / "labels.perplexity.csv")
     assert [int(row["k"]) for row in table] == [2, 4, 8, 16]
     chosen = [int(row["k"]) for row in table if row["chosen"] == "1"]
     assert chosen == [4], table
     perplexity = [float(row["perplexity"]) for row in table]
     assert perplexity[1] < 0.8 * perplexity[0]  # completion perplexity falls where topics are missing
-    assert (tmp_path / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "labels.perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(read_labels(out).classes) <= 4
 
 

@@ -7,29 +7,35 @@ memory stays flat however large the archive.
 
 Outputs in ``--out DIR``: ``images.h5|zarr`` (``images`` uint8 [N,size,size], ``ids``),
 ``manifest.csv`` (id,study,patient,series,instance,frame,modality,report_id,sentence,context),
-``rejects.csv`` (path,reference,reason), and for an image folder with class
-sub-folders ``truth.csv`` (id,label) and ``classes.csv`` (label,name). Ids, study and
-patient keys are salted hashes: no patient name, birth date or UID leaves this stage.
+``rejects.csv`` (source,reference,reason), and for an image folder with class
+sub-folders ``truth.csv`` (id,label) and ``classes.csv`` (label,name). The outputs are
+written together: all of them replace the previous run's, or (on an error) none does.
+
+No PHI leaves this stage. Ids, study and patient keys are salted hashes. A rejected
+file is ``file:<pseudonym>`` (the same salted hash of its path below SOURCE; ``-v``
+logs which path it is), a rejected report reference ``report:<report_id>``; reasons
+never carry paths. Sentences and context are scrubbed with the study's own header
+(see :mod:`.phi`): no patient name, ID, accession, birth date or UID leaves this stage.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import multiprocessing
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
-from ldpo.common.stores import atomic_path, create_store, open_store, remove, replace
+from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
+from ldpo.common.tables import Report, read_reports, write_csv
+from ldpo.stages.extract_keyimages.phi import UID_LIKE, Pseudonyms, scrubber
 from ldpo.stages.extract_keyimages.pixels import parse_window
 from ldpo.stages.extract_keyimages.references import mentions
-from ldpo.stages.extract_keyimages.reports import UID_LIKE, Pseudonyms, Report, read_reports, scrubber
 from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_file, read_file, walk
 
 log = logging.getLogger("ldpo")
@@ -37,19 +43,25 @@ log = logging.getLogger("ldpo")
 DEFAULT_SALT = "ldpo-default-salt"
 MANIFEST_COLUMNS = ["id", "study", "patient", "series", "instance", "frame", "modality", "report_id", "sentence",
                     "context"]
-REJECT_COLUMNS = ["path", "reference", "reason"]
+REJECT_COLUMNS = ["source", "reference", "reason"]
+MAX_SIZE = 8192  # a 8192² uint8 image is 64 MiB; larger sides are typos (and would exhaust memory)
+OUTPUT_NAMES = ("images.h5", "images.zarr", "manifest.csv", "rejects.csv", "truth.csv", "classes.csv")
 
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    source: str = positional("DICOM tree, NIfTI file/folder, or folder of PNG/JPEG images (class sub-folders optional)")
-    out: str = opt("output folder")
-    reports: str = opt("reports: CSV (report_id,text + accession or study_uid) or a folder of .txt", "")
-    all_slices: bool = opt("every slice (every --every-th) instead of the key images the reports reference", False)
-    every: int = opt("with --all-slices and NIfTI: keep every k-th slice", 1)
-    size: int = opt("output image side in pixels (padded to square with black, then resized)", 256)
+    source: str = positional("DICOM tree, NIfTI file/folder, or folder of PNG/JPEG images (class sub-folders optional)",
+                             role="input")
+    out: str = opt("output folder", role="output")
+    reports: str = opt("reports: CSV (report_id,text + accession or study_uid) or a folder of .txt", "",
+                       role="input")
+    all_slices: bool = opt("every slice (every --every-th) instead of the key images the reports reference "
+                           "(the default without --reports)", False)
+    every: int = opt("with --all-slices and NIfTI: keep every k-th slice", 1, min=1)
+    size: int = opt("output image side in pixels (padded to square with black, then resized)", 256, min=8,
+                    max=MAX_SIZE)
     window: str = opt("override the header window: CENTER,WIDTH or a preset (brain, lung, abdomen, bone, ...)", "")
-    window_index: int = opt("which value of a multi-valued WindowCenter/Width to use", 0)
+    window_index: int = opt("which value of a multi-valued WindowCenter/Width to use", 0, min=0)
     salt: str = opt("salt of the pseudonymous ids (default: $LDPO_SALT)", "")
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
 
@@ -79,7 +91,7 @@ class Item:
 
 @dataclass
 class Reject:
-    path: str
+    source: str
     reference: str
     reason: str
 
@@ -107,11 +119,11 @@ class Extractor:
             log.warning("no --salt and no LDPO_SALT: using the built-in salt, so pseudonyms are guessable")
         self.pseudo = Pseudonyms(salt or DEFAULT_SALT)
         self.rejects: list[Reject] = []
-        self.reports_name = Path(opts.reports).name if opts.reports else ""
 
     # -- pass 1 -----------------------------------------------------------------------
     def index(self) -> list[Record]:
-        files = walk(self.source)
+        out = self.out.resolve()
+        files = [f for f in walk(self.source) if out not in Path(f[0]).resolve().parents]  # not our own outputs
         if not files:
             raise InputError(f"{self.source}: holds no DICOM, NIfTI or image files")
         records, sops = [], set()
@@ -179,7 +191,8 @@ class Extractor:
             if not found:
                 self.reject_reference(report, "", "report has no image reference")
                 continue
-            scrub = scrubber(sorted({p for r in records for p in r.phi}))
+            scrub = scrubber(names=[n for r in records for n in r.names], ids=[i for r in records for i in r.ids],
+                             dates=[d for r in records for d in r.dates])
             for mention in found:
                 for ref in mention.references:
                     for key in self.resolve(report, ref, records):
@@ -268,7 +281,8 @@ class Extractor:
 
     # -- pass 2 -------------------------------------------------------------------------
     def render(self, items: list[Item], store_path: Path) -> list[Item]:
-        """Decode the selected frames into the store; return the items that made it."""
+        """Decode the selected frames into the store at ``store_path`` (a temporary name); return the items
+        that made it. Nothing is left at ``store_path`` when none did."""
         jobs, rows = [], []
         for it in items:
             if jobs and jobs[-1].path == it.path:
@@ -277,29 +291,33 @@ class Extractor:
             else:
                 jobs.append(Job(it.path, it.kind, [it.frame], self.opts.size, self.window, self.opts.window_index))
                 rows.append([it])
-        partial = store_path.with_name(f".partial-{store_path.name}")
+        partial = temporary_name(store_path)
         size = self.opts.size
         kept: list[Item] = []
         attrs = {"stage": "extract-keyimages", "size": size, "window": self.opts.window or "header",
                  "window_index": self.opts.window_index, "all_slices": bool(self.opts.all_slices),
                  "every": self.opts.every}
-        with create_store(partial, n=len(items), arrays={"images": ((size, size), "uint8")},
-                          ids=[it.id for it in items], attrs=attrs) as store:
-            row = 0
-            for (images, reason), members in zip(pool_map(read_file, jobs, self.opts.workers, "pixels"), rows):
-                if reason or len(images) != len(members):
-                    self.reject_file(members[0].path, reason or "fewer frames than the header says")
-                    row += len(members)
-                    continue
-                for image, it in zip(images, members):
-                    store.write("images", row, image[None])
-                    row += 1
-                kept += members
-        if len(kept) == len(items):
-            replace(partial, store_path)
-        elif kept:
-            self.compact(partial, store_path, items, kept, attrs)
-        else:
+        try:
+            with create_store(partial, n=len(items), arrays={"images": ((size, size), "uint8")},
+                              ids=[it.id for it in items], attrs=attrs) as store:
+                row = 0
+                for (images, reason), members in zip(pool_map(read_file, jobs, self.opts.workers, "pixels"), rows):
+                    if reason or len(images) != len(members):
+                        self.reject_file(members[0].path, reason or "fewer frames than the header says")
+                        row += len(members)
+                        continue
+                    for image, it in zip(images, members):
+                        if isinstance(image, str):  # this frame cannot be displayed: its reason
+                            self.reject_file(it.path, f"frame {it.frame}: {image}")
+                        else:
+                            store.write("images", row, image[None])
+                            kept.append(it)
+                        row += 1
+            if len(kept) == len(items):
+                replace(partial, store_path)
+            elif kept:
+                self.compact(partial, store_path, items, kept, attrs)
+        finally:
             remove(partial)
         return kept
 
@@ -327,54 +345,72 @@ class Extractor:
             rel = p
         return rel.as_posix()
 
-    def shown_path(self, path: str) -> str:
-        """A path for rejects.csv: relative to SOURCE, UID-like names replaced by their pseudonym."""
-        return UID_LIKE.sub(lambda m: "uid-" + self.pseudo("path-uid", m.group(0)), self.relative(path))
+    def file_pseudonym(self, path: str) -> str:
+        """``file:<hash>`` for rejects.csv: the salted hash of the path below SOURCE (never the path)."""
+        return "file:" + self.pseudo("file", self.relative(path), length=16)
+
+    def scrub_reason(self, path: str, reason: str) -> str:
+        """A reason without the file's path or any folder or file name in it (errors often quote them)."""
+        pieces = {path, str(Path(path).resolve()), self.relative(path), str(self.source), str(self.source.resolve())}
+        pieces |= {part for part in Path(self.relative(path)).parts if len(part) >= 3}
+        for piece in sorted((p for p in pieces if p), key=len, reverse=True):
+            reason = reason.replace(piece, "[file]")
+        return UID_LIKE.sub("[uid]", reason)
 
     def reject_file(self, path: str, reason: str) -> None:
-        self.rejects.append(Reject(self.shown_path(path), "", reason))
+        source = self.file_pseudonym(path)
+        log.debug("rejected %s (%s): %s", path, source, reason)
+        self.rejects.append(Reject(source, "", self.scrub_reason(path, reason)))
 
     def reject_reference(self, report: Report, reference: str, reason: str) -> None:
-        where = f"{self.reports_name}#{report.report_id}"
-        self.rejects.append(Reject(where, f"{report.report_id}: {reference}" if reference else report.report_id, reason))
+        self.rejects.append(Reject(f"report:{report.report_id}", reference, reason))
 
-    def write_csv(self, path: Path, header: list[str], rows: Iterable[list]) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(header)
-                writer.writerows(rows)
-
-    def write_truth(self, items: list[Item]) -> None:
+    def truth(self, items: list[Item]) -> tuple[list[str], list[int], list[list]] | None:
+        """Labels from class sub-folders of an image folder: (ids, labels, class table), or None."""
         if not items or any(it.kind != "image" or not it.label for it in items):
-            return
+            return None
         names = sorted({it.label for it in items})
         index = {name: i for i, name in enumerate(names)}
-        write_labels(self.out / "truth.csv", [it.id for it in items], [index[it.label] for it in items])
-        self.write_csv(self.out / "classes.csv", ["label", "name"], [[i, n] for i, n in enumerate(names)])
-        log.info("class sub-folders: wrote truth.csv for %d classes", len(names))
+        return [it.id for it in items], [index[it.label] for it in items], [[i, n] for i, n in enumerate(names)]
+
+    def output_paths(self) -> dict[str, Path]:
+        return {"images": self.out / f"images.{self.opts.format}", "manifest": self.out / "manifest.csv",
+                "rejects": self.out / "rejects.csv", "truth": self.out / "truth.csv",
+                "classes": self.out / "classes.csv"}
 
     def run(self) -> int:
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
-        if self.opts.size < 8:
-            raise InputError(f"--size {self.opts.size}: must be at least 8")
         reports = read_reports(self.opts.reports) if self.opts.reports else []
         records = self.index()
         items = self.select(records, reports)
         if self.opts.all_slices or not reports:
             items = self.thin_slices(items)
-        self.out.mkdir(parents=True, exist_ok=True)
-        store_path = self.out / f"images.{self.opts.format}"
-        kept = self.render(items, store_path) if items else []
-        self.write_csv(self.out / "rejects.csv", REJECT_COLUMNS,
-                       [[r.path, r.reference, r.reason] for r in self.rejects])
-        if not kept:
-            raise InputError(f"{self.source}: nothing usable ({len(self.rejects)} rejects, see {self.out / 'rejects.csv'})")
-        self.write_csv(self.out / "manifest.csv", MANIFEST_COLUMNS, (it.row() for it in kept))
-        self.write_truth(kept)
-        log.info("wrote %d images to %s (%d rejects)", len(kept), store_path, len(self.rejects))
+        paths = self.output_paths()
+        with atomic_paths(*paths.values()) as tmps:
+            tmp = dict(zip(paths, tmps))
+            kept = self.render(items, tmp["images"]) if items else []
+            if not kept:
+                raise InputError(f"{self.source}: nothing usable: {self.reject_summary()} "
+                                 f"(nothing written to {self.out}; -v lists the files)")
+            write_csv(tmp["rejects"], REJECT_COLUMNS, [[r.source, r.reference, r.reason] for r in self.rejects])
+            write_csv(tmp["manifest"], MANIFEST_COLUMNS, (it.row() for it in kept))
+            truth = self.truth(kept)
+            if truth:
+                write_labels(tmp["truth"], truth[0], truth[1])
+                write_csv(tmp["classes"], ["label", "name"], truth[2])
+                log.info("class sub-folders: wrote truth.csv for %d classes", len(truth[2]))
+        log.info("wrote %d images to %s (%d rejects)", len(kept), paths["images"], len(self.rejects))
         return 0
+
+    def reject_summary(self) -> str:
+        if not self.rejects:
+            return "no image was selected"
+        counts = defaultdict(int)
+        for r in self.rejects:
+            counts[r.reason] += 1
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return f"{len(self.rejects)} rejects (" + "; ".join(f"{n}× {reason}" for reason, n in top) + ")"
 
 
 class ExtractKeyImagesTool(Tool):
@@ -385,6 +421,10 @@ class ExtractKeyImagesTool(Tool):
                "extract-keyimages volumes/ --out slices/ --all-slices --every 5 --window abdomen\n"
                "extract-keyimages texture25-folder/ --out t25/ --size 128")
     Options = Options
+
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        """The output folder and every file written in it (so no input can be one of them)."""
+        return super().outputs(opts) + [("--out", str(Path(opts.out) / name)) for name in OUTPUT_NAMES]
 
     def main(self, opts: Options) -> int:
         return Extractor(opts).run()

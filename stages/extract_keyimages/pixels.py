@@ -29,6 +29,18 @@ PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
+class BadPixels(ValueError):
+    """A frame that decodes but has nothing to display (no finite value, a non-finite window)."""
+
+
+def finite_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values; none at all is :class:`BadPixels`."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    if finite.size == 0:
+        raise BadPixels("no finite pixel values (all NaN or infinite)")
+    return float(finite.min()), float(finite.max())
+
+
 def parse_window(text: str | None) -> tuple[float, float] | None:
     """``"40,400"`` or a preset name (``brain``, ``lung``, ``abdomen``, ``bone``, …) → (center, width)."""
     if not text:
@@ -39,17 +51,25 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
         center, width = (float(x) for x in text.split(","))
     except ValueError:
         raise InputError(f"--window {text!r}: give CENTER,WIDTH (e.g. 40,400) or one of {', '.join(PRESETS)}") from None
+    if not (np.isfinite(center) and np.isfinite(width)):
+        raise InputError(f"--window {text!r}: CENTER and WIDTH must be finite numbers")
     if width <= 0:
         raise InputError(f"--window {text!r}: the width must be positive")
     return center, width
 
 
 def scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map ``lo..hi`` linearly to 0..255 (clipped, rounded) as uint8."""
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+    """Map ``lo..hi`` linearly to 0..255 (clipped, rounded) as uint8; NaN pixels become 0.
+
+    A flat range (``hi <= lo``) gives a black image; a non-finite one is :class:`BadPixels`.
+    """
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise BadPixels(f"the display window is not finite ({lo}..{hi})")
+    if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    out = (np.asarray(values, dtype=np.float64) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        out = (np.asarray(values, dtype=np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(np.nan_to_num(out, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def _window_count(ds: Dataset) -> int:
@@ -71,12 +91,27 @@ def _with_window(ds: Dataset, center: float, width: float) -> Dataset:
     return out
 
 
+def _check_window(ds: Dataset, index: int) -> None:
+    """A NaN or infinite WindowCenter/WindowWidth is :class:`BadPixels` (it would display as black)."""
+    for key in ("WindowCenter", "WindowWidth"):
+        elem = ds[key]
+        values = list(elem.value) if elem.VM > 1 else [elem.value]
+        try:
+            value = float(values[min(index, len(values) - 1)])
+        except (TypeError, ValueError):
+            continue  # unreadable: voi() falls back to min..max
+        if not np.isfinite(value):
+            raise BadPixels(f"{key} is {value}: the header's window is not a finite number")
+
+
 def voi(values: np.ndarray, ds: Dataset, index: int = 0) -> tuple[np.ndarray, float, float] | None:
     """``apply_voi_lut`` and its output range (lo, hi); None when the header has no usable window."""
     count = _window_count(ds)
     if count == 0:
         return None
     index = min(max(index, 0), count - 1)
+    if not ("VOILUTSequence" in ds and len(ds.VOILUTSequence)):
+        _check_window(ds, index)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             out = apply_voi_lut(values, ds, index=index)
@@ -99,10 +134,11 @@ def dicom_frame(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | No
         top = 255.0 if frame.dtype == np.uint8 else float(2 ** int(ds.get("BitsStored", 16)) - 1)
         return scale(gray, 0.0, top)
     values = apply_modality_lut(frame, ds)
+    low, high = finite_range(values)
     header = _with_window(ds, *window) if window else ds
     windowed = voi(values, header, index)
     if windowed is None:
-        out = scale(values, float(np.min(values)), float(np.max(values)))
+        out = scale(values, low, high)
     else:
         out = scale(*windowed)
     if photometric == "MONOCHROME1":
@@ -118,7 +154,7 @@ def volume_window(volume: np.ndarray, window: tuple[float, float] | None,
         return center - width / 2, center + width / 2
     finite = volume[np.isfinite(volume)]
     if finite.size == 0:
-        return 0.0, 0.0
+        raise BadPixels("no finite voxel values (all NaN or infinite)")
     lo, hi = np.percentile(finite, percentiles)
     return float(lo), float(hi)
 

@@ -11,14 +11,14 @@ never raises for a bad file.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ldpo.stages.extract_keyimages.pixels import dicom_frame, fit, scale, volume_window
+from ldpo.stages.extract_keyimages.phi import name_parts
+from ldpo.stages.extract_keyimages.pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -68,7 +68,10 @@ class Record:
     instance_number: int | None = None
     sop_uid: str = ""
     modality: str = ""
-    phi: list[str] = field(default_factory=list)  # names and birth date, to scrub from report text
+    # what the header says about the patient, to scrub from report text (see phi.scrubber)
+    names: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    dates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,21 +127,32 @@ def _index_dicom(path: str) -> Record | Failure:
     truncated = _truncated(path, ds)
     if truncated:
         return Failure(path, truncated)
-    name = str(ds.get("PatientName", "") or "")
-    phi = [p for p in re.split(r"[\^=\s,]+", name) if len(p) >= 2]
-    birth = str(ds.get("PatientBirthDate", "") or "")
-    if birth:
-        phi.append(birth)
     return Record(
         path=path, kind="dicom", frames=max(1, _int(ds.get("NumberOfFrames", 1)) or 1),
         study_uid=str(ds.get("StudyInstanceUID", "")), accession=str(ds.get("AccessionNumber", "") or ""),
         patient_id=str(ds.get("PatientID", "") or ""), series_uid=str(ds.get("SeriesInstanceUID", "")),
         series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), phi=phi)
+        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), **_patient(ds))
+
+
+def _text_values(ds, keyword: str) -> list[str]:
+    value = ds.get(keyword, "")
+    values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return [str(v).strip() for v in values if v is not None and str(v).strip()]
+
+
+def _patient(ds) -> dict[str, list[str]]:
+    """Names, ids and birth dates of the header, for scrubbing report text."""
+    names = [part for key in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
+             for value in _text_values(ds, key) for part in name_parts(value)]
+    ids = [v for key in ("PatientID", "OtherPatientIDs", "AccessionNumber") for v in _text_values(ds, key)]
+    return {"names": names, "ids": ids, "dates": _text_values(ds, "PatientBirthDate")}
 
 
 def _truncated(path: str, ds) -> str:
     """A reason when the pixel data is shorter than the header says, else ''."""
+    if ds.file_meta.TransferSyntaxUID.is_deflated:
+        return ""  # offsets are into the inflated data set, not the file: the decoder will tell
     raw = ds._dict.get(0x7FE00010)
     length, offset = getattr(raw, "length", None), getattr(raw, "value_tell", None)
     if length is None or offset is None or length == 0xFFFFFFFF:
@@ -187,8 +201,12 @@ class Job:
     window_index: int
 
 
-def read_file(job: Job) -> tuple[list[np.ndarray], str]:
-    """The selected frames as uint8 ``size``×``size`` images, or ``([], reason)``."""
+def read_file(job: Job) -> tuple[list[np.ndarray | str], str]:
+    """The selected frames as uint8 ``size``×``size`` images, or ``([], reason)``.
+
+    A frame that decodes but cannot be displayed (no finite pixel value, a NaN window)
+    is its reason (a string) in place of the image, so only that frame is rejected.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -197,16 +215,25 @@ def read_file(job: Job) -> tuple[list[np.ndarray], str]:
             if job.kind == "nifti":
                 return _read_nifti(job), ""
             return _read_image(job), ""
+    except BadPixels as err:
+        return [], str(err)
     except Exception as err:  # noqa: BLE001 - a file that fails to decode is a reject
         return [], f"pixel data cannot be decoded: {_short(err)}"
 
 
-def _read_dicom(job: Job) -> list[np.ndarray]:
+def _frame(render, *args) -> np.ndarray | str:
+    try:
+        return render(*args)
+    except BadPixels as err:
+        return str(err)
+
+
+def _read_dicom(job: Job) -> list[np.ndarray | str]:
     import pydicom
     from pydicom.pixels import iter_pixels
 
     ds = pydicom.dcmread(job.path)
-    return [fit(dicom_frame(frame, ds, job.window, job.window_index), job.size)
+    return [_frame(lambda f: fit(dicom_frame(f, ds, job.window, job.window_index), job.size), frame)
             for frame in iter_pixels(ds, indices=job.frames)]
 
 
@@ -226,10 +253,16 @@ def axial_slice(volume: np.ndarray, k: int) -> np.ndarray:
     return volume[::-1, ::-1, k].T
 
 
-def _read_nifti(job: Job) -> list[np.ndarray]:
+def _read_nifti(job: Job) -> list[np.ndarray | str]:
     volume = canonical_volume(job.path)
     lo, hi = volume_window(volume, job.window)
-    return [fit(scale(axial_slice(volume, k), lo, hi), job.size) for k in job.frames]
+
+    def render(k: int) -> np.ndarray:
+        plane = axial_slice(volume, k)
+        finite_range(plane)  # an all-NaN slice is a reject, not a black image
+        return fit(scale(plane, lo, hi), job.size)
+
+    return [_frame(render, k) for k in job.frames]
 
 
 def _read_image(job: Job) -> list[np.ndarray]:
@@ -238,7 +271,7 @@ def _read_image(job: Job) -> list[np.ndarray]:
     with Image.open(job.path) as img:
         if img.mode in ("I", "I;16", "I;16B", "F"):
             arr = np.asarray(img, dtype=np.float64)
-            gray = scale(arr, float(arr.min()), float(arr.max()))
+            gray = scale(arr, *finite_range(arr))
         else:
             gray = np.asarray(img.convert("L"), dtype=np.uint8)
     return [fit(gray, job.size)]

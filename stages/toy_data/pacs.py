@@ -16,7 +16,6 @@ Everything follows ``--seed``: the same seed writes the same bytes.
 
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
-from ldpo.common.stores import atomic_path
+from ldpo.common.tables import write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -513,24 +512,18 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     dicom_tmp.rename(dicom)
     reports = [(f"r{i + 1:04d}", st.accession, write_report(st, np.random.default_rng([seed, st.index, 5])))
                for i, st in enumerate(plans)]
-    _write_csv(out / "reports.csv", ["report_id", "accession", "text"], reports)
-    _write_csv(out / "regions.csv", ["accession", "region"], [(st.accession, st.region) for st in plans])
+    write_csv(out / "reports.csv", ["report_id", "accession", "text"], reports)
+    write_csv(out / "regions.csv", ["accession", "region"], [(st.accession, st.region) for st in plans])
     return {"studies": studies, "files": files, "broken": broken}
 
-
-def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
 
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    out: str = opt("output folder (dicom/, reports.csv, regions.csv)")
-    studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40)
-    size: int = opt("image side in pixels", 64)
+    out: str = opt("output folder (dicom/, reports.csv, regions.csv)", role="output")
+    studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40, min=1,
+                       max=10000)
+    size: int = opt("image side in pixels", 64, min=32, max=1024)
 
 
 class PacsTool(Tool):

@@ -265,12 +265,15 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: i
     save_png(fig, path)
 
 
+MAX_BYTES = 8 * 2**30  # the whole set is generated in memory before it is written
+
+
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    out: str = opt("output folder (images store, truth.csv, contact-sheet.png)")
-    classes: int = opt("number of texture classes (1-25)", 25)
-    per_class: int = opt("images per class", 40)
-    size: int = opt("image side in pixels", 256)
+    out: str = opt("output folder (images store, truth.csv, contact-sheet.png)", role="output")
+    classes: int = opt("number of texture classes (1-25)", 25, min=1, max=25)
+    per_class: int = opt("images per class", 40, min=1, max=100000)
+    size: int = opt("image side in pixels", 256, min=8, max=4096)
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
     no_sheet: bool = opt("skip the contact sheet", False)
 
@@ -284,6 +287,11 @@ class Texture25Tool(Tool):
 
     def main(self, opts: Options) -> int:
         out = Path(opts.out)
+        total = opts.classes * opts.per_class * opts.size ** 2
+        if total > MAX_BYTES:
+            raise InputError(f"--classes {opts.classes} × --per-class {opts.per_class} × --size {opts.size}²: "
+                             f"{total / 2**30:.1f} GiB of images, more than the {MAX_BYTES // 2**30} GiB this "
+                             "generator holds in memory")
         images, ids, labels = generate(opts.classes, opts.per_class, opts.size, opts.seed)
         out.mkdir(parents=True, exist_ok=True)
         store = out / f"images.{opts.format}"

@@ -1,0 +1,216 @@
+"""The CSV contracts, read and written in one place with one set of rules.
+
+Every CSV the stages exchange (labels, reports, manifests, rejects, histories, topic
+and keyword tables) goes through this module:
+
+* **Encoding**: UTF-8, with or without a byte-order mark. Anything else (Latin-1,
+  UTF-16, binary) is an :class:`~ldpo.common.errors.InputError` naming the file and
+  telling the user to save it as UTF-8; bytes are never guessed or replaced.
+* **Reading**: :func:`csv_rows` checks the header has the required columns, allows
+  quoted fields that span lines, skips blank lines, and names the file and line of
+  every problem.
+* **Writing**: :func:`write_csv` writes a header and rows under a temporary name in
+  the same folder and renames it when complete (``-`` = stdout).
+
+File kinds:
+
+* reports (:func:`read_reports`): a CSV with ``report_id`` and ``text`` columns (and
+  ``accession`` or ``study_uid`` to link a report to its DICOM study), or a folder of
+  ``.txt`` files, searched recursively, report id = accession = the file's stem;
+* manifests (:func:`read_manifest`): ``id,…,report_id,sentence,context`` from
+  ``extract-keyimages``;
+* labels: :mod:`ldpo.common.labels` (which reads and writes through this module).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from ldpo.common.errors import InputError
+from ldpo.common.stores import atomic_path
+
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped); ``-`` reads stdin."""
+    name = str(path)
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such {what}") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a folder, not a {what}") from None
+    except OSError as err:
+        raise InputError(f"{name}: cannot read {what} ({err.strerror or err})") from None
+    return decode(raw, name)
+
+
+def decode(raw: bytes, name: str) -> str:
+    """UTF-8 bytes (with or without BOM) → text; any other encoding is an error naming ``name``."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        looks = " (it looks like UTF-16)" if raw[:2] in UTF16_MARKS else ""
+        raise InputError(f"{name}: not UTF-8 text{looks} (byte {err.start}): save it as UTF-8") from None
+
+
+def _csv_limit() -> None:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long reports exceed the 128 KiB default
+
+
+def csv_rows(path: str | os.PathLike, what: str, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line_no, row_dict)`` of a CSV, checking the header has the ``required`` columns.
+
+    Header names are stripped; quoted fields may span lines (``line_no`` is the record's
+    first line); blank lines are skipped; a row longer than the header is an error.
+    """
+    _csv_limit()
+    text = read_text(path, what)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{path}: empty {what}")
+        header = [h.strip() for h in header]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise InputError(f"{path}: not a {what} (the header needs {', '.join(repr(c) for c in required)}; "
+                             f"missing {', '.join(missing)})")
+        line_no = reader.line_num + 1
+        for row in reader:
+            if row and any(c.strip() for c in row):
+                if len(row) > len(header):
+                    raise InputError(f"{path}: line {line_no}: {len(row)} fields but the header has {len(header)}")
+                yield line_no, dict(zip(header, row + [""] * (len(header) - len(row))))
+            line_no = reader.line_num + 1
+    except csv.Error as err:
+        raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write ``header`` and ``rows`` as UTF-8 CSV: atomically to ``path``, or to stdout for ``-``."""
+    if str(path) == "-":
+        _dump(sys.stdout, header, rows)
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            _dump(fh, header, rows)
+
+
+def side_file(main: str | os.PathLike, tail: str) -> Path:
+    """A side file named from the main output: ``side_file("run/labels.csv", "topics.csv")`` →
+    ``run/labels.topics.csv``, so two outputs of one command never share a fixed name."""
+    main = Path(main)
+    stem = main.stem if main.suffix.lower() == ".csv" else main.name
+    return main.with_name(f"{stem}.{tail}")
+
+
+def _dump(fh, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+# -- reports --------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    report_id: str
+    text: str
+    accession: str = ""
+    study_uid: str = ""
+
+
+def read_reports(path: str | os.PathLike) -> list[Report]:
+    """Reports from a CSV (``report_id``, ``text`` [, ``accession``, ``study_uid``]) or a folder of ``.txt``."""
+    path = Path(path)
+    if path.is_dir():
+        return _report_folder(path)
+    reports: list[Report] = []
+    seen: set[str] = set()
+    for line_no, row in csv_rows(path, "reports CSV", ["report_id", "text"]):
+        rid = row["report_id"].strip()
+        if not rid:
+            raise InputError(f"{path}: line {line_no}: empty report_id")
+        if rid in seen:
+            raise InputError(f"{path}: line {line_no}: duplicate report_id {rid!r}")
+        seen.add(rid)
+        reports.append(Report(rid, row["text"], row.get("accession", "").strip(), row.get("study_uid", "").strip()))
+    if not reports:
+        raise InputError(f"{path}: no reports in the file (only a header)")
+    return reports
+
+
+def _report_folder(folder: Path) -> list[Report]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".txt" and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise InputError(f"{folder}: no .txt reports in the folder")
+    reports: list[Report] = []
+    where: dict[str, Path] = {}
+    for f in files:
+        if f.stem in where:
+            raise InputError(f"{f}: duplicate report id {f.stem!r} (also {where[f.stem]})")
+        where[f.stem] = f
+        reports.append(Report(f.stem, read_text(f, "report"), accession=f.stem))
+    return reports
+
+
+def report_texts(path: str | os.PathLike) -> dict[str, str]:
+    """``{report_id: text}`` in file order (see :func:`read_reports`)."""
+    return {r.report_id: r.text for r in read_reports(path)}
+
+
+# -- manifests ------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """Key-image manifest rows, in file order; ``column(name)`` gives one column."""
+
+    ids: list[str]
+    rows: list[dict[str, str]]
+    source: str
+
+    def column(self, name: str) -> list[str]:
+        return [r.get(name, "") for r in self.rows]
+
+    def index(self) -> dict[str, int]:
+        return {ident: i for i, ident in enumerate(self.ids)}
+
+
+def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manifest:
+    """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns."""
+    path = Path(path)
+    ids: list[str] = []
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for line_no, row in csv_rows(path, "manifest CSV", ["id", "report_id", *need]):
+        ident = row["id"].strip()
+        if not ident:
+            raise InputError(f"{path}: line {line_no}: empty id")
+        if ident in seen:
+            raise InputError(f"{path}: line {line_no}: duplicate id {ident!r}")
+        seen.add(ident)
+        row["report_id"] = row["report_id"].strip()
+        ids.append(ident)
+        rows.append(row)
+    if not ids:
+        raise InputError(f"{path}: no rows in the manifest")
+    return Manifest(ids, rows, str(path))
+
+
+def missing_reports(manifest: Manifest, reports: dict[str, str]) -> list[str]:
+    """Manifest ids whose ``report_id`` is empty or not among ``reports``."""
+    return [i for i, rid in zip(manifest.ids, manifest.column("report_id")) if rid not in reports]
