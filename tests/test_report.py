@@ -101,7 +101,9 @@ def test_report_of_a_real_loop(cli, loop_run, tmp_path):
     assert (out / "history.png").is_file() and (out / "tree.png").is_file()
     html = (out / "index.html").read_text()
     assert html.count('<tr><td class="num">') == len(rows)
-    assert page.details >= 1  # the tree
+    tree = json.loads((work / "final/tree/tree.json").read_text())
+    assert len(tree["levels"]) >= 3  # a level between the categories and the root
+    assert page.details == sum(tree["levels"][1:])  # one <details> per group above the categories
     names = [i for i in page.inputs if "name" in i.get("class", "").split()]
     merges = [i for i in page.inputs if "merge" in i.get("class", "").split()]
     assert len(names) == len(merges) == len(labels.classes)

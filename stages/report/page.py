@@ -23,6 +23,7 @@ header.top nav a { margin-right: 10px; }
 header.top .review { margin-left: auto; display: flex; gap: 8px; align-items: center; }
 main { padding: 0 16px 40px; max-width: 1400px; }
 h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 28px; }
+h2, section.cat { scroll-margin-top: 64px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: var(--bg); }
@@ -233,15 +234,17 @@ def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | No
         out.append(" The last join into the root was forced (no more structure was found).")
     out.append("</p>")
     top = len(levels) - 1
+    small = len(categories) <= 40  # a small tree opens whole; a large one shows its top levels
 
     def node(n: dict) -> list[str]:
         children = n.get("children") or []
         leaves = [c for c in children if not c.get("children")]
         inner = [c for c in children if c.get("children")]
         classes = n.get("classes") or []
-        is_open = " open" if n.get("level", 0) >= top - 1 else ""
+        is_open = " open" if small or n.get("level", 0) >= top - 1 else ""
+        listed = (" (" + ", ".join(str(c) for c in classes) + ")") if len(classes) <= 12 else ""
         lines = [f'<details class="node"{is_open}><summary>group {e(str(n.get("id", "")))}: '
-                 f'{len(classes)} categories, {int(n.get("size", 0))} images</summary>']
+                 f'{len(classes)} categories{e(listed)}, {int(n.get("size", 0))} images</summary>']
         for c in inner:
             lines += node(c)
         if leaves:

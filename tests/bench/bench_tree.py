@@ -17,7 +17,9 @@ Prints figures, asserts nothing (not collected by pytest).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -80,8 +82,9 @@ def main() -> None:
           f"{purity_hits / len(labels):.3f}; chance that two categories share a family {chance:.3f} ({pairs} pairs)")
     for affinity in ("lift", "confusion"):
         with tempfile.TemporaryDirectory() as tmp:
-            code = run(["hierarchy", str(work / "final/probs.h5"), str(work / "final/labels.csv"), "--out", tmp,
-                        "--affinity", affinity, "-q"])
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = run(["hierarchy", str(work / "final/probs.h5"), str(work / "final/labels.csv"), "--out", tmp,
+                           "--affinity", affinity, "-q"])
             assert code == 0
             tree = json.loads((Path(tmp) / "tree.json").read_text())
         groups = first_level(tree)
