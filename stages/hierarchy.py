@@ -75,8 +75,10 @@ class Options(CommonOptions):
 
 class HierarchyTool(Tool):
     name = "hierarchy"
-    description = ("Build the category tree: affinity propagation on the class confusion of the final model, "
-                   "merged level by level up to one root. Writes tree.json, levels.csv, tree.png; prints the "
+    description = ("Build the category tree: affinity propagation on the class confusion of the final model "
+                   "(by default relative to each class's overall score: --affinity lift), merged level by level "
+                   "up to one root; every level merges something, so K > 2 categories get at least one level "
+                   "between the categories and the root. Writes tree.json, levels.csv, tree.png; prints the "
                    "group count per level.")
     example = "hierarchy probs.h5 labels_final.csv --out tree/ --seed 0"
     Options = Options
