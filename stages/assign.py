@@ -112,7 +112,7 @@ class AssignTool(Tool):
                 ref_feats = net.run(opts.reference_images, opts.batch_size, "reference")[1]
             centroids, radius = class_radii(ref_feats[ref_labels >= 0], ref_labels[ref_labels >= 0], classes,
                                             opts.radius_quantile)
-            dist = np.sqrt(((feats[:, None, :] - centroids[None]) ** 2).sum(-1))  # [N, K]
+            dist = distances(feats, centroids)  # [N, K]
             with np.errstate(invalid="ignore"):
                 ratio = np.where(np.isfinite(radius)[None], dist / np.maximum(radius, 1e-12)[None], np.inf)
             nearest = np.argmin(ratio, axis=1)
@@ -137,8 +137,20 @@ def class_radii(feats: np.ndarray, labels: np.ndarray, classes: np.ndarray, quan
         if len(own) == 0:
             continue
         centroids[j] = own.mean(axis=0)
-        radius[j] = float(np.quantile(np.sqrt(((own - centroids[j]) ** 2).sum(-1)), quantile))
+        radius[j] = float(np.quantile(distances(own, centroids[j:j + 1])[:, 0], quantile))
     return centroids, radius
+
+
+def distances(x: np.ndarray, centroids: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Euclidean distances [N, K], computed in blocks of rows (memory N·K, not N·K·D)."""
+    c = centroids.astype(np.float64)
+    c2 = (c ** 2).sum(axis=1)
+    out = np.empty((len(x), len(c)), dtype=np.float64)
+    for lo in range(0, len(x), block):
+        xb = x[lo:lo + block].astype(np.float64)
+        d2 = (xb ** 2).sum(axis=1)[:, None] - 2.0 * xb @ c.T + c2[None, :]
+        out[lo:lo + block] = np.sqrt(np.maximum(d2, 0.0))
+    return out
 
 
 class Network:

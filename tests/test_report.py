@@ -43,7 +43,7 @@ class Page(HTMLParser):
             self.sections.append(a)
         if tag == "input":
             self.inputs.append(a)
-        if tag == "details":
+        if tag == "details" and "node" in a.get("class", "").split():  # the tree's groups
             self.details += 1
 
     def handle_endtag(self, tag):
@@ -97,6 +97,7 @@ def test_report_of_a_real_loop(cli, loop_run, tmp_path):
     text = " ".join(page.text)
     assert "Run settings" in text and "Settings unknown" not in text
     assert "purity vs truth" in text  # the loop had --truth: the table shows agreement with it
+    assert f"--model {sorted(work.glob('iter-*/model.pt'))[-1]}" in text  # how to assign new images
     rows = (work / "history.csv").read_text().strip().splitlines()[1:]
     assert (out / "history.png").is_file() and (out / "tree.png").is_file()
     html = (out / "index.html").read_text()

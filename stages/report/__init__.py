@@ -96,6 +96,8 @@ class ReportTool(Tool):
         for c, cat in categories.items():
             cat["keywords"] = keywords.get(c, [])
             cat["place"] = place_in_tree(tree, c)
+        models = sorted(work.glob("iter-*/model.pt"))
+        usage = usage_lines(work, models[-1] if models else None, images)
         run_key = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
         title = opts.title or f"ldpo run: {work.resolve().name}"
         with open_store(images, expect="images") as store:
@@ -112,12 +114,23 @@ class ReportTool(Tool):
                 from ldpo.stages.report.page import render
 
                 text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
-                              categories, len(labels), opts.thumb, notes, __version__)
+                              categories, len(labels), opts.thumb, notes, __version__, usage)
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         log.info("report: %s (%d categories, %d files, %.1f MB)", out / "index.html", len(categories), files, size / 1e6)
         return 0
+
+
+def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
+    """Commands that use this run's result (shown on the page, to copy)."""
+    labels = work / "final" / "labels.csv"
+    lines = [f"relabel {labels} review.csv --out reviewed.csv",
+             f"export-folders {labels} {images} --out categories/ --names review.csv"]
+    if model is not None:
+        lines.insert(1, f"assign NEW_IMAGES.h5 --model {model} --out new-labels.csv "
+                        f"--reference-labels {labels} --reference-images {images}")
+    return lines
 
 
 def check_out(out: Path) -> None:
@@ -189,11 +202,11 @@ def typicality_space(work: Path, labels) -> tuple[str, np.ndarray | None, list[i
         with open_store(path) as store:
             if store.kind != "features":
                 continue
-            rows = align(labels, store.ids, str(path), allow_unknown=False)
-            del rows
-            index = {ident: i for i, ident in enumerate(store.ids)}
+            store_ids = store.ids
+            align(labels, store_ids, str(path))  # labels naming ids the store lacks, or missing some: an error
+            index = {ident: i for i, ident in enumerate(store_ids)}
             order = np.array([index[i] for i in labels.ids], dtype=np.int64)
-            values = store.take("features", order).astype(np.float64)
+            values = store.read("features")[order]  # one sequential read; rows in the labels' order
             classes = store.attrs.get("classes") if path.name == "probs.h5" else None
         if path.name != "probs.h5":
             notes.append(f"No final/probs.h5: typical images are measured in {what}.")
@@ -213,7 +226,7 @@ def gather(labels, scores: np.ndarray | None, classes_of: list[int] | None, typi
         member_ids = ids[rows]
         confidence = None
         if scores is not None:
-            x = scores[rows]
+            x = scores[rows].astype(np.float64)
             dist = np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1))
             order = np.lexsort((member_ids.astype(str), dist))  # by distance, ties by id
             if c in column:

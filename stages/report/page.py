@@ -314,7 +314,7 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
-           notes: list[str], version: str) -> str:
+           notes: list[str], version: str, usage: list[str] | None = None) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>",
@@ -333,6 +333,9 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
                '<code>--init-labels reviewed.csv</code>. Entries are kept in this browser until cleared.</p>')
     for note in notes:
         out.append(f'<p class="warn">{e(note)}</p>')
+    if usage:
+        out.append('<details><summary>Use this run: apply the review, assign new images, export folders</summary>'
+                   '<pre>' + "\n".join(e(line) for line in usage) + "</pre></details>")
     out += settings_html(run, run_path)
     out += history_html(history, history_png)
     out += tree_html(tree, categories, tree_png)
