@@ -23,6 +23,10 @@ COMMANDS = {
     "converge": "converge",
     "hierarchy": "hierarchy",
     "keywords": "keywords",
+    "report": "report",
+    "relabel": "relabel",
+    "assign": "assign",
+    "export-folders": "export_folders",
 }
 
 

@@ -5,20 +5,35 @@ probs``), its attribute ``classes`` giving the label value of each column (absen
 columns are labels 0..K-1, with a warning). LABELS (id,label) are the labels the
 model was trained on, joined by id.
 
-Level 0 holds the classes that have images. With P(a|b) the mean, over images of
+Level 0 holds the classes that have images. With P(b|a) the mean, over images of
 group a, of their summed scores for the classes of group b (Eq. 6–7: scores of merged
-classes add up), the affinity is A = ½(P(a|b) + P(b|a)); scikit-learn's affinity
-propagation on A (precomputed, preference = its default, the median of A) merges the
-groups into the next level. This repeats until one root remains (two groups left join
-at the root directly: AP has nothing to choose between two). When AP stops merging
-(or fails to converge, or ``--max-levels`` is reached) the remaining groups are merged
+classes add up), the affinity of two groups is A = ½(C(a,b) + C(b,a)) where C is P
+itself (``--affinity confusion``, the paper's) or, by default (``--affinity lift``),
+P(b|a) / P(b) with P(b) the mean score of group b over all images: how much more often
+than by chance the model mistakes a for b. The lift keeps a few large categories that
+soak up probability everywhere (a model that learned little) from pulling every
+category into one group at once.
+
+Each level merges the groups of the level below by scikit-learn's affinity
+propagation on A (precomputed). The preference starts at the paper's, the median of
+the off-diagonal affinities; when that merges nothing (all groups stay apart) or
+everything (one group of more than two), lower and then higher preferences are tried
+(quantiles 0.25, 0.1, 0, below the minimum, then 0.75, 0.9), and when none gives
+between 2 and G-1 groups, average-linkage agglomerative clustering on the affinity
+cuts the G groups into ⌈G/2⌉. So every level merges something and the tree of K > 2
+categories always has a level between the leaves and the root. Two groups left join
+at the root. ``--max-levels`` caps the rounds; the remaining groups are then merged
 into the root in one forced step, which is logged and recorded in tree.json.
+
+PROBS must be a probs store: without the attribute ``classes`` (as ``featurize
+--layer probs`` writes it) it is refused.
 
 Writes into ``--out`` DIR:
 
 * ``tree.json``: the root node; every node has ``id`` ("L<level>-<index>"), ``level``,
   ``index``, ``size`` (images), ``classes`` (member label values) and ``children``;
-  the root also has ``levels`` (group count per level) and ``forced_final_merge``;
+  the root also has ``levels`` (group count per level), ``merged_by`` (how each level
+  above 0 was made), ``affinity`` and ``forced_final_merge``;
 * ``levels.csv``: ``id,level0,level1,…`` (level0 = the image's label, level j = its
   group index at level j; the last level is the root, 0);
 * ``tree.png``: a dendrogram of the levels.
@@ -52,14 +67,18 @@ class Options(CommonOptions):
     labels: str = positional("labels CSV (id,label) the model was trained on")
     out: str = opt("output folder for tree.json, levels.csv, tree.png")
     damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
+    affinity: str = opt("lift: confusion relative to each group's overall score (default); confusion: the "
+                        "paper's raw confusion", "lift", choices=["lift", "confusion"])
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
     batch: int = opt("rows read per batch", 8192)
 
 
 class HierarchyTool(Tool):
     name = "hierarchy"
-    description = ("Build the category tree: affinity propagation on the class confusion of the final model, "
-                   "merged level by level up to one root. Writes tree.json, levels.csv, tree.png; prints the "
+    description = ("Build the category tree: affinity propagation on the class confusion of the final model "
+                   "(by default relative to each class's overall score: --affinity lift), merged level by level "
+                   "up to one root; every level merges something, so K > 2 categories get at least one level "
+                   "between the categories and the root. Writes tree.json, levels.csv, tree.png; prints the "
                    "group count per level.")
     example = "hierarchy probs.h5 labels_final.csv --out tree/ --seed 0"
     Options = Options
@@ -74,11 +93,13 @@ class HierarchyTool(Tool):
         if len(present) < len(classes):
             log.warning("%d of %d classes have no images in %s; left out of the tree", len(classes) - len(present),
                         len(classes), opts.labels)
-        groups, forced = build_levels(sums, counts, present, opts.damping, opts.max_levels, opts.seed)
+        groups, forced, how = build_levels(sums, counts, present, opts.damping, opts.max_levels, opts.seed,
+                                           opts.affinity)
         sizes = [len(level) for level in groups]
         out = Path(opts.out)
         out.mkdir(parents=True, exist_ok=True)
         tree = tree_json(groups, classes, counts, forced)
+        tree.update(merged_by=how, affinity=opts.affinity)
         with atomic_path(out / "tree.json") as tmp:
             tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
         write_levels(out / "levels.csv", ids, row_class, classes, groups)
@@ -114,8 +135,8 @@ def read_scores(probs_path: str, labels_path: str, batch: int):
 def class_values(attrs: dict, k: int, path: str) -> list[int]:
     raw = attrs.get("classes")
     if raw is None:
-        log.warning("%s: no `classes` attribute; taking its %d columns as labels 0..%d", path, k, k - 1)
-        return list(range(k))
+        raise InputError(f"{path}: not a probs store (no `classes` attribute): make it with "
+                         "`featurize --layer probs --init checkpoint:MODEL.pt`")
     if not isinstance(raw, (list, tuple)) or len(raw) != k:
         raise InputError(f"{path}: attribute `classes` must list {k} label values, one per column")
     try:
@@ -127,14 +148,21 @@ def class_values(attrs: dict, k: int, path: str) -> list[int]:
     return values
 
 
-def affinity(sums: np.ndarray, counts: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """A = ½(P + Pᵀ) for groups given by the 0/1 matrix ``members`` [G, K] (Eq. 6–7)."""
+def affinity(sums: np.ndarray, counts: np.ndarray, members: np.ndarray, kind: str = "lift") -> np.ndarray:
+    """A = ½(C + Cᵀ) for groups given by the 0/1 matrix ``members`` [G, K] (Eq. 6–7).
+
+    C(a,b) = P(b|a), the mean summed score of group b over group a's images
+    (``confusion``), or P(b|a) / P(b), P(b) its mean over all images (``lift``).
+    """
     group_sums = members @ sums @ members.T  # [a, b]: scores of group a's images summed over group b
     p = group_sums / (members @ counts)[:, None]
+    if kind == "lift":
+        prior = group_sums.sum(axis=0) / counts.sum()
+        p = p / np.maximum(prior, 1e-12)[None, :]
     return 0.5 * (p + p.T)
 
 
-def propagate(a: np.ndarray, damping: float, seed: int) -> np.ndarray | None:
+def propagate(a: np.ndarray, damping: float, seed: int, preference: float | None = None) -> np.ndarray | None:
     """Affinity-propagation labels 0..G'-1, or None when it did not converge."""
     from sklearn.cluster import AffinityPropagation
     from sklearn.exceptions import ConvergenceWarning
@@ -143,45 +171,68 @@ def propagate(a: np.ndarray, damping: float, seed: int) -> np.ndarray | None:
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message="All samples have mutually equal similarities")
         ap = AffinityPropagation(affinity="precomputed", damping=damping, max_iter=1000, convergence_iter=30,
-                                 random_state=seed).fit(a)
+                                 preference=preference, random_state=seed).fit(a)
     labels = np.asarray(ap.labels_)
     if len(ap.cluster_centers_indices_) == 0 or (labels < 0).any():
         return None
     return np.unique(labels, return_inverse=True)[1]
 
 
+#: preference quantiles of the off-diagonal affinities, tried in order ("below" = under the minimum)
+PREFERENCES = (0.5, 0.25, 0.1, 0.0, "below", 0.75, 0.9)
+
+
+def merge_level(a: np.ndarray, damping: float, seed: int) -> tuple[np.ndarray, str]:
+    """Group labels for one level that merge something but not everything (for G > 2), and how."""
+    g = len(a)
+    off = a[~np.eye(g, dtype=bool)]
+    lo, hi = float(off.min()), float(off.max())
+    for q in PREFERENCES:
+        pref = lo - (hi - lo) - 1e-9 if q == "below" else float(np.quantile(off, q))
+        assign = propagate(a, damping, seed, pref)
+        if assign is not None and 1 < assign.max() + 1 < g:
+            what = "the median" if q == 0.5 else "below the minimum" if q == "below" else f"the {q} quantile"
+            return assign, f"affinity propagation, preference {what} of the affinities"
+    from sklearn.cluster import AgglomerativeClustering
+
+    distance = np.maximum(hi - a, 0.0)
+    np.fill_diagonal(distance, 0.0)
+    target = -(-g // 2)
+    assign = AgglomerativeClustering(n_clusters=target, metric="precomputed", linkage="average").fit(distance).labels_
+    return np.unique(assign, return_inverse=True)[1], f"average-linkage agglomerative into {target} groups " \
+        "(affinity propagation merged nothing or everything)"
+
+
 def build_levels(sums: np.ndarray, counts: np.ndarray, present: np.ndarray, damping: float, max_levels: int,
-                 seed: int) -> tuple[list[list[list[int]]], bool]:
+                 seed: int, kind: str = "lift") -> tuple[list[list[list[int]]], bool, list[str]]:
     """Levels of groups; a group lists the indices of its children in the level below.
 
-    Level 0 lists the class columns themselves (one per group). Returns the levels and
-    whether the last merge was forced.
+    Level 0 lists the class columns themselves (one per group). Returns the levels,
+    whether the last merge was forced, and how each level above 0 was made.
     """
     levels: list[list[list[int]]] = [[[int(c)] for c in present]]
     leaves: list[list[int]] = [[int(c)] for c in present]  # class columns under each group of the top level
     forced = False
+    how: list[str] = []
     while len(leaves) > 1:
         members = np.zeros((len(leaves), len(sums)))
         for g, cols in enumerate(leaves):
             members[g, cols] = 1.0
-        if len(leaves) == 2:  # nothing for AP to choose: the last two groups meet at the root
-            assign = np.zeros(2, dtype=np.int64)
+        if len(leaves) == 2:  # nothing to choose: the last two groups meet at the root
+            assign, why = np.zeros(2, dtype=np.int64), "the last two groups join at the root"
         elif len(levels) <= max_levels:
-            assign = propagate(affinity(sums, counts, members), damping, seed)
+            assign, why = merge_level(affinity(sums, counts, members, kind), damping, seed)
         else:
-            assign = None
-        if assign is None or assign.max() + 1 >= len(leaves):
-            reason = ("the level cap --max-levels was reached" if len(levels) > max_levels else
-                      "affinity propagation did not converge" if assign is None else
-                      "affinity propagation merged nothing more")
-            log.warning("forcing the final merge of %d groups into the root: %s", len(leaves), reason)
-            assign, forced = np.zeros(len(leaves), dtype=np.int64), True
+            log.warning("forcing the final merge of %d groups into the root: the level cap --max-levels was "
+                        "reached", len(leaves))
+            assign, why, forced = np.zeros(len(leaves), dtype=np.int64), "forced (--max-levels reached)", True
         children = [sorted(np.flatnonzero(assign == g).tolist()) for g in range(assign.max() + 1)]
         children.sort(key=min)
         levels.append(children)
+        how.append(why)
         leaves = [sorted(c for child in group for c in leaves[child]) for group in children]
-        log.info("level %d: %d groups", len(levels) - 1, len(children))
-    return levels, forced
+        log.info("level %d: %d groups (%s)", len(levels) - 1, len(children), why)
+    return levels, forced, how
 
 
 def leaf_columns(levels: list[list[list[int]]]) -> list[list[list[int]]]:

@@ -1,0 +1,98 @@
+"""A reviewer's ``review.csv`` (``label,name,merge_into``), as the report page downloads it.
+
+One row per category: ``label`` (the category's label value), ``name`` (free text,
+may be empty) and ``merge_into`` (another category's label value, or empty). Read by
+``relabel`` (merges and names) and ``export-folders`` (names).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldpo.common.errors import InputError
+
+COLUMNS = ("label", "name", "merge_into")
+
+
+@dataclass
+class Review:
+    names: dict[int, str] = field(default_factory=dict)   # label -> name ("" = unnamed)
+    merge_into: dict[int, int] = field(default_factory=dict)  # label -> label it merges into
+    source: str = "review.csv"
+
+    @property
+    def labels(self) -> list[int]:
+        return sorted(self.names)
+
+    def resolve(self) -> dict[int, int]:
+        """Every reviewed label → the label it ends up in, following merges transitively
+        (a target the review does not list ends the chain).
+
+        A chain that comes back to itself (3 → 5 → 3) is an input error naming the file.
+        """
+        final: dict[int, int] = {}
+        for start in self.labels:
+            path, node = [start], start
+            while node in self.merge_into:
+                node = self.merge_into[node]
+                if node in path:
+                    cycle = " → ".join(str(x) for x in path[path.index(node):] + [node])
+                    raise InputError(f"{self.source}: merges form a cycle ({cycle}): one category of it must "
+                                     "keep merge_into empty")
+                path.append(node)
+            final[start] = node
+        return final
+
+    def group_name(self, root: int, members: list[int]) -> str:
+        """The name of the category a merge group becomes: the target's, else its members' first."""
+        if self.names.get(root):
+            return self.names[root]
+        return next((self.names[m] for m in sorted(members) if self.names.get(m)), "")
+
+
+def _label(raw: str, what: str, source: str, line: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InputError(f"{source}: line {line}: {what} {raw.strip()!r} is not an integer label") from None
+    if value < 0:
+        raise InputError(f"{source}: line {line}: {what} {value} is negative")
+    return value
+
+
+def read_review(path: str | os.PathLike) -> Review:
+    """Read and check a review CSV: a header with ``label`` (``name``, ``merge_into`` optional),
+    integer labels, no label twice (merge targets are checked against the labels by the caller)."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such review file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{name}: cannot read the review ({err})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    if "label" not in header or not ({"name", "merge_into"} & set(header)):
+        raise InputError(f"{name}: not a review CSV (the header needs 'label' and 'name' and/or 'merge_into')")
+    col = {h: header.index(h) for h in COLUMNS if h in header}
+    review = Review(source=name)
+    for line, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        cell = {h: (row[i] if i < len(row) else "") for h, i in col.items()}
+        label = _label(cell["label"], "label", name, line)
+        if label in review.names:
+            raise InputError(f"{name}: line {line}: label {label} is reviewed twice")
+        review.names[label] = " ".join(cell.get("name", "").split())
+        target = cell.get("merge_into", "").strip()
+        if target:
+            target_label = _label(target, "merge_into", name, line)
+            if target_label != label:
+                review.merge_into[label] = target_label
+    if not review.names:
+        raise InputError(f"{name}: no rows")
+    return review

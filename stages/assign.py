@@ -1,0 +1,192 @@
+"""``assign``: put new images into the categories a finetune checkpoint was trained on.
+
+Each image of IMAGES goes through MODEL (a ``finetune`` checkpoint, e.g. the loop's
+last ``iter-NN/model.pt``) exactly as ``featurize --layer probs`` does (the
+checkpoint's input size and normalization), and gets the class with the highest
+softmax probability. Label values are the checkpoint's ``classes``.
+
+``unsure`` is 1 when either rule says so:
+
+* confidence: the top probability is below ``--min-confidence``;
+* distance (only with ``--reference-labels`` and ``--reference-images``, e.g. the
+  run's ``final/labels.csv`` and its images store): the model's penultimate features
+  (avgpool, fc7 or pool5) of the reference images give one centroid per class and a
+  radius per class = the ``--radius-quantile`` quantile (default 0.95) of the distances
+  of that class's own reference images to its centroid. An image farther from every
+  centroid than that centroid's radius is unsure: it is less typical of every class
+  than 95% of the class's own training images.
+
+Writes OUT: ``id,label,probability,runner_up,runner_up_probability,unsure``
+(``nearest_distance`` and ``nearest_radius`` too with the distance rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.errors import InputError
+
+log = logging.getLogger("ldpo")
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    images: str = positional("images store (.h5/.zarr) of the images to assign")
+    model: str = opt("finetune checkpoint (e.g. WORK/iter-NN/model.pt, the last iteration's)")
+    out: str = opt("output CSV: id,label,probability,runner_up,runner_up_probability,unsure; - for stdout")
+    min_confidence: float = opt("unsure when the top probability is below this", 0.5)
+    reference_labels: Optional[str] = opt("labels the model was trained on (WORK/final/labels.csv): enables the "
+                                          "distance rule", None)
+    reference_images: Optional[str] = opt("images store holding the reference labels' ids", None)
+    radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
+                                 "centroid", 0.95)
+    batch_size: int = opt("images per batch", 64)
+
+
+class AssignTool(Tool):
+    name = "assign"
+    description = ("Assign images to the categories of a finetune checkpoint: label, probability, runner-up, and "
+                   "`unsure` = 1 when the top probability is below --min-confidence or (with --reference-labels "
+                   "and --reference-images) the image is farther from every class centroid, in the model's "
+                   "penultimate features, than that class's --radius-quantile of its own reference images.")
+    example = ("assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv\n"
+               "assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv --min-confidence 0.6 \\\n"
+               "    --reference-labels runs/a/final/labels.csv --reference-images images.h5")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        import torch
+
+        from ldpo.common import models
+        from ldpo.common.labels import align, read_labels, write_labels
+        from ldpo.common.stores import open_store
+
+        if not 0.0 <= opts.min_confidence <= 1.0:
+            raise InputError(f"--min-confidence {opts.min_confidence}: must be in [0, 1]")
+        if not 0.0 < opts.radius_quantile <= 1.0:
+            raise InputError(f"--radius-quantile {opts.radius_quantile}: must be in (0, 1]")
+        if opts.batch_size < 1:
+            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
+        if (opts.reference_labels is None) != (opts.reference_images is None):
+            raise InputError("--reference-labels and --reference-images go together")
+        if opts.out != "-" and opts.out in (opts.images, opts.model, opts.reference_labels, opts.reference_images):
+            raise InputError(f"{opts.out}: the output would overwrite an input: give a new file")
+        device = resolve_device(opts.device)
+        torch.manual_seed(opts.seed)
+        if device == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        init = models.parse_init(f"checkpoint:{opts.model}")
+        built = models.build(init, seed=opts.seed)
+        net = Network(built, device)
+        with open_store(opts.images, expect="images") as store:
+            ids = store.ids
+        if not ids:
+            raise InputError(f"{opts.images}: no images")
+        probs, feats = net.run(opts.images, opts.batch_size, "assign")
+        classes = np.asarray(built.classes, dtype=np.int64)
+        order = np.argsort(-probs, axis=1, kind="stable")
+        top, second = order[:, 0], order[:, 1] if probs.shape[1] > 1 else order[:, 0]
+        rows = np.arange(len(ids))
+        p_top, p_second = probs[rows, top], probs[rows, second] if probs.shape[1] > 1 else np.zeros(len(ids))
+        unsure = p_top < opts.min_confidence
+        extra = {"probability": [f"{p:.6f}" for p in p_top],
+                 "runner_up": classes[second].tolist() if probs.shape[1] > 1 else [""] * len(ids),
+                 "runner_up_probability": [f"{p:.6f}" for p in p_second]}
+        if opts.reference_labels:
+            with open_store(opts.reference_images, expect="images") as ref:
+                ref_ids = ref.ids
+            lab = read_labels(opts.reference_labels)
+            ref_labels = align(lab, ref_ids, opts.reference_images, allow_missing=True)
+            known = set(classes.tolist())
+            strange = sorted(set(lab.labels.tolist()) - known)
+            if strange:
+                raise InputError(f"{opts.reference_labels}: label {strange[0]} is not a class of {opts.model}")
+            if opts.reference_images == opts.images:
+                ref_feats = feats
+            else:
+                ref_feats = net.run(opts.reference_images, opts.batch_size, "reference")[1]
+            centroids, radius = class_radii(ref_feats[ref_labels >= 0], ref_labels[ref_labels >= 0], classes,
+                                            opts.radius_quantile)
+            dist = distances(feats, centroids)  # [N, K]
+            with np.errstate(invalid="ignore"):
+                ratio = np.where(np.isfinite(radius)[None], dist / np.maximum(radius, 1e-12)[None], np.inf)
+            nearest = np.argmin(ratio, axis=1)
+            far = ratio[rows, nearest] > 1.0
+            unsure |= far
+            extra["nearest_distance"] = [f"{d:.6g}" for d in dist[rows, nearest]]
+            extra["nearest_radius"] = [f"{r:.6g}" for r in radius[nearest]]
+            log.info("distance rule: %d of %d images farther than every class radius", int(far.sum()), len(ids))
+        extra["unsure"] = unsure.astype(int).tolist()
+        write_labels(opts.out, ids, classes[top], extra)
+        log.info("assigned %d images to %d classes; %d unsure", len(ids), len(set(top.tolist())), int(unsure.sum()))
+        return 0
+
+
+def class_radii(feats: np.ndarray, labels: np.ndarray, classes: np.ndarray, quantile: float):
+    """Per class: the centroid of its reference features and the ``quantile`` of their distances to it
+    (classes without reference images get an infinite-distance centroid: they never count as near)."""
+    centroids = np.zeros((len(classes), feats.shape[1]), dtype=np.float64)
+    radius = np.full(len(classes), np.nan)
+    for j, c in enumerate(classes.tolist()):
+        own = feats[labels == c].astype(np.float64)
+        if len(own) == 0:
+            continue
+        centroids[j] = own.mean(axis=0)
+        radius[j] = float(np.quantile(distances(own, centroids[j:j + 1])[:, 0], quantile))
+    return centroids, radius
+
+
+def distances(x: np.ndarray, centroids: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Euclidean distances [N, K], computed in blocks of rows (memory N·K, not N·K·D)."""
+    c = centroids.astype(np.float64)
+    c2 = (c ** 2).sum(axis=1)
+    out = np.empty((len(x), len(c)), dtype=np.float64)
+    for lo in range(0, len(x), block):
+        xb = x[lo:lo + block].astype(np.float64)
+        d2 = (xb ** 2).sum(axis=1)[:, None] - 2.0 * xb @ c.T + c2[None, :]
+        out[lo:lo + block] = np.sqrt(np.maximum(d2, 0.0))
+    return out
+
+
+class Network:
+    """The checkpoint's model: softmax probabilities and penultimate features in one pass."""
+
+    def __init__(self, built, device: str):
+        from ldpo.common import models
+
+        self.built, self.device = built, device
+        self.model = built.model.eval().to(device)
+        layer = models.LAYERS[built.arch][models.DEFAULT_LAYER[built.arch]]
+        self._captured = None
+        self.model.get_submodule(layer.module).register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self._captured = output
+
+    def run(self, path: str, batch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from ldpo.common.imagedata import Preprocess, StoreBlocks
+        from ldpo.common.stores import open_store
+
+        with open_store(path, expect="images") as store:
+            n = len(store)
+        blocks = StoreBlocks(path, 0, n, batch, Preprocess(self.built.input_size, self.built.normalize))
+        probs, feats = [], []
+        with torch.inference_mode(), progress(total=n, desc=what, unit="img") as bar:
+            for x in DataLoader(blocks, batch_size=None, num_workers=0):
+                logits = self.model(x.to(self.device))
+                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                feats.append(self._captured.flatten(1).float().cpu().numpy())
+                bar.update(len(x))
+        return np.concatenate(probs), np.concatenate(feats)
+
+
+TOOL = AssignTool
+main = AssignTool.console

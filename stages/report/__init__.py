@@ -1,0 +1,297 @@
+"""``report``: one static HTML page about a finished loop, for people to look at and review.
+
+Reads the loop's work folder WORK:
+
+* ``run.json`` (the run record: settings, inputs, commands; absent in old runs:
+  "settings unknown"), ``history.csv`` and ``history.png``;
+* ``final/labels.csv`` (the categories), ``final/probs.h5`` (the final model's softmax,
+  where "typical" is measured; without it the last iteration's ``features.h5``),
+  ``final/tree/tree.json`` and ``tree.png``, ``final/keywords/keywords.csv`` when
+  reports were given;
+* the images store named in ``run.json`` (``--images`` overrides it).
+
+Writes OUT (default ``WORK/report``), replaced as a whole when complete:
+
+* ``index.html``: settings, the per-iteration table and plot, the category tree as
+  collapsible levels, and one section per category: size, its most typical images
+  (nearest its centroid), its least typical ones, keywords, its place in the tree, and
+  a name and "merge into" field; a button downloads ``review.csv``
+  (``label,name,merge_into``) for ``relabel``;
+* ``thumbs/*.png`` (small thumbnails, loaded lazily), ``history.png``, ``tree.png``.
+
+The page needs no server and no network: open ``OUT/index.html`` from any disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ldpo.common import __version__
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
+from ldpo.common.errors import InputError
+from ldpo.common.labels import align, read_labels
+from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.thumbs import thumbnail, write_png
+
+log = logging.getLogger("ldpo")
+
+OWN_FILES = ("index.html", "thumbs", "history.png", "tree.png")
+
+
+@dataclass(kw_only=True)
+class Options(CommonOptions):
+    work: str = positional("the loop's work folder (run.json, history.csv, final/, iter-NN/)")
+    out: Optional[str] = opt("output folder (default: WORK/report)", None)
+    images: Optional[str] = opt("images store (default: the one in WORK/run.json)", None)
+    typical: int = opt("most typical images shown per category", 8)
+    atypical: int = opt("least typical images shown per category", 4)
+    thumb: int = opt("thumbnail side in pixels", 96)
+    title: Optional[str] = opt("page title (default: 'ldpo run: WORK')", None)
+    batch: int = opt("images read per batch", 256)
+
+
+class ReportTool(Tool):
+    name = "report"
+    description = ("Write one static HTML page about a finished loop: settings, iterations, the category tree, and "
+                   "per category its size, most and least typical images, keywords and place in the tree, with "
+                   "fields to name and merge categories that download review.csv (for relabel). Opens from disk, "
+                   "no server.")
+    example = ("report runs/t25 --out runs/t25/report\n"
+               "report runs/pacs --images /scratch/me/images.zarr   # the store moved since the run")
+    Options = Options
+
+    def main(self, opts: Options) -> int:
+        work = Path(opts.work)
+        out = Path(opts.out) if opts.out else work / "report"
+        if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16 or opts.batch < 1:
+            raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16, --batch >= 1")
+        if not work.is_dir():
+            raise InputError(f"{work}: no such work folder")
+        check_out(out)
+        run = read_run(work / "run.json")
+        images = opts.images or ((run or {}).get("settings") or {}).get("images")
+        if not images:
+            raise InputError(f"{work / 'run.json'}: names no images store (settings unknown): give --images STORE")
+        if run is None:
+            log.warning("%s: no run record; the page says 'settings unknown'", work / "run.json")
+        labels_path = work / "final" / "labels.csv"
+        if not labels_path.is_file():
+            raise InputError(f"{labels_path}: missing: the loop has not finished (rerun it to the end)")
+        labels = read_labels(labels_path)
+        space, scores, classes_of, notes = typicality_space(work, labels)
+        history = read_history(work / "history.csv")
+        tree = read_json(work / "final" / "tree" / "tree.json")
+        keywords = read_keywords(work / "final" / "keywords" / "keywords.csv")
+        categories = gather(labels, scores, classes_of, opts.typical, opts.atypical, space)
+        for c, cat in categories.items():
+            cat["keywords"] = keywords.get(c, [])
+            cat["place"] = place_in_tree(tree, c)
+        models = sorted(work.glob("iter-*/model.pt"))
+        usage = usage_lines(work, models[-1] if models else None, images)
+        run_key = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
+        title = opts.title or f"ldpo run: {work.resolve().name}"
+        with open_store(images, expect="images") as store:
+            row_of = {ident: i for i, ident in enumerate(store.ids)}
+            missing = [i for i in labels.ids if i not in row_of]
+            if missing:
+                raise InputError(f"{images}: {len(missing)} id(s) of {labels_path} are not in it, e.g. {missing[0]!r} "
+                                 "(wrong store? give --images)")
+            with atomic_path(out) as tmp:
+                tmp.mkdir()
+                write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch)
+                history_png = copy_if(work / "history.png", tmp / "history.png")
+                tree_png = copy_if(work / "final" / "tree" / "tree.png", tmp / "tree.png")
+                from ldpo.stages.report.page import render
+
+                text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
+                              categories, len(labels), opts.thumb, notes, __version__, usage)
+                (tmp / "index.html").write_text(text, encoding="utf-8")
+        files = sum(1 for p in out.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        log.info("report: %s (%d categories, %d files, %.1f MB)", out / "index.html", len(categories), files, size / 1e6)
+        return 0
+
+
+def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
+    """Commands that use this run's result (shown on the page, to copy)."""
+    labels = work / "final" / "labels.csv"
+    lines = [f"relabel {labels} review.csv --out reviewed.csv",
+             f"export-folders {labels} {images} --out categories/ --names review.csv"]
+    if model is not None:
+        lines.insert(1, f"assign NEW_IMAGES.h5 --model {model} --out new-labels.csv "
+                        f"--reference-labels {labels} --reference-images {images}")
+    return lines
+
+
+def check_out(out: Path) -> None:
+    """OUT is replaced as a whole: refuse a folder that holds anything but an earlier report."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in OWN_FILES]
+        if foreign:
+            raise InputError(f"{out}: folder is not empty and is not a report (it holds {foreign[0]!r}): "
+                             "give a new folder")
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return data
+
+
+def read_run(path: Path) -> dict | None:
+    run = read_json(path)
+    if run is not None and not isinstance(run.get("settings", {}), dict):
+        raise InputError(f"{path}: `settings` is not an object")
+    return run
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [dict(r) for r in csv.DictReader(fh)]
+
+
+def read_keywords(path: Path) -> dict[int, list[tuple[str, int]]]:
+    found: dict[int, list[tuple[str, int]]] = {}
+    if not path.is_file():
+        return found
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            try:
+                found.setdefault(int(r["cluster"]), []).append((r["word"], int(r["count"])))
+            except (KeyError, ValueError):
+                raise InputError(f"{path}: not a keywords CSV (cluster,rank,word,count)") from None
+    return found
+
+
+def copy_if(src: Path, dst: Path) -> str | None:
+    if not src.is_file():
+        return None
+    shutil.copyfile(src, dst)
+    return dst.name
+
+
+def typicality_space(work: Path, labels) -> tuple[str, np.ndarray | None, list[int] | None, list[str]]:
+    """The vectors "typical" is measured in: the final softmax, else the last iteration's features."""
+    notes: list[str] = []
+    candidates = [(work / "final" / "probs.h5", "the final model's class probabilities")]
+    iters = sorted((p for p in work.glob("iter-*") if p.is_dir()), reverse=True)
+    candidates += [(p / "features.h5", f"{p.name}'s features") for p in iters]
+    for path, what in candidates:
+        if not path.exists():
+            continue
+        with open_store(path) as store:
+            if store.kind != "features":
+                continue
+            store_ids = store.ids
+            align(labels, store_ids, str(path))  # labels naming ids the store lacks, or missing some: an error
+            index = {ident: i for i, ident in enumerate(store_ids)}
+            order = np.array([index[i] for i in labels.ids], dtype=np.int64)
+            values = store.read("features")[order]  # one sequential read; rows in the labels' order
+            classes = store.attrs.get("classes") if path.name == "probs.h5" else None
+        if path.name != "probs.h5":
+            notes.append(f"No final/probs.h5: typical images are measured in {what}.")
+        return what, values, [int(c) for c in classes] if classes else None, notes
+    notes.append("No probabilities or features found: images are shown in id order, not by typicality.")
+    return "id order (no features found)", None, None, notes
+
+
+def gather(labels, scores: np.ndarray | None, classes_of: list[int] | None, typical: int, atypical: int,
+           space: str) -> dict[int, dict]:
+    """Per category: size, the ids of its most and least typical images, its mean own-class probability."""
+    out: dict[int, dict] = {}
+    ids = np.asarray(labels.ids, dtype=object)
+    column = {c: j for j, c in enumerate(classes_of)} if classes_of else {}
+    for c in labels.classes:
+        rows = np.flatnonzero(labels.labels == c)
+        member_ids = ids[rows]
+        confidence = None
+        if scores is not None:
+            x = scores[rows].astype(np.float64)
+            dist = np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1))
+            order = np.lexsort((member_ids.astype(str), dist))  # by distance, ties by id
+            if c in column:
+                confidence = float(scores[rows, column[c]].mean())
+        else:
+            order = np.argsort(member_ids.astype(str), kind="stable")
+        ranked = member_ids[order].tolist()
+        near = ranked[:typical]
+        far = ranked[typical:][::-1][:atypical]
+        out[c] = {"label": c, "size": int(len(rows)), "typical": [{"id": i} for i in near],
+                  "atypical": [{"id": i} for i in far], "confidence": confidence, "space": space}
+    return out
+
+
+def place_in_tree(tree: dict | None, label: int) -> str:
+    """"joined first with categories 3, 9 (group L1-2), then L2-0, then the root", or ""."""
+    if not tree:
+        return ""
+    path: list[dict] = []
+
+    def find(node: dict) -> bool:
+        path.append(node)
+        if not node.get("children"):
+            if (node.get("classes") or [None])[0] == label:
+                return True
+        else:
+            for child in node["children"]:
+                if find(child):
+                    return True
+        path.pop()
+        return False
+
+    if not find(tree) or len(path) < 2:
+        return ""
+    parent = path[-2]
+    siblings = [int(c) for c in parent.get("classes", []) if int(c) != label]
+    first = (f"joined first with categor{'y' if len(siblings) == 1 else 'ies'} "
+             + ", ".join(f'<a href="#cat-{c}">{c}</a>' for c in siblings[:30])
+             + (f" and {len(siblings) - 30} more" if len(siblings) > 30 else "")
+             + f" (group {html.escape(str(parent.get('id', '')))})") if siblings else "alone"
+    above = [html.escape(str(n.get("id", ""))) for n in reversed(path[:-2])]
+    if path[-2] is tree:
+        return first + ", at the root"
+    return first + ", then " + " → ".join(above[:-1] + ["the root"]) if above else first
+
+
+def write_thumbs(store, row_of: dict[str, int], categories: dict[int, dict], folder: Path, side: int,
+                 batch: int) -> None:
+    """thumbs/<label>-t<j>.png (typical) and <label>-a<j>.png (least typical), read in store order."""
+    (folder / "thumbs").mkdir()
+    jobs = []
+    for c, cat in categories.items():
+        for kind, key in (("t", "typical"), ("a", "atypical")):
+            for j, item in enumerate(cat[key]):
+                item["src"] = f"thumbs/{c}-{kind}{j}.png"
+                jobs.append((row_of[item["id"]], item))
+    jobs.sort(key=lambda job: job[0])
+    for lo in progress(range(0, len(jobs), batch), desc="thumbnails", unit="batch"):
+        part = jobs[lo:lo + batch]
+        block = store.take("images", np.array([r for r, _ in part], dtype=np.int64))
+        for image, (_, item) in zip(block, part):
+            small = thumbnail(image, side)
+            item["h"], item["w"] = int(small.shape[0]), int(small.shape[1])
+            write_png(small, folder / item["src"])
+
+
+TOOL = ReportTool
+main = ReportTool.console

@@ -1,0 +1,348 @@
+"""The report's HTML: one static page, inline CSS and JavaScript, images by relative path.
+
+Nothing here touches files: :func:`render` turns the gathered facts into text. Every
+piece of text from the run goes through ``html.escape``. The page asks for nothing
+from the network; images load lazily so that a 270-category page opens quickly.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+e = html.escape
+
+CSS = """
+:root { --fg:#1d2329; --muted:#5b6670; --line:#d5dbe0; --bg:#f6f8fa; --accent:#1f6feb; --warn:#b42318; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); margin: 0; }
+header.top { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid var(--line);
+  padding: 8px 16px; display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }
+header.top h1 { font-size: 16px; margin: 0; }
+header.top nav a { margin-right: 10px; }
+header.top .review { margin-left: auto; display: flex; gap: 8px; align-items: center; }
+main { padding: 0 16px 40px; max-width: 1400px; }
+h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 28px; }
+h2, section.cat { scroll-margin-top: 64px; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: var(--bg); }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.muted { color: var(--muted); }
+.warn { color: var(--warn); }
+.plot { max-width: 100%; height: auto; border: 1px solid var(--line); }
+details.node { margin-left: 18px; }
+details.node > summary { cursor: pointer; }
+ul.leaves { list-style: none; margin: 2px 0 4px 18px; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 14px; }
+ul.leaves img { width: 32px; height: 32px; object-fit: cover; vertical-align: middle; margin-right: 4px;
+  border: 1px solid var(--line); }
+section.cat { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; margin: 12px 0;
+  content-visibility: auto; contain-intrinsic-size: auto 420px; }
+section.cat h3 { margin: 0 0 4px; font-size: 15px; display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap; }
+section.cat.merged { background: #fff8e6; }
+.form { display: flex; gap: 14px; flex-wrap: wrap; margin: 4px 0 6px; }
+.form label { font-size: 13px; }
+.form input.name { width: 22em; }
+.form input.merge { width: 6em; }
+.form input.bad { outline: 2px solid var(--warn); }
+.gallery { display: flex; flex-wrap: wrap; gap: 4px; margin: 2px 0 6px; }
+.gallery figure { margin: 0; }
+.gallery img { display: block; background: var(--bg); border: 1px solid var(--line); }
+.gallery figcaption { font-size: 10px; color: var(--muted); max-width: 96px; overflow: hidden;
+  white-space: nowrap; text-overflow: ellipsis; }
+.kw { font-size: 13px; }
+.kw span { display: inline-block; background: var(--bg); border: 1px solid var(--line); border-radius: 10px;
+  padding: 0 7px; margin: 1px 2px; }
+#status { font-size: 12px; color: var(--muted); }
+#status.bad { color: var(--warn); }
+button { font: inherit; padding: 3px 10px; cursor: pointer; }
+"""
+
+JS = r"""
+(function () {
+  "use strict";
+  var KEY = "ldpo-review:" + document.body.dataset.run;
+  var labels = {};
+  document.querySelectorAll("section.cat").forEach(function (s) { labels[s.dataset.label] = s; });
+  function fields(label) {
+    var s = labels[label];
+    return { name: s.querySelector("input.name"), merge: s.querySelector("input.merge") };
+  }
+  function save() {
+    var state = {};
+    Object.keys(labels).forEach(function (l) {
+      var f = fields(l);
+      if (f.name.value || f.merge.value) state[l] = [f.name.value, f.merge.value];
+    });
+    try { localStorage.setItem(KEY, JSON.stringify(state)); } catch (err) { /* storage off: fine */ }
+  }
+  function load() {
+    var state = null;
+    try { state = JSON.parse(localStorage.getItem(KEY) || "null"); } catch (err) { state = null; }
+    if (!state) return;
+    Object.keys(state).forEach(function (l) {
+      if (!labels[l]) return;
+      var f = fields(l);
+      f.name.value = state[l][0] || "";
+      f.merge.value = state[l][1] || "";
+    });
+  }
+  function check() {
+    var bad = [], named = 0, merged = 0;
+    Object.keys(labels).forEach(function (l) {
+      var f = fields(l), m = f.merge.value.trim();
+      var ok = m === "" || (Object.prototype.hasOwnProperty.call(labels, m));
+      f.merge.classList.toggle("bad", !ok);
+      labels[l].classList.toggle("merged", ok && m !== "" && m !== l);
+      if (!ok) bad.push(l);
+      if (f.name.value.trim()) named++;
+      var shown = f.name.value.trim() + (ok && m !== "" && m !== l ? " → " + m : "");
+      document.querySelectorAll('.tree-name[data-label="' + l + '"]').forEach(function (t) { t.textContent = shown; });
+      if (ok && m !== "" && m !== l) merged++;
+    });
+    var status = document.getElementById("status");
+    status.textContent = bad.length ? "category " + bad[0] + ": merge into an unknown category"
+      : named + " named, " + merged + " to merge";
+    status.classList.toggle("bad", bad.length > 0);
+    return bad.length === 0;
+  }
+  function cell(text) {
+    text = String(text).replace(/\s+/g, " ").trim();
+    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+  function csv() {
+    var lines = ["label,name,merge_into"];
+    Object.keys(labels).sort(function (a, b) { return a - b; }).forEach(function (l) {
+      var f = fields(l), m = f.merge.value.trim();
+      lines.push([l, cell(f.name.value), m === l ? "" : m].join(","));
+    });
+    return lines.join("\n") + "\n";
+  }
+  function download() {
+    if (!check()) return;
+    var blob = new Blob([csv()], { type: "text/csv" });
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = "review.csv";
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    document.getElementById("status").textContent = "review.csv downloaded: apply it with relabel";
+  }
+  function filter() {
+    var q = document.getElementById("find").value.trim().toLowerCase();
+    Object.keys(labels).forEach(function (l) {
+      var s = labels[l], hay = (l + " " + fields(l).name.value + " " + (s.dataset.words || "")).toLowerCase();
+      s.hidden = q !== "" && hay.indexOf(q) < 0;
+    });
+  }
+  load();
+  check();
+  document.addEventListener("input", function (ev) {
+    if (ev.target.matches("input.name, input.merge")) { save(); check(); }
+    if (ev.target.id === "find") filter();
+  });
+  document.getElementById("download").addEventListener("click", download);
+  document.getElementById("clear").addEventListener("click", function () {
+    if (!window.confirm("Clear every name and merge on this page?")) return;
+    Object.keys(labels).forEach(function (l) { var f = fields(l); f.name.value = ""; f.merge.value = ""; });
+    save(); check();
+  });
+})();
+"""
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None or value == "":
+        return ""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number.is_integer() and abs(number) < 1e15 and "." not in str(value):
+        return str(int(number))
+    return f"{number:.{digits}f}"
+
+
+def settings_html(run: dict | None, run_path: str) -> list[str]:
+    out = ['<h2 id="settings">Run settings</h2>']
+    if run is None:
+        out.append(f'<p class="warn">Settings unknown: no run record ({e(run_path)}) in this work folder '
+                   "(a run from before run records).</p>")
+        return out
+    settings = run.get("settings") or {}
+    out.append("<table><tr><th>setting</th><th>value</th></tr>")
+    for key in sorted(settings):
+        value = settings[key]
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else ("" if value is None else str(value))
+        out.append(f"<tr><td>{e(str(key))}</td><td>{e(shown)}</td></tr>")
+    out.append("</table>")
+    inputs = run.get("inputs") or {}
+    if inputs:
+        out.append('<p class="muted">Inputs (SHA-256, first 16 hex digits):</p><table>'
+                   "<tr><th>input</th><th>path</th><th>sha256</th></tr>")
+        for key in sorted(inputs):
+            item = inputs[key] if isinstance(inputs[key], dict) else {"path": inputs[key]}
+            out.append(f"<tr><td>{e(str(key))}</td><td>{e(str(item.get('path', '')))}</td>"
+                       f"<td><code>{e(str(item.get('sha256', ''))[:16])}</code></td></tr>")
+        out.append("</table>")
+    commands = run.get("commands") or {}
+    if commands:
+        shown = ", ".join(f"{k}: {v}" for k, v in sorted(commands.items()))
+        out.append(f'<p class="muted">Stage commands: {e(shown)}</p>')
+    if run.get("ldpo_version"):
+        out.append(f'<p class="muted">ldpo {e(str(run["ldpo_version"]))}</p>')
+    return out
+
+
+HISTORY_COLUMNS = [("iteration", "iteration"), ("k", "K"), ("top1", "top-1 (finetune)"),
+                   ("nmi_prev", "NMI vs previous"), ("purity_prev", "purity vs previous"),
+                   ("inverse_purity_prev", "inverse purity vs previous"), ("ari_prev", "ARI vs previous"),
+                   ("purity_truth", "purity vs truth"), ("nmi_truth", "NMI vs truth"),
+                   ("ari_truth", "ARI vs truth"), ("hungarian_truth", "accuracy vs truth (Hungarian)"),
+                   ("converged", "converged")]
+
+
+def history_html(rows: list[dict], plot: str | None) -> list[str]:
+    out = ['<h2 id="history">Iterations</h2>']
+    if not rows:
+        out.append('<p class="warn">No history.csv in this work folder.</p>')
+        return out
+    shown = [(key, title) for key, title in HISTORY_COLUMNS if any(r.get(key, "") != "" for r in rows)]
+    out.append("<table><tr>" + "".join(f"<th>{e(t)}</th>" for _, t in shown) + "</tr>")
+    for r in rows:
+        out.append("<tr>" + "".join(f'<td class="num">{e(fmt(r.get(k, "")))}</td>' for k, _ in shown) + "</tr>")
+    out.append("</table>")
+    out.append('<p class="muted">"vs previous": agreement of this iteration\'s clusters with the previous '
+               'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.</p>')
+    if plot:
+        out.append(f'<p><img class="plot" src="{e(plot)}" alt="history plot" loading="lazy"></p>')
+    return out
+
+
+def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | None) -> list[str]:
+    out = ['<h2 id="tree">Category tree</h2>']
+    if tree is None:
+        out.append('<p class="muted">No category tree in this work folder (no fine-tuning iteration ran, '
+                   'or hierarchy was not run).</p>')
+        return out
+    levels = tree.get("levels") or []
+    out.append(f'<p class="muted">Built by affinity propagation on the final model\'s class confusion: groups per '
+               f'level {e(", ".join(str(x) for x in levels))} (level 0 = the categories). Categories that the model '
+               "confuses most are joined first. Click a group to open it.")
+    if tree.get("forced_final_merge"):
+        out.append(" The last join into the root was forced (no more structure was found).")
+    out.append("</p>")
+    top = len(levels) - 1
+    small = len(categories) <= 40  # a small tree opens whole; a large one shows its top levels
+
+    def node(n: dict) -> list[str]:
+        children = n.get("children") or []
+        leaves = [c for c in children if not c.get("children")]
+        inner = [c for c in children if c.get("children")]
+        classes = n.get("classes") or []
+        is_open = " open" if small or n.get("level", 0) >= top - 1 else ""
+        listed = (" (" + ", ".join(str(c) for c in classes) + ")") if len(classes) <= 12 else ""
+        lines = [f'<details class="node"{is_open}><summary>group {e(str(n.get("id", "")))}: '
+                 f'{len(classes)} categories{e(listed)}, {int(n.get("size", 0))} images</summary>']
+        for c in inner:
+            lines += node(c)
+        if leaves:
+            lines.append('<ul class="leaves">')
+            for leaf in leaves:
+                lines.append(leaf_item(leaf))
+            lines.append("</ul>")
+        lines.append("</details>")
+        return lines
+
+    def leaf_item(leaf: dict) -> str:
+        c = int((leaf.get("classes") or [-1])[0])
+        cat = categories.get(c)
+        if cat is None:
+            return f"<li>category {c}</li>"
+        thumb = cat["typical"][0]["src"] if cat["typical"] else ""
+        img = f'<img src="{e(thumb)}" alt="" loading="lazy" width="32" height="32">' if thumb else ""
+        return (f'<li><a href="#cat-{c}">{img}category {c}</a> '
+                f'<span class="muted">({cat["size"]})</span> <span class="tree-name" data-label="{c}"></span></li>')
+
+    if tree.get("children"):
+        out += node(tree)
+    else:
+        out.append(f'<ul class="leaves">{leaf_item(tree)}</ul>')
+    if tree_png:
+        out.append(f'<p><a href="{e(tree_png)}">The tree as one picture (PNG)</a></p>')
+    return out
+
+
+def gallery(images: list[dict], side: int) -> str:
+    items = []
+    for im in images:
+        items.append(f'<figure><img src="{e(im["src"])}" alt="{e(im["id"])}" title="{e(im["id"])}" '
+                     f'loading="lazy" decoding="async" width="{im["w"]}" height="{im["h"]}">'
+                     f'<figcaption>{e(im["id"])}</figcaption></figure>')
+    return f'<div class="gallery" style="--side:{side}px">' + "".join(items) + "</div>"
+
+
+def category_html(cat: dict, total: int, side: int) -> list[str]:
+    c = cat["label"]
+    words = " ".join(w for w, _ in cat.get("keywords", []))
+    out = [f'<section class="cat" id="cat-{c}" data-label="{c}" data-words="{e(words)}">',
+           f'<h3><span>Category {c}</span><span class="muted">{cat["size"]} images '
+           f'({100.0 * cat["size"] / max(total, 1):.1f}%)</span>']
+    if cat.get("confidence") is not None:
+        out.append(f'<span class="muted">mean probability of its own class {cat["confidence"]:.2f}</span>')
+    out.append("</h3>")
+    out.append('<div class="form">'
+               f'<label>name <input class="name" type="text" data-label="{c}" placeholder="e.g. axial CT liver" '
+               f'aria-label="name of category {c}"></label>'
+               f'<label>merge into category <input class="merge" type="text" inputmode="numeric" list="labels" '
+               f'data-label="{c}" aria-label="merge category {c} into"></label></div>')
+    place = cat.get("place")
+    if place:
+        out.append(f'<p class="muted">In the tree: {place}</p>')
+    if cat.get("keywords"):
+        out.append('<p class="kw">Keywords: ' + "".join(f"<span>{e(w)} ({n})</span>" for w, n in cat["keywords"])
+                   + "</p>")
+    out.append(f'<div class="muted">Most typical (nearest the category\'s centroid in {e(cat["space"])}):</div>')
+    out.append(gallery(cat["typical"], side))
+    if cat["atypical"]:
+        out.append('<div class="muted">Least typical (farthest from the centroid):</div>')
+        out.append(gallery(cat["atypical"], side))
+    out.append("</section>")
+    return out
+
+
+def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
+           tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
+           notes: list[str], version: str, usage: list[str] | None = None) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>",
+           f'<body data-run="{e(run_key)}">',
+           '<header class="top">', f"<h1>{e(title)}</h1>",
+           '<nav><a href="#settings">settings</a><a href="#history">iterations</a><a href="#tree">tree</a>'
+           '<a href="#categories">categories</a></nav>',
+           '<div class="review"><input id="find" type="search" placeholder="find category, name, keyword" '
+           'aria-label="find a category">'
+           '<button id="download" type="button">Download review.csv</button>'
+           '<button id="clear" type="button">Clear</button><span id="status"></span></div>',
+           "</header>", "<main>"]
+    out.append(f'<p>{total} images in {len(categories)} categories. Name categories and mark merges below; '
+               '"Download review.csv" saves them (<code>label,name,merge_into</code>); apply them with '
+               '<code>relabel final/labels.csv review.csv --out reviewed.csv</code> and start a new run with '
+               '<code>--init-labels reviewed.csv</code>. Entries are kept in this browser until cleared.</p>')
+    for note in notes:
+        out.append(f'<p class="warn">{e(note)}</p>')
+    if usage:
+        out.append('<details><summary>Use this run: apply the review, assign new images, export folders</summary>'
+                   '<pre>' + "\n".join(e(line) for line in usage) + "</pre></details>")
+    out += settings_html(run, run_path)
+    out += history_html(history, history_png)
+    out += tree_html(tree, categories, tree_png)
+    out.append('<h2 id="categories">Categories</h2>')
+    out.append('<datalist id="labels">' + "".join(f'<option value="{c}">' for c in sorted(categories)) + "</datalist>")
+    for c in sorted(categories):
+        out += category_html(categories[c], total, side)
+    out.append(f'<p class="muted">Made by ldpo {e(version)} <code>report</code>.</p>')
+    out += ["</main>", f"<script>{JS}</script>", "</body>", "</html>", ""]
+    return "\n".join(out)

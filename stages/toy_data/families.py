@@ -1,0 +1,37 @@
+"""Families of the toy sets' truth classes, for judging a category tree.
+
+A tree built from a model's confusion should first join categories of the same kind.
+These groupings say which truth classes are "of the same kind": the 25 Texture-25
+generators by the structure they draw, and the toy PACS's studies by body region
+(there the region *is* the truth, so a family is a region).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+#: family -> Texture-25 class names (see texture25.CLASSES; every class in exactly one family)
+TEXTURE25_FAMILIES: dict[str, tuple[str, ...]] = {
+    "stripes": ("grating-0-coarse", "grating-45-medium", "grating-90-fine", "bars-135-coarse", "sawtooth",
+                "zigzag", "wavy-lines"),
+    "grids": ("checker-large", "checker-small-diamond", "crosshatch", "hexagonal", "plaid", "weave", "bricks"),
+    "spots": ("dots-sparse", "dots-dense", "blobs-large", "dot-grid", "rings-grid", "strokes"),
+    "noise": ("gabor-noise-horizontal", "cloud-noise", "fine-grain-noise"),
+    "radial": ("ripples", "radial-spokes"),
+}
+
+
+def texture25_family(label: int) -> str:
+    """The family of Texture-25 class ``label`` (its index in texture25.CLASSES)."""
+    from ldpo.stages.toy_data.texture25 import CLASSES
+
+    name = CLASSES[label][0]
+    return next(f for f, names in TEXTURE25_FAMILIES.items() if name in names)
+
+
+def same_family_fraction(groups: Sequence[Sequence[object]]) -> tuple[float, int]:
+    """Over all pairs of members within each group: the fraction whose families are equal,
+    and the number of pairs. ``groups`` list the members' families."""
+    pairs = [a == b for group in groups for a, b in combinations(group, 2)]
+    return (sum(pairs) / len(pairs) if pairs else float("nan")), len(pairs)

@@ -1,0 +1,205 @@
+"""``report``: the static HTML page of a finished loop (structure, links, typicality, atomic output)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ldpo.common.labels import read_labels, write_labels
+from ldpo.common.stores import write_store
+from workdir import loop_work, synthetic_work
+
+
+class Page(HTMLParser):
+    """Collects links, images, sections, inputs and details; checks that tags balance."""
+
+    VOID = {"meta", "img", "input", "br", "hr", "link", "option", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.images: list[dict] = []
+        self.sections: list[dict] = []
+        self.inputs: list[dict] = []
+        self.details = 0
+        self.stack: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        for key in ("src", "href"):
+            if a.get(key):
+                self.links.append(a[key])
+        if tag == "img":
+            self.images.append(a)
+        if tag == "section":
+            self.sections.append(a)
+        if tag == "input":
+            self.inputs.append(a)
+        if tag == "details" and "node" in a.get("class", "").split():  # the tree's groups
+            self.details += 1
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert page.stack == [], f"unclosed tags {page.stack}"
+    return page
+
+
+def check_self_contained(out: Path, page: Page) -> None:
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html  # no network
+    assert "data:image" not in html  # thumbnails are files, not base64
+    for link in page.links:
+        if link.startswith("#"):
+            assert link[1:] in html, link
+            continue
+        assert (out / link).is_file(), f"the page links {link}, which does not exist"
+    for img in page.images:
+        assert img.get("loading") == "lazy", img
+        assert (out / img["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory):
+    return loop_work(tmp_path_factory)
+
+
+def test_report_of_a_real_loop(cli, loop_run, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(loop_run, work)
+    r = cli("report", work, "--no-progress")
+    assert r.code == 0, r.err
+    assert r.out == ""
+    out = work / "report"
+    page = parse(out / "index.html")
+    check_self_contained(out, page)
+    labels = read_labels(work / "final/labels.csv")
+    assert [int(s["data-label"]) for s in page.sections] == labels.classes
+    text = " ".join(page.text)
+    assert "Run settings" in text and "Settings unknown" not in text
+    assert "purity vs truth" in text  # the loop had --truth: the table shows agreement with it
+    assert f"--model {sorted(work.glob('iter-*/model.pt'))[-1]}" in text  # how to assign new images
+    rows = (work / "history.csv").read_text().strip().splitlines()[1:]
+    assert (out / "history.png").is_file() and (out / "tree.png").is_file()
+    html = (out / "index.html").read_text()
+    assert html.count('<tr><td class="num">') == len(rows)
+    tree = json.loads((work / "final/tree/tree.json").read_text())
+    assert len(tree["levels"]) >= 3  # a level between the categories and the root
+    assert page.details == sum(tree["levels"][1:])  # one <details> per group above the categories
+    names = [i for i in page.inputs if "name" in i.get("class", "").split()]
+    merges = [i for i in page.inputs if "merge" in i.get("class", "").split()]
+    assert len(names) == len(merges) == len(labels.classes)
+    thumbs = {f"thumbs/{p.name}" for p in (out / "thumbs").iterdir()}
+    assert thumbs == {i["src"] for i in page.images if i["src"].startswith("thumbs/")}  # no orphans
+    for c in labels.classes:
+        size = int((labels.labels == c).sum())
+        shown = [i for i in page.images if i["src"].startswith(f"thumbs/{c}-")]
+        assert len(shown) >= min(size, 8)
+    assert not [p for p in work.iterdir() if p.name.startswith(".report")]  # no temporary folder left
+
+
+def test_same_inputs_same_report(cli, loop_run, tmp_path):
+    for name in ("a", "b"):
+        assert cli("report", loop_run, "--out", tmp_path / name, "-q").code == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def small_work(tmp_path: Path, run_json: bool = True) -> Path:
+    """Three categories of 6 images; image o2-5 is far from category 2's centroid."""
+    work = tmp_path / "w"
+    (work / "final").mkdir(parents=True)
+    ids = [f"o{c}-{i}" for c in range(3) for i in range(6)]
+    y = np.repeat([0, 1, 2], 6)
+    probs = np.full((18, 3), 0.05, np.float32)
+    probs[np.arange(18), y] = 0.9
+    probs[17] = [0.45, 0.1, 0.45]  # o2-5: least typical of category 2
+    probs[12] = [0.04, 0.04, 0.92]  # o2-0 slightly off the other way
+    write_store(work / "final/probs.h5", ids, {"classes": [0, 1, 2]}, features=probs)
+    write_labels(work / "final/labels.csv", ids, y)
+    images = np.stack([np.full((20, 30), 10 * i, np.uint8) for i in range(18)])
+    write_store(tmp_path / "images.h5", ids, {}, images=images)
+    if run_json:
+        (work / "run.json").write_text(json.dumps({"format": "ldpo-run-1",
+                                                   "settings": {"images": str(tmp_path / "images.h5"), "k": 3}}))
+    return work
+
+
+def test_typical_and_least_typical_images(cli, tmp_path):
+    work = small_work(tmp_path)
+    r = cli("report", work, "--typical", "3", "--atypical", "2", "--thumb", "16")
+    assert r.code == 0, r.err
+    page = parse(work / "report/index.html")
+    check_self_contained(work / "report", page)
+    alts = [(i["src"], i["alt"]) for i in page.images if i["src"].startswith("thumbs/2-")]
+    typical = [a for s, a in alts if "-t" in s]
+    atypical = [a for s, a in alts if "-a" in s]
+    assert len(typical) == 3 and "o2-5" not in typical and "o2-0" not in typical
+    assert atypical == ["o2-5", "o2-0"]  # farthest first
+    img = next(i for i in page.images if i["alt"] == "o2-5")
+    assert (img["width"], img["height"]) == ("16", "11")  # 30x20 shrunk to a 16 px long side
+    assert "No history.csv" in " ".join(page.text) and "No category tree" in " ".join(page.text)
+
+
+def test_without_a_run_record_settings_are_unknown(cli, tmp_path):
+    work = small_work(tmp_path, run_json=False)
+    r = cli("report", work)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "give --images STORE" in r.err
+    r = cli("report", work, "--images", tmp_path / "images.h5")
+    assert r.code == 0, r.err
+    assert "Settings unknown" in " ".join(parse(work / "report/index.html").text)
+
+
+def test_bad_work_folders_exit_2(cli, tmp_path):
+    work = small_work(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    r = cli("report", work, "--out", tmp_path / "mine")
+    assert r.code == 2 and "is not a report" in r.err and (tmp_path / "mine" / "notes.txt").exists()
+    r = cli("report", tmp_path / "nowhere")
+    assert r.code == 2 and "no such work folder" in r.err
+    other = tmp_path / "other.h5"
+    write_store(other, ["a", "b"], {}, images=np.zeros((2, 8, 8), np.uint8))
+    r = cli("report", work, "--images", other)
+    assert r.code == 2 and "are not in it" in r.err and not (work / "report").exists()
+    (work / "final/labels.csv").unlink()
+    r = cli("report", work)
+    assert r.code == 2 and "the loop has not finished" in r.err
+
+
+def test_a_270_category_report_stays_light(cli, tmp_path_factory, tmp_path):
+    work = synthetic_work(tmp_path_factory)
+    out = tmp_path / "report"
+    r = cli("report", work, "--out", out, "-q")
+    assert r.code == 0, r.err
+    page = parse(out / "index.html")
+    check_self_contained(out, page)
+    assert len(page.sections) == 270
+    tree = json.loads((work / "final/tree/tree.json").read_text())
+    assert len(tree["levels"]) >= 3 and page.details >= tree["levels"][-2]  # nested, collapsible levels
+    files = [p for p in out.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    html = (out / "index.html").stat().st_size
+    print(f"\n270-category report: {len(files)} files, {size / 1e6:.2f} MB in all, index.html {html / 1e6:.2f} MB")
+    assert html < 3e6 and size < 30e6
