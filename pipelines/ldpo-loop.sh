@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # One LDPO run: [finetune] -> featurize -> [encode] -> cluster -> converge, looped until
-# `converge` exits 0 (or --max-iter), then probs -> hierarchy [-> keywords].
+# `converge` prints converged=1 (or --max-iter), then probs -> hierarchy [-> keywords] -> report.
 #
 # Every option has an environment-variable default (LDPO_*), so a SLURM script or a
 # Makefile can set them once. Every stage the loop calls can be replaced without editing
 # this script: set FEATURIZE_CMD, FINETUNE_CMD, ENCODE_CMD, CLUSTER_CMD, CONVERGE_CMD,
-# HIERARCHY_CMD or KEYWORDS_CMD to a command that takes the same arguments and writes the
-# same files (see "Swapping a stage" in the README).
+# HIERARCHY_CMD, KEYWORDS_CMD or REPORT_CMD to a command that takes the same arguments and
+# writes the same files (see "Swapping a stage" in the README). Options left unset are
+# resolved by the stages from one recipe table (ldpo.common.models.RECIPES): this script
+# decides no default a stage could get wrong.
 #
-# A step whose output exists is skipped, so rerunning after a kill resumes.
+# The first run writes WORK/run.json (settings, stage commands, input checksums). A rerun
+# with the same record resumes (a step whose output exists is skipped); with other
+# settings or inputs it exits 2 naming what differs, unless --restart-from iter-N
+# (recompute from iteration N on) or --fresh (start over) is given.
 #
 # Example:
 #   pipelines/ldpo-loop.sh --images toy/images.h5 --work runs/t25 --truth toy/truth.csv \
-#       --k 25 --max-iter 6 --epochs 3 --input-size 64
+#       --k 25 --max-iter 6 --epochs 3
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   cat <<'EOF'
 Options (environment default in brackets):
   --images STORE        images store (.h5/.zarr)                   [LDPO_IMAGES]
@@ -24,9 +29,10 @@ Options (environment default in brackets):
   --truth CSV           ground-truth labels, for reporting only     [LDPO_TRUTH]
   --reports CSV         reports (report_id,text), with --manifest   [LDPO_REPORTS]
   --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
-  --arch NAME           CNN architecture (resnet18 from random init,
-                        alexnet with ImageNet weights)               [LDPO_ARCH]
-  --layer NAME          feature layer (avgpool, fc7, conv5, ...)    [LDPO_LAYER]
+  --arch NAME           CNN architecture (stage default: resnet18 from
+                        random init, alexnet from weights)           [LDPO_ARCH]
+  --layer NAME          feature layer (avgpool, fc7, conv5, ...; with
+                        --encode the stage's last conv layer)         [LDPO_LAYER]
   --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
   --method kmeans|rim   clustering                                  [LDPO_METHOD=kmeans]
   --k K                 clusters (rim: the over-segmentation)       [LDPO_K=25]
@@ -40,20 +46,23 @@ Options (environment default in brackets):
   --lr X                fine-tuning learning rate (stage default)   [LDPO_LR]
   --balanced            class-balanced sampling in finetune         [LDPO_BALANCED=0]
   --split SPEC          finetune split, 70/10/20 or none            [LDPO_SPLIT=70/10/20]
-  --input-size N        CNN input side in pixels                    [LDPO_INPUT_SIZE=224]
+  --input-size N        CNN input side in pixels (stage default: the
+                        store's side up to 224 from random init, else 224) [LDPO_INPUT_SIZE]
   --normalize imagenet|zscore  input normalization (zscore = per image;
-                        default zscore from random init, else imagenet) [LDPO_NORMALIZE]
+                        stage default zscore from random init, else imagenet) [LDPO_NORMALIZE]
   --input-filter none|sobel|gray-sobel  fixed filter before the CNN (kept
                         in its checkpoints)                          [LDPO_INPUT_FILTER=none]
   --batch-size N                                                    [LDPO_BATCH_SIZE=64]
   --device auto|cpu|cuda                                            [LDPO_DEVICE=auto]
   --seed S                                                          [LDPO_SEED=0]
   --workers N           data-loading workers                        [LDPO_WORKERS=0]
+  --restart-from iter-N  keep iterations < N, recompute the rest with these settings
+  --fresh               delete this work folder's results and start over
   -h, --help
 Extra arguments for one stage (word-split): FEATURIZE_ARGS, FINETUNE_ARGS, ENCODE_ARGS,
 CLUSTER_ARGS, e.g. CLUSTER_ARGS="--lam 1e-5" for RIM with hundreds of categories.
 Stage commands (to swap a stage): FEATURIZE_CMD, FINETUNE_CMD, ENCODE_CMD, CLUSTER_CMD,
-CONVERGE_CMD, HIERARCHY_CMD, KEYWORDS_CMD (default "ldpo NAME"; LDPO_BIN sets "ldpo").
+CONVERGE_CMD, HIERARCHY_CMD, KEYWORDS_CMD, REPORT_CMD (default "ldpo NAME"; LDPO_BIN sets "ldpo").
 EOF
 }
 
@@ -80,43 +89,50 @@ epochs=${LDPO_EPOCHS:-3}
 lr=${LDPO_LR:-}
 balanced=${LDPO_BALANCED:-0}
 split=${LDPO_SPLIT:-70/10/20}
-input_size=${LDPO_INPUT_SIZE:-224}
+input_size=${LDPO_INPUT_SIZE:-}
 normalize=${LDPO_NORMALIZE:-}
 input_filter=${LDPO_INPUT_FILTER:-none}
 batch_size=${LDPO_BATCH_SIZE:-64}
 device=${LDPO_DEVICE:-auto}
 seed=${LDPO_SEED:-0}
 workers=${LDPO_WORKERS:-0}
+restart_from=
+fresh=0
+
+# an option's value: present, and not the next option
+value() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"; }
 
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --images) images=$2; shift ;;
-    --work) work=$2; shift ;;
-    --truth) truth=$2; shift ;;
-    --reports) reports=$2; shift ;;
-    --manifest) manifest=$2; shift ;;
-    --arch) arch=$2; shift ;;
-    --layer) layer=$2; shift ;;
-    --encode) encode=$2; shift ;;
-    --method) method=$2; shift ;;
-    --k) k=$2; shift ;;
-    --metric) metric=$2; shift ;;
-    --threshold) threshold=$2; shift ;;
-    --max-iter) max_iter=$2; shift ;;
+    --images) value "$@"; images=$2; shift ;;
+    --work) value "$@"; work=$2; shift ;;
+    --truth) value "$@"; truth=$2; shift ;;
+    --reports) value "$@"; reports=$2; shift ;;
+    --manifest) value "$@"; manifest=$2; shift ;;
+    --arch) value "$@"; arch=$2; shift ;;
+    --layer) value "$@"; layer=$2; shift ;;
+    --encode) value "$@"; encode=$2; shift ;;
+    --method) value "$@"; method=$2; shift ;;
+    --k) value "$@"; k=$2; shift ;;
+    --metric) value "$@"; metric=$2; shift ;;
+    --threshold) value "$@"; threshold=$2; shift ;;
+    --max-iter) value "$@"; max_iter=$2; shift ;;
     --no-early-stop) no_early_stop=1 ;;
-    --init) init=$2; shift ;;
-    --init-labels) init_labels=$2; shift ;;
-    --epochs) epochs=$2; shift ;;
-    --lr) lr=$2; shift ;;
+    --init) value "$@"; init=$2; shift ;;
+    --init-labels) value "$@"; init_labels=$2; shift ;;
+    --epochs) value "$@"; epochs=$2; shift ;;
+    --lr) value "$@"; lr=$2; shift ;;
     --balanced) balanced=1 ;;
-    --split) split=$2; shift ;;
-    --input-size) input_size=$2; shift ;;
-    --normalize) normalize=$2; shift ;;
-    --input-filter) input_filter=$2; shift ;;
-    --batch-size) batch_size=$2; shift ;;
-    --device) device=$2; shift ;;
-    --seed) seed=$2; shift ;;
-    --workers) workers=$2; shift ;;
+    --split) value "$@"; split=$2; shift ;;
+    --input-size) value "$@"; input_size=$2; shift ;;
+    --normalize) value "$@"; normalize=$2; shift ;;
+    --input-filter) value "$@"; input_filter=$2; shift ;;
+    --batch-size) value "$@"; batch_size=$2; shift ;;
+    --device) value "$@"; device=$2; shift ;;
+    --seed) value "$@"; seed=$2; shift ;;
+    --workers) value "$@"; workers=$2; shift ;;
+    --restart-from) value "$@"; restart_from=$2; shift ;;
+    --fresh) fresh=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -134,20 +150,8 @@ if [[ -n $reports && -z $manifest ]] || [[ -z $reports && -n $manifest ]]; then
   die "--reports and --manifest go together"
 fi
 
-# Per-image z-scoring from random init: with no ImageNet statistics to match, it keeps
-# random features from clustering on brightness and contrast (measured on the toy set:
-# purity vs truth 0.27 -> 0.28 with imagenet normalization, 0.38 -> 0.57 with zscore).
-if [[ -z $normalize ]]; then
-  if [[ $init == random ]]; then normalize=zscore; else normalize=imagenet; fi
-fi
-[[ $normalize =~ ^(imagenet|zscore)$ ]] || die "--normalize $normalize: imagenet or zscore"
-
-# From random init every iteration trains the whole net: keep its LR (finetune's default
-# from a checkpoint is the paper's 0.001 with a x10 head, meant for pretrained weights).
-from_scratch_args=()
-if [[ $init == random && -z $lr ]]; then
-  from_scratch_args=(--lr 0.01 --head-lr-mult 1)
-fi
+[[ -z $normalize || $normalize =~ ^(imagenet|zscore)$ ]] || die "--normalize $normalize: imagenet or zscore"
+[[ -z $restart_from || $restart_from =~ ^iter-[0-9]+$ ]] || die "--restart-from $restart_from: use iter-N, e.g. iter-2"
 
 # Extra arguments per stage, word-split: e.g. CLUSTER_ARGS="--lam 1e-5 --pca 256".
 read -r -a featurize_args <<< "${FEATURIZE_ARGS:-}"
@@ -164,16 +168,11 @@ read -r -a cluster_cmd <<< "${CLUSTER_CMD:-$ldpo cluster}"
 read -r -a converge_cmd <<< "${CONVERGE_CMD:-$ldpo converge}"
 read -r -a hierarchy_cmd <<< "${HIERARCHY_CMD:-$ldpo hierarchy}"
 read -r -a keywords_cmd <<< "${KEYWORDS_CMD:-$ldpo keywords}"
+read -r -a report_cmd <<< "${REPORT_CMD:-$ldpo report}"
 
-# Encoding needs a conv layer: by default the architecture's last one (the paper's
-# Conv5 / Inception-5b). Without encoding, featurize picks the architecture's global layer.
-if [[ -z $layer && $encode != none ]]; then
-  case ${arch:-$([[ $init == weights:* ]] && echo alexnet || echo resnet18)} in
-    alexnet*|vgg*) layer=conv5 ;;
-    googlenet) layer=inc5b ;;
-    *) layer=layer4 ;;
-  esac
-fi
+# Encoding needs a conv layer: `local` asks featurize for the architecture's last one
+# (the paper's Conv5 / Inception-5b). Without encoding, featurize picks the global layer.
+[[ -z $layer && $encode != none ]] && layer=local
 
 common=(--seed "$seed" --device "$device" --workers "$workers")
 [[ ${LDPO_QUIET:-0} == 1 ]] && common+=(--quiet)
@@ -181,11 +180,103 @@ arch_args=()
 [[ -n $arch ]] && arch_args=(--arch "$arch")
 layer_args=()
 [[ -n $layer ]] && layer_args=(--layer "$layer")
+# input options the user set (else the stages' recipe decides, and checkpoints carry them)
+input_args=()
+[[ -n $input_size ]] && input_args+=(--input-size "$input_size")
+[[ -n $normalize ]] && input_args+=(--normalize "$normalize")
 
 mkdir -p "$work"
 history=$work/history.csv
 
 iter_dir() { printf '%s/iter-%02d' "$work" "$1"; }
+
+# ---- the run record ------------------------------------------------------------------------
+json_str() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
+abs() { [[ -z $1 ]] || realpath -m -- "$1"; }
+checksum() {  # sha256 of a file, or of a Zarr folder's files (names and contents)
+  if [[ -z $1 ]]; then echo ""
+  elif [[ -d $1 ]]; then (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+  else sha256sum < "$1" | cut -c1-64; fi
+}
+# One "key": "value" line per setting, command and input (keys unique across sections):
+# the record is compared line by line, so a rerun names exactly what differs. Workers
+# and device do not change what is computed and may differ between runs.
+run_record() {
+  local init_file=""
+  [[ $init == weights:* || $init == checkpoint:* ]] && init_file=${init#*:}
+  echo "{"
+  echo '  "format": "ldpo-run-1",'
+  echo '  "settings": {'
+  local name
+  for name in images truth reports manifest init_labels init; do
+    local v=${!name}
+    [[ $name == init ]] && v=${init%%:*}${init_file:+:$(abs "$init_file")} || v=$(abs "$v")
+    echo "    \"$name\": $(json_str "$v"),"
+  done
+  for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced split \
+              input_size normalize input_filter batch_size seed; do
+    echo "    \"$name\": $(json_str "${!name}"),"
+  done
+  echo "    \"extra_args\": $(json_str "F[${FEATURIZE_ARGS:-}] T[${FINETUNE_ARGS:-}] E[${ENCODE_ARGS:-}] C[${CLUSTER_ARGS:-}]")"
+  echo '  },'
+  echo '  "commands": {'
+  for name in featurize finetune encode cluster converge hierarchy keywords report; do
+    local cmd="${name}_cmd[*]"
+    echo "    \"${name}_cmd\": $(json_str "${!cmd}"),"
+  done
+  echo "    \"ldpo_bin\": $(json_str "$ldpo")"
+  echo '  },'
+  echo '  "inputs": {'
+  for name in images truth reports manifest init_labels; do
+    echo "    \"${name}_sha256\": $(json_str "$(checksum "${!name}")"),"
+  done
+  echo "    \"init_sha256\": $(json_str "$(checksum "$init_file")")"
+  echo '  }'
+  echo "}"
+}
+# "key: old -> new" for every line that differs between two records
+record_diff() {
+  awk 'function kv(line) { if (match(line, /^ *"[a-z_0-9]+": /)) { k = substr(line, RSTART, RLENGTH);
+         gsub(/[ ":]/, "", k); v = substr(line, RLENGTH + 1); sub(/,$/, "", v); return k } return "" }
+       NR == FNR { k = kv($0); if (k != "") old[k] = v; next }
+       { k = kv($0); if (k != "") { new[k] = v; if (!(k in old) || old[k] != v) { out = out sep k ": " old[k] " -> " v; sep = ", " } } }
+       END { print out }' "$1" "$2"
+}
+forget_from() {  # delete iterations >= N, the final results and the report; keep history rows < N
+  local n=$1 d i
+  for d in "$work"/iter-*; do
+    [[ -d $d ]] || continue
+    i=${d##*/iter-}; i=$((10#$i))
+    (( i >= n )) && rm -rf -- "$d"
+  done
+  rm -rf -- "$work/final" "$work/report" "$work/history.png"
+  if [[ -f $history ]]; then
+    awk -F, -v n="$n" 'NR == 1 || $1 + 0 < n' "$history" > "$history.tmp" && mv -- "$history.tmp" "$history"
+  fi
+  if (( n == 0 )); then rm -f -- "$history"; fi
+}
+record=$(run_record)
+if [[ $fresh == 1 ]]; then
+  log "--fresh: starting over in $work"
+  forget_from 0
+elif [[ -f $work/run.json ]] && [[ $(cat "$work/run.json") != "$record" ]]; then
+  differ=$(record_diff "$work/run.json" <(printf '%s\n' "$record"))
+  if [[ -z $restart_from ]]; then
+    die "$work/run.json: this work folder was made with other settings or inputs ($differ); rerun with the same ones, or add --restart-from iter-N or --fresh"
+  fi
+  if [[ $differ =~ (^|, )(images|[a-z_]+_sha256|init|init_labels|truth|reports|manifest): ]] && [[ $restart_from != iter-0 ]]; then
+    die "$work/run.json: the inputs differ ($differ): earlier iterations cannot be kept; use --fresh"
+  fi
+fi
+if [[ -n $restart_from ]]; then
+  n=$((10#${restart_from#iter-}))
+  (( n == 0 )) || [[ -e $(iter_dir $((n - 1)))/labels.csv ]] || die "--restart-from $restart_from: $(iter_dir $((n - 1))) has no labels.csv to start from"
+  log "--restart-from $restart_from: recomputing iterations >= $n"
+  forget_from "$n"
+fi
+if [[ ! -f $work/run.json ]] || [[ $(cat "$work/run.json") != "$record" ]]; then
+  printf '%s\n' "$record" > "$work/.run.json.tmp" && mv -- "$work/.run.json.tmp" "$work/run.json"
+fi
 
 # featurize -> [encode] -> cluster, for the model SPEC (an --init value) into DIR.
 features_and_labels() {
@@ -194,8 +285,7 @@ features_and_labels() {
   if [[ ! -e $feats ]]; then
     log "$(basename "$dir"): featurize"
     local size_args=()
-    [[ $spec == checkpoint:* ]] || size_args=(--input-size "$input_size" --normalize "$normalize"
-      --input-filter "$input_filter")
+    [[ $spec == checkpoint:* ]] || size_args=("${input_args[@]}" --input-filter "$input_filter")
     "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
       "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${featurize_args[@]}" "${common[@]}"
   fi
@@ -227,11 +317,15 @@ check() {
     --plot "$work/history.png" --quiet > "$dir/converge.txt"
   status=$?
   set -e
-  case $status in
-    0) converged=0 ;;
-    1) converged=1 ;;
-    *) echo "ldpo-loop: converge failed with status $status at iteration $t; stopping" >&2; exit "$status" ;;
-  esac
+  if (( status > 1 )); then
+    echo "ldpo-loop: converge failed with status $status at iteration $t; stopping" >&2
+    exit "$status"
+  fi
+  # The verdict is what converge prints, never its exit status alone: a Python that dies
+  # before converge runs (an import error) also exits 1, which must not read as "go on".
+  verdict=$(grep -x 'converged=[01]' "$dir/converge.txt" | tail -n 1 || true)
+  [[ -n $verdict ]] || die "$dir/converge.txt: converge printed no converged=0|1 verdict (exit status $status)"
+  converged=${verdict#converged=}
 }
 
 # ---- iteration 0: labels from the initial model, or the given initial labels ----------
@@ -255,10 +349,9 @@ while (( t < max_iter )); do
   mkdir -p "$dir"
   if [[ ! -e $dir/model.pt ]]; then
     log "iter-$(printf %02d "$t"): finetune on $(basename "$prev")/labels.csv"
-    tune_args=(--epochs "$epochs" --split "$split" --input-size "$input_size" --normalize "$normalize"
-      --batch-size "$batch_size" --resume)
+    tune_args=(--epochs "$epochs" --split "$split" "${input_args[@]}" --batch-size "$batch_size" --resume)
     [[ -n $lr ]] && tune_args+=(--lr "$lr")
-    tune_args+=("${from_scratch_args[@]}" "${finetune_args[@]}")
+    tune_args+=("${finetune_args[@]}")
     [[ $balanced == 1 ]] && tune_args+=(--balanced)
     if [[ $model_spec == checkpoint:* ]]; then tune_args+=(--new-head); else tune_args+=(--input-filter "$input_filter"); fi
     "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
@@ -267,7 +360,7 @@ while (( t < max_iter )); do
   model_spec=checkpoint:$dir/model.pt
   features_and_labels "$model_spec" "$dir"
   check "$t"
-  if [[ $converged == 0 && $no_early_stop != 1 ]]; then
+  if [[ $converged == 1 && $no_early_stop != 1 ]]; then
     log "converged at iteration $t ($metric >= $threshold)"
     break
   fi
@@ -285,6 +378,7 @@ else
   # labels and the keywords all refer to those categories.
   trained_on=$(iter_dir $((last - 1)))/labels.csv
   [[ -e $final/labels.csv ]] || cp "$trained_on" "$final/labels.csv"
+  [[ -e $final/model.pt ]] || cp "$(iter_dir "$last")/model.pt" "$final/model.pt"
   if [[ ! -e $final/probs.h5 ]]; then
     log "final: class probabilities"
     "${featurize_cmd[@]}" "$images" --out "$final/probs.h5" --init "checkpoint:$(iter_dir "$last")/model.pt" \
@@ -301,6 +395,11 @@ if [[ -n $reports && ! -e $final/keywords/index.html ]]; then
     --out "$final/keywords" "${common[@]}"
 fi
 
+if [[ ! -e $work/report/index.html ]]; then
+  log "final: report"
+  "${report_cmd[@]}" "$work" --out "$work/report" "${common[@]}"
+fi
+
 # ---- summary --------------------------------------------------------------------------------
 awk -F, '
   NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
@@ -315,3 +414,5 @@ echo "history: $history  plot: $work/history.png"
 [[ -e $final/tree/tree.png ]] && echo "tree: $final/tree/tree.png ($(tr '\n' ' ' < "$final/levels.txt"))"
 [[ -e $final/keywords/index.html ]] && echo "review sheet: $final/keywords/index.html"
 echo "final labels: $final/labels.csv"
+[[ -e $final/model.pt ]] && echo "final model: $final/model.pt (assign new images with: ldpo assign IMAGES --model $final/model.pt --out LABELS.csv)"
+echo "report: $work/report/index.html"

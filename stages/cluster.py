@@ -55,26 +55,30 @@ class Options(CommonOptions):
     features: str = positional("feature store (.h5/.hdf5/.zarr) holding features [N,D]", role="input")
     out: str = opt("output labels CSV (id,label; '-' = stdout)", role="output")
     method: str = opt("algorithm", "kmeans", choices=["kmeans", "rim"])
-    k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100)
-    pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0)
+    k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100, min=1)
+    pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0, min=0)
     whiten: bool = opt("whiten after PCA", False)
     no_l2: bool = opt("skip the row L2 normalization", False)
-    niter: int = opt("k-means iterations", 20)
+    niter: int = opt("k-means iterations", 20, min=1)
     nredo: int = opt("k-means starts; the one with the lowest loss wins (measured: 3 beats 1 on 50 close "
-                     "blobs, 5 gains nothing more)", 3)
+                     "blobs, 5 gains nothing more)", 3, min=1)
     init: str = opt("k-means seeding", "kmeans++", choices=["kmeans++", "random"])
     balance: str = opt("reassign k-means clusters to equal sizes with Sinkhorn-Knopp (SeLa): none | sinkhorn",
                        "none", choices=["none", "sinkhorn"])
     balance_temp: float = opt("Sinkhorn temperature, relative to the mean squared distance to the nearest "
-                              "centroid (smaller: assignments follow the distances more)", 0.1)
-    lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3)
-    rim_iter: int = opt("RIM L-BFGS iterations at most", 200)
-    batch: int = opt("rows read per batch", 8192)
+                              "centroid (smaller: assignments follow the distances more)", 0.1, above=0)
+    lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3, min=0)
+    rim_iter: int = opt("RIM L-BFGS iterations at most", 200, min=1)
+    batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
     summary: str = opt("write cluster sizes to SUMMARY.csv (cluster,size) and a size plot to SUMMARY.png "
                        "(a .csv/.png suffix on SUMMARY is dropped first)", "")
 
 
 class ClusterTool(Tool):
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        extra = [("--summary", str(p)) for p in summary_paths(opts.summary)] if opts.summary else []
+        return super().outputs(opts) + extra
+
     name = "cluster"
     description = ("Cluster a feature store into pseudo-labels (id,label CSV): faiss k-means, or over-segmented "
                    "k-means refined by RIM, which chooses the cluster count K' itself. Logs K' and the loss on stderr.")
@@ -85,7 +89,7 @@ class ClusterTool(Tool):
     def main(self, opts: Options) -> int:
         check_options(opts)
         device = resolve_device(opts.device)
-        ids, x = read_features(opts.features, opts.batch, opts.k if opts.method == "kmeans" else 1)
+        ids, x = read_features(opts.features, opts.batch_size, opts.k if opts.method == "kmeans" else 1)
         x = preprocess(x, opts)
         if opts.method == "kmeans":
             centroids, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device, nredo=opts.nredo,
@@ -105,12 +109,6 @@ class ClusterTool(Tool):
 
 
 def check_options(opts: Options) -> None:
-    if opts.k < 1:
-        raise InputError(f"--k {opts.k}: must be at least 1")
-    if opts.pca < 0 or opts.niter < 1 or opts.rim_iter < 1 or opts.batch < 1:
-        raise InputError("--pca must be >= 0, and --niter, --rim-iter, --batch >= 1")
-    if not opts.lam >= 0:
-        raise InputError(f"--lam {opts.lam}: must be >= 0")
     if opts.whiten and not opts.pca:
         raise InputError("--whiten needs --pca D")
 
@@ -122,6 +120,8 @@ def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], 
         if kind in NEEDS:
             raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
         n, d = store.shape("features")
+        if d == 0:
+            raise InputError(f"{path}: its features have 0 dimensions")
         if n < max(min_rows, 1):
             raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
         x = np.empty((n, d), dtype=np.float32)
@@ -140,8 +140,8 @@ def preprocess(x: np.ndarray, opts: Options) -> np.ndarray:
     if opts.pca:
         pca = PCA(opts.pca, opts.whiten, opts.seed).fit(x)
         y = np.empty((len(x), pca.dim), dtype=np.float32)
-        for lo in range(0, len(x), opts.batch):
-            y[lo:lo + opts.batch] = pca.transform(x[lo:lo + opts.batch])
+        for lo in range(0, len(x), opts.batch_size):
+            y[lo:lo + opts.batch_size] = pca.transform(x[lo:lo + opts.batch_size])
         x = y
         log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if opts.whiten else "")
     if not opts.no_l2:

@@ -38,16 +38,19 @@ class Options(CommonOptions):
     arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     layer: Optional[str] = opt("layer: alexnet/alexnet_bn conv5|fc6|fc7, googlenet inc5b|pool5, vgg16_bn "
-                               "conv5|fc7, resnet18/50 layer4|avgpool, any: probs (default: fc7, pool5 or avgpool)",
+                               "conv5|fc7, resnet18/50 layer4|avgpool, any: probs, or local = the last conv layer (default: fc7, "
+                               "pool5 or avgpool)",
                                None)
     init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
-    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
-    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
+    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
+                                    "store's image side up to 224; from weights 224)", None, min=1)
+    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's; zscore from random init, "
+                                   "imagenet from weights)", None,
                                    choices=["imagenet", "zscore"])
     input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
                                       "(default: the checkpoint's, else none)", None,
                                       choices=["none", "sobel", "gray-sobel"])
-    batch_size: int = opt("images per batch", 64)
+    batch_size: int = opt("images per batch", 64, min=1)
     amp: bool = opt("mixed precision (bfloat16 on CPU, float16 on CUDA)", False)
     shard: Optional[str] = opt("compute only shard i of n (i/n, 0-based) into a store made by --create-only", None)
     create_only: bool = opt("create the (zero-filled) output store for --shard runs and stop", False)
@@ -81,12 +84,12 @@ class FeaturizeTool(Tool):
         if opts.arch is not None and opts.arch not in models.ARCHS:
             raise InputError(f"--arch {opts.arch}: unknown architecture (one of {', '.join(models.ARCHS)})")
         with open_store(opts.images, expect="images") as images:
-            n, ids = len(images), images.ids
+            n, ids, side = len(images), images.ids, max(images.shape("images")[1:3])
         if n == 0:
             raise InputError(f"{opts.images}: no images")
         built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize,
-                             input_filter=opts.input_filter)
-        layer = opts.layer or models.DEFAULT_LAYER[built.arch]
+                             input_filter=opts.input_filter, store_side=side)
+        layer = models.resolve_layer(built.arch, opts.layer)
         extractor = models.Extractor(built.model, built.arch, layer).eval().to(device)
         shape = extractor.output_shape(built.input_size, device)
         name, dtype = ("local", "float16") if extractor.layer.kind == "local" else ("features", "float32")
@@ -173,6 +176,9 @@ def extract(opts: Options, extractor, built, store, name: str, lo: int, hi: int,
         for x in loader:
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=opts.amp):
                 out = extractor(x.to(device, non_blocking=True))
+            if not torch.isfinite(out).all():
+                raise InputError(f"{opts.init}: gives non-finite features for rows {row}..{row + len(x) - 1} of "
+                                 f"{opts.images}; nothing written (a diverged checkpoint?)")
             store.write(name, row, out.float().cpu().numpy())
             row += len(x)
             bar.update(len(x))

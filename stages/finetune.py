@@ -56,26 +56,29 @@ class Options(CommonOptions):
     arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
-    epochs: int = opt("training epochs", 3)
-    batch_size: int = opt("images per batch (per process under torchrun)", 64)
-    lr: Optional[float] = opt("base learning rate (default: 0.01 from random init, else 0.001)", None)
-    head_lr_mult: Optional[float] = opt("learning-rate multiplier of the head (default: 1 from random init, else 10)",
-                                        None)
-    momentum: float = opt("SGD momentum", 0.9)
-    weight_decay: float = opt("SGD weight decay", 5e-4)
+    epochs: int = opt("training epochs", 3, min=1)
+    batch_size: int = opt("images per batch (per process under torchrun)", 64, min=1)
+    lr: Optional[float] = opt("base learning rate (default: 0.01 from random init or a checkpoint that started "
+                              "from it, else 0.001)", None, above=0)
+    head_lr_mult: Optional[float] = opt("learning-rate multiplier of the head (default: 1 from random init or a "
+                                        "checkpoint that started from it, else 10)", None, above=0)
+    momentum: float = opt("SGD momentum", 0.9, min=0, below=1)
+    weight_decay: float = opt("SGD weight decay", 5e-4, min=0)
     schedule: str = opt("learning-rate schedule over the epochs", "constant", choices=["constant", "cosine"])
     split: str = opt("train/val/test percentages, or none (train on everything)", "70/10/20")
     balanced: bool = opt("sample classes uniformly (each drawn ~N/K times per epoch)", False)
     flip: bool = opt("random horizontal flips (off: radiology images have laterality)", False)
-    crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35)
-    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's, else 224)", None)
-    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's, else imagenet)", None,
+    crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35, above=0, max=1)
+    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
+                                    "store's image side up to 224; from weights 224)", None, min=1)
+    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's; zscore from random init, "
+                                   "imagenet from weights)", None,
                                    choices=["imagenet", "zscore"])
     input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
                                       "(default: the checkpoint's, else none)", None,
                                       choices=["none", "sobel", "gray-sobel"])
     jitter: float = opt("intensity augmentation strength: random gamma in [e^-j, e^j], contrast x[1-j, 1+j] "
-                        "and brightness ±j/2 per image (0 = none)", 0.0)
+                        "and brightness ±j/2 per image (0 = none)", 0.0, min=0, max=1)
     head_init: str = opt("a new head starts random, or as the nearest-centroid classifier of the labels "
                          "in the network's own features before training (DeepCluster-v2)", "random",
                          choices=["random", "centroids"])
@@ -87,6 +90,10 @@ class Options(CommonOptions):
 
 
 class FinetuneTool(Tool):
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        return super().outputs(opts) + [("--out (metrics)", str(metrics_path(opts.out))),
+                                        ("--out (resume state)", str(partial_path(opts.out)))]
+
     name = "finetune"
     description = "Fine-tune (or train from scratch) a CNN on labels; write a checkpoint and metrics.json."
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
@@ -111,7 +118,7 @@ class FinetuneTool(Tool):
             torch.manual_seed(opts.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
             built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize,
-                                 new_head=opts.new_head, input_filter=opts.input_filter)
+                                 new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side)
             settings = resolve_settings(opts, built, world)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
@@ -148,6 +155,7 @@ def parse_split(text: str) -> tuple[float, float, float] | None:
 @dataclass
 class Data:
     classes: list[int]  # original label values; index = class number
+    side: int  # the store's image side in px (sets the default input size from random init)
     train: tuple[np.ndarray, np.ndarray]  # store rows, class numbers
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
@@ -159,7 +167,7 @@ def load_data(opts: Options) -> Data:
     from ldpo.common.stores import open_store
 
     with open_store(opts.images, expect="images") as store:
-        store_ids = store.ids
+        store_ids, side = store.ids, max(store.shape("images")[1:3])
     per_row = align(read_labels(opts.labels), store_ids, opts.images, allow_missing=opts.allow_missing)
     rows = np.flatnonzero(per_row >= 0)
     if len(rows) == 0:
@@ -173,14 +181,14 @@ def load_data(opts: Options) -> Data:
     fractions = parse_split(opts.split)
     if fractions is None:
         empty = (rows[:0], targets[:0])
-        return Data(classes, (rows, targets), empty, empty)
+        return Data(classes, side, (rows, targets), empty, empty)
     perm = np.random.default_rng(opts.seed).permutation(len(rows))
     n_train = max(1, round(fractions[0] * len(rows)))
     n_val = min(len(rows) - n_train, round(fractions[1] * len(rows)))
     parts = np.split(perm, [n_train, n_train + n_val])
     train, val, test = ((rows[p], targets[p]) for p in parts)
     log.info("split %s: %d train, %d val, %d test", opts.split, len(parts[0]), len(parts[1]), len(parts[2]))
-    return Data(classes, train, val, test)
+    return Data(classes, side, train, val, test)
 
 
 # -- settings and resume --------------------------------------------------------------
@@ -192,8 +200,8 @@ def resolve_settings(opts: Options, built, world: int) -> dict[str, Any]:
     lr_given, mult_given = opts.lr is not None, opts.head_lr_mult is not None
     settings.update(arch=built.arch, input_size=built.input_size, normalize=built.normalize, world=world,
                     input_filter=built.input_filter,
-                    lr=opts.lr if lr_given else models.DEFAULT_LR[built.init.kind],
-                    head_lr_mult=opts.head_lr_mult if mult_given else models.DEFAULT_HEAD_LR_MULT[built.init.kind],
+                    lr=opts.lr if lr_given else models.RECIPES[built.origin].lr,
+                    head_lr_mult=opts.head_lr_mult if mult_given else models.RECIPES[built.origin].head_lr_mult,
                     images=str(Path(opts.images).resolve()), labels=str(Path(opts.labels).resolve()),
                     init_checksum=built.checksum)
     log.info("finetune: %s from --init %s, lr %g%s, head ×%g%s, %d epochs at %d px", built.arch, built.init,
@@ -349,6 +357,7 @@ class Trainer:
             dataset.set_epoch(epoch)
             start = time.perf_counter()
             loss, top1 = self.train_epoch(loader, epoch)
+            self.check_weights(epoch)
             self.scheduler.step()
             val = self.evaluate(self.data.val)
             self.history.append({"epoch": epoch + 1, "train_loss": loss, "train_top1": top1,
@@ -398,6 +407,9 @@ class Trainer:
             with torch.autocast(device_type=self.kind, dtype=amp_dtype, enabled=self.opts.amp):
                 out = self.model(x)
                 loss = F.cross_entropy(out.float(), y)
+            if not torch.isfinite(loss):
+                raise InputError(f"{self.opts.out}: training diverged (loss {loss.item()} in epoch {epoch + 1}); "
+                                 "nothing written: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -409,6 +421,16 @@ class Trainer:
         bar.close()
         loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def check_weights(self, epoch: int) -> None:
+        """Non-finite weights (a diverged step the loss did not show yet) stop training, nothing saved."""
+        import torch
+
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.net.parameters())
+        if bad:
+            total = sum(p.numel() for p in self.net.parameters())
+            raise InputError(f"{self.opts.out}: training diverged ({bad} of {total} weights not finite after "
+                             f"epoch {epoch + 1}); nothing written: lower --lr")
 
     def evaluate(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:
         """Top-1 and top-5 (top-min(5,K)) accuracy on a split part; (None, None) when it is empty."""
@@ -490,6 +512,7 @@ class Trainer:
             "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
             "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
             "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
+            "origin": self.built.origin,
             "init": str(self.built.init)})
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)
