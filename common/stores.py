@@ -444,3 +444,16 @@ def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:limit] if limit else digest.hexdigest()
+
+
+def check_replaceable_folder(out: str | os.PathLike, owns, what: str) -> None:
+    """An output folder that is replaced as a whole: refuse a file, or a folder holding an
+    entry that ``owns(name)`` does not claim (someone's other data, never deleted)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = [p.name for p in sorted(out.iterdir()) if not owns(p.name)]
+        if foreign:
+            raise InputError(f"{out}: folder is not empty and is not {what} (it holds {foreign[0]!r}): "
+                             "give a new folder")

@@ -43,7 +43,7 @@ class Options(CommonOptions):
     names: Optional[str] = opt("review CSV (label,name,…) whose names label the folders", None)
     symlink: Optional[str] = opt("link to source files SRC/<id>[.png|.jpg|.dcm|…] instead of writing PNGs", None)
     allow_missing: bool = opt("skip label ids that are not in the images store (default: an error)", False)
-    batch: int = opt("images read per batch", 256)
+    batch_size: int = opt("images read per batch", 256, min=1, aliases=["--batch"])
 
 
 class ExportFoldersTool(Tool):
@@ -57,8 +57,6 @@ class ExportFoldersTool(Tool):
     def main(self, opts: Options) -> int:
         out = Path(opts.out)
         check_out(out)
-        if opts.batch < 1:
-            raise InputError(f"--batch {opts.batch}: must be at least 1")
         labels = read_labels(opts.labels)
         names = category_names(labels, opts.names)
         folders = folder_names(labels.classes, names)
@@ -76,8 +74,8 @@ class ExportFoldersTool(Tool):
                 tmp.mkdir()
                 for c in labels.classes:
                     (tmp / folders[c]).mkdir()
-                for lo in progress(range(0, len(rows), opts.batch), desc="export", unit="batch"):
-                    chunk = rows[lo:lo + opts.batch]
+                for lo in progress(range(0, len(rows), opts.batch_size), desc="export", unit="batch"):
+                    chunk = rows[lo:lo + opts.batch_size]
                     block = None if sources else store.take("images", chunk)
                     for j, r in enumerate(chunk.tolist()):
                         ident, c = store_ids[r], int(row[r])
@@ -98,10 +96,9 @@ class ExportFoldersTool(Tool):
 
 
 def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "categories.csv").is_file():
-        raise InputError(f"{out}: folder is not empty and is not an earlier export: give a new folder")
+    from ldpo.common.stores import check_replaceable_folder
+
+    check_replaceable_folder(out, lambda name: (out / "categories.csv").is_file(), "an earlier export")
 
 
 def category_names(labels, review_path: str | None) -> dict[int, str]:

@@ -151,6 +151,10 @@ def parse_split(text: str) -> tuple[float, float, float] | None:
     return parts[0] / 100, parts[1] / 100, parts[2] / 100
 
 
+class Diverged(InputError):
+    """Non-finite loss or weights: exit 2, nothing written."""
+
+
 # -- data -----------------------------------------------------------------------------
 @dataclass
 class Data:
@@ -356,8 +360,13 @@ class Trainer:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             start = time.perf_counter()
-            loss, top1 = self.train_epoch(loader, epoch)
-            self.check_weights(epoch)
+            try:
+                loss, top1 = self.train_epoch(loader, epoch)
+                self.check_weights(epoch)
+            except Diverged:
+                if self.rank == 0:  # its resume state leads back here: nothing of the run is kept
+                    partial_path(self.opts.out).unlink(missing_ok=True)
+                raise
             self.scheduler.step()
             val = self.evaluate(self.data.val)
             self.history.append({"epoch": epoch + 1, "train_loss": loss, "train_top1": top1,
@@ -408,7 +417,7 @@ class Trainer:
                 out = self.model(x)
                 loss = F.cross_entropy(out.float(), y)
             if not torch.isfinite(loss):
-                raise InputError(f"{self.opts.out}: training diverged (loss {loss.item()} in epoch {epoch + 1}); "
+                raise Diverged(f"{self.opts.out}: training diverged (loss {loss.item()} in epoch {epoch + 1}); "
                                  "nothing written: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -429,7 +438,7 @@ class Trainer:
         bad = sum(int((~torch.isfinite(p)).sum()) for p in self.net.parameters())
         if bad:
             total = sum(p.numel() for p in self.net.parameters())
-            raise InputError(f"{self.opts.out}: training diverged ({bad} of {total} weights not finite after "
+            raise Diverged(f"{self.opts.out}: training diverged ({bad} of {total} weights not finite after "
                              f"epoch {epoch + 1}); nothing written: lower --lr")
 
     def evaluate(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:

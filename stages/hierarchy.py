@@ -70,7 +70,7 @@ class Options(CommonOptions):
     affinity: str = opt("lift: confusion relative to each group's overall score (default); confusion: the "
                         "paper's raw confusion", "lift", choices=["lift", "confusion"])
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
-    batch: int = opt("rows read per batch", 8192)
+    batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
 
 class HierarchyTool(Tool):
@@ -86,9 +86,9 @@ class HierarchyTool(Tool):
     def main(self, opts: Options) -> int:
         if not 0.5 <= opts.damping < 1.0:
             raise InputError(f"--damping {opts.damping}: must be in [0.5, 1)")
-        if opts.max_levels < 1 or opts.batch < 1:
-            raise InputError("--max-levels and --batch must be >= 1")
-        ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch)
+        if opts.max_levels < 1:
+            raise InputError("--max-levels must be >= 1")
+        ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch_size)
         present = np.flatnonzero(counts > 0)
         if len(present) < len(classes):
             log.warning("%d of %d classes have no images in %s; left out of the tree", len(classes) - len(present),

@@ -244,14 +244,10 @@ def example_sentences(labels: dict[str, int], manifest: Manifest) -> dict[int, l
 
 def check_out(out: Path) -> None:
     """OUT is replaced as a whole: refuse a folder holding anything but an earlier review sheet."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir()
-                   if not (p.name in ("index.html", "keywords.csv") or p.name.startswith("montage-"))]
-        if foreign:
-            raise InputError(f"{out}: folder is not empty and is not a review sheet (it holds {foreign[0]!r}): "
-                             "give a new folder")
+    from ldpo.common.stores import check_replaceable_folder
+
+    check_replaceable_folder(out, lambda name: name in ("index.html", "keywords.csv") or name.startswith("montage-"),
+                             "a review sheet")
 
 
 def write_keywords(path: Path, sections: list[dict]) -> None:

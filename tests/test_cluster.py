@@ -143,3 +143,48 @@ def test_bad_inputs_exit_2_with_one_line(cli, tmp_path):
         assert r.code == 2, (flags, store, r.err)
         assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
     assert not (tmp_path / "l.csv").exists()
+
+
+def issue_blobs(seed: int):
+    """5 Gaussian blobs, 200 rows x 64 dims, centres at 10x the noise (the case one random start missed)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, 64)) * 10
+    truth = rng.integers(0, 5, 200)
+    return (centres[truth] + rng.normal(size=(200, 64))).astype(np.float32), truth
+
+
+def test_default_kmeans_recovers_the_5_blobs_for_every_seed_where_one_random_start_does_not(cli, tmp_path):
+    exact = {"default": 0, "v1": 0}
+    for seed in range(10):
+        x, truth = issue_blobs(seed)
+        ids = feature_store(tmp_path / f"b{seed}.h5", x)
+        for name, extra in (("default", []), ("v1", ["--nredo", "1", "--init", "random"])):
+            out = tmp_path / f"{name}{seed}.csv"
+            assert cli("cluster", tmp_path / f"b{seed}.h5", "--out", out, "--k", 5, "--seed", seed, *extra).code == 0
+            exact[name] += nmi(labels_of(out, ids), truth) > 0.999
+    assert exact["default"] == 10, exact
+    assert exact["v1"] < 10, exact  # the lever matters: one random start misses some
+
+
+def test_kmeans_same_seed_same_labels_other_seed_other_starts(cli, tmp_path):
+    x, _ = blobs(400, k=12, d=8, spread=0.9, seed=3)
+    ids = feature_store(tmp_path / "f.h5", x)
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        assert cli("cluster", tmp_path / "f.h5", "--out", tmp_path / f"{name}.csv", "--k", 12, "--seed", seed).code == 0
+        runs[name] = labels_of(tmp_path / f"{name}.csv", ids)
+    assert np.array_equal(runs["a"], runs["b"])
+
+
+def test_sinkhorn_balance_makes_clusters_equal_sized(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    sizes = [300, 60, 40]  # very unequal groups
+    x = np.concatenate([rng.normal(size=(n, 4)) + 3 * np.eye(4)[i] for i, n in enumerate(sizes)]).astype(np.float32)
+    feature_store(tmp_path / "f.h5", x)
+    for balance in ("none", "sinkhorn"):
+        assert cli("cluster", tmp_path / "f.h5", "--out", tmp_path / f"{balance}.csv", "--k", 4, "--no-l2",
+                   "--balance", balance).code == 0
+    plain = np.bincount(read_labels(tmp_path / "none.csv").labels, minlength=4)
+    balanced = np.bincount(read_labels(tmp_path / "sinkhorn.csv").labels, minlength=4)
+    assert plain.max() - plain.min() > 100
+    assert balanced.max() - balanced.min() <= 0.1 * len(x), balanced

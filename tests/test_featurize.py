@@ -38,7 +38,7 @@ def test_global_features_are_deterministic_and_keep_the_store_ids(cli, small, tm
     assert np.array_equal(fa, fb) and ida == ids
     assert np.abs(fa).sum() > 0 and not np.allclose(fa[0], fa[1])
     assert attrs["arch"] == "resnet18" and attrs["layer"] == "avgpool" and attrs["init"] == "random"
-    assert attrs["stage"] == "featurize" and attrs["input_size"] == 64 and attrs["normalize"] == "imagenet"
+    assert attrs["stage"] == "featurize" and attrs["input_size"] == 64 and attrs["normalize"] == "zscore"
     other = tmp_path / "c.h5"
     assert cli("featurize", images, "--out", other, "--input-size", "64", "--seed", "5", "-q").code == 0
     assert not np.allclose(read(other, "features")[0], fa)

@@ -49,7 +49,7 @@ def test_learns_the_toy_classes_and_writes_the_checkpoint_contract(cli, toy, tmp
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     ckpt = load(out)
     assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 5 and ckpt["classes"] == [0, 1, 2, 3, 4]
-    assert ckpt["input_size"] == 48 and ckpt["normalize"] == "imagenet" and ckpt["metrics"] == metrics
+    assert ckpt["input_size"] == 48 and ckpt["normalize"] == "zscore" and ckpt["metrics"] == metrics
     assert ckpt["options"]["lr"] == 0.01 and ckpt["options"]["head_lr_mult"] == 1.0
     assert not (tmp_path / "run" / "model.pt.partial").exists()
     # the checkpoint feeds featurize: probs take its class list and input size
@@ -145,3 +145,24 @@ def test_allow_missing_trains_on_the_labelled_images_only(cli, small, tmp_path):
     assert r.code == 0, r.err
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["final"]["n_train"] == 10 and "10 without a label skipped" in r.err
+
+
+def test_input_filter_and_centroid_head_travel_with_the_checkpoint(cli, small, tmp_path):
+    images, labels = small
+    out = tmp_path / "sobel.pt"
+    r = cli("finetune", images, labels, "--out", out, "--epochs", 1, "--split", "none", "--input-filter", "sobel",
+            "--head-init", "centroids", "--jitter", "0.3", *TINY)
+    assert r.code == 0, r.err
+    ckpt = load(out)
+    assert ckpt["input_filter"] == "sobel" and ckpt["origin"] == "random" and ckpt["options"]["head_init"] == "centroids"
+    assert "nearest-centroid classifier" in r.err
+    # featurize from the checkpoint applies the same filter without being told
+    assert cli("featurize", images, "--out", tmp_path / "f.h5", "--init", f"checkpoint:{out}", "--no-progress").code == 0
+    with open_store(tmp_path / "f.h5") as store:
+        assert store.attrs["input_filter"] == "sobel" and store.attrs["normalize"] == "zscore"
+    # a checkpoint that started from random init keeps the random-init recipe (LR 0.01, head x1)
+    again = tmp_path / "again.pt"
+    assert cli("finetune", images, labels, "--out", again, "--epochs", 1, "--split", "none", "--init",
+               f"checkpoint:{out}", "--new-head", *TINY).code == 0
+    options = load(again)["options"]
+    assert options["lr"] == 0.01 and options["head_lr_mult"] == 1.0 and options["input_filter"] == "sobel"

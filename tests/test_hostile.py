@@ -165,6 +165,41 @@ def all_nan_volume(ws: Path) -> Path:
     return folder
 
 
+def nan_checkpoint(ws: Path) -> Path:
+    """A finetune checkpoint whose weights are all NaN (what a diverged run used to save)."""
+    import torch
+
+    from ldpo.common import models
+
+    built = models.build(models.parse_init("random"), "resnet18", 3, 0, 32)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in built.model.state_dict().items()}
+    path = ws / "nan.pt"
+    torch.save({"format": "ldpo-checkpoint-1", "arch": "resnet18", "num_classes": 3, "classes": [0, 1, 2],
+                "state_dict": state, "options": {}, "input_size": 32, "normalize": "zscore", "origin": "random"}, path)
+    return path
+
+
+def resnet18_weights(ws: Path) -> Path:
+    import torch
+
+    from ldpo.common import models
+
+    path = ws / "resnet18.pth"
+    torch.save(models.build(models.parse_init("random"), "resnet18", 3, 0, 32).model.state_dict(), path)
+    return path
+
+
+def zero_dim_features(ws: Path) -> Path:
+    import h5py
+
+    path = ws / "dim0.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("features", shape=(4, 0), dtype=np.float32)
+        fh["ids"] = np.array([f"i{i}" for i in range(4)], dtype=h5py.string_dtype())
+    return path
+
+
 def fifo(ws: Path) -> Path:
     path = ws / "labels.fifo"
     os.mkfifo(path)
@@ -184,6 +219,10 @@ CASES = {
                                        ws / "local.h5"),
     "converge-history-is-curr (held)": lambda ws: (["converge", ws / "labels.csv", "--history", ws / "labels.csv"],
                                             ws / "labels.csv"),
+    "cluster-out-is-its-summary": lambda ws: (["cluster", ws / "feats.h5", "--out", ws / "s.csv", "--k", "2",
+                                               "--summary", ws / "s"], ws / "s.csv"),
+    "finetune-out-beside-its-metrics": lambda ws: (["finetune", ws / "images.h5", ws / "labels.csv", "--out",
+                                                    ws / "metrics.json"], ws / "metrics.json"),
     "cluster-out-is-fifo": lambda ws: (["cluster", ws / "feats.h5", "--out", fifo(ws), "--k", "2"],
                                        ws / "labels.fifo"),
     "extract-reports-in-out (held)": lambda ws: (["extract-keyimages", ws / "dicom", "--reports", ws / "keys" / "rejects.csv",
@@ -207,6 +246,24 @@ CASES = {
                                         "--threshold 2.0: must be between 0 and 1"),
     "toy-data-classes-30 (held)": lambda ws: (["toy-data", "texture25", "--out", ws / "toy", "--classes", "30"],
                                               "--classes 30"),
+    "featurize-input-size-0": lambda ws: (["featurize", ws / "images.h5", "--out", ws / "f.h5", "--input-size", "0"],
+                                          "--input-size 0: must be at least 1"),
+    "finetune-crop-scale-0": lambda ws: (["finetune", ws / "images.h5", ws / "labels.csv", "--out", ws / "m.pt",
+                                          "--crop-scale", "0"], "--crop-scale 0.0"),
+    "cluster-nredo-0": lambda ws: (["cluster", ws / "feats.h5", "--out", ws / "l.csv", "--nredo", "0"],
+                                   "--nredo 0: must be at least 1"),
+    # training health: diverged training is an error, never a checkpoint or NaN features
+    "finetune-lr-1e30-diverges": lambda ws: (["finetune", ws / "images.h5", ws / "labels.csv", "--out", ws / "m.pt",
+                                              "--lr", "1e30", "--epochs", "2", "--input-size", "32", "--split", "none",
+                                              "--device", "cpu"], f"{ws / 'm.pt'}: training diverged"),
+    "featurize-nan-checkpoint": lambda ws: (["featurize", ws / "images.h5", "--out", ws / "f.h5", "--init",
+                                             f"checkpoint:{nan_checkpoint(ws)}", "--device", "cpu"],
+                                            f"{ws / 'nan.pt'}: gives non-finite features"),
+    "cluster-zero-dimensions": lambda ws: (["cluster", zero_dim_features(ws), "--out", ws / "l.csv", "--k", "2"],
+                                           f"{ws / 'dim0.h5'}: its features have 0 dimensions"),
+    "weights-of-another-arch": lambda ws: (["featurize", ws / "images.h5", "--out", ws / "f.h5", "--init",
+                                            f"weights:{resnet18_weights(ws)}", "--arch", "alexnet",
+                                            "--input-size", "64"], f"{ws / 'resnet18.pth'}: does not fit alexnet"),
     # damaged or wrongly encoded inputs: the message names the file
     "zarr-corrupt-chunk": lambda ws: (["cluster", corrupt_zarr_chunk(ws), "--out", ws / "l.csv", "--k", "2"],
                                       ws / "feats.zarr"),

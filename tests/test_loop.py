@@ -52,28 +52,31 @@ def truth_purity(labels_csv: Path, truth_csv: Path) -> float:
 
 
 def test_loop_learns_from_random_init(toy):
-    """From random init the loop must beat iteration 0 and raw pixels by 0.10 purity."""
+    """The demo's recipe (10 texture classes x 24, 64 px, Sobel, random init) must discover:
+    final purity >= 0.60 and >= iteration 0 + 0.15 and raw pixels + 0.20 (the benchmark's
+    medians over 3 seeds are higher; see README, "Discovery")."""
     from ldpo.stages.toy_data.texture25 import raw_pixel_purity
 
-    data = toy(classes=10, per_class=12, size=64)
+    data = toy(classes=10, per_class=24, size=64)
     work = data / "run-learns"
     proc = loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv",
-                "--k", 10, "--max-iter", 5, "--epochs", 3, "--threshold", 0.95, *FAST)
+                "--k", 10, "--max-iter", 5, "--epochs", 3, "--input-filter", "sobel", *FAST)
     rows = history(work)
     assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
     assert 2 <= len(rows) <= 6
     with open_store(data / "images.h5") as store:
         raw = raw_pixel_purity(store.read("images"), read_labels(data / "truth.csv").labels)
     first = float(rows[0]["purity_truth"])
+    last = float(rows[-1]["purity_truth"])
     final = truth_purity(work / "final/labels.csv", data / "truth.csv")
-    best_late = max(float(r["purity_truth"]) for r in rows[1:])
-    message = (f"purity vs truth: raw pixels {raw:.3f}, iteration 0 {first:.3f}, final {final:.3f}, "
-               f"best later iteration {best_late:.3f}")
+    message = (f"purity vs truth: raw pixels {raw:.3f}, iteration 0 {first:.3f}, last iteration {last:.3f}, "
+               f"final labels {final:.3f}")
     print(message)
     print(proc.stdout)
-    assert final >= first + 0.10, message
-    assert final >= raw + 0.10, message
+    assert last >= 0.60 and last >= first + 0.15, message
+    assert final >= raw + 0.20, message
     assert (work / "final/tree/tree.json").exists() and "iter" in proc.stdout
+    assert (work / "report/index.html").exists() and (work / "final/model.pt").exists()
 
 
 def test_killed_during_finetune_resumes_to_the_same_labels(toy, tmp_path):
@@ -182,3 +185,49 @@ def test_encoded_conv_features_path(toy, tmp_path):
         assert local.kind == "local" and local.attrs["layer"] == "layer4"
         assert encoded.shape("features") == (24, 8) and encoded.attrs["method"] == "vlad"
     assert len(read_labels(work / "iter-01/labels.csv")) == 24
+
+
+TINY_LOOP = ["--k", 3, "--max-iter", 1, "--epochs", 1, *FAST]
+
+
+def test_a_rerun_with_other_settings_is_refused_until_restart_or_fresh(toy, tmp_path):
+    data = toy(classes=3, per_class=4, size=32)
+    work = tmp_path / "w"
+    args = ["--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv", *TINY_LOOP]
+    loop(*args)
+    record = (work / "run.json").read_text()
+    labels = (work / "final/labels.csv").read_bytes()
+    assert '"k": "3"' in record and '"images_sha256": "' in record
+    loop(*args)  # the same settings: resumes, nothing recomputed
+    assert (work / "final/labels.csv").read_bytes() == labels
+    for change in (["--k", 2], ["--seed", 5], ["--epochs", 2]):
+        proc = loop(*args, *change, check=False)
+        assert proc.returncode == 2, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("ldpo-loop: error: ") and str(work / "run.json") in line
+        assert f'{change[0][2:]}: "' in line, line  # names the setting that differs
+        assert (work / "final/labels.csv").read_bytes() == labels  # the old results are untouched
+    other = toy(classes=3, per_class=5, size=32)
+    proc = loop("--images", other / "images.h5", *args[2:], "--restart-from", "iter-1", check=False)
+    assert proc.returncode == 2 and "use --fresh" in proc.stderr  # other inputs: earlier iterations can't stay
+    loop(*args, "--k", 2, "--restart-from", "iter-1")
+    rows = history(work)
+    assert [r["k"] for r in rows] == ["3", "2"]  # iteration 0 kept, iteration 1 redone with k=2
+    assert '"k": "2"' in (work / "run.json").read_text()
+    loop(*args, "--seed", 5, "--fresh")
+    assert '"seed": "5"' in (work / "run.json").read_text() and len(history(work)) == 2
+
+
+def test_the_loop_reads_the_verdict_and_never_takes_a_crash_for_go_on(toy, tmp_path):
+    data = toy(classes=3, per_class=4, size=32)
+    args = ["--images", data / "images.h5", "--truth", data / "truth.csv", *TINY_LOOP]
+    # a converge that dies before printing (an import error exits 1, "go on") stops the loop
+    proc = loop("--work", tmp_path / "a", *args, check=False, CONVERGE_CMD="python3 -c 'import sys; sys.exit(1)'")
+    assert proc.returncode == 2 and "printed no converged=0|1 verdict" in proc.stderr, proc.stderr
+
+
+def test_loop_usage_errors_exit_2(tmp_path):
+    proc = loop("--images", tmp_path / "x.h5", "--work", tmp_path / "w", "--k", check=False)
+    assert proc.returncode == 2 and "--k needs a value" in proc.stderr
+    proc = loop("--help", check=False)
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout and "--restart-from" in proc.stdout

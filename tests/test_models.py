@@ -151,3 +151,83 @@ def test_new_head_replaces_a_head_of_the_same_size(tmp_path):
     assert torch.equal(kept.fc.weight, weight + 1.0)
     assert torch.equal(fresh.fc.weight, weight)  # drawn anew from the head seed
     assert torch.equal(fresh.layer4[0].conv1.weight, kept.layer4[0].conv1.weight)  # backbone kept
+
+
+def test_sobel_sees_edges_not_intensity():
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    assert models.sobel(flat).abs().max() < 1e-6  # no edges in a flat image, whatever its brightness
+    step = torch.zeros(1, 3, 16, 16)
+    step[..., 8:] = 1.0  # a vertical edge
+    out = models.sobel(step)
+    assert out[:, 0].abs().max() > 1 and out[:, 1].abs().max() < 1e-6  # x-gradient only
+    assert torch.allclose(models.sobel(step * 3 + 5), models.sobel(step) * 3)  # offset gone, scale kept
+    gray = models.sobel(step, keep_gray=True)
+    assert torch.allclose(gray[:, 0], step[:, 0]) and torch.allclose(gray[:, 1], out[:, 0])
+
+
+def test_input_filter_runs_before_the_first_layer_and_is_recorded():
+    init = models.parse_init("random")
+    plain = models.build(init, "resnet18", 4, seed=1, input_size=32)
+    sobel = models.build(init, "resnet18", 4, seed=1, input_size=32, input_filter="sobel")
+    assert plain.input_filter == "none" and sobel.input_filter == "sobel"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(sobel.model.eval()(x), plain.model.eval()(models.sobel(x)), atol=1e-5)
+        assert not torch.allclose(sobel.model(x), plain.model(x), atol=1e-3)
+    assert sobel.model.state_dict().keys() == plain.model.state_dict().keys()  # nothing added to the weights
+    with pytest.raises(InputError, match="--input-filter"):
+        models.build(init, "resnet18", 4, input_filter="laplace")
+
+
+def test_the_recipe_decides_defaults_by_the_origin_of_the_weights(tmp_path):
+    random = models.build(models.parse_init("random"), None, 3, store_side=48)
+    assert (random.arch, random.input_size, random.normalize, random.origin) == ("resnet18", 48, "zscore", "random")
+    big = models.build(models.parse_init("random"), "resnet18", 3, store_side=512)
+    assert big.input_size == 224  # capped: the store's side only when it is smaller
+    tiny = models.build(models.parse_init("random"), "alexnet_bn", 3, store_side=32)
+    assert tiny.input_size == models.MIN_INPUT["alexnet_bn"]  # never below what the net needs
+    torch.save(models.build(models.parse_init("random"), "alexnet", 1000).model.state_dict(), tmp_path / "a.pth")
+    weights = models.build(models.parse_init(f"weights:{tmp_path / 'a.pth'}"), None, 3, store_side=48)
+    assert (weights.arch, weights.input_size, weights.normalize, weights.origin) == ("alexnet", 224, "imagenet",
+                                                                                     "weights")
+    assert models.RECIPES["random"].lr == 0.01 and models.RECIPES["weights"].head_lr_mult == 10
+    assert models.resolve_layer("googlenet", "local") == "inc5b" and models.resolve_layer("resnet50", None) == "avgpool"
+
+
+def test_weights_with_another_head_keep_the_backbone(tmp_path):
+    source = models.build(models.parse_init("random"), "resnet18", 15, seed=4)
+    torch.save(source.model.state_dict(), tmp_path / "src.pth")
+    built = models.build(models.parse_init(f"weights:{tmp_path / 'src.pth'}"), "resnet18", 7, seed=9)
+    assert models.num_outputs(built.model, "resnet18") == 7
+    assert torch.equal(built.model.state_dict()["layer4.1.conv2.weight"], source.model.state_dict()["layer4.1.conv2.weight"])
+    broken = {k: v for k, v in source.model.state_dict().items() if not k.startswith("layer4.1.")}
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(InputError, match=r"keys missing, e\.g\. \['layer4\.1\."):
+        models.build(models.parse_init(f"weights:{tmp_path / 'broken.pth'}"), "resnet18", 7)
+
+
+def test_centroid_head_is_the_nearest_centroid_classifier():
+    built = models.build(models.parse_init("random"), "resnet18", 3, seed=0, input_size=32)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 512)) * 3
+    targets = torch.from_numpy(rng.integers(0, 3, 300))
+    feats = torch.from_numpy(centres[targets.numpy()] + rng.normal(size=(300, 512))).float()
+    models.set_head_to_centroids(built.model, "resnet18", feats, targets)
+    head = built.model.fc
+    with torch.no_grad():
+        logits = head(feats)
+    means = torch.stack([feats[targets == c].mean(0) for c in range(3)])
+    nearest = torch.cdist(feats, means).argmin(1)
+    assert torch.equal(logits.argmax(1), nearest) and (nearest == targets).float().mean() > 0.99
+    assert 0.5 < float(logits.std()) < 50  # logit gaps of order one, not saturated
+
+
+def test_intensity_jitter_stays_in_range_and_varies():
+    x = torch.rand(1, 3, 16, 16)
+    torch.manual_seed(0)
+    a = imagedata.jitter_intensity(x, 0.3)
+    torch.manual_seed(0)
+    b = imagedata.jitter_intensity(x, 0.3)
+    c = imagedata.jitter_intensity(x, 0.3)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1

@@ -57,7 +57,7 @@ class Options(CommonOptions):
     atypical: int = opt("least typical images shown per category", 4)
     thumb: int = opt("thumbnail side in pixels", 96)
     title: Optional[str] = opt("page title (default: 'ldpo run: WORK')", None)
-    batch: int = opt("images read per batch", 256)
+    batch_size: int = opt("images read per batch", 256, min=1, aliases=["--batch"])
 
 
 class ReportTool(Tool):
@@ -73,8 +73,8 @@ class ReportTool(Tool):
     def main(self, opts: Options) -> int:
         work = Path(opts.work)
         out = Path(opts.out) if opts.out else work / "report"
-        if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16 or opts.batch < 1:
-            raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16, --batch >= 1")
+        if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16:
+            raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16")
         if not work.is_dir():
             raise InputError(f"{work}: no such work folder")
         check_out(out)
@@ -108,7 +108,7 @@ class ReportTool(Tool):
                                  "(wrong store? give --images)")
             with atomic_path(out) as tmp:
                 tmp.mkdir()
-                write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch)
+                write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch_size)
                 history_png = copy_if(work / "history.png", tmp / "history.png")
                 tree_png = copy_if(work / "final" / "tree" / "tree.png", tmp / "tree.png")
                 from ldpo.stages.report.page import render
@@ -135,13 +135,9 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
 
 def check_out(out: Path) -> None:
     """OUT is replaced as a whole: refuse a folder that holds anything but an earlier report."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in OWN_FILES]
-        if foreign:
-            raise InputError(f"{out}: folder is not empty and is not a report (it holds {foreign[0]!r}): "
-                             "give a new folder")
+    from ldpo.common.stores import check_replaceable_folder
+
+    check_replaceable_folder(out, lambda name: name in OWN_FILES, "a report")
 
 
 def read_json(path: Path) -> dict | None:

@@ -245,22 +245,24 @@ def raw_pixel_purity(images: np.ndarray, labels: np.ndarray, seed: int = 0, side
     return purity(assign, labels)
 
 
-def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: int = 8) -> None:
-    """A PNG with one row of samples per class."""
+def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: int = 8, found: bool = False) -> None:
+    """A PNG with one row of samples per class (``found``: per found category, with its size)."""
     plt = pyplot()
 
-    classes = np.unique(labels)
-    cols = min(per_row, int(np.bincount(labels).min()))
+    classes, sizes = np.unique(labels, return_counts=True)
+    cols = min(per_row, int(sizes.max()))
     fig, axes = plt.subplots(len(classes), cols + 1, figsize=(cols + 2.2, len(classes) * 0.95), squeeze=False,
                              gridspec_kw={"width_ratios": [2.2] + [1] * cols})
-    for r, c in enumerate(classes):
-        axes[r, 0].text(1.0, 0.5, f"{c}: {CLASSES[c][0]}", ha="right", va="center", fontsize=7)
+    for r, (c, size) in enumerate(zip(classes, sizes)):
+        name = f"category {c}: {size} images" if found else f"{c}: {CLASSES[c][0]}"
+        axes[r, 0].text(1.0, 0.5, name, ha="right", va="center", fontsize=7)
         rows = np.flatnonzero(labels == c)[:cols]
         for j, row in enumerate(rows):
             axes[r, j + 1].imshow(images[row], cmap="gray", vmin=0, vmax=255)
         for ax in axes[r]:
             ax.axis("off")
-    fig.suptitle("toy Texture-25: one row per class", fontsize=9)
+    fig.suptitle("found categories: one row per category" if found else "toy Texture-25: one row per class",
+                 fontsize=9)
     fig.tight_layout()
     save_png(fig, path)
 
@@ -276,16 +278,23 @@ class Options(CommonOptions):
     size: int = opt("image side in pixels", 256, min=8, max=4096)
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
     no_sheet: bool = opt("skip the contact sheet", False)
+    contact_sheet: str = opt("instead of generating: draw the contact sheet of these labels (id,label CSV, e.g. a "
+                             "run's final/labels.csv) over --images, one row per label, into --out (a .png)", "",
+                             role="input")
+    images: str = opt("images store for --contact-sheet", "", role="input")
 
 
 class Texture25Tool(Tool):
     name = "toy-data texture25"
     description = ("Generate the toy Texture-25 set: images.h5|zarr (uint8 [N,H,W]), truth.csv (id,label) "
                    "and contact-sheet.png. Prints the purity of k-means on raw pixels (the baseline ldpo must beat).")
-    example = "toy-data texture25 --out toy/ --per-class 12 --size 64 --seed 0"
+    example = ("toy-data texture25 --out toy/ --per-class 12 --size 64 --seed 0\n"
+               "toy-data texture25 --contact-sheet run/final/labels.csv --images toy/images.h5 --out run/final/sheet.png")
     Options = Options
 
     def main(self, opts: Options) -> int:
+        if opts.contact_sheet:
+            return draw_labels(opts.contact_sheet, opts.images, opts.out)
         out = Path(opts.out)
         total = opts.classes * opts.per_class * opts.size ** 2
         if total > MAX_BYTES:
@@ -306,6 +315,24 @@ class Texture25Tool(Tool):
             score = raw_pixel_purity(images, labels, opts.seed)
             print(f"raw-pixel k-means purity (k={opts.classes}): {score:.3f}")
         return 0
+
+
+def draw_labels(labels_csv: str, images_path: str, out: str) -> int:
+    """The contact sheet of any labelling (found categories) over an images store."""
+    from ldpo.common.labels import align, read_labels
+    from ldpo.common.stores import open_store
+
+    if not images_path:
+        raise InputError("--contact-sheet needs --images STORE")
+    if not out.lower().endswith(".png"):
+        raise InputError(f"{out}: with --contact-sheet, --out is a .png file")
+    with open_store(images_path, expect="images") as store:
+        images, ids = store.read("images"), store.ids
+    per_row = align(read_labels(labels_csv), ids, images_path)
+    contact_sheet(images, per_row, Path(out), found=True)
+    log.info("wrote %s (%d categories)", out, len(np.unique(per_row)))
+    print(out)
+    return 0
 
 
 TOOL = Texture25Tool
