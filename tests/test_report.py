@@ -203,3 +203,14 @@ def test_a_270_category_report_stays_light(cli, tmp_path_factory, tmp_path):
     html = (out / "index.html").stat().st_size
     print(f"\n270-category report: {len(files)} files, {size / 1e6:.2f} MB in all, index.html {html / 1e6:.2f} MB")
     assert html < 3e6 and size < 30e6
+
+
+def test_inputs_of_the_loops_run_record_show_path_and_checksum():
+    from ldpo.stages.report.page import settings_html
+
+    run = {"settings": {"images": "/data/images.h5", "truth": "", "init": "weights:/w/a.pth"},
+           "inputs": {"images_sha256": "ab" * 32, "truth_sha256": "", "init_sha256": "cd" * 32}}
+    html = "\n".join(settings_html(run, "run.json")).split("Inputs (SHA-256")[1]
+    assert "<td>images</td><td>/data/images.h5</td><td><code>" + "ab" * 8 + "</code>" in html
+    assert "<td>init</td><td>/w/a.pth</td>" in html
+    assert "<td>truth</td>" not in html  # no truth was given: no row

@@ -164,6 +164,19 @@ def fmt(value, digits: int = 3) -> str:
     return f"{number:.{digits}f}"
 
 
+def input_item(key: str, value, settings: dict) -> dict:
+    """An input of the run record as ``{"name", "path", "sha256"}``: the loop writes
+    ``"images_sha256": HASH`` (the path is ``settings["images"]``); ``{"path", "sha256"}``
+    objects are read too."""
+    if isinstance(value, dict):
+        return {"name": key, "path": str(value.get("path", "")), "sha256": str(value.get("sha256", ""))}
+    name = key[:-len("_sha256")] if key.endswith("_sha256") else key
+    path = str(settings.get(name, ""))
+    if name == "init":
+        path = path.partition(":")[2]
+    return {"name": name, "path": path, "sha256": str(value or "")}
+
+
 def settings_html(run: dict | None, run_path: str) -> list[str]:
     out = ['<h2 id="settings">Run settings</h2>']
     if run is None:
@@ -182,9 +195,11 @@ def settings_html(run: dict | None, run_path: str) -> list[str]:
         out.append('<p class="muted">Inputs (SHA-256, first 16 hex digits):</p><table>'
                    "<tr><th>input</th><th>path</th><th>sha256</th></tr>")
         for key in sorted(inputs):
-            item = inputs[key] if isinstance(inputs[key], dict) else {"path": inputs[key]}
-            out.append(f"<tr><td>{e(str(key))}</td><td>{e(str(item.get('path', '')))}</td>"
-                       f"<td><code>{e(str(item.get('sha256', ''))[:16])}</code></td></tr>")
+            item = input_item(key, inputs[key], settings)
+            if not item["path"] and not item["sha256"]:
+                continue  # an input this run did not have
+            out.append(f"<tr><td>{e(item['name'])}</td><td>{e(item['path'])}</td>"
+                       f"<td><code>{e(item['sha256'][:16])}</code></td></tr>")
         out.append("</table>")
     commands = run.get("commands") or {}
     if commands:
