@@ -197,8 +197,12 @@ def set_head(model: nn.Module, arch: str, num_classes: int, seed: int) -> None:
         setattr(parent, child, new)
 
 
+def head_module(model: nn.Module, arch: str) -> nn.Module:
+    return model.get_submodule(HEAD[arch])
+
+
 def head_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
-    return list(model.get_submodule(HEAD[arch]).parameters())
+    return list(head_module(model, arch).parameters())
 
 
 def head_inputs(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,9 @@ class Options(CommonOptions):
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
     new_head: bool = opt("replace the head even when the class count is unchanged (the loop does this: "
                          "a new clustering's cluster numbers mean new classes)", False)
+    freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
+                                "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
+                                "pretrained backbone)", False)
 
 
 class FinetuneTool(Tool):
@@ -301,7 +304,11 @@ class Trainer:
         self.kind = device.split(":")[0]
         model = built.model.to(device)
         head = {id(p) for p in head_parameters(model, built.arch)}
-        groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": settings["lr"]},
+        backbone = [p for p in model.parameters() if id(p) not in head]
+        if opts.freeze_backbone:
+            for p in backbone:
+                p.requires_grad_(False)
+        groups = [{"params": [] if opts.freeze_backbone else backbone, "lr": settings["lr"]},
                   {"params": [p for p in model.parameters() if id(p) in head],
                    "lr": settings["lr"] * settings["head_lr_mult"]}]
         self.optimizer = torch.optim.SGD(groups, lr=settings["lr"], momentum=opts.momentum,
@@ -407,7 +414,7 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        self.model.train()
+        self.set_train_mode()
         amp_dtype = torch.bfloat16 if self.kind == "cpu" else torch.float16
         loss_sum = correct = count = 0.0
         bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
@@ -430,6 +437,16 @@ class Trainer:
         bar.close()
         loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def set_train_mode(self) -> None:
+        """Training mode; with --freeze-backbone only the head trains: the backbone stays in eval
+        mode, so its BatchNorm statistics (and dropout) stay as loaded."""
+        from ldpo.common.models import head_module
+
+        self.model.train()
+        if self.opts.freeze_backbone:
+            self.net.eval()
+            head_module(self.net, self.built.arch).train()
 
     def check_weights(self, epoch: int) -> None:
         """Non-finite weights (a diverged step the loss did not show yet) stop training, nothing saved."""
