@@ -46,7 +46,8 @@ def images(tmp_path):
 
 
 def same_weights(model, reference, skip=("fc.",)):
-    own = model.state_dict()
+    """``model`` (a module or a state_dict) has ``reference``'s tensors, the head (``skip``) aside."""
+    own = model if isinstance(model, dict) else model.state_dict()
     keys = [k for k in reference if not k.startswith(skip)]
     return bool(keys) and all(torch.equal(own[k], reference[k]) for k in keys)
 
@@ -209,13 +210,8 @@ def test_freeze_backbone_keeps_a_timm_backbone_as_loaded(cli, images, tmp_path, 
             "--split", "none", "--input-size", "32", "--freeze-backbone", *TINY)
     assert r.code == 0, r.err
     after = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
-    assert same_weights_dict(after, resnet_state)
+    assert same_weights(after, resnet_state)
     assert not torch.equal(after["fc.weight"][:2], resnet_state["fc.weight"][:2])
-
-
-def same_weights_dict(a, b):
-    keys = [k for k in b if not k.startswith("fc.")]
-    return all(torch.equal(a[k], b[k]) for k in keys)
 
 
 # -- gray images ------------------------------------------------------------------------
@@ -254,3 +250,22 @@ def test_the_hub_is_offline_and_a_download_attempt_exits_2(cli, images, tmp_path
     r = cli("featurize", images[0], "--out", tmp_path / "f.h5", "--arch", RESNET, "--input-size", "32", "-q")
     assert r.code == 2 and "tried to download" in r.err and "--init weights:PATH" in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+def test_two_gloo_processes_finetune_a_timm_model(images, tmp_path, resnet_state):
+    import subprocess
+    import sys
+
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet_state, weights)
+    out = tmp_path / "ddp" / "model.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "ldpo.stages.finetune", str(images[0]), str(images[1]), "--out", str(out), "--epochs", "1",
+           "--split", "none", "--device", "cpu", "--arch", RESNET, "--init", f"weights:{weights}",
+           "--input-size", "32", "--freeze-backbone", *TINY]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["options"]["world"] == 2 and ckpt["arch"] == RESNET and ckpt["num_classes"] == 2
+    assert same_weights(ckpt["state_dict"], resnet_state)
