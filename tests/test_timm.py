@@ -77,6 +77,10 @@ def test_backbone_depends_on_the_seed_only_and_unknown_names_are_refused():
         models.check_arch("timm:no_such_net")
     with pytest.raises(models.InputError, match="or timm:NAME"):
         models.check_arch("resnet19")
+    with pytest.raises(models.InputError, match="only for timm:NAME"):
+        models.build(models.Init("random"), "resnet18", None, normalize="timm")
+    with pytest.raises(models.InputError, match="at least 32 px"):
+        models.build(models.Init("random"), RESNET, None, input_size=16)
 
 
 # -- weights layouts ------------------------------------------------------------------
