@@ -58,9 +58,8 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -125,7 +124,8 @@ RECIPES = {"random": Recipe("resnet18", 0.01, 1.0, "zscore", None),
 DEFAULT_LOCAL_LAYER = {"alexnet": "conv5", "alexnet_bn": "conv5", "googlenet": "inc5b", "vgg16_bn": "conv5",
                        "resnet18": "layer4", "resnet50": "layer4"}
 #: timm models: the layers every one of them has (read through forward_features/forward_head,
-#: not a hook: ``module`` names the step), the recipe's changes from weights, the minimum input.
+#: not a hook: ``module`` only names the step), and the smallest input (a stride-32 CNN's last
+#: map is 1x1 there; a ViT/14 has a 2x2 token grid).
 TIMM = "timm:"
 TIMM_LAYERS = {"pooled": Layer("forward_head", "global"), "last": Layer("forward_features", "local"), **_PROBS}
 TIMM_MIN_INPUT = 32
@@ -542,13 +542,13 @@ def _load_weights(model: nn.Module, arch: str, path: str) -> nn.Module:
     if own_arch is not None and own_arch != arch:
         raise InputError(f"{path}: an ldpo checkpoint of {own_arch}, not {arch} "
                          f"(--init checkpoint:{path} takes its architecture)")
+    state = strip_prefixes(model, state, path)  # (alexnet_bn: matched on plain AlexNet's keys: the same prefixes)
     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}  # GoogLeNet's aux heads
     if arch == "alexnet_bn" and "features.10.weight" in state:  # plain AlexNet weights, then add BN
         _load_state(model, state, path, "alexnet")
         return add_batchnorm(model)
     if arch == "alexnet_bn":
         model = add_batchnorm(model)
-    state = strip_prefixes(model, state, path)
     if is_timm(arch):
         state = _timm_filter(model, arch, state, path)
     state = _drop_other_head(model, arch, state, path)
