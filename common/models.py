@@ -130,6 +130,9 @@ TIMM = "timm:"
 TIMM_LAYERS = {"pooled": Layer("forward_head", "global"), "last": Layer("forward_features", "local"), **_PROBS}
 TIMM_MIN_INPUT = 32
 NORMALIZATIONS = ("imagenet", "zscore", "timm")
+#: classifier heads: linear, or a small MLP (Linear -> ReLU -> Linear) with MLP_HIDDEN units
+HEADS = ("linear", "mlp")
+MLP_HIDDEN = 512
 #: fixed filters applied to the normalized input before the first layer (part of the model,
 #: recorded in its checkpoint): DeepCluster's Sobel removes intensity, keeps edges.
 INPUT_FILTERS = ("none", "sobel", "gray-sobel")
@@ -314,28 +317,41 @@ def head_name(model: nn.Module, arch: str) -> str:
 
 
 def head_linear(model: nn.Module, arch: str) -> nn.Linear | None:
-    """The classifier's linear layer; None for a model built without one (timm's num_classes=0)."""
+    """The classifier's (last) linear layer; None for a model built without one (timm's num_classes=0)."""
     head = model.get_submodule(head_name(model, arch))
+    if isinstance(head, nn.Sequential):
+        head = head[-1]
     return head if isinstance(head, nn.Linear) else None
 
 
-def set_head(model: nn.Module, arch: str, num_classes: int, seed: int) -> None:
-    """Replace the classification head by a new ``num_classes``-way linear layer."""
-    if is_timm(arch):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(head_seed(seed))
-            model.reset_classifier(num_classes)
-        return
-    parent_name, _, child = HEAD[arch].rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+def set_head(model: nn.Module, arch: str, num_classes: int, seed: int, kind: str = "linear") -> None:
+    """Replace the classification head by a new ``num_classes``-way head: a linear layer, or
+    (``mlp``) Linear → ReLU → Linear with :data:`MLP_HIDDEN` hidden units."""
+    if kind not in HEADS:
+        raise InputError(f"--head {kind}: use one of {', '.join(HEADS)}")
+    width = head_in_features(model, arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed(seed))
-        new = nn.Linear(old.in_features, num_classes)
-    if child.isdigit():
-        parent[int(child)] = new
-    else:
-        setattr(parent, child, new)
+        if is_timm(arch):
+            model.reset_classifier(num_classes)  # also rebuilds what timm keeps with its classifier
+            if kind == "linear":
+                return
+        new = nn.Linear(width, num_classes) if kind == "linear" else nn.Sequential(
+            nn.Linear(width, MLP_HIDDEN), nn.ReLU(inplace=True), nn.Linear(MLP_HIDDEN, num_classes))
+    model.set_submodule(head_name(model, arch), new)
+
+
+def head_in_features(model: nn.Module, arch: str) -> int:
+    """The width of what the head sees (timm: ``num_features``, or ``head_hidden_size`` where a
+    pre-logits layer changes it)."""
+    if is_timm(arch):
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    head = head_module(model, arch)
+    return (head[0] if isinstance(head, nn.Sequential) else head).in_features
+
+
+def head_kind(model: nn.Module, arch: str) -> str:
+    return "mlp" if isinstance(head_module(model, arch), nn.Sequential) else "linear"
 
 
 def head_module(model: nn.Module, arch: str) -> nn.Module:
@@ -365,6 +381,8 @@ def set_head_to_centroids(model: nn.Module, arch: str, features: torch.Tensor, t
     """Make the head the nearest-centroid classifier of (features, targets): logit_c =
     s·(f·m_c − |m_c|²/2) = −s·|f − m_c|²/2 + const, with s = 1 / mean |f − m_y|² so that
     logit gaps are of order one. Returns s. Classes without rows keep their weights."""
+    if head_kind(model, arch) != "linear":
+        raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
     head = head_linear(model, arch)
     k = head.out_features
     f = features.double()
@@ -403,6 +421,7 @@ class Built:
     trained_options: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel input statistics (imagenet and timm normalization)
     std: tuple[float, ...] = IMAGENET_STD
+    head: str = "linear"  # linear | mlp
 
 
 def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> str:
@@ -427,9 +446,11 @@ def recipe_for(origin: str, arch: str) -> Recipe:
 
 def build(init: Init, arch: str | None = None, num_classes: int | None = None, seed: int = 0,
           input_size: int | None = None, normalize: str | None = None, new_head: bool = False,
-          input_filter: str | None = None, store_side: int | None = None) -> Built:
+          input_filter: str | None = None, store_side: int | None = None, head: str | None = None) -> Built:
     """Build a model for ``init``; a new ``num_classes`` head replaces one of another size
-    (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes).
+    (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes);
+    ``head`` (linear | mlp) is the kind of a new head, and replaces a head of the other kind
+    (``None``: the checkpoint's kind, else linear).
 
     ``input_size``/``normalize``/``input_filter`` left ``None`` come from the checkpoint,
     else from the recipe of ``init`` (:func:`recipe_for`; ``store_side``, the images' side
@@ -454,12 +475,14 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     elif arch == "alexnet_bn":
         model = add_batchnorm(model)
     if ckpt is not None:
-        set_head(model, arch, int(ckpt["num_classes"]), seed)
+        set_head(model, arch, int(ckpt["num_classes"]), seed, str(ckpt.get("head", "linear")))
         state = _timm_filter(model, arch, ckpt["state_dict"], init.path) if is_timm(arch) else ckpt["state_dict"]
         _load_state(model, state, init.path, arch)
         classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
-    if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)):
-        set_head(model, arch, num_classes, seed)
+    kind = head or head_kind(model, arch)
+    if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)
+                                    or kind != head_kind(model, arch)):
+        set_head(model, arch, num_classes, seed, kind)
         classes = list(range(num_classes))
     filt = input_filter or (ckpt or {}).get("input_filter") or "none"
     if filt not in INPUT_FILTERS:
@@ -467,7 +490,7 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     attach_input_filter(model, filt, arch)
     return Built(model, arch, init, classes, size, norm, transform_input, filt, origin,
                  file_checksum(init.path) if init.path else None,
-                 dict((ckpt or {}).get("options", {})), mean, std)
+                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch))
 
 
 def norm_stats(arch: str, norm: str, ckpt: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

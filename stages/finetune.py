@@ -12,7 +12,7 @@ Outputs (rank 0 writes, atomically):
   ``weights_only=True``): ``format``, ``arch``, ``num_classes``, ``classes`` (original
   label values, index = output unit), ``state_dict``, ``options`` (resolved),
   ``metrics``, ``input_size``, ``normalize`` (and its per-channel ``mean``/``std``),
-  ``transform_input``, ``input_filter``, ``origin``, ``init``;
+  ``transform_input``, ``input_filter``, ``origin``, ``head`` (linear | mlp), ``init``;
 * ``metrics.json`` in the same folder: ``epochs`` (per epoch ``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
@@ -90,6 +90,8 @@ class Options(CommonOptions):
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
     new_head: bool = opt("replace the head even when the class count is unchanged (the loop does this: "
                          "a new clustering's cluster numbers mean new classes)", False)
+    head: Optional[str] = opt("classifier head: linear, or mlp (Linear, ReLU, Linear with 512 hidden units) "
+                              "(default: the checkpoint's, else linear)", None, choices=["linear", "mlp"])
     freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
                                 "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
                                 "pretrained backbone)", False)
@@ -126,7 +128,8 @@ class FinetuneTool(Tool):
             torch.manual_seed(opts.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
             built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize,
-                                 new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side)
+                                 new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side,
+                                 head=opts.head)
             settings = resolve_settings(opts, built, world)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
@@ -144,6 +147,8 @@ def check_options(opts: Options) -> None:
     if not 0 < opts.crop_scale <= 1:
         raise InputError(f"--crop-scale {opts.crop_scale}: must be in (0, 1]")
     parse_split(opts.split)
+    if opts.head == "mlp" and opts.head_init == "centroids":
+        raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
 
 
 def parse_split(text: str) -> tuple[float, float, float] | None:
@@ -548,7 +553,7 @@ class Trainer:
             "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
             "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
             "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
-            "origin": self.built.origin, "mean": list(self.built.mean), "std": list(self.built.std),
+            "origin": self.built.origin, "head": self.built.head, "mean": list(self.built.mean), "std": list(self.built.std),
             "init": str(self.built.init)})
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)

@@ -273,3 +273,28 @@ def test_two_gloo_processes_finetune_a_timm_model(images, tmp_path, resnet_state
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert ckpt["options"]["world"] == 2 and ckpt["arch"] == RESNET and ckpt["num_classes"] == 2
     assert same_weights(ckpt["state_dict"], resnet_state)
+
+
+def test_an_mlp_head_trains_on_a_frozen_backbone_and_travels_with_the_checkpoint(cli, images, tmp_path,
+                                                                                   resnet_state):
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet_state, weights)
+    out = tmp_path / "mlp.pt"
+    args = ["--epochs", "1", "--split", "none", *TINY]
+    r = cli("finetune", *images, "--out", out, "--arch", RESNET, "--init", f"weights:{weights}", "--input-size", "32",
+            "--head", "mlp", "--freeze-backbone", *args)
+    assert r.code == 0, r.err
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["head"] == "mlp" and ckpt["state_dict"]["fc.0.weight"].shape == (models.MLP_HIDDEN, 512)
+    assert ckpt["state_dict"]["fc.2.weight"].shape == (2, models.MLP_HIDDEN)
+    assert same_weights(ckpt["state_dict"], resnet_state)
+    probs = tmp_path / "probs.h5"
+    assert cli("featurize", images[0], "--out", probs, "--init", f"checkpoint:{out}", "--layer", "probs",
+               *TINY).code == 0
+    with open_store(probs) as store:
+        assert store.read("features").shape == (8, 2)
+    again = tmp_path / "again.pt"  # the next iteration keeps the kind of head unless told
+    assert cli("finetune", *images, "--out", again, "--init", f"checkpoint:{out}", "--new-head", *args).code == 0
+    assert torch.load(again, map_location="cpu", weights_only=True)["head"] == "mlp"
+    r = cli("finetune", *images, "--out", tmp_path / "c.pt", "--head", "mlp", "--head-init", "centroids", *args)
+    assert r.code == 2 and "needs a linear head" in r.err
