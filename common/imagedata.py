@@ -2,7 +2,12 @@
 
 uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float in [0,1] → grayscale replicated to
 3 channels → resized to ``input_size`` (bilinear, antialiased; square) → normalized:
-``imagenet`` (torchvision's mean/std) or ``zscore`` (per image, as DeepMCAT does for MR).
+``imagenet`` (torchvision's mean/std), ``timm`` (the mean/std of timm's pretrained config
+for the model, passed in by the caller: ``Built.mean``/``Built.std``) or ``zscore`` (per
+image, as DeepMCAT does for MR).
+
+Gray images are replicated to 3 channels (before normalizing): the one rule for gray
+medical images and 3-channel backbones (see :mod:`ldpo.common.models`).
 
 The datasets open the store lazily in the process that reads (so DataLoader workers
 each get their own handle) and read only the rows asked for: memory does not grow
@@ -38,13 +43,15 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def normalize(x: torch.Tensor, how: str) -> torch.Tensor:
-    """``imagenet`` mean/std, or ``zscore``: each image to mean 0, std 1 over all its pixels."""
+def normalize(x: torch.Tensor, how: str, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """``imagenet``/``timm``: per-channel ``mean``/``std`` (ImageNet's unless given), or
+    ``zscore``: each image to mean 0, std 1 over all its pixels."""
     if how == "zscore":
         return zscore(x)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def zscore(x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +69,9 @@ class Preprocess:
     channels first (the model's own speed is the budget: see tests/bench).
     """
 
-    def __init__(self, size: int, how: str):
-        self.size, self.how = size, how
+    def __init__(self, size: int, how: str, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
+        self.size, self.how, self.mean, self.std = size, how, mean, std
 
     def __call__(self, block: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(block))
@@ -72,7 +80,7 @@ class Preprocess:
             return zscore(x).expand(-1, 3, -1, -1).contiguous()
         out = torch.empty(len(x), 3, *x.shape[-2:])
         for c in range(3):
-            scale, shift = 1 / (255 * IMAGENET_STD[c]), -IMAGENET_MEAN[c] / IMAGENET_STD[c]
+            scale, shift = 1 / (255 * self.std[c]), -self.mean[c] / self.std[c]
             torch.mul(x[:, 0 if x.shape[1] == 1 else c], scale, out=out[:, c]).add_(shift)
         return out
 
@@ -83,8 +91,10 @@ class Augment:
     Draws from the global torch RNG: :class:`StoreImages` seeds it per image and epoch.
     """
 
-    def __init__(self, size: int, how: str, min_scale: float = 0.35, flip: bool = False, jitter: float = 0.0):
+    def __init__(self, size: int, how: str, min_scale: float = 0.35, flip: bool = False, jitter: float = 0.0,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         self.size, self.how, self.min_scale, self.flip, self.jitter = size, how, min_scale, flip, jitter
+        self.mean, self.std = mean, std
 
     def __call__(self, block: np.ndarray) -> torch.Tensor:
         from torchvision.transforms import RandomResizedCrop
@@ -98,7 +108,7 @@ class Augment:
             x = x.flip(-1)
         if self.jitter:
             x = jitter_intensity(x, self.jitter)
-        return normalize(x, self.how)
+        return normalize(x, self.how, self.mean, self.std)
 
 
 def jitter_intensity(x: torch.Tensor, strength: float) -> torch.Tensor:

@@ -6,12 +6,41 @@ convolution (DeepCluster's AlexNet had BatchNorm; without it AlexNet does not le
 from random init here). Named layers are read with a forward hook on the module that
 produces them; the hook stops the forward pass there, so later layers cost nothing.
 
+``timm:NAME`` is any model of timm (``timm:resnet50``, ``timm:convnext_tiny``,
+``timm:vit_small_patch14_dinov2``, ``timm:densenet121``), built with
+``timm.create_model(NAME, pretrained=False)``: the weights only ever come from a local
+file (``--init weights:PATH``); the hub is set offline and an attempt to reach it is an
+input error. Its layers: ``pooled`` (global, the default: ``forward_features`` then
+``forward_head(pre_logits=True)``, what the classifier sees), ``last`` (local: the last
+feature map as ``[N,H·W,C]``, or a ViT's patch tokens without the class/register tokens;
+``--layer local``) and ``probs``. From weights, the input size and the mean/std
+(``--normalize timm``) are those of timm's pretrained config for NAME; fixed-size models
+(ViTs) are built for the input size asked, their position embedding resampled by timm.
+
+Gray images and 3-channel backbones, one rule: ldpo replicates a gray image to 3
+channels before normalizing (:mod:`ldpo.common.imagedata`) and never changes the first
+layer. By linearity this is the same as summing the first conv's weights over its input
+channels into a 1-channel conv (the usual "convert to 1 channel" of timm's
+``in_chans=1``) when the channels are normalized alike (``zscore``, or equal mean/std);
+with per-channel mean/std the difference is a per-channel affine map that folds into
+that conv's weights and bias (exact away from its zero-padded border).
+tests/test_timm.py checks the identity.
+
+Weights files (``--init weights:PATH``) load in every common layout: a plain state_dict
+(torchvision's downloads, timm's ``.pth``), ``.safetensors``, a dict wrapping it under
+``state_dict``/``model``/``teacher``/``module``/``model_ema``/``state_dict_ema``, keys
+prefixed ``module.`` (DDP), ``backbone.``/``encoder.``/``model.`` (self-supervised
+trainers; the other keys, e.g. a projection head, are dropped and logged) or
+``_orig_mod.`` (``torch.compile``), and ldpo's own checkpoints. What does not fit exits 2
+with the count of missing and unexpected keys and the first few of each; a classifier
+head of another size is dropped (logged), never an error.
+
 ``--init`` is one of:
 
 * ``random``: torchvision's own initialisation, seeded. The backbone is built from the
   seed alone and a new head from a seed derived from it, so the backbone is identical
   whatever the number of classes (``featurize`` and ``finetune`` on the same seed agree);
-* ``weights:PATH``: a local ImageNet state_dict in torchvision's format (nothing is
+* ``weights:PATH``: a local weights file in any of the layouts above (nothing is
   downloaded at run time);
 * ``checkpoint:PATH``: a ``finetune`` checkpoint (arch, classes, input size and
   normalization come with it).
@@ -26,8 +55,10 @@ resnet18/resnet50 16 (at 64 px ResNet's ``layer4`` is 2×2, AlexNet's ``conv5`` 
 from __future__ import annotations
 
 import logging
+import os
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +66,7 @@ import torch
 from torch import nn
 
 from ldpo.common.errors import InputError
+from ldpo.common.imagedata import IMAGENET_MEAN, IMAGENET_STD
 from ldpo.common.stores import file_checksum
 
 log = logging.getLogger("ldpo")
@@ -91,7 +123,16 @@ RECIPES = {"random": Recipe("resnet18", 0.01, 1.0, "zscore", None),
 #: the conv layer `encode` reads by default (the paper's Conv5 / Inception-5b): --layer local
 DEFAULT_LOCAL_LAYER = {"alexnet": "conv5", "alexnet_bn": "conv5", "googlenet": "inc5b", "vgg16_bn": "conv5",
                        "resnet18": "layer4", "resnet50": "layer4"}
-NORMALIZATIONS = ("imagenet", "zscore")
+#: timm models: the layers every one of them has (read through forward_features/forward_head,
+#: not a hook: ``module`` only names the step), and the smallest input (a stride-32 CNN's last
+#: map is 1x1 there; a ViT/14 has a 2x2 token grid).
+TIMM = "timm:"
+TIMM_LAYERS = {"pooled": Layer("forward_head", "global"), "last": Layer("forward_features", "local"), **_PROBS}
+TIMM_MIN_INPUT = 32
+NORMALIZATIONS = ("imagenet", "zscore", "timm")
+#: classifier heads: linear, or a small MLP (Linear -> ReLU -> Linear) with MLP_HIDDEN units
+HEADS = ("linear", "mlp")
+MLP_HIDDEN = 512
 #: fixed filters applied to the normalized input before the first layer (part of the model,
 #: recorded in its checkpoint): DeepCluster's Sobel removes intensity, keeps edges.
 INPUT_FILTERS = ("none", "sobel", "gray-sobel")
@@ -116,8 +157,8 @@ def parse_init(text: str) -> Init:
     """``random``, ``weights:PATH`` or ``checkpoint:PATH``; a URL or ``imagenet`` is refused."""
     kind, _, path = text.partition(":")
     if text.lower() in _DOWNLOAD_WORDS or (kind == "weights" and _looks_remote(path)):
-        raise InputError(f"--init {text}: nothing is downloaded at run time; pass a local torchvision "
-                         "state_dict file as --init weights:PATH (e.g. weights:alexnet-owt-7be5be79.pth)")
+        raise InputError(f"--init {text}: nothing is downloaded at run time; pass a local weights file "
+                         "as --init weights:PATH (e.g. weights:alexnet-owt-7be5be79.pth, weights:model.safetensors)")
     if kind == "random" and not path:
         return Init("random")
     if kind in ("weights", "checkpoint") and path:
@@ -148,9 +189,91 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     missing = [k for k in ("arch", "num_classes", "state_dict") if k not in ckpt]
     if missing:
         raise InputError(f"{path}: not a finetune checkpoint (no {', '.join(missing)})")
-    if ckpt["arch"] not in ARCHS:
-        raise InputError(f"{path}: unknown architecture {ckpt['arch']!r}")
+    try:
+        check_arch(str(ckpt["arch"]))
+    except InputError as err:
+        raise InputError(f"{path}: unknown architecture {ckpt['arch']!r} ({err})") from None
     return ckpt
+
+
+# -- timm -----------------------------------------------------------------------------
+class DownloadRefused(InputError):
+    """Something tried to reach a model hub: nothing is downloaded at run time."""
+
+
+def import_timm():
+    """timm with the Hugging Face hub offline (set before huggingface_hub reads it)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[name] = "1"
+    try:
+        import timm
+    except ImportError as err:  # pragma: no cover - timm is a dependency
+        raise InputError(f"--arch timm:…: timm is not installed ({err}); pip install timm") from None
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # imported before the variable was set
+        constants.HF_HUB_OFFLINE = True
+    return timm
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM)
+
+
+def timm_name(arch: str) -> str:
+    return arch[len(TIMM):]
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` if it names a known architecture (torchvision's, or ``timm:NAME``), else an input error."""
+    if arch in ARCHS:
+        return arch
+    if is_timm(arch):
+        name = timm_name(arch)
+        if name and import_timm().is_model(name):
+            return arch
+        raise InputError(f"--arch {arch}: timm has no model {name!r} (python -c \"import timm; "
+                         f"print(timm.list_models('{name.split('_')[0]}*'))\" lists them)")
+    raise InputError(f"--arch {arch}: unknown architecture (one of {', '.join(ARCHS)}, or timm:NAME)")
+
+
+def timm_cfg(arch: str) -> dict[str, Any]:
+    """timm's pretrained config for the model (input size, mean/std, classifier, first conv)."""
+    cfg = import_timm().models.get_pretrained_cfg(timm_name(arch))
+    if cfg is None:  # a model without a registered pretrained config
+        return {"input_size": (3, DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE), "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD, "fixed_input_size": False}
+    return cfg.to_dict()
+
+
+def _construct_timm(arch: str, size: int) -> nn.Module:
+    """A timm model with its default head, never pretrained; fixed-size models (ViTs) for ``size`` px."""
+    timm = import_timm()
+    kwargs = {"img_size": size} if timm_cfg(arch).get("fixed_input_size") else {}
+    try:
+        return timm.create_model(timm_name(arch), pretrained=False, **kwargs)
+    except Exception as err:  # noqa: BLE001 - a hub or network error means a download was attempted
+        if _is_download_error(err):
+            raise DownloadRefused(f"--arch {arch}: timm tried to download ({type(err).__name__}); nothing is "
+                                  "downloaded at run time: pass the weights as --init weights:PATH") from None
+        raise InputError(f"--arch {arch}: timm cannot build it at {size} px ({str(err).splitlines()[0]})") from None
+
+
+def _is_download_error(err: BaseException) -> bool:
+    module = type(err).__module__ or ""
+    return module.startswith(("huggingface_hub", "urllib", "requests", "http", "httpx")) or \
+        isinstance(err, (ConnectionError, TimeoutError))
+
+
+def _timm_filter(model: nn.Module, arch: str, state: dict[str, Any], path: str) -> dict[str, Any]:
+    """timm's own converter for the model's family, where it has one (e.g. ViT: original DINOv2
+    or CLIP key names, a position embedding resampled to this input size)."""
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is None:
+        return state
+    try:
+        return convert(state, model)
+    except Exception as err:  # noqa: BLE001 - any failure of the converter means the file does not fit
+        raise InputError(f"{path}: does not fit {arch} (timm's converter: {str(err).splitlines()[0]})") from None
 
 
 # -- building -------------------------------------------------------------------------
@@ -183,22 +306,60 @@ def head_seed(seed: int) -> int:
     return (seed * 7919 + 104_729) % (2**63)
 
 
-def set_head(model: nn.Module, arch: str, num_classes: int, seed: int) -> None:
-    """Replace the classification head by a new ``num_classes``-way linear layer."""
-    parent_name, _, child = HEAD[arch].rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+def head_name(model: nn.Module, arch: str) -> str:
+    """The dotted name of the classifier module (timm: its pretrained config's ``classifier``)."""
+    if not is_timm(arch):
+        return HEAD[arch]
+    name = model.pretrained_cfg.get("classifier")
+    if not isinstance(name, str):
+        raise InputError(f"--arch {arch}: has {name!r} as classifier; ldpo needs one classifier module")
+    return name
+
+
+def head_linear(model: nn.Module, arch: str) -> nn.Linear | None:
+    """The classifier's (last) linear layer; None for a model built without one (timm's num_classes=0)."""
+    head = model.get_submodule(head_name(model, arch))
+    if isinstance(head, nn.Sequential):
+        head = head[-1]
+    return head if isinstance(head, nn.Linear) else None
+
+
+def set_head(model: nn.Module, arch: str, num_classes: int, seed: int, kind: str = "linear") -> None:
+    """Replace the classification head by a new ``num_classes``-way head: a linear layer, or
+    (``mlp``) Linear → ReLU → Linear with :data:`MLP_HIDDEN` hidden units."""
+    if kind not in HEADS:
+        raise InputError(f"--head {kind}: use one of {', '.join(HEADS)}")
+    width = head_in_features(model, arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed(seed))
-        new = nn.Linear(old.in_features, num_classes)
-    if child.isdigit():
-        parent[int(child)] = new
-    else:
-        setattr(parent, child, new)
+        if is_timm(arch):
+            model.reset_classifier(num_classes)  # also rebuilds what timm keeps with its classifier
+            if kind == "linear":
+                return
+        new = nn.Linear(width, num_classes) if kind == "linear" else nn.Sequential(
+            nn.Linear(width, MLP_HIDDEN), nn.ReLU(inplace=True), nn.Linear(MLP_HIDDEN, num_classes))
+    model.set_submodule(head_name(model, arch), new)
+
+
+def head_in_features(model: nn.Module, arch: str) -> int:
+    """The width of what the head sees (timm: ``num_features``, or ``head_hidden_size`` where a
+    pre-logits layer changes it)."""
+    if is_timm(arch):
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    head = head_module(model, arch)
+    return (head[0] if isinstance(head, nn.Sequential) else head).in_features
+
+
+def head_kind(model: nn.Module, arch: str) -> str:
+    return "mlp" if isinstance(head_module(model, arch), nn.Sequential) else "linear"
+
+
+def head_module(model: nn.Module, arch: str) -> nn.Module:
+    return model.get_submodule(head_name(model, arch))
 
 
 def head_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
-    return list(model.get_submodule(HEAD[arch]).parameters())
+    return list(head_module(model, arch).parameters())
 
 
 def head_inputs(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
@@ -206,21 +367,23 @@ def head_inputs(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
     def stop(module: nn.Module, args: Any) -> None:
         raise _Captured(args[0])
 
-    hook = model.get_submodule(HEAD[arch]).register_forward_pre_hook(stop)
+    hook = head_module(model, arch).register_forward_pre_hook(stop)
     try:
         model(x)
     except _Captured as captured:
         return captured.value.flatten(1)
     finally:
         hook.remove()
-    raise RuntimeError(f"head {HEAD[arch]} was not reached")
+    raise RuntimeError(f"head {head_name(model, arch)} was not reached")
 
 
 def set_head_to_centroids(model: nn.Module, arch: str, features: torch.Tensor, targets: torch.Tensor) -> float:
     """Make the head the nearest-centroid classifier of (features, targets): logit_c =
     s·(f·m_c − |m_c|²/2) = −s·|f − m_c|²/2 + const, with s = 1 / mean |f − m_y|² so that
     logit gaps are of order one. Returns s. Classes without rows keep their weights."""
-    head = model.get_submodule(HEAD[arch])
+    if head_kind(model, arch) != "linear":
+        raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
+    head = head_linear(model, arch)
     k = head.out_features
     f = features.double()
     t = targets.long()
@@ -237,7 +400,8 @@ def set_head_to_centroids(model: nn.Module, arch: str, features: torch.Tensor, t
 
 
 def num_outputs(model: nn.Module, arch: str) -> int:
-    return model.get_submodule(HEAD[arch]).out_features
+    head = head_linear(model, arch)
+    return 0 if head is None else head.out_features
 
 
 @dataclass
@@ -255,6 +419,9 @@ class Built:
     origin: str = "random"  # the recipe's key: random | weights (a checkpoint's is its weights' origin)
     checksum: str | None = None  # of the weights/checkpoint file
     trained_options: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel input statistics (imagenet and timm normalization)
+    std: tuple[float, ...] = IMAGENET_STD
+    head: str = "linear"  # linear | mlp
 
 
 def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> str:
@@ -262,66 +429,151 @@ def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> s
         if arch is not None and arch != ckpt["arch"]:
             raise InputError(f"{init.path}: a {ckpt['arch']} checkpoint, but --arch {arch} was asked")
         return ckpt["arch"]
-    chosen = arch or RECIPES[init.kind].arch
+    chosen = check_arch(arch or RECIPES[init.kind].arch)
     if arch is None:
         log.info("arch: %s (the default for --init %s)", chosen, init.kind)
     return chosen
 
 
+def recipe_for(origin: str, arch: str) -> Recipe:
+    """The recipe of :data:`RECIPES` for ``origin``; timm weights keep the input size and
+    mean/std of timm's pretrained config (``--normalize timm``)."""
+    recipe = RECIPES.get(origin, RECIPES["weights"])
+    if is_timm(arch) and origin == "weights":
+        return replace(recipe, arch=arch, normalize="timm", input_size=int(timm_cfg(arch)["input_size"][-1]))
+    return recipe
+
+
 def build(init: Init, arch: str | None = None, num_classes: int | None = None, seed: int = 0,
           input_size: int | None = None, normalize: str | None = None, new_head: bool = False,
-          input_filter: str | None = None, store_side: int | None = None) -> Built:
+          input_filter: str | None = None, store_side: int | None = None, head: str | None = None) -> Built:
     """Build a model for ``init``; a new ``num_classes`` head replaces one of another size
-    (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes).
+    (or any head with ``new_head``: pseudo-labels of a new clustering mean new classes);
+    ``head`` (linear | mlp) is the kind of a new head, and replaces a head of the other kind
+    (``None``: the checkpoint's kind, else linear).
 
     ``input_size``/``normalize``/``input_filter`` left ``None`` come from the checkpoint,
-    else from the recipe of ``init`` (:data:`RECIPES`; ``store_side``, the images' side in
-    px, sets the input size from random init) and no filter.
+    else from the recipe of ``init`` (:func:`recipe_for`; ``store_side``, the images' side
+    in px, sets the input size from random init) and no filter.
     """
     ckpt = load_checkpoint(init.path) if init.kind == "checkpoint" else None
     arch = resolve_arch(arch, init, ckpt)
+    origin = str(ckpt.get("origin", "weights")) if ckpt is not None else init.kind
+    recipe = recipe_for(origin, arch)
+    size = int(input_size or (ckpt or {}).get("input_size") or default_input_size(recipe, arch, store_side))
+    check_input_size(arch, size)
+    norm = normalize or (ckpt or {}).get("normalize") or recipe.normalize
+    mean, std = norm_stats(arch, norm, ckpt)
     transform_input = bool(ckpt.get("transform_input", False)) if ckpt else (
         arch == "googlenet" and init.kind == "weights")  # torchvision's GoogLeNet weights expect it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _construct(arch, transform_input)
-    classes = list(range(IMAGENET_CLASSES))
+        model = _construct_timm(arch, size) if is_timm(arch) else _construct(arch, transform_input)
+    classes = list(range(num_outputs(model, arch)))
     if init.kind == "weights":
         model = _load_weights(model, arch, init.path)
     elif arch == "alexnet_bn":
         model = add_batchnorm(model)
     if ckpt is not None:
-        set_head(model, arch, int(ckpt["num_classes"]), seed)
-        _load_state(model, ckpt["state_dict"], init.path, arch)
+        set_head(model, arch, int(ckpt["num_classes"]), seed, str(ckpt.get("head", "linear")))
+        state = _timm_filter(model, arch, ckpt["state_dict"], init.path) if is_timm(arch) else ckpt["state_dict"]
+        _load_state(model, state, init.path, arch)
         classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
-    if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)):
-        set_head(model, arch, num_classes, seed)
+    kind = head or head_kind(model, arch)
+    if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)
+                                    or kind != head_kind(model, arch)):
+        set_head(model, arch, num_classes, seed, kind)
         classes = list(range(num_classes))
-    origin = str(ckpt.get("origin", "weights")) if ckpt is not None else init.kind
-    recipe = RECIPES.get(origin, RECIPES["weights"])
-    size = input_size or (ckpt or {}).get("input_size") or default_input_size(recipe, arch, store_side)
-    norm = normalize or (ckpt or {}).get("normalize") or recipe.normalize
-    check_input_size(arch, int(size))
-    if norm not in NORMALIZATIONS:
-        raise InputError(f"--normalize {norm}: use one of {', '.join(NORMALIZATIONS)}")
     filt = input_filter or (ckpt or {}).get("input_filter") or "none"
     if filt not in INPUT_FILTERS:
         raise InputError(f"--input-filter {filt}: use one of {', '.join(INPUT_FILTERS)}")
-    attach_input_filter(model, filt)
-    return Built(model, arch, init, classes, int(size), norm, transform_input, filt, origin,
+    attach_input_filter(model, filt, arch)
+    return Built(model, arch, init, classes, size, norm, transform_input, filt, origin,
                  file_checksum(init.path) if init.path else None,
-                 dict((ckpt or {}).get("options", {})))
+                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch))
+
+
+def norm_stats(arch: str, norm: str, ckpt: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean/std of a normalization: ImageNet's, or (``timm``) the checkpoint's
+    recorded ones, else timm's pretrained config's for the model (zscore ignores them)."""
+    if norm not in NORMALIZATIONS:
+        raise InputError(f"--normalize {norm}: use one of {', '.join(NORMALIZATIONS)}")
+    if norm != "timm":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if ckpt is not None and "mean" in ckpt and "std" in ckpt:
+        return tuple(map(float, ckpt["mean"])), tuple(map(float, ckpt["std"]))
+    if not is_timm(arch):
+        raise InputError(f"--normalize timm: only for timm:NAME architectures (not {arch})")
+    cfg = timm_cfg(arch)
+    return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+
+
+# -- weights files --------------------------------------------------------------------
+#: keys under which trainers wrap a state_dict, in the order they are tried (DINO's
+#: ``teacher`` before anything else: its evaluation uses the teacher)
+WRAPPERS = ("state_dict", "model", "teacher", "module", "model_ema", "state_dict_ema", "net", "network")
+#: key prefixes that trainers add: DDP, self-supervised backbones, torch.compile
+PREFIXES = ("module.", "backbone.", "encoder.", "model.", "_orig_mod.")
+
+
+def read_weights(path: str) -> tuple[dict[str, Any], str | None]:
+    """A weights file as a flat state_dict, and the architecture when it is an ldpo checkpoint:
+    ``.safetensors``, or a torch file (weights_only) holding the state_dict itself or wrapping
+    it (:data:`WRAPPERS`, nested)."""
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return dict(load_safetensors(path, device="cpu")), None
+        except (SafetensorError, OSError, ValueError) as err:
+            raise InputError(f"{path}: cannot read as safetensors ({str(err).splitlines()[0]})") from None
+    data = load_file(path, "weights file")
+    own_arch = str(data["arch"]) if data.get("format") == CHECKPOINT_FORMAT else None
+    while not _is_state_dict(data):
+        key = next((k for k in WRAPPERS if isinstance(data.get(k), dict)), None)
+        if key is None:
+            keys = [k for k in data if not isinstance(data[k], torch.Tensor)][:5]
+            raise InputError(f"{path}: no state_dict in it (non-tensor entries {keys}; looked under "
+                             f"{', '.join(WRAPPERS)})")
+        data = data[key]
+    return data, own_arch
+
+
+def _is_state_dict(data: dict[str, Any]) -> bool:
+    return bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
+
+
+def strip_prefixes(model: nn.Module, state: dict[str, Any], path: str) -> dict[str, Any]:
+    """The state_dict whose keys fit the model best, among ``state`` and its parts under each
+    of :data:`PREFIXES` (twice: ``module.backbone.``); keys outside the chosen part are dropped."""
+    want = set(model.state_dict())
+    candidates = [("", state)]
+    for _ in range(2):
+        candidates += [(prefix + p, {k[len(p):]: v for k, v in part.items() if k.startswith(p)})
+                       for prefix, part in candidates for p in PREFIXES
+                       if any(k.startswith(p) for k in part) and (prefix + p) not in dict(candidates)]
+    prefix, best = max(candidates, key=lambda c: len(want & set(c[1])))  # ties: the first (least stripped)
+    if prefix:
+        log.info("%s: using the keys under %r (%d other keys dropped)", path, prefix, len(state) - len(best))
+    return best
 
 
 def _load_weights(model: nn.Module, arch: str, path: str) -> nn.Module:
-    """A torchvision ImageNet state_dict; for ``alexnet_bn`` plain AlexNet weights also fit."""
-    state = load_file(path, "torchvision state_dict")
+    """A weights file (any layout of :func:`read_weights`); for ``alexnet_bn`` plain AlexNet weights also fit."""
+    state, own_arch = read_weights(path)
+    if own_arch is not None and own_arch != arch:
+        raise InputError(f"{path}: an ldpo checkpoint of {own_arch}, not {arch} "
+                         f"(--init checkpoint:{path} takes its architecture)")
+    state = strip_prefixes(model, state, path)  # (alexnet_bn: matched on plain AlexNet's keys: the same prefixes)
     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}  # GoogLeNet's aux heads
     if arch == "alexnet_bn" and "features.10.weight" in state:  # plain AlexNet weights, then add BN
         _load_state(model, state, path, "alexnet")
         return add_batchnorm(model)
     if arch == "alexnet_bn":
         model = add_batchnorm(model)
+    if is_timm(arch):
+        state = _timm_filter(model, arch, state, path)
     state = _drop_other_head(model, arch, state, path)
     _load_state(model, state, path, arch, head_optional=True)
     return model
@@ -329,10 +581,10 @@ def _load_weights(model: nn.Module, arch: str, path: str) -> nn.Module:
 
 def _drop_other_head(model: nn.Module, arch: str, state: dict[str, Any], path: str) -> dict[str, Any]:
     """A weights file trained for another class count: keep its backbone, drop its head (logged)."""
-    prefix = HEAD[arch] + "."
-    own = model.get_submodule(HEAD[arch]).weight.shape
+    prefix = head_name(model, arch) + "."
+    head = head_linear(model, arch)
     theirs = state.get(prefix + "weight")
-    if theirs is None or tuple(theirs.shape) == tuple(own):
+    if theirs is None or (head is not None and tuple(theirs.shape) == tuple(head.weight.shape)):
         return state
     log.info("%s: its %d-class head is dropped (a new head is built)", path, theirs.shape[0])
     return {k: v for k, v in state.items() if not k.startswith(prefix)}
@@ -344,7 +596,7 @@ def _load_state(model: nn.Module, state: dict[str, Any], path: str, arch: str, h
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:200]
         raise InputError(f"{path}: does not fit {arch} ({detail})") from None
-    prefix = HEAD[arch] + "."
+    prefix = head_name(model, arch) + "."
     missing = [k for k in missing if not (head_optional and k.startswith(prefix))]
     if missing or unexpected:
         raise InputError(f"{path}: does not fit {arch} ({len(missing)} keys missing, e.g. {missing[:3]}; "
@@ -362,37 +614,50 @@ def sobel(x: torch.Tensor, keep_gray: bool = False) -> torch.Tensor:
     return torch.cat([third, g], dim=1) if keep_gray else torch.cat([g, third], dim=1)
 
 
-def attach_input_filter(model: nn.Module, name: str) -> None:
+def attach_input_filter(model: nn.Module, name: str, arch: str = "") -> None:
     """Run the fixed input filter ``name`` before the model's first layer (a forward pre-hook:
-    no parameters, nothing in the state_dict; every caller of ``model(x)`` gets it)."""
+    no parameters, nothing in the state_dict; every caller of ``model(x)`` gets it). On a timm
+    model the hook sits on its first conv, so ``forward_features`` gets it too."""
     if name == "none":
         return
     keep_gray = name == "gray-sobel"
-    model.register_forward_pre_hook(lambda module, args: (sobel(args[0], keep_gray), *args[1:]))
+    first = model.get_submodule(model.pretrained_cfg["first_conv"]) if is_timm(arch) else model
+    first.register_forward_pre_hook(lambda module, args: (sobel(args[0], keep_gray), *args[1:]))
 
 
 def default_input_size(recipe: Recipe, arch: str, store_side: int | None) -> int:
     if recipe.input_size is not None or not store_side:
         return recipe.input_size or DEFAULT_INPUT_SIZE
-    return max(MIN_INPUT[arch], min(int(store_side), DEFAULT_INPUT_SIZE))
+    return max(min_input(arch), min(int(store_side), DEFAULT_INPUT_SIZE))
+
+
+def layers(arch: str) -> dict[str, Layer]:
+    """The named layers of ``arch`` (timm models: ``pooled``, ``last``, ``probs``)."""
+    return TIMM_LAYERS if is_timm(arch) else LAYERS[arch]
+
+
+def min_input(arch: str) -> int:
+    return TIMM_MIN_INPUT if is_timm(arch) else MIN_INPUT[arch]
 
 
 def resolve_layer(arch: str, layer: str | None) -> str:
     """``None`` → the architecture's global layer; ``local`` → its last conv layer (for encode)."""
     if layer is None:
-        return DEFAULT_LAYER[arch]
-    return DEFAULT_LOCAL_LAYER[arch] if layer == "local" else layer
+        return "pooled" if is_timm(arch) else DEFAULT_LAYER[arch]
+    if layer == "local":
+        return "last" if is_timm(arch) else DEFAULT_LOCAL_LAYER[arch]
+    return layer
 
 
 def check_input_size(arch: str, size: int) -> None:
-    if size < MIN_INPUT[arch]:
-        raise InputError(f"--input-size {size}: {arch} needs at least {MIN_INPUT[arch]} px")
+    if size < min_input(arch):
+        raise InputError(f"--input-size {size}: {arch} needs at least {min_input(arch)} px")
 
 
 def check_layer(arch: str, layer: str) -> Layer:
-    if layer not in LAYERS[arch]:
-        raise InputError(f"--layer {layer}: {arch} has layers {', '.join(LAYERS[arch])}")
-    return LAYERS[arch][layer]
+    if layer not in layers(arch):
+        raise InputError(f"--layer {layer}: {arch} has layers {', '.join(layers(arch))}")
+    return layers(arch)[layer]
 
 
 # -- reading a layer ------------------------------------------------------------------
@@ -409,8 +674,12 @@ class Extractor(nn.Module):
         super().__init__()
         self.model = model
         self.layer = check_layer(arch, layer)
+        self.timm = is_timm(arch)
+        if self.layer.kind == "probs" and num_outputs(model, arch) == 0:
+            raise InputError(f"--layer probs: this {arch} has no classifier (its weights come without one); "
+                             "take probs from a finetune checkpoint")
         self._hook = model.get_submodule(self.layer.module).register_forward_hook(self._stop) \
-            if self.layer.module else None
+            if self.layer.module and not self.timm else None
 
     def detach_hook(self) -> nn.Module:
         """Remove the hook: the model runs whole again (another layer can be taken)."""
@@ -426,6 +695,8 @@ class Extractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "probs":
             return torch.softmax(self.model(x).float(), dim=1)
+        if self.timm:
+            return self.timm_layer(x)
         try:
             self.model(x)
         except _Captured as captured:
@@ -435,6 +706,17 @@ class Extractor(nn.Module):
         if self.layer.kind == "local":
             return out.flatten(2).transpose(1, 2)  # [N,C,H,W] -> [N,H*W,C]
         return out.flatten(1)
+
+    def timm_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """``pooled``: the classifier's input; ``last``: the last feature map or the patch tokens, ``[N,S,C]``."""
+        features = self.model.forward_features(x)
+        if self.layer.kind == "global":
+            return self.model.forward_head(features, pre_logits=True).flatten(1)
+        if features.ndim == 3:  # tokens [N,T,C]: drop the class (and register) tokens
+            return features[:, getattr(self.model, "num_prefix_tokens", 0):]
+        if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+            return features.flatten(1, 2)
+        return features.flatten(2).transpose(1, 2)
 
     def output_shape(self, input_size: int, device: str = "cpu") -> tuple[int, ...]:
         """The per-image output shape at ``input_size`` (one zero image through the net)."""

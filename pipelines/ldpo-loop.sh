@@ -29,8 +29,8 @@ Options (environment default in brackets):
   --truth CSV           ground-truth labels, for reporting only     [LDPO_TRUTH]
   --reports CSV         reports (report_id,text), with --manifest   [LDPO_REPORTS]
   --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
-  --arch NAME           CNN architecture (stage default: resnet18 from
-                        random init, alexnet from weights)           [LDPO_ARCH]
+  --arch NAME           CNN architecture, or timm:NAME (stage default:
+                        resnet18 from random init, alexnet from weights) [LDPO_ARCH]
   --layer NAME          feature layer (avgpool, fc7, conv5, ...; with
                         --encode the stage's last conv layer)         [LDPO_LAYER]
   --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
@@ -48,8 +48,9 @@ Options (environment default in brackets):
   --split SPEC          finetune split, 70/10/20 or none            [LDPO_SPLIT=70/10/20]
   --input-size N        CNN input side in pixels (stage default: the
                         store's side up to 224 from random init, else 224) [LDPO_INPUT_SIZE]
-  --normalize imagenet|zscore  input normalization (zscore = per image;
-                        stage default zscore from random init, else imagenet) [LDPO_NORMALIZE]
+  --normalize imagenet|zscore|timm  input normalization (zscore = per image;
+                        timm = the timm config's mean/std; stage default zscore
+                        from random init, else imagenet, timm for timm:*) [LDPO_NORMALIZE]
   --input-filter none|sobel|gray-sobel  fixed filter before the CNN (kept
                         in its checkpoints)                          [LDPO_INPUT_FILTER=none]
   --batch-size N                                                    [LDPO_BATCH_SIZE=64]
@@ -150,7 +151,7 @@ if [[ -n $reports && -z $manifest ]] || [[ -z $reports && -n $manifest ]]; then
   die "--reports and --manifest go together"
 fi
 
-[[ -z $normalize || $normalize =~ ^(imagenet|zscore)$ ]] || die "--normalize $normalize: imagenet or zscore"
+[[ -z $normalize || $normalize =~ ^(imagenet|zscore|timm)$ ]] || die "--normalize $normalize: imagenet, zscore or timm"
 [[ -z $restart_from || $restart_from =~ ^iter-[0-9]+$ ]] || die "--restart-from $restart_from: use iter-N, e.g. iter-2"
 
 # Extra arguments per stage, word-split: e.g. CLUSTER_ARGS="--lam 1e-5 --pca 256".

@@ -161,12 +161,11 @@ class Network:
 
         self.built, self.device = built, device
         self.model = built.model.eval().to(device)
-        layer = models.LAYERS[built.arch][models.DEFAULT_LAYER[built.arch]]
         self._captured = None
-        self.model.get_submodule(layer.module).register_forward_hook(self._keep)
+        models.head_module(self.model, built.arch).register_forward_pre_hook(self._keep)
 
-    def _keep(self, module, inputs, output) -> None:
-        self._captured = output
+    def _keep(self, module, inputs) -> None:
+        self._captured = inputs[0]  # what the head sees: the default global layer, for every arch
 
     def run(self, path: str, batch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -177,7 +176,8 @@ class Network:
 
         with open_store(path, expect="images") as store:
             n = len(store)
-        blocks = StoreBlocks(path, 0, n, batch, Preprocess(self.built.input_size, self.built.normalize))
+        built = self.built
+        blocks = StoreBlocks(path, 0, n, batch, Preprocess(built.input_size, built.normalize, built.mean, built.std))
         probs, feats = [], []
         with torch.inference_mode(), progress(total=n, desc=what, unit="img") as bar:
             for x in DataLoader(blocks, batch_size=None, num_workers=0):

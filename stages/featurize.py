@@ -35,18 +35,20 @@ MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normaliz
 class Options(CommonOptions):
     images: str = positional("images store (.h5/.zarr)", role="input")
     out: str = opt("output feature store (.h5/.zarr)", role="output")
-    arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
+    arch: Optional[str] = opt("architecture: alexnet, alexnet_bn, googlenet, vgg16_bn, resnet18, resnet50, or "
+                              "timm:NAME, any timm model (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     layer: Optional[str] = opt("layer: alexnet/alexnet_bn conv5|fc6|fc7, googlenet inc5b|pool5, vgg16_bn "
-                               "conv5|fc7, resnet18/50 layer4|avgpool, any: probs, or local = the last conv layer (default: fc7, "
-                               "pool5 or avgpool)",
+                               "conv5|fc7, resnet18/50 layer4|avgpool, timm:* pooled|last, any: probs, or local = the last conv "
+                               "layer (default: fc7, pool5, avgpool or pooled)",
                                None)
-    init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
+    init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "
+                    "checkpoint:PATH (finetune)", "random")
     input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
                                     "store's image side up to 224; from weights 224)", None, min=1)
-    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's; zscore from random init, "
-                                   "imagenet from weights)", None,
-                                   choices=["imagenet", "zscore"])
+    normalize: Optional[str] = opt("imagenet | zscore | timm (default: the checkpoint's; zscore from random init, "
+                                   "imagenet from weights, timm = the mean/std of timm's config for timm weights)",
+                                   None, choices=["imagenet", "zscore", "timm"])
     input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
                                       "(default: the checkpoint's, else none)", None,
                                       choices=["none", "sobel", "gray-sobel"])
@@ -61,6 +63,8 @@ class FeaturizeTool(Tool):
     description = "Extract a CNN layer's activations (or softmax probs) for every image of a store."
     example = ("featurize images.h5 --out feats.h5 --init random --input-size 64\n"
                "featurize images.h5 --out probs.h5 --init checkpoint:model.pt --layer probs\n"
+               "featurize images.h5 --out feats.h5 --arch timm:vit_small_patch14_dinov2 --init weights:dinov2.pth "
+               "--input-size 224\n"
                "featurize images.zarr --out f.zarr --init weights:alexnet-owt-7be5be79.pth --arch alexnet "
                "--layer conv5 --create-only\n"
                "featurize images.zarr --out f.zarr --init weights:alexnet-owt-7be5be79.pth --arch alexnet "
@@ -81,8 +85,8 @@ class FeaturizeTool(Tool):
             raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
         shard = parse_shard(opts.shard)
         init = models.parse_init(opts.init)
-        if opts.arch is not None and opts.arch not in models.ARCHS:
-            raise InputError(f"--arch {opts.arch}: unknown architecture (one of {', '.join(models.ARCHS)})")
+        if opts.arch is not None:
+            models.check_arch(opts.arch)
         with open_store(opts.images, expect="images") as images:
             n, ids, side = len(images), images.ids, max(images.shape("images")[1:3])
         if n == 0:
@@ -96,6 +100,8 @@ class FeaturizeTool(Tool):
         attrs = {"stage": "featurize", "arch": built.arch, "layer": layer, "init": str(init),
                  "checkpoint": built.checksum, "input_size": built.input_size, "normalize": built.normalize,
                  "input_filter": built.input_filter, "source": str(opts.images), "source_rows": n, "seed": opts.seed}
+        if built.normalize != "zscore":
+            attrs.update(mean=list(built.mean), std=list(built.std))
         if extractor.layer.kind == "probs":
             attrs["classes"] = built.classes
         log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,
@@ -168,7 +174,8 @@ def extract(opts: Options, extractor, built, store, name: str, lo: int, hi: int,
 
     from ldpo.common.imagedata import Preprocess, StoreBlocks
 
-    blocks = StoreBlocks(opts.images, lo, hi, opts.batch_size, Preprocess(built.input_size, built.normalize))
+    prep = Preprocess(built.input_size, built.normalize, built.mean, built.std)
+    blocks = StoreBlocks(opts.images, lo, hi, opts.batch_size, prep)
     loader = DataLoader(blocks, batch_size=None, num_workers=opts.workers, pin_memory=device == "cuda")
     amp_dtype = torch.bfloat16 if device == "cpu" else torch.float16
     start, row = time.perf_counter(), lo

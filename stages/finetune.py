@@ -11,7 +11,8 @@ Outputs (rank 0 writes, atomically):
 * ``CHECKPOINT``: ``torch.save`` dict of tensors and plain types (loads with
   ``weights_only=True``): ``format``, ``arch``, ``num_classes``, ``classes`` (original
   label values, index = output unit), ``state_dict``, ``options`` (resolved),
-  ``metrics``, ``input_size``, ``normalize``, ``transform_input``, ``input_filter``, ``init``;
+  ``metrics``, ``input_size``, ``normalize`` (and its per-channel ``mean``/``std``),
+  ``transform_input``, ``input_filter``, ``origin``, ``head`` (linear | mlp), ``init``;
 * ``metrics.json`` in the same folder: ``epochs`` (per epoch ``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
@@ -53,9 +54,11 @@ class Options(CommonOptions):
     images: str = positional("images store (.h5/.zarr)", role="input")
     labels: str = positional("labels CSV (id,label) naming images of the store", role="input")
     out: str = opt("output checkpoint (.pt); metrics.json is written next to it", role="output")
-    arch: Optional[str] = opt("architecture (default: the checkpoint's; resnet18 for --init random, "
+    arch: Optional[str] = opt("architecture: alexnet, alexnet_bn, googlenet, vgg16_bn, resnet18, resnet50, or "
+                              "timm:NAME, any timm model (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
-    init: str = opt("random | weights:PATH (torchvision state_dict) | checkpoint:PATH (finetune)", "random")
+    init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "
+                    "checkpoint:PATH (finetune)", "random")
     epochs: int = opt("training epochs", 3, min=1)
     batch_size: int = opt("images per batch (per process under torchrun)", 64, min=1)
     lr: Optional[float] = opt("base learning rate (default: 0.01 from random init or a checkpoint that started "
@@ -71,9 +74,9 @@ class Options(CommonOptions):
     crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35, above=0, max=1)
     input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
                                     "store's image side up to 224; from weights 224)", None, min=1)
-    normalize: Optional[str] = opt("imagenet | zscore (default: the checkpoint's; zscore from random init, "
-                                   "imagenet from weights)", None,
-                                   choices=["imagenet", "zscore"])
+    normalize: Optional[str] = opt("imagenet | zscore | timm (default: the checkpoint's; zscore from random init, "
+                                   "imagenet from weights, timm = the mean/std of timm's config for timm weights)",
+                                   None, choices=["imagenet", "zscore", "timm"])
     input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
                                       "(default: the checkpoint's, else none)", None,
                                       choices=["none", "sobel", "gray-sobel"])
@@ -87,6 +90,11 @@ class Options(CommonOptions):
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
     new_head: bool = opt("replace the head even when the class count is unchanged (the loop does this: "
                          "a new clustering's cluster numbers mean new classes)", False)
+    head: Optional[str] = opt("classifier head: linear, or mlp (Linear, ReLU, Linear with 512 hidden units) "
+                              "(default: the checkpoint's, else linear)", None, choices=["linear", "mlp"])
+    freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
+                                "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
+                                "pretrained backbone)", False)
 
 
 class FinetuneTool(Tool):
@@ -98,6 +106,8 @@ class FinetuneTool(Tool):
     description = "Fine-tune (or train from scratch) a CNN on labels; write a checkpoint and metrics.json."
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
+               "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
+               "--freeze-backbone\n"
                "torchrun --nproc_per_node 4 -m ldpo.stages.finetune images.h5 labels.csv --out model.pt")
     Options = Options
 
@@ -108,8 +118,8 @@ class FinetuneTool(Tool):
 
         check_options(opts)
         init = models.parse_init(opts.init)
-        if opts.arch is not None and opts.arch not in models.ARCHS:
-            raise InputError(f"--arch {opts.arch}: unknown architecture (one of {', '.join(models.ARCHS)})")
+        if opts.arch is not None:
+            models.check_arch(opts.arch)
         data = load_data(opts)
         rank, world, device = start_distributed(resolve_device(opts.device))
         try:
@@ -118,7 +128,8 @@ class FinetuneTool(Tool):
             torch.manual_seed(opts.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
             built = models.build(init, opts.arch, len(data.classes), opts.seed, opts.input_size, opts.normalize,
-                                 new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side)
+                                 new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side,
+                                 head=opts.head)
             settings = resolve_settings(opts, built, world)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
@@ -136,6 +147,8 @@ def check_options(opts: Options) -> None:
     if not 0 < opts.crop_scale <= 1:
         raise InputError(f"--crop-scale {opts.crop_scale}: must be in (0, 1]")
     parse_split(opts.split)
+    if opts.head == "mlp" and opts.head_init == "centroids":
+        raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
 
 
 def parse_split(text: str) -> tuple[float, float, float] | None:
@@ -301,7 +314,11 @@ class Trainer:
         self.kind = device.split(":")[0]
         model = built.model.to(device)
         head = {id(p) for p in head_parameters(model, built.arch)}
-        groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": settings["lr"]},
+        backbone = [p for p in model.parameters() if id(p) not in head]
+        if opts.freeze_backbone:
+            for p in backbone:
+                p.requires_grad_(False)
+        groups = [{"params": [] if opts.freeze_backbone else backbone, "lr": settings["lr"]},
                   {"params": [p for p in model.parameters() if id(p) in head],
                    "lr": settings["lr"] * settings["head_lr_mult"]}]
         self.optimizer = torch.optim.SGD(groups, lr=settings["lr"], momentum=opts.momentum,
@@ -328,7 +345,7 @@ class Trainer:
 
         rows, targets = self.data.train
         augment = Augment(self.built.input_size, self.built.normalize, self.opts.crop_scale, self.opts.flip,
-                          self.opts.jitter)
+                          self.opts.jitter, self.built.mean, self.built.std)
         dataset = StoreImages(self.opts.images, rows, targets, augment, seed=self.opts.seed)
         sampler = EpochSampler(targets, self.opts.balanced, self.opts.seed, self.rank, self.world)
         drop_last = len(sampler) > self.opts.batch_size  # no 1-image batch for BatchNorm
@@ -336,15 +353,20 @@ class Trainer:
                             num_workers=self.opts.workers, pin_memory=self.kind == "cuda")
         return loader, dataset, sampler
 
+    def preprocess(self):
+        from ldpo.common.imagedata import Preprocess
+
+        return Preprocess(self.built.input_size, self.built.normalize, self.built.mean, self.built.std)
+
     def eval_loader(self, part: tuple[np.ndarray, np.ndarray]):
         from torch.utils.data import DataLoader
 
-        from ldpo.common.imagedata import Preprocess, StoreImages
+        from ldpo.common.imagedata import StoreImages
 
         rows, targets = part
         share = slice(self.rank, None, self.world)  # strided, unpadded: every image counted once
         dataset = StoreImages(self.opts.images, rows[share], targets[share],
-                              Preprocess(self.built.input_size, self.built.normalize))
+                              self.preprocess())
         return DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers,
                           pin_memory=self.kind == "cuda")
 
@@ -388,11 +410,11 @@ class Trainer:
         import torch
         from torch.utils.data import DataLoader
 
-        from ldpo.common.imagedata import Preprocess, StoreImages
+        from ldpo.common.imagedata import StoreImages
         from ldpo.common.models import head_inputs, set_head_to_centroids
 
         rows, targets = self.data.train
-        dataset = StoreImages(self.opts.images, rows, targets, Preprocess(self.built.input_size, self.built.normalize))
+        dataset = StoreImages(self.opts.images, rows, targets, self.preprocess())
         loader = DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers)
         self.net.eval()
         feats = []
@@ -407,7 +429,7 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        self.model.train()
+        self.set_train_mode()
         amp_dtype = torch.bfloat16 if self.kind == "cpu" else torch.float16
         loss_sum = correct = count = 0.0
         bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
@@ -430,6 +452,16 @@ class Trainer:
         bar.close()
         loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def set_train_mode(self) -> None:
+        """Training mode; with --freeze-backbone only the head trains: the backbone stays in eval
+        mode, so its BatchNorm statistics (and dropout) stay as loaded."""
+        from ldpo.common.models import head_module
+
+        self.model.train()
+        if self.opts.freeze_backbone:
+            self.net.eval()
+            head_module(self.net, self.built.arch).train()
 
     def check_weights(self, epoch: int) -> None:
         """Non-finite weights (a diverged step the loss did not show yet) stop training, nothing saved."""
@@ -521,7 +553,7 @@ class Trainer:
             "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
             "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
             "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
-            "origin": self.built.origin,
+            "origin": self.built.origin, "head": self.built.head, "mean": list(self.built.mean), "std": list(self.built.std),
             "init": str(self.built.init)})
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)

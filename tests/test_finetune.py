@@ -166,3 +166,24 @@ def test_input_filter_and_centroid_head_travel_with_the_checkpoint(cli, small, t
                f"checkpoint:{out}", "--new-head", *TINY).code == 0
     options = load(again)["options"]
     assert options["lr"] == 0.01 and options["head_lr_mult"] == 1.0 and options["input_filter"] == "sobel"
+
+
+def test_freeze_backbone_trains_the_head_only_and_keeps_batchnorm_statistics(cli, small, tmp_path):
+    from ldpo.common import models
+
+    images, labels = small
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(5)
+    from torchvision.models import resnet18
+
+    torch.save(resnet18().state_dict(), weights)
+    out = tmp_path / "frozen.pt"
+    r = cli("finetune", images, labels, "--out", out, "--epochs", 2, "--split", "none", "--init", f"weights:{weights}",
+            "--arch", "resnet18", "--freeze-backbone", *TINY)
+    assert r.code == 0, r.err
+    before, after = load(weights), load(out)["state_dict"]
+    head = models.HEAD["resnet18"] + "."
+    backbone = [k for k in after if not k.startswith(head)]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BatchNorm statistics
+    assert after[head + "weight"].shape == (5, 512) and load(out)["options"]["freeze_backbone"] is True

@@ -84,6 +84,8 @@ SETTINGS: dict[str, Setting] = {
                             env={"FINETUNE_ARGS": "--jitter 0.3"}),
     "graysobel+pca128+jitter": Setting("[gray, Sobel], PCA to 128, jitter 0.3", args=["--input-filter", "gray-sobel"],
                                        env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
+    "frozen": Setting("train the head only (backbone weights and BatchNorm statistics frozen)",
+                      env={"FINETUNE_ARGS": "--freeze-backbone"}),
     "pca128+jitter": Setting("PCA to 128, jitter 0.3", env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
 }
 
