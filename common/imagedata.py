@@ -146,7 +146,7 @@ class Augment:
 
         x = channels_first(block)  # 0..255, on the block's device
         h, w = x.shape[-2:]
-        u = draws(self.seed, epoch, np.asarray(torch.as_tensor(rows).cpu()), DRAWS)
+        u = draws(self.seed, epoch, np.asarray(torch.as_tensor(rows).cpu()), DRAWS)  # rows: on the CPU
         boxes = crop_boxes(u, h, w, self.min_scale)
         index = np.arange(len(x), dtype=np.float64)[:, None]
         rois = torch.from_numpy(np.hstack([index, boxes])).to(x.device, x.dtype)
@@ -294,10 +294,12 @@ def loader(path: str, items: list[Item], workers: int, device: str):
                       pin_memory=device.startswith("cuda"))
 
 
-def on_device(blocks: Iterable[tuple[torch.Tensor, ...]], device: str) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Each block's tensors moved to ``device`` (non-blocking from pinned memory)."""
-    for block in blocks:
-        yield tuple(t.to(device, non_blocking=True) for t in block)
+def on_device(blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], device: str
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each ``(images, rows, targets)`` with images and targets moved to ``device``
+    (non-blocking from pinned memory); rows stay on the CPU, where the augmentation draws are made."""
+    for images, rows, targets in blocks:
+        yield images.to(device, non_blocking=True), rows, targets.to(device, non_blocking=True)
 
 
 def rebatch(blocks: Iterable[tuple[torch.Tensor, ...]], size: int, limit: int | None = None

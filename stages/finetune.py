@@ -18,7 +18,7 @@ Outputs (rank 0 writes, atomically):
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
   the split has no such part). ``train_*`` are running figures over the last epoch's
   augmented batches;
-* ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler, scaler and RNG
+* ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler and RNG
   state), removed at the end; ``--resume`` continues from it.
 
 Under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU, nccl
@@ -334,7 +334,6 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=opts.epochs)
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
-        self.scaler = torch.amp.GradScaler(self.kind, enabled=False)  # bfloat16 needs no loss scaling
         from ldpo.common.accel import tune
 
         self.channels_last = tune(model, device, opts.amp)
@@ -446,26 +445,28 @@ class Trainer:
 
         self.set_train_mode()
         plan, augment = self.epoch_plan(epoch), self.augment()
-        loss_sum = correct = count = 0.0
+        # sums stay on the device: no host sync per batch (a GPU runs ahead of the Python loop)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
         bar = progress(total=plan.images, desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
         for x, rows, y in self.batches(plan.items, plan.batches):
             x = augment(x, rows, epoch)
             with autocast(self.device, self.opts.amp):
                 out = self.model(x)
                 loss = F.cross_entropy(out.float(), y)
-            if not torch.isfinite(loss):
-                raise Diverged(f"{self.opts.out}: training diverged (loss {loss.item()} in epoch {epoch + 1}); "
-                                 "nothing written: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
             count += len(y)
             bar.update(len(y))
         bar.close()
-        loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
+        loss_sum, correct, count = all_sum([loss_sum.item(), correct.item(), count], self.world, self.device)
+        if not np.isfinite(loss_sum):  # a non-finite loss in any batch makes the sum non-finite
+            raise Diverged(f"{self.opts.out}: training diverged (loss {loss_sum} in epoch {epoch + 1}); "
+                           "nothing written: lower --lr")
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     def set_train_mode(self) -> None:
@@ -522,7 +523,7 @@ class Trainer:
         torch_save(partial_path(self.opts.out), {
             "format": PARTIAL_FORMAT, "options": self.settings, "epochs_done": epochs_done,
             "state_dict": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if self.kind == "cuda" else [],
             "history": self.history})
 
@@ -546,7 +547,6 @@ class Trainer:
         self.net.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
