@@ -374,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-iteration-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-              f"{args.arch}{' ' + args.layer if args.layer else ''}, batch {args.batch_size}, workers {args.workers}"
-              f"{', amp' if args.amp else ''}")
+        where = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
+        print(f"device {device} ({where}), {args.arch}{' ' + args.layer if args.layer else ''}, batch "
+              f"{args.batch_size}, workers {args.workers}{', amp' if args.amp else ''}")
         if args.store:
             store, truth = Path(args.store), store_truth(Path(args.store))
             from ldpo.common.stores import open_store
@@ -412,9 +412,10 @@ def iteration(args, store: Path, prev: Path, truth: Path | None, work: Path, dev
     train_after = train_rate()
     bare_train = (train_before + train_after) / 2
     ft_ratio = tuned.extra["loop_rate"] / bare_train
-    line("finetune", tuned, f"{tuned.extra['images'] / tuned.seconds:8.1f} img/s (training loop "
-         f"{tuned.extra['loop_rate']:.1f}) | bare train step {bare_train:.1f} img/s (before {train_before:.1f}, "
-         f"after {train_after:.1f}): ratio {ft_ratio:.2f} (stage wall {tuned.extra['images'] / tuned.seconds / bare_train:.2f})")
+    stage_rate = tuned.extra["images"] / tuned.seconds
+    line("finetune", tuned, f"{stage_rate:8.1f} img/s (training loop {tuned.extra['loop_rate']:.1f}) | bare train "
+         f"step {bare_train:.1f} img/s (before {train_before:.1f}, after {train_after:.1f}): ratio {ft_ratio:.2f} "
+         f"(stage wall {stage_rate / bare_train:.2f})")
 
     def forward_rate() -> float:
         return bare_forward(work / "model.pt", args.batch_size, device, args.amp, args.bare_seconds)
@@ -424,9 +425,10 @@ def iteration(args, store: Path, prev: Path, truth: Path | None, work: Path, dev
     forward_after = forward_rate()
     bare_fwd = (forward_before + forward_after) / 2
     fz_ratio = feats.extra["loop_rate"] / bare_fwd
-    line("featurize", feats, f"{args.n / feats.seconds:8.1f} img/s ({'logged loop' if feats.extra['logged'] else 'wall'} "
-         f"{feats.extra['loop_rate']:.1f}) | bare model(x) {bare_fwd:.1f} img/s (before {forward_before:.1f}, after "
-         f"{forward_after:.1f}): ratio {fz_ratio:.2f} (stage wall {args.n / feats.seconds / bare_fwd:.2f})")
+    stage_rate, loop = args.n / feats.seconds, "logged loop" if feats.extra["logged"] else "wall"
+    line("featurize", feats, f"{stage_rate:8.1f} img/s ({loop} {feats.extra['loop_rate']:.1f}) | bare model(x) "
+         f"{bare_fwd:.1f} img/s (before {forward_before:.1f}, after {forward_after:.1f}): ratio {fz_ratio:.2f} "
+         f"(stage wall {stage_rate / bare_fwd:.2f})")
     n, d = features_shape(work / "features.h5")
     clustered = cluster(args, work, device)
     line("cluster", clustered, f"{n / clustered.seconds:8.1f} img/s ({n} x {d} features, PCA {args.pca or 'none'}, "

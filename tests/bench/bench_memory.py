@@ -69,7 +69,8 @@ def make_features(path: Path, n: int, dim: int, clusters: int, seed: int = 0) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[20000, 200000], help="archive sizes (default 20000 200000)")
+    parser.add_argument("--n", type=int, nargs="+", default=[20000, 200000],
+                        help="archive sizes (default 20000 200000)")
     parser.add_argument("--size", type=int, default=32, help="archive image px (default 32)")
     parser.add_argument("--arch", default="timm:test_byobnet",
                         help="featurize network, random init (default timm:test_byobnet)")
