@@ -85,14 +85,14 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the stores (default: a temporary one)")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": args.threads}
-    work = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=args.work))
-    quiet = ["--no-progress", "-q", "--device", "cpu"]
     chosen = set(args.stages.split(","))
     if not chosen <= {"archive", "featurize", "cluster"} or ("cluster" in chosen and not args.cluster_dim
                                                              and "featurize" not in chosen):
         parser.error("--stages: a comma list of archive, featurize, cluster; cluster needs featurize or --cluster-dim")
     if "featurize" in chosen:
         chosen.add("archive")
+    work = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=args.work))
+    quiet = ["--no-progress", "-q", "--device", "cpu"]
     rows: dict[str, list[tuple[int, float, float]]] = {}
     print(f"{args.threads} threads; archive {args.size} px; featurize {args.arch} at {args.input_size} px, batch "
           f"{args.batch_size}; cluster {shlex.join(['--k', str(args.k), *shlex.split(args.cluster_args)])} on "
