@@ -1,4 +1,4 @@
-"""Feature-matrix helpers shared by ``cluster`` and ``encode``: PCA, L2, faiss k-means."""
+"""Feature-matrix helpers shared by ``cluster`` and ``encode``: PCA, L2, faiss k-means, nearest centroid."""
 
 from __future__ import annotations
 
@@ -125,3 +125,24 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, device: str = 
         if best is None or loss < best[2]:
             best = (km.centroids.copy(), assign.ravel().astype(np.int64), loss)
     return best
+
+
+class NearestCentroid:
+    """Each row's nearest centroid (squared L2), for rows arriving block by block: a faiss
+    ``IndexFlatL2`` over the centroids (on the GPU when ``device`` is cuda and faiss has one),
+    the same search ``kmeans`` ends with."""
+
+    def __init__(self, centroids: np.ndarray, device: str = "cpu"):
+        import faiss
+
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        if use_gpu(device):
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(centroids)
+        self.index = index
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(cluster [B] int64, squared distance [B] float32)``."""
+        dist, nearest = self.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        return nearest[:, 0].astype(np.int64), dist[:, 0]

@@ -6,6 +6,14 @@ then row L2 normalization (on unless ``--no-l2``).
 ``--method kmeans``: faiss k-means (GPU when present). Clusters left empty after the
 final assignment are reported and the labels renumbered 0..K'-1.
 
+Memory: a store of more rows than ``--train-rows`` (default max(256·k, as many rows as fit
+in 128 MiB)) is clustered the way faiss recipes do for large N: PCA and k-means learn from
+a seeded sample of that many rows, then every row is read block by block and given its
+nearest centroid. Memory then stays O(sample x D) instead of O(N x D), so it does not grow
+with the archive (256 rows per cluster is faiss's own cap on what k-means needs). Stores
+up to that size are clustered whole, as before. RIM and ``--balance sinkhorn`` always hold
+every row.
+
 ``--method rim`` (Regularized Information Maximization, Gomes et al. 2010, as used by
 Wang et al. 2017): k-means with ``--k`` clusters (over-segmentation; capped at N/4 for
 small N) initializes a multilogit regression p(c|f) = softmax(W f + b). RIM maximizes
@@ -37,7 +45,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
 from ldpo.common.errors import InputError
-from ldpo.common.features import PCA, kmeans, l2_normalize
+from ldpo.common.features import PCA, NearestCentroid, kmeans, l2_normalize
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
@@ -48,6 +56,9 @@ log = logging.getLogger("ldpo")
 NEEDS = {"local": "run `encode` first (it turns local descriptors into one vector per image)",
          "images": "run `featurize` first (it turns images into features)"}
 RIM_MIN_POINTS_PER_CLUSTER = 4  # over-segmentation cap: k <= N / 4
+#: k-means learns from at most max(TRAIN_ROWS_PER_CLUSTER x k, TRAIN_BYTES of float32 rows) by default
+TRAIN_ROWS_PER_CLUSTER = 256
+TRAIN_BYTES = 128 << 20
 
 
 @dataclass(kw_only=True)
@@ -70,6 +81,10 @@ class Options(CommonOptions):
     lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3, min=0)
     rim_iter: int = opt("RIM L-BFGS iterations at most", 200, min=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
+    train_rows: int = opt("k-means and PCA learn from a seeded sample of this many rows when the store has more, "
+                          "then every row is assigned to its nearest centroid block by block, so memory does not "
+                          "grow with N (0 = max(256 x k, as many rows as fit in 128 MiB); plain k-means only: RIM "
+                          "and --balance sinkhorn use every row)", 0, min=0)
     summary: str = opt("write cluster sizes to SUMMARY.csv (cluster,size) and a size plot to SUMMARY.png "
                        "(a .csv/.png suffix on SUMMARY is dropped first)", "")
 
@@ -89,47 +104,90 @@ class ClusterTool(Tool):
     def main(self, opts: Options) -> int:
         check_options(opts)
         device = resolve_device(opts.device)
-        ids, x = read_features(opts.features, opts.batch_size, opts.k if opts.method == "kmeans" else 1)
-        x = preprocess(x, opts)
-        if opts.method == "kmeans":
-            centroids, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device, nredo=opts.nredo,
-                                             init=opts.init)
-            if opts.balance == "sinkhorn":
-                assign = sinkhorn_assign(x, centroids, opts.balance_temp, device)
-            labels = renumber(assign, opts.k, "k-means")
-            log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
+        min_rows = opts.k if opts.method == "kmeans" else 1
+        n, d = feature_shape(opts.features, min_rows)
+        rows = train_rows(opts, n, d)
+        if rows < n:
+            ids, labels = sampled_kmeans(opts, rows, device)
         else:
-            labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device, opts.nredo)
-            log.info("RIM: K'=%d clusters (from k=%d, lam=%g), loss %.6g, mutual information %.4f nats",
-                     labels.max() + 1, min(opts.k, rim_cap(len(x))), opts.lam, loss, mi)
+            ids, labels = cluster_whole(opts, device, min_rows)
         write_labels(opts.out, ids, labels)
         if opts.summary:
             write_summary(opts.summary, labels)
         return 0
 
 
+def cluster_whole(opts: Options, device: str, min_rows: int) -> tuple[list[str], np.ndarray]:
+    """ids and labels 0..K'-1, clustering the whole feature matrix held in memory."""
+    ids, x = read_features(opts.features, opts.batch_size, min_rows)
+    x = preprocess(x, opts)
+    if opts.method == "kmeans":
+        centroids, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device, nredo=opts.nredo, init=opts.init)
+        if opts.balance == "sinkhorn":
+            assign = sinkhorn_assign(x, centroids, opts.balance_temp, device)
+        labels = renumber(assign, opts.k, "k-means")
+        log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
+    else:
+        labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device, opts.nredo)
+        log.info("RIM: K'=%d clusters (from k=%d, lam=%g), loss %.6g, mutual information %.4f nats",
+                 labels.max() + 1, min(opts.k, rim_cap(len(x))), opts.lam, loss, mi)
+    return ids, labels
+
+
 def check_options(opts: Options) -> None:
     if opts.whiten and not opts.pca:
         raise InputError("--whiten needs --pca D")
+    if opts.train_rows and not samples(opts):
+        raise InputError(f"--train-rows {opts.train_rows}: only plain k-means learns from a sample "
+                         "(RIM and --balance sinkhorn use every row)")
+
+
+def samples(opts: Options) -> bool:
+    """Whether this clustering may learn from a sample: plain k-means, not RIM or Sinkhorn balancing."""
+    return opts.method == "kmeans" and opts.balance == "none"
+
+
+def train_rows(opts: Options, n: int, d: int) -> int:
+    """How many rows k-means learns from: ``n`` (all), or fewer for a large store (see the module doc)."""
+    if not samples(opts):
+        return n
+    cap = opts.train_rows or max(TRAIN_ROWS_PER_CLUSTER * opts.k, TRAIN_BYTES // (4 * max(d, 1)))
+    return min(n, max(cap, opts.k))
+
+
+def check_store(store, path: str, min_rows: int) -> tuple[int, int]:
+    """``(N, D)`` of a store that holds global features with at least ``min_rows`` rows."""
+    kind = store.kind
+    if kind in NEEDS:
+        raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
+    n, d = store.shape("features")
+    if d == 0:
+        raise InputError(f"{path}: its features have 0 dimensions")
+    if n < max(min_rows, 1):
+        raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
+    return n, d
+
+
+def feature_shape(path: str, min_rows: int = 1) -> tuple[int, int]:
+    with open_store(path) as store:
+        return check_store(store, path, min_rows)
+
+
+def check_finite(block: np.ndarray, rows: np.ndarray, store, path: str) -> None:
+    """A NaN or infinite value is an input error naming the row and its id (``rows``: the block's store rows)."""
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        bad = int(rows[np.flatnonzero(~finite)[0]])
+        raise InputError(f"{path}: row {bad} (id {store.ids[bad]!r}) has NaN or infinite features")
 
 
 def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], np.ndarray]:
     """ids and the whole ``features`` matrix as one float32 array, filled batch by batch."""
     with open_store(path) as store:
-        kind = store.kind
-        if kind in NEEDS:
-            raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
-        n, d = store.shape("features")
-        if d == 0:
-            raise InputError(f"{path}: its features have 0 dimensions")
-        if n < max(min_rows, 1):
-            raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
+        n, d = check_store(store, path, min_rows)
         x = np.empty((n, d), dtype=np.float32)
         for lo, hi, block in progress(store.batches("features", batch), desc="reading", total=-(-n // batch)):
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                bad = lo + int(np.flatnonzero(~finite)[0])
-                raise InputError(f"{path}: row {bad} (id {store.ids[bad]!r}) has NaN or infinite features")
+            check_finite(block, np.arange(lo, hi), store, path)
             x[lo:hi] = block
         ids = store.ids
     return ids, x
@@ -137,16 +195,66 @@ def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], 
 
 def preprocess(x: np.ndarray, opts: Options) -> np.ndarray:
     """PCA (optional, whitened optionally), then row L2 normalization (default on)."""
-    if opts.pca:
-        pca = PCA(opts.pca, opts.whiten, opts.seed).fit(x)
+    return apply_preprocess(x, fit_pca(x, opts), opts)
+
+
+def fit_pca(x: np.ndarray, opts: Options) -> PCA | None:
+    if not opts.pca:
+        return None
+    pca = PCA(opts.pca, opts.whiten, opts.seed).fit(x)
+    log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if opts.whiten else "")
+    return pca
+
+
+def apply_preprocess(x: np.ndarray, pca: PCA | None, opts: Options) -> np.ndarray:
+    """``pca`` (if any) applied batch by batch, then L2 normalization (in place on ``x`` without PCA)."""
+    if pca is not None:
         y = np.empty((len(x), pca.dim), dtype=np.float32)
         for lo in range(0, len(x), opts.batch_size):
             y[lo:lo + opts.batch_size] = pca.transform(x[lo:lo + opts.batch_size])
         x = y
-        log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if opts.whiten else "")
     if not opts.no_l2:
         l2_normalize(x, inplace=True)
     return x
+
+
+def sampled_kmeans(opts: Options, rows: int, device: str) -> tuple[list[str], np.ndarray]:
+    """k-means for a store larger than ``rows``: PCA and k-means learn from a seeded sample of ``rows``
+    rows, then every row is read block by block and given its nearest centroid. Returns the ids and
+    labels 0..K'-1; logs the loss (sum of squared distances) over all rows."""
+    with open_store(opts.features) as store:
+        n, _ = store.shape("features")
+        chosen = np.sort(np.random.default_rng(opts.seed).choice(n, rows, replace=False))
+        sample = read_sample(store, chosen, opts)
+        log.info("k-means learns from %d of %d rows (a seeded sample), then assigns every row", rows, n)
+        pca = fit_pca(sample, opts)
+        centroids, _, _ = kmeans(apply_preprocess(sample, pca, opts), opts.k, opts.niter, opts.seed, device,
+                                 nredo=opts.nredo, init=opts.init)
+        del sample
+        nearest = NearestCentroid(centroids, device)
+        assign, loss = np.empty(n, dtype=np.int64), 0.0
+        batches = store.batches("features", opts.batch_size)
+        for lo, hi, block in progress(batches, desc="assigning", total=-(-n // opts.batch_size)):
+            assign[lo:hi], dist = nearest(apply_preprocess(block, pca, opts))
+            loss += float(dist.sum(dtype=np.float64))
+        ids = store.ids
+    labels = renumber(assign, opts.k, "k-means")
+    log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances over all %d rows)", labels.max() + 1,
+             loss, n)
+    return ids, labels
+
+
+def read_sample(store, chosen: np.ndarray, opts: Options) -> np.ndarray:
+    """Rows ``chosen`` (sorted) of the features, gathered in one pass of sequential blocks (fast in
+    both formats, unlike a point selection of many rows), checking every row is finite on the way."""
+    n, d = store.shape("features")
+    sample = np.empty((len(chosen), d), dtype=np.float32)
+    batches = store.batches("features", opts.batch_size)
+    for lo, hi, block in progress(batches, desc="sampling", total=-(-n // opts.batch_size)):
+        check_finite(block, np.arange(lo, hi), store, opts.features)
+        first, last = np.searchsorted(chosen, [lo, hi])
+        sample[first:last] = block[chosen[first:last] - lo]
+    return sample
 
 
 def renumber(assign: np.ndarray, k: int, what: str, expected: bool = False) -> np.ndarray:

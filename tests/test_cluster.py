@@ -188,3 +188,79 @@ def test_sinkhorn_balance_makes_clusters_equal_sized(cli, tmp_path):
     balanced = np.bincount(read_labels(tmp_path / "sinkhorn.csv").labels, minlength=4)
     assert plain.max() - plain.min() > 100
     assert balanced.max() - balanced.min() <= 0.1 * len(x), balanced
+
+
+# -- large stores: learn from a sample, assign block by block ---------------------------------
+
+def test_kmeans_on_a_sample_assigns_every_row_and_same_seed_same_labels(cli, tmp_path):
+    x, truth = blobs(3000, d=32, spread=0.3, seed=2)
+    ids = feature_store(tmp_path / "f.h5", x)
+    outs = []
+    for name in ("a.csv", "b.csv"):
+        r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / name, "--k", "5", "--pca", "8",
+                "--train-rows", "400", "--batch-size", "700")
+        assert r.code == 0, r.err
+        assert "learns from 400 of 3000 rows" in r.err and "K'=5" in r.err
+        outs.append(labels_of(tmp_path / name, ids))
+    assert purity(outs[0], truth) == 1.0 and purity(truth, outs[0]) == 1.0
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_kmeans_on_a_sample_never_holds_the_whole_matrix(cli, tmp_path, monkeypatch):
+    """Traced numpy memory stays well below the N x D matrix when k-means learns from a sample,
+    and reaches it when every row is used (so the measurement does see the matrix)."""
+    import tracemalloc
+
+    from ldpo.stages import cluster
+
+    x, truth = blobs(40000, d=128, spread=0.3, seed=3)
+    ids = feature_store(tmp_path / "f.zarr", x)
+    matrix = x.nbytes
+    del x
+    learned = []
+    real = cluster.kmeans
+    monkeypatch.setattr(cluster, "kmeans", lambda y, *a, **kw: learned.append(len(y)) or real(y, *a, **kw))
+    peaks = {}
+    for rows in ("2000", "40000"):
+        tracemalloc.start()
+        r = cli("cluster", tmp_path / "f.zarr", "--out", tmp_path / f"{rows}.csv", "--k", "5", "--train-rows", rows,
+                "--batch-size", "4096", "--nredo", "1")
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert r.code == 0, r.err
+        assert purity(labels_of(tmp_path / f"{rows}.csv", ids), truth) == 1.0
+    assert learned == [2000, 40000]
+    assert peaks["2000"] < matrix / 2 < matrix <= peaks["40000"]
+
+
+def test_default_train_rows_uses_every_row_of_a_small_store_and_samples_a_large_one():
+    from types import SimpleNamespace
+
+    from ldpo.stages.cluster import train_rows
+
+    opts = SimpleNamespace(method="kmeans", balance="none", k=100, train_rows=0)
+    assert train_rows(opts, 20000, 512) == 20000  # under max(256 x 100, 128 MiB / 2 KiB = 65536): all rows
+    assert train_rows(opts, 200000, 512) == 65536
+    assert train_rows(opts, 200000, 4096) == 25600  # 256 per cluster
+    assert train_rows(SimpleNamespace(**opts.__dict__ | {"method": "rim"}), 200000, 4096) == 200000
+    assert train_rows(SimpleNamespace(**opts.__dict__ | {"balance": "sinkhorn"}), 200000, 4096) == 200000
+    assert train_rows(SimpleNamespace(**opts.__dict__ | {"train_rows": 1000}), 200000, 4096) == 1000
+
+
+def test_sampled_kmeans_names_a_non_finite_row_outside_the_sample(cli, tmp_path):
+    x, _ = blobs(2000, d=8, seed=4)
+    x[1777, 3] = np.nan
+    feature_store(tmp_path / "f.h5", x)
+    r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "l.csv", "--k", "5", "--train-rows", "100",
+            "--no-progress")
+    assert r.code == 2
+    assert r.err.strip() == (f"cluster: error: {tmp_path / 'f.h5'}: row 1777 (id 'img01777') has NaN or infinite "
+                             "features")
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_train_rows_is_refused_where_every_row_is_needed(cli, blobs200, tmp_path):
+    path, _, _ = blobs200
+    for extra in (["--method", "rim"], ["--balance", "sinkhorn"]):
+        r = cli("cluster", path, "--out", tmp_path / "l.csv", "--k", "5", "--train-rows", "100", *extra)
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--train-rows 100" in r.err

@@ -66,3 +66,112 @@ def test_bad_arguments_exit_2(cli, tmp_path):
     r = cli("toy-data", "texture25", "--out", tmp_path, "--classes", "30")
     assert r.code == 2 and r.err.strip() == "toy-data texture25: error: --classes 30: must be between 1 and 25"
     assert cli("toy-data", "nonsense").code == 2
+
+
+# -- toy-data archive ------------------------------------------------------------------------
+
+def archive(cli, path, *args):
+    return cli("toy-data", "archive", "--out", path, "--no-progress", "-q", *args)
+
+
+def test_archive_same_seed_same_bytes_and_rows_independent_of_n_and_threads(cli, tmp_path):
+    small = ["--n", "300", "--size", "32", "--classes", "4"]
+    assert archive(cli, tmp_path / "a.zarr", *small).code == 0
+    assert archive(cli, tmp_path / "b.h5", *small, "--workers", "2").code == 0
+    assert archive(cli, tmp_path / "c.zarr", *small, "--seed", "1").code == 0
+    assert archive(cli, tmp_path / "long.zarr", "--n", "700", "--size", "32", "--classes", "4").code == 0
+    assert digest(tmp_path / "a.zarr") == digest(tmp_path / "b.h5")  # format and threads change nothing
+    assert digest(tmp_path / "a.zarr") != digest(tmp_path / "c.zarr")
+    with open_store(tmp_path / "a.zarr") as a, open_store(tmp_path / "long.zarr") as long:
+        assert np.array_equal(a.read("images"), long.read("images", 0, 300))  # a prefix of a longer archive
+        assert long.ids[:300] == a.ids
+    assert (tmp_path / "a.zarr.truth.csv").read_bytes() == (tmp_path / "b.h5.truth.csv").read_bytes()
+    assert (tmp_path / "long.zarr.truth.csv").read_text().startswith((tmp_path / "a.zarr.truth.csv").read_text())
+
+
+def test_archive_store_shape_ids_truth_and_chunks(cli, tmp_path):
+    r = archive(cli, tmp_path / "a.zarr", "--n", "600", "--size", "128", "--classes", "5",
+                "--truth", tmp_path / "t.csv")
+    assert r.code == 0 and "600 images of 128 px" in r.out and "images/s" in r.out
+    assert not (tmp_path / "a.zarr.truth.csv").exists()
+    truth = read_labels(tmp_path / "t.csv")
+    with open_store(tmp_path / "a.zarr", expect="images") as store:
+        images = store.array("images")
+        assert images.shape == (600, 128, 128) and images.dtype == np.uint8
+        assert images.chunks == (256, 128, 128)  # 4 MiB / 16 KiB per image: block reads, not one image per chunk
+        assert store.ids == truth.ids and len(set(store.ids)) == 600
+        assert store.attrs["classes"] == 5 and store.attrs["stage"] == "toy-data archive"
+        pixels = store.read("images")
+    assert sorted(set(truth.labels.tolist())) == [0, 1, 2, 3, 4]
+    assert 40 < pixels.mean() < 160 and pixels.std() > 20  # bodies on a dark background, not a flat field
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_archive_chunk_rows():
+    from ldpo.stages.toy_data.archive import chunk_rows_for
+
+    assert [chunk_rows_for(s) for s in (16, 32, 64, 100, 256, 512, 4096)] == [4096, 4096, 1024, 256, 64, 16, 1]
+
+
+def test_archive_chunk_rows_option(cli, tmp_path):
+    assert archive(cli, tmp_path / "a.h5", "--n", "50", "--size", "32", "--chunk-rows", "1").code == 0
+    with open_store(tmp_path / "a.h5") as store:
+        assert store.array("images").chunks == (1, 32, 32)
+
+
+def test_archive_classes_are_separable_but_not_by_raw_pixels_alone():
+    """Nearest class centroid on the amplitude spectrum (phase-free) sorts held-out images almost
+    perfectly; raw-pixel k-means finds the classes well above chance but far from perfectly."""
+    from ldpo.stages.toy_data.archive import block_labels, generate_block
+
+    classes = 10
+    images = np.concatenate([generate_block(0, b, classes, 64) for b in range(4)])
+    labels = np.concatenate([block_labels(0, b, classes) for b in range(4)])
+    assert images.shape == (1024, 64, 64) and images.dtype == np.uint8
+    spectra = np.abs(np.fft.fft2(images - images.mean(axis=(1, 2), keepdims=True))).reshape(len(images), -1)
+    spectra /= np.linalg.norm(spectra, axis=1, keepdims=True)
+    train, test = slice(0, 768), slice(768, None)
+    centroids = np.stack([spectra[train][labels[train] == c].mean(axis=0) for c in range(classes)])
+    guess = ((spectra[test][:, None, :] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    assert (guess == labels[test]).mean() > 0.9  # chance: 0.1
+    assert 0.3 < raw_pixel_purity(images, labels) < 0.9
+
+
+def test_archive_class_looks_the_same_whatever_the_class_count():
+    from ldpo.stages.toy_data.archive import class_params
+
+    few, many = class_params(3), class_params(40)
+    assert np.allclose(few.freq1, many.freq1[:3]) and np.allclose(few.level, many.level[:3])
+    assert len(np.unique(np.round(many.angle1, 6))) == 40
+
+
+def test_archive_failure_leaves_nothing(cli, tmp_path, monkeypatch):
+    from ldpo.stages.toy_data import archive as module
+
+    made = []
+
+    def failing(seed, block, *args, **kwargs):
+        if block == 2:
+            raise RuntimeError("disk full")
+        made.append(block)
+        return real(seed, block, *args, **kwargs)
+
+    real = module.generate_block
+    monkeypatch.setattr(module, "generate_block", failing)
+    r = archive(cli, tmp_path / "a.zarr", "--n", "1000", "--size", "16")
+    assert r.code == 2 and r.err.strip() == "toy-data archive: error: disk full"
+    assert made and list(tmp_path.iterdir()) == []
+
+
+def test_archive_bad_options_exit_2_with_one_line(cli, tmp_path):
+    cases = {("--n", "0"): "toy-data archive: error: --n 0: must be between 1 and 100000000",
+             ("--size", "8"): "toy-data archive: error: --size 8: must be between 16 and 4096",
+             ("--classes", "0"): "toy-data archive: error: --classes 0: must be between 1 and 10000"}
+    for args, message in cases.items():
+        r = cli("toy-data", "archive", "--out", tmp_path / "a.zarr", *args)
+        assert r.code == 2 and r.err.strip() == message
+    r = cli("toy-data", "archive", "--out", tmp_path / "a.png")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "unknown store format '.png'" in r.err
+    r = cli("toy-data", "archive", "--out", tmp_path / "a.zarr", "--truth", tmp_path / "a.zarr")
+    assert r.code == 2 and "same file" in r.err
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 ``toy-data texture25 --out DIR`` — 25 procedural texture classes (images + truth).
 ``toy-data pacs --out DIR`` — a small fake PACS: DICOM studies + reports.
+``toy-data archive --n N --size S --out A.zarr`` — a synthetic archive of any size (images + truth).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import sys
 
 from ldpo.common.cli import Tool
 
-SETS = {"texture25": "texture25", "pacs": "pacs"}
+SETS = {"texture25": "texture25", "pacs": "pacs", "archive": "archive"}
 
 
 class ToyDataTool(Tool):
     name = "toy-data"
-    description = "Generate an embedded toy data set: texture25 (images + truth) or pacs (DICOM + reports)."
-    example = "toy-data texture25 --out toy/ --per-class 12 --size 64\ntoy-data pacs --out pacs/"
+    description = ("Generate an embedded toy data set: texture25 (images + truth), pacs (DICOM + reports) or "
+                   "archive (a synthetic archive of any size: images + truth).")
+    example = ("toy-data texture25 --out toy/ --per-class 12 --size 64\ntoy-data pacs --out pacs/\n"
+               "toy-data archive --n 216000 --size 256 --out archive.zarr")
 
     def sets(self) -> dict[str, type[Tool]]:
         found = {}
