@@ -14,6 +14,19 @@ than by chance the model mistakes a for b. The lift keeps a few large categories
 soak up probability everywhere (a model that learned little) from pulling every
 category into one group at once.
 
+``--affinity centroids`` uses the model's features instead of its softmax: ``--features
+STORE`` (``features`` [N,D], joined by id; the loop passes the final model's, the last
+iteration's ``features.h5``, or ``encoded.h5`` with ``--encode``). Each image's vector is
+L2-normalized (as ``cluster`` sees it), a group's centroid is the mean over its images
+minus the mean over all images, and A is the cosine of two centroids. Centering matters:
+the features are non-negative (ReLU), so uncentered centroids all point the same way
+(cosines 0.85–0.97 on the toy PACS). The centroids do not depend on the classifier head,
+so they still mean something when the head's softmax has collapsed onto one class (seen
+on the toy PACS). Measured on the toy sets (README, "The category tree": three demo-size
+Texture-25 runs, one 25-class run, three toy PACS runs), none of the three affinities'
+first merges follows the truth's families better than chance, and centroids do not beat
+lift, so the default stays ``lift``.
+
 Each level merges the groups of the level below by scikit-learn's affinity
 propagation on A (precomputed). The preference starts at the paper's, the median of
 the off-diagonal affinities; when that merges nothing (all groups stay apart) or
@@ -33,7 +46,8 @@ Writes into ``--out`` DIR:
 * ``tree.json``: the root node; every node has ``id`` ("L<level>-<index>"), ``level``,
   ``index``, ``size`` (images), ``classes`` (member label values) and ``children``;
   the root also has ``levels`` (group count per level), ``merged_by`` (how each level
-  above 0 was made), ``affinity`` and ``forced_final_merge``;
+  above 0 was made), ``affinity``, ``features`` (with ``centroids``) and
+  ``forced_final_merge``;
 * ``levels.csv``: ``id,level0,level1,…`` (level0 = the image's label, level j = its
   group index at level j; the last level is the root, 0);
 * ``tree.png``: a dendrogram of the levels.
@@ -63,12 +77,16 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)")
-    labels: str = positional("labels CSV (id,label) the model was trained on")
-    out: str = opt("output folder for tree.json, levels.csv, tree.png")
+    probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)",
+                            role="input")
+    labels: str = positional("labels CSV (id,label) the model was trained on", role="input")
+    out: str = opt("output folder for tree.json, levels.csv, tree.png", role="output")
     damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
     affinity: str = opt("lift: confusion relative to each group's overall score (default); confusion: the "
-                        "paper's raw confusion", "lift", choices=["lift", "confusion"])
+                        "paper's raw confusion; centroids: cosine of the groups' mean features (needs --features)",
+                        "lift", choices=["lift", "confusion", "centroids"])
+    features: str = opt("feature store (features [N,D], the same ids as PROBS) for --affinity centroids, e.g. the "
+                        "last iteration's iter-NN/features.h5", "", role="input")
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
@@ -76,11 +94,14 @@ class Options(CommonOptions):
 class HierarchyTool(Tool):
     name = "hierarchy"
     description = ("Build the category tree: affinity propagation on the class confusion of the final model "
-                   "(by default relative to each class's overall score: --affinity lift), merged level by level "
+                   "(by default relative to each class's overall score: --affinity lift; or the cosine of the "
+                   "categories' mean features: --affinity centroids --features STORE), merged level by level "
                    "up to one root; every level merges something, so K > 2 categories get at least one level "
                    "between the categories and the root. Writes tree.json, levels.csv, tree.png; prints the "
                    "group count per level.")
-    example = "hierarchy probs.h5 labels_final.csv --out tree/ --seed 0"
+    example = ("hierarchy probs.h5 labels_final.csv --out tree/ --seed 0\n"
+               "hierarchy final/probs.h5 final/labels.csv --out final/tree --affinity centroids "
+               "--features iter-05/features.h5")
     Options = Options
 
     def main(self, opts: Options) -> int:
@@ -88,18 +109,32 @@ class HierarchyTool(Tool):
             raise InputError(f"--damping {opts.damping}: must be in [0.5, 1)")
         if opts.max_levels < 1:
             raise InputError("--max-levels must be >= 1")
+        if opts.affinity == "centroids" and not opts.features:
+            raise InputError("--affinity centroids needs --features STORE (the final model's feature store, e.g. "
+                             "the last iteration's features.h5)")
+        if opts.features and opts.affinity != "centroids":
+            raise InputError(f"--features {opts.features}: only --affinity centroids uses it "
+                             f"(--affinity is {opts.affinity})")
         ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch_size)
         present = np.flatnonzero(counts > 0)
         if len(present) < len(classes):
             log.warning("%d of %d classes have no images in %s; left out of the tree", len(classes) - len(present),
                         len(classes), opts.labels)
-        groups, forced, how = build_levels(sums, counts, present, opts.damping, opts.max_levels, opts.seed,
-                                           opts.affinity)
+        if opts.affinity == "centroids":
+            feature_sums = read_feature_sums(opts.features, ids, row_class, len(classes), opts.batch_size,
+                                             opts.probs)
+            affinity_of = lambda members: centroid_affinity(feature_sums, counts, members)  # noqa: E731
+        else:
+            affinity_of = lambda members: affinity(sums, counts, members, opts.affinity)  # noqa: E731
+        groups, forced, how = build_levels(affinity_of, len(classes), present, opts.damping, opts.max_levels,
+                                           opts.seed)
         sizes = [len(level) for level in groups]
         out = Path(opts.out)
         out.mkdir(parents=True, exist_ok=True)
         tree = tree_json(groups, classes, counts, forced)
         tree.update(merged_by=how, affinity=opts.affinity)
+        if opts.features:
+            tree.update(features=opts.features)
         with atomic_path(out / "tree.json") as tmp:
             tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
         write_levels(out / "levels.csv", ids, row_class, classes, groups)
@@ -132,6 +167,36 @@ def read_scores(probs_path: str, labels_path: str, batch: int):
     return ids, row_class, classes, sums, counts
 
 
+def read_feature_sums(path: str, ids: list[str], row_class: np.ndarray, k: int, batch: int,
+                      probs_path: str) -> np.ndarray:
+    """Per-class sums [K,D] of the L2-normalized feature vectors of ``path``, joined to ``ids`` by id."""
+    with open_store(path) as store:
+        if store.kind != "features":
+            what = "local features [N,S,C]" if store.kind == "local" else store.kind
+            raise InputError(f"{path}: holds {what}, not one feature vector per image: give a global feature store "
+                             "(featurize's default layer, or encode's output)")
+        n, d = store.shape("features")
+        feature_ids = store.ids
+        column = {ident: c for ident, c in zip(ids, row_class.tolist())}
+        rows = np.array([column.get(ident, -1) for ident in feature_ids], dtype=np.int64)
+        if (rows < 0).any():
+            first = feature_ids[int(np.flatnonzero(rows < 0)[0])]
+            raise InputError(f"{path}: {int((rows < 0).sum())} ids are not in {probs_path} (first: {first}): "
+                             "the features must be of the same images")
+        if n < len(ids):
+            have = set(feature_ids)
+            first = next(ident for ident in ids if ident not in have)
+            raise InputError(f"{path}: {len(ids) - n} images of {probs_path} have no feature vector (first: {first})")
+        sums = np.zeros((k, d), dtype=np.float64)
+        for lo, hi, block in progress(store.batches("features", batch), desc="features", total=-(-n // batch)):
+            block = block.astype(np.float64)
+            if not np.isfinite(block).all():
+                raise InputError(f"{path}: rows {lo}..{hi} hold non-finite features")
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            np.add.at(sums, rows[lo:hi], block / np.maximum(norms, 1e-12))
+    return sums
+
+
 def class_values(attrs: dict, k: int, path: str) -> list[int]:
     raw = attrs.get("classes")
     if raw is None:
@@ -160,6 +225,18 @@ def affinity(sums: np.ndarray, counts: np.ndarray, members: np.ndarray, kind: st
         prior = group_sums.sum(axis=0) / counts.sum()
         p = p / np.maximum(prior, 1e-12)[None, :]
     return 0.5 * (p + p.T)
+
+
+def centroid_affinity(feature_sums: np.ndarray, counts: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Cosine of the groups' centroids, each taken relative to the centroid of all images.
+
+    ``feature_sums`` [K,D] sums the L2-normalized features of each class's images.
+    """
+    overall = feature_sums.sum(axis=0) / counts.sum()
+    centroids = (members @ feature_sums) / (members @ counts)[:, None] - overall[None, :]
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    unit = centroids / np.maximum(norms, 1e-12)
+    return unit @ unit.T
 
 
 def propagate(a: np.ndarray, damping: float, seed: int, preference: float | None = None) -> np.ndarray | None:
@@ -203,25 +280,27 @@ def merge_level(a: np.ndarray, damping: float, seed: int) -> tuple[np.ndarray, s
         "(affinity propagation merged nothing or everything)"
 
 
-def build_levels(sums: np.ndarray, counts: np.ndarray, present: np.ndarray, damping: float, max_levels: int,
-                 seed: int, kind: str = "lift") -> tuple[list[list[list[int]]], bool, list[str]]:
+def build_levels(affinity_of, k: int, present: np.ndarray, damping: float, max_levels: int,
+                 seed: int) -> tuple[list[list[list[int]]], bool, list[str]]:
     """Levels of groups; a group lists the indices of its children in the level below.
 
-    Level 0 lists the class columns themselves (one per group). Returns the levels,
-    whether the last merge was forced, and how each level above 0 was made.
+    ``affinity_of(members)`` gives the [G,G] affinity of the groups that the 0/1 matrix
+    ``members`` [G,K] makes of the K class columns. Level 0 lists the class columns
+    themselves (one per group). Returns the levels, whether the last merge was forced,
+    and how each level above 0 was made.
     """
     levels: list[list[list[int]]] = [[[int(c)] for c in present]]
     leaves: list[list[int]] = [[int(c)] for c in present]  # class columns under each group of the top level
     forced = False
     how: list[str] = []
     while len(leaves) > 1:
-        members = np.zeros((len(leaves), len(sums)))
+        members = np.zeros((len(leaves), k))
         for g, cols in enumerate(leaves):
             members[g, cols] = 1.0
         if len(leaves) == 2:  # nothing to choose: the last two groups meet at the root
             assign, why = np.zeros(2, dtype=np.int64), "the last two groups join at the root"
         elif len(levels) <= max_levels:
-            assign, why = merge_level(affinity(sums, counts, members, kind), damping, seed)
+            assign, why = merge_level(affinity_of(members), damping, seed)
         else:
             log.warning("forcing the final merge of %d groups into the root: the level cap --max-levels was "
                         "reached", len(leaves))

@@ -35,3 +35,17 @@ def same_family_fraction(groups: Sequence[Sequence[object]]) -> tuple[float, int
     and the number of pairs. ``groups`` list the members' families."""
     pairs = [a == b for group in groups for a, b in combinations(group, 2)]
     return (sum(pairs) / len(pairs) if pairs else float("nan")), len(pairs)
+
+
+def first_level_groups(tree: dict) -> list[list[int]]:
+    """The member classes of each level-1 group of a ``hierarchy`` tree.json: its first merges."""
+    out: list[list[int]] = []
+
+    def visit(node: dict) -> None:
+        if node["level"] == 1:
+            out.append(node["classes"])
+        for child in node["children"]:
+            visit(child)
+
+    visit(tree)
+    return out
