@@ -218,6 +218,27 @@ def test_a_rerun_with_other_settings_is_refused_until_restart_or_fresh(toy, tmp_
     assert '"seed": "5"' in (work / "run.json").read_text() and len(history(work)) == 2
 
 
+def test_tree_affinity_centroids_and_changing_it_remakes_only_the_tree(toy, tmp_path):
+    import json
+
+    data = toy(classes=3, per_class=4, size=32)
+    work = tmp_path / "w"
+    args = ["--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv", *TINY_LOOP]
+    loop(*args, "--tree-affinity", "centroids")
+    tree = json.loads((work / "final/tree/tree.json").read_text())
+    last = sorted(work.glob("iter-*/features.h5"))[-1]
+    assert tree["affinity"] == "centroids" and tree["features"] == str(last)  # the final model's features
+    assert '"tree_affinity": "centroids"' in (work / "run.json").read_text()
+    kept = {p: p.stat().st_mtime_ns for p in [work / "final/model.pt", work / "final/labels.csv", last]}
+    loop(*args)  # back to the default: the tree and the report are made again, nothing else
+    assert json.loads((work / "final/tree/tree.json").read_text())["affinity"] == "lift"
+    assert '"tree_affinity": "lift"' in (work / "run.json").read_text()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (work / "report/index.html").exists()
+    proc = loop(*args, "--tree-affinity", "nearest", check=False)
+    assert proc.returncode == 2 and "--tree-affinity nearest: one of lift, confusion, centroids" in proc.stderr
+
+
 def test_the_loop_reads_the_verdict_and_never_takes_a_crash_for_go_on(toy, tmp_path):
     data = toy(classes=3, per_class=4, size=32)
     args = ["--images", data / "images.h5", "--truth", data / "truth.csv", *TINY_LOOP]
