@@ -260,6 +260,101 @@ def test_bad_centroid_input_exits_2_with_one_line(cli, tmp_path, case):
     assert not (tmp_path / "t" / "tree.json").exists()
 
 
+# -- --affinity reports: what the images' reports say --------------------------------------------
+# Eight categories like the toy PACS's: five regions, three of them seen by CT and by MR. The
+# reports of one region share its words; CT and MR reports share the modality's words.
+REGION_WORDS = {"head": "brain ventricles skull cerebellum", "chest": "lungs pleural mediastinum airways",
+                "abdomen": "liver pancreas spleen kidneys", "spine": "vertebral discs canal foramina",
+                "pelvis": "bladder prostate uterus acetabulum"}
+MODALITY_WORDS = {"CT": "attenuation contrast enhanced axial", "MR": "signal weighted sequences intensity"}
+CATEGORIES = [("head", "CT"), ("head", "MR"), ("chest", "CT"), ("abdomen", "CT"), ("abdomen", "MR"),
+              ("spine", "CT"), ("spine", "MR"), ("pelvis", "CT")]
+
+
+def write_reports(tmp_path, ids, y, seed=0):
+    """Four reports per category, one per 4 images; each says its region and modality words and filler."""
+    rng = np.random.default_rng(seed)
+    filler = "normal unremarkable stable findings impression comparison prior study noted".split()
+    report_of, rows = [], []
+    for row, c in enumerate(y):
+        rid = f"r{c}-{row % 4}"
+        report_of.append(rid)
+        if rid not in {r[0] for r in rows}:
+            region, modality = CATEGORIES[c]
+            words = [*REGION_WORDS[region].split(), *MODALITY_WORDS[modality].split(), *rng.choice(filler, 6)]
+            rows.append((rid, " ".join(rng.permutation(words))))
+    with open(tmp_path / "reports.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("report_id", "text"), *rows])
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("id", "report_id"), *zip(ids, report_of)])
+
+
+def test_reports_join_the_categories_of_one_region(cli, tmp_path):
+    from ldpo.stages.toy_data.families import first_level_groups
+
+    y = np.repeat(np.arange(8), 8)
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, 8), y, list(range(8)))
+    write_reports(tmp_path, ids, y)
+    args = ["--affinity", "reports", "--reports", tmp_path / "reports.csv", "--manifest", tmp_path / "manifest.csv"]
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", *args,
+            "--preference", "0.9")
+    assert r.code == 0, r.err
+    tree = json.loads((tmp_path / "t" / "tree.json").read_text())
+    assert tree["affinity"] == "reports" and tree["preference"] == 0.9
+    assert tree["reports"] == str(tmp_path / "reports.csv") and tree["manifest"] == str(tmp_path / "manifest.csv")
+    assert sorted(first_level_groups(tree)) == [[0, 1], [2], [3, 4], [5, 6], [7]]  # each region's CT with its MR
+    assert len(tree["levels"]) >= 4
+    # at the median (the paper's preference) the first level joins more, and regions mix
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "m", *args)
+    assert r.code == 0, r.err
+    median = json.loads((tmp_path / "m" / "tree.json").read_text())
+    assert median["preference"] == 0.5 and median["levels"][1] < 5
+
+
+def test_a_higher_preference_makes_smaller_groups(cli, tmp_path):
+    scores, y = planted(3, 4)
+    write_inputs(tmp_path, scores, y, list(range(12)))
+    sizes = {}
+    for q in ("0", "0.5", "0.9"):
+        r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / q, "--preference", q)
+        assert r.code == 0, r.err
+        sizes[q] = [int(x) for x in r.out.split(":")[1].split(",")]
+    assert sizes["0.5"] == [12, 3, 2, 1]
+    assert sizes["0"][1] <= sizes["0.5"][1] <= sizes["0.9"][1] and sizes["0.9"][1] > 3
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "x", "--preference", "1.5")
+    assert r.code == 2 and "--preference" in r.err
+
+
+@pytest.mark.parametrize("case", ["no-manifest", "reports-without-affinity", "id-not-in-manifest", "no-report",
+                                  "no-words"])
+def test_bad_report_input_exits_2_with_one_line(cli, tmp_path, case):
+    y = np.repeat(np.arange(8), 4)
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, 8), y, list(range(8)))
+    write_reports(tmp_path, ids, y)
+    reports, manifest = tmp_path / "reports.csv", tmp_path / "manifest.csv"
+    args = ["--affinity", "reports", "--reports", reports, "--manifest", manifest]
+    if case == "no-manifest":
+        args, needle = args[:4], "--affinity reports needs --reports"
+    elif case == "reports-without-affinity":
+        args, needle = ["--reports", reports], "only --affinity reports uses it"
+    elif case == "id-not-in-manifest":
+        manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
+        needle = "1 id(s) not in the manifest"
+    elif case == "no-report":
+        reports.write_text("\n".join(line for line in reports.read_text().splitlines() if not line.startswith("r7-0")))
+        needle = "labelled id(s) refer to no report"
+    else:
+        with open(reports, "w", newline="") as fh:
+            csv.writer(fh).writerows([("report_id", "text")] + [(f"r{c}-{i}", "the 12 mm on 2014-03-12")
+                                                                 for c in range(8) for i in range(4)])
+        needle = "no usable words"
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", "--no-progress",
+            *args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert not (tmp_path / "t" / "tree.json").exists()
+
+
 def test_classes_without_images_are_left_out(cli, tmp_path):
     scores, y = planted(3, 4)
     keep = y != 5
