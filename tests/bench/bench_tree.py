@@ -2,8 +2,10 @@
 
 For a finished loop's work folder, runs ``hierarchy`` on ``final/probs.h5`` and
 ``final/labels.csv`` with each ``--affinity``: ``lift`` (the default), the paper's raw
-``confusion`` and ``centroids`` (with ``--features`` the final model's feature store,
-the last ``iter-NN/features.h5``, as the loop passes it). For each it prints the group
+``confusion``, ``centroids`` (with ``--features`` the final model's feature store, the
+last ``iter-NN/features.h5``, as the loop passes it) and, on the toy PACS, ``reports``
+(its reports and key-image manifest), at ``--preference Q`` (default 0.5, the
+median: the paper's; ``--preference 0.5,0.9`` runs each). For each it prints the group
 count per level and, for the first-level merges, the fraction of merged category pairs
 whose truth families agree, against chance (the same fraction over all pairs of
 categories). A category's truth class is the majority truth class of its images; its
@@ -44,7 +46,7 @@ from ldpo.stages import run
 from ldpo.stages.hierarchy import build_levels, centroid_affinity, read_feature_sums
 from ldpo.stages.toy_data.families import first_level_groups, same_family_fraction, texture25_family
 
-AFFINITIES = ("lift", "confusion", "centroids")
+AFFINITIES = ("lift", "confusion", "centroids", "reports")
 
 
 def pacs_truth(pacs: Path, modality: bool = False) -> dict[str, str]:
@@ -83,6 +85,7 @@ def main() -> None:
     ap.add_argument("--probs", help="probs store (default WORK/final/probs.h5)")
     ap.add_argument("--labels", help="the model's labels (default WORK/final/labels.csv)")
     ap.add_argument("--features", help="feature store (default: the last WORK/iter-NN/features.h5)")
+    ap.add_argument("--preference", default="0.5", help="hierarchy --preference quantiles, comma-separated")
     args = ap.parse_args()
     if bool(args.truth) == bool(args.pacs):
         ap.error("give --truth (Texture-25) or --pacs (toy PACS)")
@@ -111,7 +114,7 @@ def main() -> None:
 
     def line(name: str, groups, levels, fam, cls) -> None:
         fraction, merged = same_family_fraction([[fam[c] for c in g] for g in groups])
-        text = f"  {name:24s} levels {levels}: first merges {fraction:.3f} same family ({merged} pairs) vs chance " \
+        text = f"  {name:29s} levels {levels}: first merges {fraction:.3f} same family ({merged} pairs) vs chance " \
                f"{chance:.3f}"
         if args.truth:
             same_class, _ = same_family_fraction([[cls[c] for c in g] for g in groups])
@@ -119,15 +122,26 @@ def main() -> None:
         shown = " ".join("{" + ",".join(f"{c}:{fam[c]}" for c in g) + "}" for g in groups if len(g) > 1)
         print(f"{text}; {shown}")
 
+    preferences = [float(q) for q in args.preference.split(",")]
     for affinity in AFFINITIES:
-        extra = ["--features", str(features)] if affinity == "centroids" else []
-        with tempfile.TemporaryDirectory() as tmp:
-            with contextlib.redirect_stdout(io.StringIO()):
-                code = run(["hierarchy", str(probs), str(labels_path), "--out", tmp, "--affinity", affinity, "-q",
-                            *extra])
-            assert code == 0, f"hierarchy --affinity {affinity} failed"
-            tree = json.loads((Path(tmp) / "tree.json").read_text())
-        line(f"--affinity {affinity}", first_level_groups(tree), tree["levels"], family, klass)
+        if affinity == "centroids":
+            extra = ["--features", str(features)]
+        elif affinity == "reports":
+            if not args.pacs:
+                continue  # the toy Texture-25 set has no reports
+            pacs = Path(args.pacs)
+            extra = ["--reports", str(pacs / "toy/reports.csv"), "--manifest", str(pacs / "keyimages/manifest.csv")]
+        else:
+            extra = []
+        for q in preferences:
+            with tempfile.TemporaryDirectory() as tmp:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    code = run(["hierarchy", str(probs), str(labels_path), "--out", tmp, "--affinity", affinity,
+                                "--preference", str(q), "-q", *extra])
+                assert code == 0, f"hierarchy --affinity {affinity} failed"
+                tree = json.loads((Path(tmp) / "tree.json").read_text())
+            name = f"--affinity {affinity}" + (f" @{q:g}" if len(preferences) > 1 else "")
+            line(name, first_level_groups(tree), tree["levels"], family, klass)
 
     # the same features over the truth's own classes: what any affinity of this model could reach
     truth_values = sorted(set(oracle_of_id.values()) - {"?"})
@@ -137,13 +151,13 @@ def main() -> None:
     counts = np.bincount(row_class, minlength=len(truth_values)).astype(np.float64)
     sums = read_feature_sums_subset(features, keep, row_class, len(truth_values))
     levels, _, _ = build_levels(lambda m: centroid_affinity(sums, counts, m), len(truth_values),
-                                np.arange(len(truth_values)), 0.7, 20, 0)
+                                np.arange(len(truth_values)), 0.7, 20, 0, preferences[0])
     groups = [[truth_values[c] for c in g] for g in first_level_groups_of(levels)]
     truth_family = {v: oracle_family(v) for v in truth_values}
     fraction, merged = same_family_fraction([[truth_family[v] for v in g] for g in groups])
     truth_chance, _ = same_family_fraction([[truth_family[v] for v in truth_values]])
     shown = " ".join("{" + ",".join(f"{v}:{truth_family[v]}" for v in g) + "}" for g in groups if len(g) > 1)
-    print(f"  {'truth classes, centroids':24s} levels {[len(x) for x in levels]}: first merges {fraction:.3f} same "
+    print(f"  {'truth classes, centroids':29s} levels {[len(x) for x in levels]}: first merges {fraction:.3f} same "
           f"family ({merged} pairs) vs chance {truth_chance:.3f}; {shown}")
 
 
