@@ -217,7 +217,7 @@ def test_inputs_of_the_loops_run_record_show_path_and_checksum():
 
 
 @pytest.mark.parametrize("affinity, says", [("lift", "class confusion"), ("confusion", "class confusion"),
-                                            ("centroids", "mean features")])
+                                            ("centroids", "mean features"), ("reports", "reports read most alike")])
 def test_the_tree_says_what_it_was_built_from(affinity, says):
     from ldpo.stages.report.page import tree_html
 
@@ -225,4 +225,4 @@ def test_the_tree_says_what_it_was_built_from(affinity, says):
     tree = {"id": "L1-0", "level": 1, "index": 0, "size": 6, "classes": [0, 1], "children": leaves,
             "levels": [2, 1], "affinity": affinity}
     text = "\n".join(tree_html(tree, {}, None))
-    assert says in text and ("class confusion" in text) == (affinity != "centroids")
+    assert says in text and ("class confusion" in text) == (affinity in ("lift", "confusion"))

@@ -244,6 +244,8 @@ def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | No
     levels = tree.get("levels") or []
     if tree.get("affinity") == "centroids":
         basis, first = "the similarity of the categories' mean features", "whose images look most alike to the model"
+    elif tree.get("affinity") == "reports":
+        basis, first = "the similarity of the words of the categories' reports", "whose reports read most alike"
     else:
         basis, first = "the final model's class confusion", "that the model confuses most"
     out.append(f'<p class="muted">Built by affinity propagation on {e(basis)}: groups per '
