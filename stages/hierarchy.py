@@ -112,7 +112,8 @@ class HierarchyTool(Tool):
     name = "hierarchy"
     description = ("Build the category tree: affinity propagation on the class confusion of the final model "
                    "(by default relative to each class's overall score: --affinity lift; or the cosine of the "
-                   "categories' mean features: --affinity centroids --features STORE), merged level by level "
+                   "categories' mean features: --affinity centroids --features STORE; or of their report "
+                   "words: --affinity reports --reports R --manifest M), merged level by level "
                    "up to one root; every level merges something, so K > 2 categories get at least one level "
                    "between the categories and the root. Writes tree.json, levels.csv, tree.png; prints the "
                    "group count per level.")
