@@ -1,40 +1,75 @@
-"""Images from a store as network input, for ``featurize`` and ``finetune``.
+"""Images from a store as network input, for ``featurize``, ``finetune`` and ``assign``.
 
-uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float in [0,1] → grayscale replicated to
-3 channels → resized to ``input_size`` (bilinear, antialiased; square) → normalized:
-``imagenet`` (torchvision's mean/std), ``timm`` (the mean/std of timm's pretrained config
-for the model, passed in by the caller: ``Built.mean``/``Built.std``) or ``zscore`` (per
-image, as DeepMCAT does for MR).
+The data path, the same on CPU and CUDA:
 
-Gray images are replicated to 3 channels (before normalizing): the one rule for gray
-medical images and 3-channel backbones (see :mod:`ldpo.common.models`).
+1. **Read** uint8 blocks of contiguous store rows (whole chunks: :func:`chunk_rows`), in
+   DataLoader worker processes that each read their own items (disjoint row ranges).
+   An item is planned up front (:class:`Item`): the row ranges to read and the rows to
+   keep from them.
+2. **Move** the uint8 block to the device (pinned memory, non-blocking): 4× fewer bytes
+   than float, and nothing per image on the CPU.
+3. **Prepare on the device, in batches**: :class:`Preprocess` (evaluation: resize,
+   normalize) or :class:`Augment` (training: random resized crop, flip, intensity
+   jitter, normalize). :func:`rebatch` cuts the blocks into batches of the asked size.
 
-The datasets open the store lazily in the process that reads (so DataLoader workers
-each get their own handle) and read only the rows asked for: memory does not grow
-with N.
+Preparing: uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float → resized to
+``input_size`` (bilinear, antialiased; square) → normalized: ``imagenet``
+(torchvision's mean/std), ``timm`` (the mean/std of timm's pretrained config for the
+model, passed in by the caller: ``Built.mean``/``Built.std``) or ``zscore`` (per
+image, as DeepMCAT does for MR). Gray images are replicated to 3 channels: the one rule
+for gray medical images and 3-channel backbones (see :mod:`ldpo.common.models`); the
+work is done once on the single channel and copied at the end.
+
+Training order (:func:`epoch_items`): the epoch's seeded order of the training images
+(a shuffle, or DeepCluster's class-balanced draw) is read window by window: the chunks
+holding training images are dealt at random into windows of about ``WINDOW_BYTES`` of
+images; a window's images keep their order from the epoch's shuffle. A store whose
+training images fit in one window (the toy sets) is read in exactly the epoch's shuffle;
+an archive is read chunk by chunk, each chunk once per epoch, in random windows (the
+block shuffle of WebDataset and FFCV's quasi-random order).
+
+Augmentation draws (:func:`draws`) are a pure function of (seed, epoch, store row): the
+same crops whatever the workers, processes or windows.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ldpo.common.stores import Store, open_store
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: images per training window, in bytes: about 256 MiB of uint8 (4,096 images at 256 px)
+WINDOW_BYTES = 256 << 20
+#: rows read per item, in bytes (at least one batch and one chunk)
+READ_BYTES = 16 << 20
 
 
-def to_float3(block: np.ndarray) -> torch.Tensor:
+# -- preparing (any device) ---------------------------------------------------------
+def to_float3(block: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``[B,H,W]`` or ``[B,H,W,3]`` → float32 ``[B,3,H,W]`` in [0,1]."""
-    x = torch.from_numpy(np.ascontiguousarray(block))
+    x = as_tensor(block)
     x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.float().div_(255.0)
+
+
+def as_tensor(block: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return block if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block))
+
+
+def channels_first(block: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B,H,W]`` → float ``[B,1,H,W]``; ``[B,H,W,3]`` → ``[B,3,H,W]`` (values 0..255)."""
+    x = as_tensor(block)
+    return (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).float()
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -49,8 +84,8 @@ def normalize(x: torch.Tensor, how: str, mean: tuple[float, ...] = IMAGENET_MEAN
     ``zscore``: each image to mean 0, std 1 over all its pixels."""
     if how == "zscore":
         return zscore(x)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
 
 
@@ -61,65 +96,155 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def finish(x: torch.Tensor, how: str, mean: tuple[float, ...], std: tuple[float, ...], scale: float,
+           channels_last: bool) -> torch.Tensor:
+    """1- or 3-channel float ``x`` (pixel values × ``scale`` are in [0,1]) → normalized 3 channels."""
+    if how == "zscore":
+        out = zscore(x).expand(-1, 3, -1, -1)
+    else:
+        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        out = torch.addcmul(-m / s, x, scale / s)  # (x·scale − mean) / std, broadcasting 1 → 3 channels
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 class Preprocess:
-    """uint8 block ``[B,H,W]``/``[B,H,W,3]`` → resized, normalized float ``[B,3,S,S]`` (evaluation).
+    """uint8 block ``[B,H,W]``/``[B,H,W,3]`` (numpy, or a tensor on any device) → resized,
+    normalized float ``[B,3,S,S]`` on the block's device (evaluation).
 
     Same result as ``normalize(resize(to_float3(block)))`` up to float rounding, in fewer
-    passes: a gray image is resized and scaled once per channel, never copied to 3
-    channels first (the model's own speed is the budget: see tests/bench).
+    passes: a gray image is resized and scaled once, never copied to 3 channels first.
     """
 
     def __init__(self, size: int, how: str, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD):
-        self.size, self.how, self.mean, self.std = size, how, mean, std
+                 std: tuple[float, ...] = IMAGENET_STD, channels_last: bool = False):
+        self.size, self.how, self.mean, self.std = size, how, tuple(mean), tuple(std)
+        self.channels_last = channels_last
 
-    def __call__(self, block: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(block))
-        x = resize((x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).float(), self.size)  # 0..255
-        if self.how == "zscore":
-            return zscore(x).expand(-1, 3, -1, -1).contiguous()
-        out = torch.empty(len(x), 3, *x.shape[-2:])
-        for c in range(3):
-            scale, shift = 1 / (255 * self.std[c]), -self.mean[c] / self.std[c]
-            torch.mul(x[:, 0 if x.shape[1] == 1 else c], scale, out=out[:, c]).add_(shift)
-        return out
+    def __call__(self, block: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = resize(channels_first(block), self.size)  # values 0..255
+        return finish(x, self.how, self.mean, self.std, 1 / 255, self.channels_last)
 
 
 class Augment:
-    """Training input for a uint8 block of one image: random resized crop, optional flip, normalize.
+    """Training input for a uint8 batch on any device: random resized crop (area fraction in
+    [``min_scale``, 1], aspect 3/4–4/3, torchvision's RandomResizedCrop rule), optional
+    horizontal flip, optional intensity jitter, normalize; all in one pass over the batch.
 
-    Draws from the global torch RNG: :class:`StoreImages` seeds it per image and epoch.
+    The crop and resize is one ``roi_align`` (bilinear, averaging ⌈crop/size⌉² samples per
+    output pixel when shrinking). Draws come from :func:`draws` of (seed, epoch, row).
     """
 
     def __init__(self, size: int, how: str, min_scale: float = 0.35, flip: bool = False, jitter: float = 0.0,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 seed: int = 0, channels_last: bool = False):
         self.size, self.how, self.min_scale, self.flip, self.jitter = size, how, min_scale, flip, jitter
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.seed, self.channels_last = tuple(mean), tuple(std), seed, channels_last
 
-    def __call__(self, block: np.ndarray) -> torch.Tensor:
-        from torchvision.transforms import RandomResizedCrop
+    def __call__(self, block: torch.Tensor, rows: np.ndarray | torch.Tensor, epoch: int) -> torch.Tensor:
+        from torchvision.ops import roi_align
 
-        x = to_float3(block)
-        if self.min_scale < 1.0:
-            top, left, h, w = RandomResizedCrop.get_params(x, scale=(self.min_scale, 1.0), ratio=(3 / 4, 4 / 3))
-            x = x[..., top:top + h, left:left + w]
-        x = resize(x, self.size)
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
+        x = channels_first(block)  # 0..255, on the block's device
+        h, w = x.shape[-2:]
+        u = draws(self.seed, epoch, np.asarray(torch.as_tensor(rows).cpu()), DRAWS)  # rows: on the CPU
+        boxes = crop_boxes(u, h, w, self.min_scale)
+        index = np.arange(len(x), dtype=np.float64)[:, None]
+        rois = torch.from_numpy(np.hstack([index, boxes])).to(x.device, x.dtype)
+        x = roi_align(x, rois, output_size=(self.size, self.size), spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True)
+        if self.flip:
+            flips = torch.from_numpy(u[:, FLIP] < 0.5).to(x.device).view(-1, 1, 1, 1)
+            x = torch.where(flips, x.flip(-1), x)
         if self.jitter:
-            x = jitter_intensity(x, self.jitter)
-        return normalize(x, self.how, self.mean, self.std)
+            x = jitter_intensity(x / 255, torch.from_numpy(u[:, JITTER] * 2 - 1).to(x.device, x.dtype),
+                                 self.jitter) * 255
+        return finish(x, self.how, self.mean, self.std, 1 / 255, self.channels_last)
 
 
-def jitter_intensity(x: torch.Tensor, strength: float) -> torch.Tensor:
-    """Random gamma in [e^-s, e^s], then contrast ×[1-s, 1+s] about the mean and brightness
-    ±s/2, clipped to [0,1]: the intensity changes of gray medical images (no hue). Gamma
-    survives per-image z-scoring; contrast and brightness matter with ``imagenet``."""
-    u = torch.rand(3) * 2 - 1  # three draws in [-1, 1]
-    x = x.clamp_min(0).pow(float(torch.exp(u[0] * strength)))
-    mean = x.mean()
-    x = (x - mean) * (1 + float(u[1]) * strength) + mean + float(u[2]) * strength / 2
+# the uniform draws per image: 10 crop attempts × (area, log-aspect), top, left, flip, 3 jitter
+CROP_TRIES = 10
+TOP, LEFT, FLIP = 2 * CROP_TRIES, 2 * CROP_TRIES + 1, 2 * CROP_TRIES + 2
+JITTER = slice(2 * CROP_TRIES + 3, 2 * CROP_TRIES + 6)
+DRAWS = 2 * CROP_TRIES + 6
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def draws(seed: int, epoch: int, rows: np.ndarray, n: int) -> np.ndarray:
+    """``n`` uniform draws in [0, 1) per row, float64 ``[len(rows), n]``: a pure function of
+    (seed, epoch, row, j), computed for the whole batch at once (counter-based, SplitMix64)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        key = _mix(_mix(np.array([seed], dtype=np.uint64) + golden) ^ np.uint64(epoch & (2**64 - 1)))
+        base = _mix(np.asarray(rows, dtype=np.uint64) * golden ^ key)
+        z = _mix(base[:, None] + (np.arange(1, n + 1, dtype=np.uint64) * golden)[None, :])
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def crop_boxes(u: np.ndarray, h: int, w: int, min_scale: float) -> np.ndarray:
+    """``[B,4]`` float boxes (x1, y1, x2, y2) in pixels, torchvision's RandomResizedCrop rule
+    vectorized: up to 10 tries of (area in [min_scale, 1] of the image, log-uniform aspect in
+    [3/4, 4/3]); the first that fits wins; else the centred crop of the clamped aspect."""
+    b = len(u)
+    if min_scale >= 1.0:
+        return np.tile(np.array([0.0, 0.0, w, h]), (b, 1))
+    area = h * w * (min_scale + (1 - min_scale) * u[:, 0:2 * CROP_TRIES:2])
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, 1:2 * CROP_TRIES:2])
+    cw = np.round(np.sqrt(area * aspect))
+    ch = np.round(np.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = np.argmax(fits, axis=1)
+    pick = np.arange(b)
+    cw, ch, ok = cw[pick, first], ch[pick, first], fits[pick, first]
+    fw, fh = _fallback(h, w)
+    cw, ch = np.where(ok, cw, fw), np.where(ok, ch, fh)
+    top = np.where(ok, np.floor(u[:, TOP] * (h - ch + 1)), (h - ch) // 2)
+    left = np.where(ok, np.floor(u[:, LEFT] * (w - cw + 1)), (w - cw) // 2)
+    return np.stack([left, top, left + cw, top + ch], axis=1)
+
+
+def _fallback(h: int, w: int) -> tuple[float, float]:
+    ratio = w / h
+    if ratio < 3 / 4:
+        return float(w), float(round(w / (3 / 4)))
+    if ratio > 4 / 3:
+        return float(round(h * 4 / 3)), float(h)
+    return float(w), float(h)
+
+
+def jitter_intensity(x: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per image of ``x`` [B,C,H,W] in [0,1], with its draws ``u`` [B,3] in [-1,1]: gamma in
+    [e^-s, e^s], then contrast ×[1-s, 1+s] about the image mean and brightness ±s/2, clipped
+    to [0,1]: the intensity changes of gray medical images (no hue). Gamma survives
+    per-image z-scoring; contrast and brightness matter with ``imagenet``."""
+    view = (-1, 1, 1, 1)
+    x = x.clamp_min(0).pow(torch.exp(u[:, 0] * strength).view(view))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (1 + u[:, 1] * strength).view(view) + mean + (u[:, 2] * strength / 2).view(view)
     return x.clamp(0, 1)
+
+
+# -- reading ------------------------------------------------------------------------
+@dataclass
+class Item:
+    """One read: the store row ranges ``[lo, hi)`` to read in order, and which rows of the
+    concatenation to keep (``pick``, positions; None = all) with their store ``rows`` and
+    ``targets``."""
+
+    ranges: list[tuple[int, int]]
+    rows: np.ndarray
+    pick: np.ndarray | None = None
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class _LazyStore:
@@ -138,91 +263,182 @@ class _LazyStore:
         return self._store
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_store": None, "_pid": -1}
+        return {**self.__dict__, "_store": None, "_pid": -1}
 
 
-class StoreBlocks(Dataset, _LazyStore):
-    """Consecutive blocks of ``batch`` rows in ``[start, stop)``, preprocessed: item j is a batch."""
+class StoreItems(Dataset, _LazyStore):
+    """Item j = ``(images uint8 [n,H,W(,3)], rows int64 [n], targets int64 [n])`` of ``items[j]``."""
 
-    def __init__(self, path: str, start: int, stop: int, batch: int, transform: Callable):
+    def __init__(self, path: str, items: list[Item]):
         _LazyStore.__init__(self, path)
-        self.start, self.stop, self.batch, self.transform = start, stop, batch, transform
+        self.items = items
 
     def __len__(self) -> int:
-        return -(-(self.stop - self.start) // self.batch)
+        return len(self.items)
 
-    def __getitem__(self, j: int) -> torch.Tensor:
-        lo = self.start + j * self.batch
-        hi = min(lo + self.batch, self.stop)
-        return self.transform(self.store.read("images", lo, hi))
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        item = self.items[j]
+        parts = [self.store.read("images", lo, hi) for lo, hi in item.ranges]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if item.pick is not None:
+            block = block[item.pick]
+        targets = item.targets if len(item.targets) else np.zeros(len(item), np.int64)
+        return as_tensor(block), torch.from_numpy(item.rows), torch.from_numpy(targets)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, **_LazyStore.__getstate__(self)}
+
+def loader(path: str, items: list[Item], workers: int, device: str):
+    """A DataLoader over ``items`` (one item per step; pinned memory for CUDA)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(StoreItems(path, items), batch_size=None, num_workers=workers,
+                      pin_memory=device.startswith("cuda"))
 
 
-class StoreImages(Dataset, _LazyStore):
-    """Images at store ``rows`` with their class ``targets``; item i is ``(image [3,S,S], target)``.
+def on_device(blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], device: str
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each ``(images, rows, targets)`` with images and targets moved to ``device``
+    (non-blocking from pinned memory); rows stay on the CPU, where the augmentation draws are made."""
+    for images, rows, targets in blocks:
+        yield images.to(device, non_blocking=True), rows, targets.to(device, non_blocking=True)
 
-    With an :class:`Augment` transform the random draws for an image depend only on
-    (seed, epoch, row): the same augmentation whatever the number of workers or processes.
+
+def rebatch(blocks: Iterable[tuple[torch.Tensor, ...]], size: int, limit: int | None = None
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Blocks of any length → batches of ``size`` rows (the last one shorter); at most ``limit`` batches."""
+    held: list[tuple[torch.Tensor, ...]] = []
+    count = done = 0
+    for block in blocks:
+        held.append(block)
+        count += len(block[0])
+        while count >= size:
+            whole = _cat(held)
+            yield tuple(t[:size] for t in whole)
+            done += 1
+            if limit is not None and done >= limit:
+                return
+            rest = tuple(t[size:] for t in whole)
+            held, count = ([rest] if len(rest[0]) else []), count - size
+    if count and (limit is None or done < limit):
+        yield _cat(held)
+
+
+def _cat(held: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    return held[0] if len(held) == 1 else tuple(torch.cat(ts) for ts in zip(*held))
+
+
+def chunk_rows(path: str) -> int:
+    """Rows per chunk of the store's ``images`` (1 for stores written one image per chunk)."""
+    with open_store(path, validate=False) as store:
+        chunks = getattr(store.array("images"), "chunks", None)
+    return int(chunks[0]) if chunks else 1
+
+
+def read_rows(path: str, batch: int) -> int:
+    """Rows per read: a whole number of chunks, at least one batch, about READ_BYTES when
+    images are small (fewer, larger reads)."""
+    with open_store(path, validate=False) as store:
+        row_bytes = int(np.prod(store.shape("images")[1:]))
+    chunk = chunk_rows(path)
+    rows = max(batch, READ_BYTES // max(row_bytes, 1))
+    return -(-rows // chunk) * chunk
+
+
+def range_items(lo: int, hi: int, per_item: int) -> list[Item]:
+    """Rows ``[lo, hi)`` in items of ``per_item`` contiguous rows, aligned to multiples of it."""
+    items, start = [], lo
+    while start < hi:
+        stop = min(hi, (start // per_item + 1) * per_item)
+        items.append(Item([(start, stop)], np.arange(start, stop, dtype=np.int64)))
+        start = stop
+    return items
+
+
+def subset_items(rows: np.ndarray, targets: np.ndarray, per_item: int, chunk: int) -> list[Item]:
+    """Store ``rows`` (any order) with their targets, read in store order: the chunks that
+    hold them, about ``per_item`` rows of chunks per item."""
+    rows = np.asarray(rows, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, targets = rows[order], targets[order]
+    chunk_of = rows // chunk
+    chunks = np.unique(chunk_of)
+    per = max(1, per_item // chunk)
+    items = []
+    for group in np.array_split(chunks, -(-len(chunks) // per)) if len(chunks) else []:
+        mine = np.flatnonzero(np.isin(chunk_of, group))
+        items.append(_item_for(group, chunk, rows[mine], targets[mine]))
+    return items
+
+
+def _item_for(chunks: np.ndarray, chunk: int, rows: np.ndarray, targets: np.ndarray) -> Item:
+    """The item reading ``chunks`` (merged into contiguous ranges) and keeping ``rows``, in the given order."""
+    chunks = np.unique(chunks)
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    runs = np.split(chunks, breaks)
+    starts = np.array([r[0] * chunk for r in runs], dtype=np.int64)
+    ranges = [(int(r[0] * chunk), int((r[-1] + 1) * chunk)) for r in runs]
+    ranges[-1] = (ranges[-1][0], max(ranges[-1][0], min(ranges[-1][1], int(rows.max()) + 1 if len(rows) else 0)))
+    offsets = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in ranges])[:-1]]).astype(np.int64)
+    run = np.searchsorted(starts, rows, side="right") - 1
+    pick = offsets[run] + rows - starts[run]
+    return Item(ranges, rows, pick, targets)
+
+
+def epoch_order(targets: np.ndarray, seed: int, epoch: int, balanced: bool = False) -> np.ndarray:
+    """Positions into ``targets`` for one epoch, a function of (seed, epoch): a shuffle, or
+    with ``balanced`` DeepCluster's UnifLabelSampler (every non-empty class drawn about N/K times)."""
+    rng = np.random.default_rng([seed, epoch])
+    n = len(targets)
+    if not balanced:
+        return rng.permutation(n)
+    classes = np.unique(targets)
+    per_class = n // len(classes) + 1
+    picks = [rng.choice(members, per_class, replace=len(members) < per_class)
+             for members in (np.flatnonzero(targets == c) for c in classes)]
+    return rng.permutation(np.concatenate(picks))[:n]
+
+
+@dataclass
+class EpochPlan:
+    """This process's items for one epoch, and the batches every process takes (the same count)."""
+
+    items: list[Item]
+    batches: int
+    images: int
+
+
+def epoch_items(rows: np.ndarray, targets: np.ndarray, *, seed: int, epoch: int, chunk: int, row_bytes: int,
+                batch: int, balanced: bool = False, rank: int = 0, world: int = 1,
+                window_bytes: int = WINDOW_BYTES) -> EpochPlan:
+    """The epoch's training reads for process ``rank`` of ``world`` (see the module docstring).
+
+    Windows are dealt to processes in turn (each process reads its own chunks); with fewer
+    windows than processes, every process reads every window and keeps every world-th
+    image. Every process runs the same number of batches: full batches of the smallest
+    share (one shorter batch when a share is at most one batch), as DistributedSampler
+    with drop_last does.
     """
-
-    def __init__(self, path: str, rows: np.ndarray, targets: np.ndarray, transform: Callable, seed: int = 0):
-        _LazyStore.__init__(self, path)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.transform, self.seed, self.epoch = transform, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        row = int(self.rows[i])
-        block = self.store.read("images", row, row + 1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(1)[0]))
-            x = self.transform(block)
-        return x[0], int(self.targets[i])
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, **_LazyStore.__getstate__(self)}
-
-
-class EpochSampler(Sampler[int]):
-    """This process's share of a seeded per-epoch order over ``targets``.
-
-    A shuffle, or with ``balanced`` DeepCluster's UnifLabelSampler: every non-empty class
-    drawn about N/K times. Like DistributedSampler, the order is padded to a multiple of
-    ``world`` and process ``rank`` takes every ``world``-th item; it depends only on
-    (seed, epoch), so a resumed run sees the same orders.
-    """
-
-    def __init__(self, targets: np.ndarray, balanced: bool = False, seed: int = 0, rank: int = 0, world: int = 1):
-        self.targets = np.asarray(targets)
-        self.balanced, self.seed, self.rank, self.world = balanced, seed, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        n = len(self.targets)
-        if not self.balanced:
-            return rng.permutation(n)
-        classes = np.unique(self.targets)
-        per_class = n // len(classes) + 1
-        picks = [rng.choice(members, per_class, replace=len(members) < per_class)
-                 for members in (np.flatnonzero(self.targets == c) for c in classes)]
-        return rng.permutation(np.concatenate(picks))[:n]
-
-    def __len__(self) -> int:
-        return -(-len(self.targets) // self.world)
-
-    def __iter__(self):
-        order = self.order()
-        padded = np.resize(order, len(self) * self.world)  # repeats the start, like DistributedSampler
-        return iter(padded[self.rank::self.world].tolist())
+    rows = np.asarray(rows, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    order = epoch_order(targets, seed, epoch, balanced)
+    chunk_of = rows[order] // chunk
+    chunks = np.unique(chunk_of)
+    per_window = max(1, window_bytes // max(row_bytes * chunk, 1))
+    per_window = min(per_window, max(1, -(-len(chunks) // world)))
+    window_of_chunk = np.empty(int(chunks.max()) + 1 if len(chunks) else 0, dtype=np.int64)
+    dealt = np.random.default_rng([seed, epoch, 1]).permutation(chunks)
+    window_of_chunk[dealt] = np.arange(len(dealt)) // per_window
+    window = window_of_chunk[chunk_of]
+    grouped = order[np.argsort(window, kind="stable")]
+    bounds = np.flatnonzero(np.diff(np.sort(window, kind="stable"))) + 1
+    windows = np.split(grouped, bounds) if len(grouped) else []
+    if len(windows) >= world:
+        mine = windows[rank::world]
+        shares = [sum(len(w) for w in windows[r::world]) for r in range(world)]
+    else:
+        mine = [w[rank::world] for w in windows]
+        shares = [sum(len(w[r::world]) for w in windows) for r in range(world)]
+    items = [_item_for(rows[w] // chunk, chunk, rows[w], targets[w]) for w in mine if len(w)]
+    smallest = min(shares)
+    batches = smallest // batch if smallest > batch else 1
+    return EpochPlan(items, batches, min(sum(shares[rank:rank + 1]), batches * batch))

@@ -2,7 +2,8 @@
 
 The format follows the path's suffix. Array names are the same in both formats:
 
-* images store: ``images`` uint8 ``[N,H,W]`` or ``[N,H,W,3]``, one image per chunk row;
+* images store: ``images`` uint8 ``[N,H,W]`` or ``[N,H,W,3]``, chunks of whole images (about
+  1 MiB each; stores of one image per chunk are read too);
 * feature store: ``features`` float32 ``[N,D]`` (global, or softmax ``probs``) or
   ``local`` float16/float32 ``[N,S,C]`` (S positions of C channels);
 * every store: ``ids`` strings ``[N]``, unique; rows join labels by id, never position.
@@ -377,9 +378,9 @@ def write_ids(store: Store, ids: list[str], start: int = 0) -> None:
 
 
 def _default_chunk_rows(name: str, row_shape: tuple[int, ...], dtype: str) -> int:
-    if name == "images":
-        return 1  # one image per chunk row: random access for training
     row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    if name == "images":  # read in whole chunks (common/imagedata.py): about 1 MiB, 16 images at 256 px
+        return int(max(1, min(1024, (1 << 20) // max(row_bytes, 1))))
     return int(max(1, min(4096, (4 << 20) // max(row_bytes, 1))))  # about 4 MiB chunks
 
 

@@ -65,6 +65,8 @@ Options (environment default in brackets):
   --device auto|cpu|cuda                                            [LDPO_DEVICE=auto]
   --seed S                                                          [LDPO_SEED=0]
   --workers N           data-loading workers                        [LDPO_WORKERS=0]
+  --amp                 speed over bit-reproducibility in finetune and featurize:
+                        bfloat16, channels-last, cuDNN autotuning    [LDPO_AMP=0]
   --restart-from iter-N  keep iterations < N, recompute the rest with these settings
   --fresh               delete this work folder's results and start over
   -h, --help
@@ -97,6 +99,7 @@ init_labels=${LDPO_INIT_LABELS:-}
 epochs=${LDPO_EPOCHS:-3}
 lr=${LDPO_LR:-}
 balanced=${LDPO_BALANCED:-0}
+amp=${LDPO_AMP:-0}
 split=${LDPO_SPLIT:-70/10/20}
 input_size=${LDPO_INPUT_SIZE:-}
 normalize=${LDPO_NORMALIZE:-}
@@ -134,6 +137,7 @@ while [[ $# -gt 0 ]]; do
     --epochs) value "$@"; epochs=$2; shift ;;
     --lr) value "$@"; lr=$2; shift ;;
     --balanced) balanced=1 ;;
+    --amp) amp=1 ;;
     --split) value "$@"; split=$2; shift ;;
     --input-size) value "$@"; input_size=$2; shift ;;
     --normalize) value "$@"; normalize=$2; shift ;;
@@ -196,6 +200,8 @@ arch_args=()
 [[ -n $arch ]] && arch_args=(--arch "$arch")
 layer_args=()
 [[ -n $layer ]] && layer_args=(--layer "$layer")
+amp_args=()
+[[ $amp == 1 ]] && amp_args=(--amp)
 # input options the user set (else the stages' recipe decides, and checkpoints carry them)
 input_args=()
 [[ -n $input_size ]] && input_args+=(--input-size "$input_size")
@@ -229,7 +235,7 @@ run_record() {
     [[ $name == init ]] && v=${init%%:*}${init_file:+:$(abs "$init_file")} || v=$(abs "$v")
     echo "    \"$name\": $(json_str "$v"),"
   done
-  for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced split \
+  for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced amp split \
               input_size normalize input_filter batch_size seed tree_affinity tree_preference; do
     echo "    \"$name\": $(json_str "${!name}"),"
   done
@@ -309,7 +315,8 @@ features_and_labels() {
     local size_args=()
     [[ $spec == checkpoint:* ]] || size_args=("${input_args[@]}" --input-filter "$input_filter")
     "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
-      "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${featurize_args[@]}" "${common[@]}"
+      "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${amp_args[@]}" "${featurize_args[@]}" \
+      "${common[@]}"
   fi
   if [[ $encode != none ]]; then
     local encoded=$dir/encoded.h5
@@ -375,6 +382,7 @@ while (( t < max_iter )); do
     [[ -n $lr ]] && tune_args+=(--lr "$lr")
     tune_args+=("${finetune_args[@]}")
     [[ $balanced == 1 ]] && tune_args+=(--balanced)
+    tune_args+=("${amp_args[@]}")
     if [[ $model_spec == checkpoint:* ]]; then tune_args+=(--new-head); else tune_args+=(--input-filter "$input_filter"); fi
     "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
       "${arch_args[@]}" "${tune_args[@]}" "${common[@]}"
@@ -404,7 +412,7 @@ else
   if [[ ! -e $final/probs.h5 ]]; then
     log "final: class probabilities"
     "${featurize_cmd[@]}" "$images" --out "$final/probs.h5" --init "checkpoint:$(iter_dir "$last")/model.pt" \
-      --layer probs --batch-size "$batch_size" "${common[@]}"
+      --layer probs --batch-size "$batch_size" "${amp_args[@]}" "${common[@]}"
   fi
   if [[ ! -e $final/tree/tree.json ]]; then
     log "final: hierarchy ($tree_affinity, preference $tree_preference)"

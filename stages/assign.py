@@ -169,19 +169,20 @@ class Network:
 
     def run(self, path: str, batch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         import torch
-        from torch.utils.data import DataLoader
 
-        from ldpo.common.imagedata import Preprocess, StoreBlocks
+        from ldpo.common import imagedata
         from ldpo.common.stores import open_store
 
         with open_store(path, expect="images") as store:
             n = len(store)
         built = self.built
-        blocks = StoreBlocks(path, 0, n, batch, Preprocess(built.input_size, built.normalize, built.mean, built.std))
+        prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std)
+        items = imagedata.range_items(0, n, imagedata.read_rows(path, batch))
+        blocks = imagedata.on_device(imagedata.loader(path, items, 0, self.device), self.device)
         probs, feats = [], []
         with torch.inference_mode(), progress(total=n, desc=what, unit="img") as bar:
-            for x in DataLoader(blocks, batch_size=None, num_workers=0):
-                logits = self.model(x.to(self.device))
+            for x, _, _ in imagedata.rebatch(blocks, batch):
+                logits = self.model(prep(x))
                 probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
                 feats.append(self._captured.flatten(1).float().cpu().numpy())
                 bar.update(len(x))

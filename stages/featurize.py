@@ -53,7 +53,8 @@ class Options(CommonOptions):
                                       "(default: the checkpoint's, else none)", None,
                                       choices=["none", "sobel", "gray-sobel"])
     batch_size: int = opt("images per batch", 64, min=1)
-    amp: bool = opt("mixed precision (bfloat16 on CPU, float16 on CUDA)", False)
+    amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
+                     "autotuning (features within bfloat16 rounding of the float32 ones; off by default)", False)
     shard: Optional[str] = opt("compute only shard i of n (i/n, 0-based) into a store made by --create-only", None)
     create_only: bool = opt("create the (zero-filled) output store for --shard runs and stop", False)
 
@@ -168,21 +169,23 @@ def shard_rows(shard: tuple[int, int], n: int, chunk: int = 1) -> tuple[int, int
 
 
 def extract(opts: Options, extractor, built, store, name: str, lo: int, hi: int, device: str) -> None:
-    """Stream rows ``[lo, hi)`` of the images through the extractor into ``store[name]``."""
+    """Stream rows ``[lo, hi)`` of the images through the extractor into ``store[name]``:
+    whole-chunk uint8 reads in the workers, resized and normalized on the device in batches
+    (common/imagedata.py), written as float32 (float16 for local features)."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from ldpo.common.imagedata import Preprocess, StoreBlocks
+    from ldpo.common import imagedata
+    from ldpo.common.accel import autocast, tune
 
-    prep = Preprocess(built.input_size, built.normalize, built.mean, built.std)
-    blocks = StoreBlocks(opts.images, lo, hi, opts.batch_size, prep)
-    loader = DataLoader(blocks, batch_size=None, num_workers=opts.workers, pin_memory=device == "cuda")
-    amp_dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    fast = tune(extractor, device, opts.amp)
+    prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std, channels_last=fast)
+    items = imagedata.range_items(lo, hi, imagedata.read_rows(opts.images, opts.batch_size))
+    blocks = imagedata.on_device(imagedata.loader(opts.images, items, opts.workers, device), device)
     start, row = time.perf_counter(), lo
     with torch.inference_mode(), progress(total=hi - lo, desc="featurize", unit="img") as bar:
-        for x in loader:
-            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=opts.amp):
-                out = extractor(x.to(device, non_blocking=True))
+        for x, _, _ in imagedata.rebatch(blocks, opts.batch_size):
+            with autocast(device, opts.amp):
+                out = extractor(prep(x))
             if not torch.isfinite(out).all():
                 raise InputError(f"{opts.init}: gives non-finite features for rows {row}..{row + len(x) - 1} of "
                                  f"{opts.images}; nothing written (a diverged checkpoint?)")

@@ -18,7 +18,7 @@ Outputs (rank 0 writes, atomically):
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
   the split has no such part). ``train_*`` are running figures over the last epoch's
   augmented batches;
-* ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler, scaler and RNG
+* ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler and RNG
   state), removed at the end; ``--resume`` continues from it.
 
 Under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU, nccl
@@ -85,7 +85,8 @@ class Options(CommonOptions):
     head_init: str = opt("a new head starts random, or as the nearest-centroid classifier of the labels "
                          "in the network's own features before training (DeepCluster-v2)", "random",
                          choices=["random", "centroids"])
-    amp: bool = opt("mixed precision (bfloat16 on CPU, float16 + loss scaling on CUDA)", False)
+    amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
+                     "autotuning (off by default)", False)
     resume: bool = opt("continue from OUT.partial (or report done if OUT exists with the same options)", False)
     allow_missing: bool = opt("skip store images that have no label (default: an error)", False)
     new_head: bool = opt("replace the head even when the class count is unchanged (the loop does this: "
@@ -176,6 +177,9 @@ class Data:
     train: tuple[np.ndarray, np.ndarray]  # store rows, class numbers
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
+    chunk: int = 1  # rows per chunk of the store's images
+    row_bytes: int = 1  # bytes per image
+
 
 
 def load_data(opts: Options) -> Data:
@@ -183,8 +187,11 @@ def load_data(opts: Options) -> Data:
     from ldpo.common.labels import align, contiguous, read_labels
     from ldpo.common.stores import open_store
 
+    from ldpo.common.imagedata import chunk_rows
+
     with open_store(opts.images, expect="images") as store:
-        store_ids, side = store.ids, max(store.shape("images")[1:3])
+        store_ids, shape = store.ids, store.shape("images")
+    side, chunk, row_bytes = max(shape[1:3]), chunk_rows(opts.images), int(np.prod(shape[1:]))
     per_row = align(read_labels(opts.labels), store_ids, opts.images, allow_missing=opts.allow_missing)
     rows = np.flatnonzero(per_row >= 0)
     if len(rows) == 0:
@@ -198,14 +205,14 @@ def load_data(opts: Options) -> Data:
     fractions = parse_split(opts.split)
     if fractions is None:
         empty = (rows[:0], targets[:0])
-        return Data(classes, side, (rows, targets), empty, empty)
+        return Data(classes, side, (rows, targets), empty, empty, chunk, row_bytes)
     perm = np.random.default_rng(opts.seed).permutation(len(rows))
     n_train = max(1, round(fractions[0] * len(rows)))
     n_val = min(len(rows) - n_train, round(fractions[1] * len(rows)))
     parts = np.split(perm, [n_train, n_train + n_val])
     train, val, test = ((rows[p], targets[p]) for p in parts)
     log.info("split %s: %d train, %d val, %d test", opts.split, len(parts[0]), len(parts[1]), len(parts[2]))
-    return Data(classes, side, train, val, test)
+    return Data(classes, side, train, val, test, chunk, row_bytes)
 
 
 # -- settings and resume --------------------------------------------------------------
@@ -327,7 +334,9 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=opts.epochs)
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
-        self.scaler = torch.amp.GradScaler(self.kind, enabled=opts.amp and self.kind == "cuda")
+        from ldpo.common.accel import tune
+
+        self.channels_last = tune(model, device, opts.amp)
         self.model = model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -337,38 +346,44 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
-    # -- loaders ----------------------------------------------------------------------
-    def train_loader(self):
-        from torch.utils.data import DataLoader
+    # -- data ---------------------------------------------------------------------------
+    def augment(self):
+        from ldpo.common.imagedata import Augment
 
-        from ldpo.common.imagedata import Augment, EpochSampler, StoreImages
-
-        rows, targets = self.data.train
-        augment = Augment(self.built.input_size, self.built.normalize, self.opts.crop_scale, self.opts.flip,
-                          self.opts.jitter, self.built.mean, self.built.std)
-        dataset = StoreImages(self.opts.images, rows, targets, augment, seed=self.opts.seed)
-        sampler = EpochSampler(targets, self.opts.balanced, self.opts.seed, self.rank, self.world)
-        drop_last = len(sampler) > self.opts.batch_size  # no 1-image batch for BatchNorm
-        loader = DataLoader(dataset, batch_size=self.opts.batch_size, sampler=sampler, drop_last=drop_last,
-                            num_workers=self.opts.workers, pin_memory=self.kind == "cuda")
-        return loader, dataset, sampler
+        b, o = self.built, self.opts
+        return Augment(b.input_size, b.normalize, o.crop_scale, o.flip, o.jitter, b.mean, b.std, seed=o.seed,
+                       channels_last=self.channels_last)
 
     def preprocess(self):
         from ldpo.common.imagedata import Preprocess
 
-        return Preprocess(self.built.input_size, self.built.normalize, self.built.mean, self.built.std)
+        b = self.built
+        return Preprocess(b.input_size, b.normalize, b.mean, b.std, channels_last=self.channels_last)
 
-    def eval_loader(self, part: tuple[np.ndarray, np.ndarray]):
-        from torch.utils.data import DataLoader
+    def epoch_plan(self, epoch: int):
+        from ldpo.common import imagedata
 
-        from ldpo.common.imagedata import StoreImages
+        rows, targets = self.data.train
+        return imagedata.epoch_items(rows, targets, seed=self.opts.seed, epoch=epoch, chunk=self.data.chunk,
+                                     row_bytes=self.data.row_bytes, batch=self.opts.batch_size,
+                                     balanced=self.opts.balanced, rank=self.rank, world=self.world)
+
+    def batches(self, items, limit: int | None = None):
+        """``(images uint8, rows, targets)`` on the device, ``--batch-size`` at a time."""
+        from ldpo.common import imagedata
+
+        blocks = imagedata.loader(self.opts.images, items, self.opts.workers, self.device)
+        return imagedata.rebatch(imagedata.on_device(blocks, self.device), self.opts.batch_size, limit)
+
+    def part_items(self, part: tuple[np.ndarray, np.ndarray], share: bool = True):
+        """A split part's reads; with ``share`` this process's strided share (every image counted once)."""
+        from ldpo.common import imagedata
 
         rows, targets = part
-        share = slice(self.rank, None, self.world)  # strided, unpadded: every image counted once
-        dataset = StoreImages(self.opts.images, rows[share], targets[share],
-                              self.preprocess())
-        return DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers,
-                          pin_memory=self.kind == "cuda")
+        if share:
+            rows, targets = rows[self.rank::self.world], targets[self.rank::self.world]
+        per_item = imagedata.read_rows(self.opts.images, self.opts.batch_size)
+        return imagedata.subset_items(rows, targets, per_item, self.data.chunk)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -376,14 +391,11 @@ class Trainer:
             self.load_partial()
         if self.opts.head_init == "centroids" and self.start_epoch == 0:
             self.head_from_centroids()
-        loader, dataset, sampler = self.train_loader()
         stop_after = int(os.environ.get("LDPO_STOP_AFTER_EPOCH", "0") or 0)
         for epoch in range(self.start_epoch, self.opts.epochs):
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
             start = time.perf_counter()
             try:
-                loss, top1 = self.train_epoch(loader, epoch)
+                loss, top1 = self.train_epoch(epoch)
                 self.check_weights(epoch)
             except Diverged:
                 if self.rank == 0:  # its resume state leads back here: nothing of the run is kept
@@ -408,49 +420,53 @@ class Trainer:
         training labels in the network's own (pre-training) features, so the first steps
         refine the clusters rather than fight a random head."""
         import torch
-        from torch.utils.data import DataLoader
 
-        from ldpo.common.imagedata import StoreImages
+        from ldpo.common.accel import autocast
         from ldpo.common.models import head_inputs, set_head_to_centroids
 
-        rows, targets = self.data.train
-        dataset = StoreImages(self.opts.images, rows, targets, self.preprocess())
-        loader = DataLoader(dataset, batch_size=self.opts.batch_size, num_workers=self.opts.workers)
+        prep = self.preprocess()
         self.net.eval()
-        feats = []
-        with torch.inference_mode():
-            for x, _ in progress(loader, desc="head from centroids", disable=self.rank > 0):
-                feats.append(head_inputs(self.net, self.built.arch, x.to(self.device)).float())
-        scale = set_head_to_centroids(self.net, self.built.arch, torch.cat(feats),
-                                      torch.from_numpy(targets).to(self.device))
+        feats, labels = [], []
+        with torch.inference_mode(), progress(total=len(self.data.train[0]), desc="head from centroids",
+                                              unit="img", disable=self.rank > 0) as bar:
+            for x, _, y in self.batches(self.part_items(self.data.train, share=False)):
+                with autocast(self.device, self.opts.amp):
+                    feats.append(head_inputs(self.net, self.built.arch, prep(x)).float())
+                labels.append(y)
+                bar.update(len(y))
+        scale = set_head_to_centroids(self.net, self.built.arch, torch.cat(feats), torch.cat(labels))
         log.info("head: nearest-centroid classifier of %d classes (scale %.3g)", len(self.data.classes), scale)
 
-    def train_epoch(self, loader, epoch: int) -> tuple[float, float]:
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
         import torch
         import torch.nn.functional as F
 
+        from ldpo.common.accel import autocast
+
         self.set_train_mode()
-        amp_dtype = torch.bfloat16 if self.kind == "cpu" else torch.float16
-        loss_sum = correct = count = 0.0
-        bar = progress(total=len(loader.sampler), desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
-        for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(device_type=self.kind, dtype=amp_dtype, enabled=self.opts.amp):
+        plan, augment = self.epoch_plan(epoch), self.augment()
+        # sums stay on the device: no host sync per batch (a GPU runs ahead of the Python loop)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        bar = progress(total=plan.images, desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
+        for x, rows, y in self.batches(plan.items, plan.batches):
+            x = augment(x, rows, epoch)
+            with autocast(self.device, self.opts.amp):
                 out = self.model(x)
                 loss = F.cross_entropy(out.float(), y)
-            if not torch.isfinite(loss):
-                raise Diverged(f"{self.opts.out}: training diverged (loss {loss.item()} in epoch {epoch + 1}); "
-                                 "nothing written: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
             count += len(y)
             bar.update(len(y))
         bar.close()
-        loss_sum, correct, count = all_sum([loss_sum, correct, count], self.world, self.device)
+        loss_sum, correct, count = all_sum([loss_sum.item(), correct.item(), count], self.world, self.device)
+        if not np.isfinite(loss_sum):  # a non-finite loss in any batch makes the sum non-finite
+            raise Diverged(f"{self.opts.out}: training diverged (loss {loss_sum} in epoch {epoch + 1}); "
+                           "nothing written: lower --lr")
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     def set_train_mode(self) -> None:
@@ -477,15 +493,18 @@ class Trainer:
         """Top-1 and top-5 (top-min(5,K)) accuracy on a split part; (None, None) when it is empty."""
         import torch
 
+        from ldpo.common.accel import autocast
+
         if len(part[0]) == 0:
             return None, None
         self.model.eval()
         k = min(5, len(self.data.classes))
         top1 = top5 = count = 0.0
+        prep = self.preprocess()
         with torch.inference_mode():
-            for x, y in self.eval_loader(part):
-                x, y = x.to(self.device), y.to(self.device)
-                best = self.net(x).topk(k, dim=1).indices
+            for x, _, y in self.batches(self.part_items(part)):
+                with autocast(self.device, self.opts.amp):
+                    best = self.net(prep(x)).topk(k, dim=1).indices
                 top1 += (best[:, 0] == y).sum().item()
                 top5 += (best == y[:, None]).any(dim=1).sum().item()
                 count += len(y)
@@ -504,7 +523,7 @@ class Trainer:
         torch_save(partial_path(self.opts.out), {
             "format": PARTIAL_FORMAT, "options": self.settings, "epochs_done": epochs_done,
             "state_dict": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if self.kind == "cuda" else [],
             "history": self.history})
 
@@ -528,7 +547,6 @@ class Trainer:
         self.net.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])

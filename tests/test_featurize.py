@@ -44,6 +44,32 @@ def test_global_features_are_deterministic_and_keep_the_store_ids(cli, small, tm
     assert not np.allclose(read(other, "features")[0], fa)
 
 
+def test_the_data_path_gives_the_plain_references_features(cli, small, tmp_path):
+    """Stated tolerance: float32 features within rtol 1e-4 of the reference (plain float input,
+    whole batch in memory); with --amp (bfloat16) each row's cosine to the reference ≥ 0.99."""
+    from ldpo.common import imagedata
+
+    images, _ = small
+    with open_store(images) as store:
+        pixels = store.read("images")
+    built = models.build(models.Init("random"), "resnet18", None, seed=4, input_size=48, normalize="zscore")
+    extractor = models.Extractor(built.model, built.arch, "avgpool").eval()
+    with torch.inference_mode():
+        plain = imagedata.normalize(imagedata.resize(imagedata.to_float3(pixels), 48), "zscore")
+        reference = extractor(plain).numpy()
+    for flags, check in [((), lambda f: np.allclose(f, reference, rtol=1e-4, atol=1e-5)),
+                         (("--amp",), lambda f: (cosine(f, reference) >= 0.99).all())]:
+        out = tmp_path / f"f{len(flags)}.h5"
+        r = cli("featurize", images, "--out", out, "--input-size", "48", "--seed", "4", "--batch-size", "7",
+                "--workers", "1", *flags, "-q")
+        assert r.code == 0, r.err
+        assert check(read(out, "features")[0]), flags
+
+
+def cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def test_conv_layer_writes_local_float16(cli, small, tmp_path):
     images, ids = small
     out = tmp_path / "local.zarr"

@@ -116,7 +116,7 @@ def corrupt_zarr_chunk(ws: Path) -> Path:
 
 def corrupt_image_chunk(ws: Path) -> Path:
     chunks = sorted(p for p in (ws / "images.zarr" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
-    chunks[3].write_bytes(b"garbage" * 10)
+    chunks[-1].write_bytes(b"garbage" * 10)
     return ws / "images.zarr"
 
 
