@@ -53,6 +53,14 @@ Options (environment default in brackets):
                         from random init, else imagenet, timm for timm:*) [LDPO_NORMALIZE]
   --input-filter none|sobel|gray-sobel  fixed filter before the CNN (kept
                         in its checkpoints)                          [LDPO_INPUT_FILTER=none]
+  --tree-affinity lift|confusion|centroids|reports  the category tree's affinity
+                        (hierarchy --affinity; centroids passes the final model's
+                        features, reports needs --reports and --manifest) [LDPO_TREE_AFFINITY=lift]
+  --tree-preference Q   hierarchy --preference: affinity propagation's preference
+                        quantile (0.5 = the paper's median; higher = smaller
+                        groups per level)                             [LDPO_TREE_PREFERENCE=0.5]
+                        Changing a --tree-* setting on a finished run remakes only
+                        the tree and the report.
   --batch-size N                                                    [LDPO_BATCH_SIZE=64]
   --device auto|cpu|cuda                                            [LDPO_DEVICE=auto]
   --seed S                                                          [LDPO_SEED=0]
@@ -96,6 +104,8 @@ split=${LDPO_SPLIT:-70/10/20}
 input_size=${LDPO_INPUT_SIZE:-}
 normalize=${LDPO_NORMALIZE:-}
 input_filter=${LDPO_INPUT_FILTER:-none}
+tree_affinity=${LDPO_TREE_AFFINITY:-lift}
+tree_preference=${LDPO_TREE_PREFERENCE:-0.5}
 batch_size=${LDPO_BATCH_SIZE:-64}
 device=${LDPO_DEVICE:-auto}
 seed=${LDPO_SEED:-0}
@@ -132,6 +142,8 @@ while [[ $# -gt 0 ]]; do
     --input-size) value "$@"; input_size=$2; shift ;;
     --normalize) value "$@"; normalize=$2; shift ;;
     --input-filter) value "$@"; input_filter=$2; shift ;;
+    --tree-affinity) value "$@"; tree_affinity=$2; shift ;;
+    --tree-preference) value "$@"; tree_preference=$2; shift ;;
     --batch-size) value "$@"; batch_size=$2; shift ;;
     --device) value "$@"; device=$2; shift ;;
     --seed) value "$@"; seed=$2; shift ;;
@@ -151,6 +163,9 @@ done
 [[ -z $init_labels || -f $init_labels ]] || die "$init_labels: no such labels file"
 [[ $max_iter =~ ^[0-9]+$ ]] || die "--max-iter $max_iter: not a whole number"
 [[ $encode =~ ^(none|fv|vlad|avg|max)$ ]] || die "--encode $encode: one of none, fv, vlad, avg, max"
+[[ $tree_affinity =~ ^(lift|confusion|centroids|reports)$ ]] || die "--tree-affinity $tree_affinity: one of lift, confusion, centroids, reports"
+[[ $tree_affinity != reports || -n $reports ]] || die "--tree-affinity reports needs --reports and --manifest"
+[[ $tree_preference =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || die "--tree-preference $tree_preference: a quantile between 0 and 1"
 if [[ -n $reports && -z $manifest ]] || [[ -z $reports && -n $manifest ]]; then
   die "--reports and --manifest go together"
 fi
@@ -221,7 +236,7 @@ run_record() {
     echo "    \"$name\": $(json_str "$v"),"
   done
   for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced amp split \
-              input_size normalize input_filter batch_size seed; do
+              input_size normalize input_filter batch_size seed tree_affinity tree_preference; do
     echo "    \"$name\": $(json_str "${!name}"),"
   done
   echo "    \"extra_args\": $(json_str "F[${FEATURIZE_ARGS:-}] T[${FINETUNE_ARGS:-}] E[${ENCODE_ARGS:-}] C[${CLUSTER_ARGS:-}]")"
@@ -268,7 +283,13 @@ if [[ $fresh == 1 ]]; then
   forget_from 0
 elif [[ -f $work/run.json ]] && [[ $(cat "$work/run.json") != "$record" ]]; then
   differ=$(record_diff "$work/run.json" <(printf '%s\n' "$record"))
-  if [[ -z $restart_from ]]; then
+  tree_only='^tree_[a-z]+: [^,]*(, tree_[a-z]+: [^,]*)*$'
+  if [[ $differ =~ $tree_only ]]; then
+    # Only the tree's settings changed (or a record from before they were settings): the
+    # iterations stand; the tree and the report that shows it are made again.
+    log "the tree's settings differ ($differ): recomputing final/tree and the report"
+    rm -rf -- "$work/final/tree" "$work/final/levels.txt" "$work/report"
+  elif [[ -z $restart_from ]]; then
     die "$work/run.json: this work folder was made with other settings or inputs ($differ); rerun with the same ones, or add --restart-from iter-N or --fresh"
   fi
   if [[ $differ =~ (^|, )(images|[a-z_]+_sha256|init|init_labels|truth|reports|manifest): ]] && [[ $restart_from != iter-0 ]]; then
@@ -394,8 +415,17 @@ else
       --layer probs --batch-size "$batch_size" "${amp_args[@]}" "${common[@]}"
   fi
   if [[ ! -e $final/tree/tree.json ]]; then
-    log "final: hierarchy"
-    "${hierarchy_cmd[@]}" "$final/probs.h5" "$final/labels.csv" --out "$final/tree" "${common[@]}" > "$final/levels.txt"
+    log "final: hierarchy ($tree_affinity, preference $tree_preference)"
+    tree_args=(--affinity "$tree_affinity" --preference "$tree_preference")
+    if [[ $tree_affinity == centroids ]]; then  # the final model's features, as the last clustering saw them
+      last_feats=$(iter_dir "$last")/features.h5
+      [[ $encode != none ]] && last_feats=$(iter_dir "$last")/encoded.h5
+      tree_args+=(--features "$last_feats")
+    elif [[ $tree_affinity == reports ]]; then
+      tree_args+=(--reports "$reports" --manifest "$manifest")
+    fi
+    "${hierarchy_cmd[@]}" "$final/probs.h5" "$final/labels.csv" --out "$final/tree" "${tree_args[@]}" \
+      "${common[@]}" > "$final/levels.txt"
   fi
 fi
 if [[ -n $reports && ! -e $final/keywords/index.html ]]; then

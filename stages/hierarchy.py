@@ -1,4 +1,5 @@
-"""``hierarchy``: the category tree from the converged model's class confusion (Wang et al. 2017, Sec. 3.5).
+"""``hierarchy``: the category tree from the converged model's class confusion (Wang et al. 2017, Sec. 3.5),
+or from its features, or from the images' reports.
 
 PROBS is a feature store ``features`` [N,K] of softmax scores (``featurize --layer
 probs``), its attribute ``classes`` giving the label value of each column (absent:
@@ -14,13 +15,35 @@ than by chance the model mistakes a for b. The lift keeps a few large categories
 soak up probability everywhere (a model that learned little) from pulling every
 category into one group at once.
 
+``--affinity centroids`` uses the model's features instead of its softmax: ``--features
+STORE`` (``features`` [N,D], joined by id; the loop passes the final model's, the last
+iteration's ``features.h5``, or ``encoded.h5`` with ``--encode``). Each image's vector is
+L2-normalized (as ``cluster`` sees it), a group's centroid is the mean over its images
+minus the mean over all images, and A is the cosine of two centroids. Centering matters:
+the features are non-negative (ReLU), so uncentered centroids all point the same way
+(cosines 0.85–0.97 on the toy PACS). The centroids do not depend on the classifier head,
+so they still mean something when the head's softmax has collapsed onto one class (seen
+on the toy PACS). Measured on the toy sets (README, "The category tree": three demo-size
+Texture-25 runs, one 25-class run, three toy PACS runs), none of these three
+affinities' first merges follows the truth's families better than chance, and centroids
+do not beat lift, so the default stays ``lift``.
+
+``--affinity reports`` reads what the images' reports say instead (``--reports`` and
+``--manifest``, as ``keywords`` takes them; every labelled image must have its report):
+a group's words are counted over the distinct reports of its images (cleaned as
+``keywords`` cleans them), weighted by their inverse document frequency over all those
+reports (TF-IDF), and A is the cosine of two groups' word vectors. On an archive with
+reports this is the affinity that follows the body region (README, "The category tree").
+
 Each level merges the groups of the level below by scikit-learn's affinity
 propagation on A (precomputed). The preference starts at the paper's, the median of
-the off-diagonal affinities; when that merges nothing (all groups stay apart) or
-everything (one group of more than two), lower and then higher preferences are tried
-(quantiles 0.25, 0.1, 0, below the minimum, then 0.75, 0.9), and when none gives
-between 2 and G-1 groups, average-linkage agglomerative clustering on the affinity
-cuts the G groups into ⌈G/2⌉. So every level merges something and the tree of K > 2
+the off-diagonal affinities, or at the ``--preference`` quantile: a higher one makes
+smaller groups, so that each level joins only the groups most alike (with ``reports``
+on the toy PACS, 0.9 joins exactly the CT and MR categories of each region). When that
+merges nothing (all groups stay apart) or everything (one group of more than two),
+the other quantiles are tried (lower first: 0.25, 0.1, 0, below the minimum, then
+0.75, 0.9), and when none gives between 2 and G-1 groups, average-linkage
+agglomerative clustering on the affinity cuts the G groups into ⌈G/2⌉. So every level merges something and the tree of K > 2
 categories always has a level between the leaves and the root. Two groups left join
 at the root. ``--max-levels`` caps the rounds; the remaining groups are then merged
 into the root in one forced step, which is logged and recorded in tree.json.
@@ -33,7 +56,8 @@ Writes into ``--out`` DIR:
 * ``tree.json``: the root node; every node has ``id`` ("L<level>-<index>"), ``level``,
   ``index``, ``size`` (images), ``classes`` (member label values) and ``children``;
   the root also has ``levels`` (group count per level), ``merged_by`` (how each level
-  above 0 was made), ``affinity`` and ``forced_final_merge``;
+  above 0 was made), ``affinity``, ``preference``, ``features`` (with ``centroids``),
+  ``reports`` and ``manifest`` (with ``reports``) and ``forced_final_merge``;
 * ``levels.csv``: ``id,level0,level1,…`` (level0 = the image's label, level j = its
   group index at level j; the last level is the root, 0);
 * ``tree.png``: a dendrogram of the levels.
@@ -63,12 +87,23 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)")
-    labels: str = positional("labels CSV (id,label) the model was trained on")
-    out: str = opt("output folder for tree.json, levels.csv, tree.png")
+    probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)",
+                            role="input")
+    labels: str = positional("labels CSV (id,label) the model was trained on", role="input")
+    out: str = opt("output folder for tree.json, levels.csv, tree.png", role="output")
     damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
+    preference: float = opt("affinity propagation's preference, as a quantile of the off-diagonal affinities "
+                            "(0.5 = the median, the paper's; higher = smaller groups per level, more levels)", 0.5,
+                            min=0, max=1)
     affinity: str = opt("lift: confusion relative to each group's overall score (default); confusion: the "
-                        "paper's raw confusion", "lift", choices=["lift", "confusion"])
+                        "paper's raw confusion; centroids: cosine of the groups' mean features (needs --features); "
+                        "reports: cosine of the groups' report words (needs --reports and --manifest)",
+                        "lift", choices=["lift", "confusion", "centroids", "reports"])
+    features: str = opt("feature store (features [N,D], the same ids as PROBS) for --affinity centroids, e.g. the "
+                        "last iteration's iter-NN/features.h5", "", role="input")
+    reports: str = opt("reports CSV (report_id,text) or folder of .txt reports, for --affinity reports", "",
+                       role="input")
+    manifest: str = opt("key-image manifest CSV (id,report_id,…) joining images to --reports", "", role="input")
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
@@ -76,11 +111,17 @@ class Options(CommonOptions):
 class HierarchyTool(Tool):
     name = "hierarchy"
     description = ("Build the category tree: affinity propagation on the class confusion of the final model "
-                   "(by default relative to each class's overall score: --affinity lift), merged level by level "
+                   "(by default relative to each class's overall score: --affinity lift; or the cosine of the "
+                   "categories' mean features: --affinity centroids --features STORE; or of their report "
+                   "words: --affinity reports --reports R --manifest M), merged level by level "
                    "up to one root; every level merges something, so K > 2 categories get at least one level "
                    "between the categories and the root. Writes tree.json, levels.csv, tree.png; prints the "
                    "group count per level.")
-    example = "hierarchy probs.h5 labels_final.csv --out tree/ --seed 0"
+    example = ("hierarchy probs.h5 labels_final.csv --out tree/ --seed 0\n"
+               "hierarchy final/probs.h5 final/labels.csv --out final/tree --affinity centroids "
+               "--features iter-05/features.h5\n"
+               "hierarchy final/probs.h5 final/labels.csv --out final/tree --affinity reports "
+               "--reports reports.csv --manifest keyimages/manifest.csv")
     Options = Options
 
     def main(self, opts: Options) -> int:
@@ -88,18 +129,44 @@ class HierarchyTool(Tool):
             raise InputError(f"--damping {opts.damping}: must be in [0.5, 1)")
         if opts.max_levels < 1:
             raise InputError("--max-levels must be >= 1")
+        if opts.affinity == "centroids" and not opts.features:
+            raise InputError("--affinity centroids needs --features STORE (the final model's feature store, e.g. "
+                             "the last iteration's features.h5)")
+        if opts.features and opts.affinity != "centroids":
+            raise InputError(f"--features {opts.features}: only --affinity centroids uses it "
+                             f"(--affinity is {opts.affinity})")
+        if opts.affinity == "reports" and not (opts.reports and opts.manifest):
+            raise InputError("--affinity reports needs --reports (the reports) and --manifest (the manifest that "
+                             "joins images to them)")
+        for flag, value in (("--reports", opts.reports), ("--manifest", opts.manifest)):
+            if value and opts.affinity != "reports":
+                raise InputError(f"{flag} {value}: only --affinity reports uses it (--affinity is {opts.affinity})")
         ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch_size)
         present = np.flatnonzero(counts > 0)
         if len(present) < len(classes):
             log.warning("%d of %d classes have no images in %s; left out of the tree", len(classes) - len(present),
                         len(classes), opts.labels)
-        groups, forced, how = build_levels(sums, counts, present, opts.damping, opts.max_levels, opts.seed,
-                                           opts.affinity)
+        if opts.affinity == "centroids":
+            feature_sums = read_feature_sums(opts.features, ids, row_class, len(classes), opts.batch_size,
+                                             opts.probs)
+            affinity_of = lambda members: centroid_affinity(feature_sums, counts, members)  # noqa: E731
+        elif opts.affinity == "reports":
+            words, incidence = read_report_words(opts.reports, opts.manifest, opts.labels, ids, row_class,
+                                                 len(classes))
+            affinity_of = lambda members: report_affinity(words, incidence, members)  # noqa: E731
+        else:
+            affinity_of = lambda members: affinity(sums, counts, members, opts.affinity)  # noqa: E731
+        groups, forced, how = build_levels(affinity_of, len(classes), present, opts.damping, opts.max_levels,
+                                           opts.seed, opts.preference)
         sizes = [len(level) for level in groups]
         out = Path(opts.out)
         out.mkdir(parents=True, exist_ok=True)
         tree = tree_json(groups, classes, counts, forced)
-        tree.update(merged_by=how, affinity=opts.affinity)
+        tree.update(merged_by=how, affinity=opts.affinity, preference=opts.preference)
+        if opts.features:
+            tree.update(features=opts.features)
+        if opts.reports:
+            tree.update(reports=opts.reports, manifest=opts.manifest)
         with atomic_path(out / "tree.json") as tmp:
             tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
         write_levels(out / "levels.csv", ids, row_class, classes, groups)
@@ -132,6 +199,73 @@ def read_scores(probs_path: str, labels_path: str, batch: int):
     return ids, row_class, classes, sums, counts
 
 
+def read_feature_sums(path: str, ids: list[str], row_class: np.ndarray, k: int, batch: int,
+                      probs_path: str) -> np.ndarray:
+    """Per-class sums [K,D] of the L2-normalized feature vectors of ``path``, joined to ``ids`` by id."""
+    with open_store(path) as store:
+        if store.kind != "features":
+            what = "local features [N,S,C]" if store.kind == "local" else store.kind
+            raise InputError(f"{path}: holds {what}, not one feature vector per image: give a global feature store "
+                             "(featurize's default layer, or encode's output)")
+        n, d = store.shape("features")
+        feature_ids = store.ids
+        column = {ident: c for ident, c in zip(ids, row_class.tolist())}
+        rows = np.array([column.get(ident, -1) for ident in feature_ids], dtype=np.int64)
+        if (rows < 0).any():
+            first = feature_ids[int(np.flatnonzero(rows < 0)[0])]
+            raise InputError(f"{path}: {int((rows < 0).sum())} ids are not in {probs_path} (first: {first}): "
+                             "the features must be of the same images")
+        if n < len(ids):
+            have = set(feature_ids)
+            first = next(ident for ident in ids if ident not in have)
+            raise InputError(f"{path}: {len(ids) - n} images of {probs_path} have no feature vector (first: {first})")
+        sums = np.zeros((k, d), dtype=np.float64)
+        for lo, hi, block in progress(store.batches("features", batch), desc="features", total=-(-n // batch)):
+            block = block.astype(np.float64)
+            if not np.isfinite(block).all():
+                raise InputError(f"{path}: rows {lo}..{hi} hold non-finite features")
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            np.add.at(sums, rows[lo:hi], block / np.maximum(norms, 1e-12))
+    return sums
+
+
+def read_report_words(reports_path: str, manifest_path: str, labels_path: str, ids: list[str],
+                      row_class: np.ndarray, k: int):
+    """The cleaned word counts of every report of a labelled image (sparse [R, V]), and which
+    reports each class's images come from (0/1, sparse [K, R])."""
+    from scipy import sparse
+
+    from ldpo.common.text import Cleaner, read_manifest, read_reports
+
+    manifest = read_manifest(manifest_path)
+    reports = read_reports(reports_path)
+    row = manifest.index()
+    absent = [i for i in ids if i not in row]
+    if absent:
+        raise InputError(f"{labels_path}: {len(absent)} id(s) not in the manifest {manifest_path}, e.g. {absent[0]!r}")
+    report_of = [manifest.rows[row[i]]["report_id"] for i in ids]
+    orphans = [i for i, r in zip(ids, report_of) if r not in reports]
+    if orphans:
+        raise InputError(f"{manifest_path}: {len(orphans)} labelled id(s) refer to no report in {reports_path}, "
+                         f"e.g. {orphans[0]!r}")
+    used = list(dict.fromkeys(report_of))  # each report once, in first-use order
+    column = {r: j for j, r in enumerate(used)}
+    cleaner, vocab = Cleaner(), {}
+    cells: dict[tuple[int, int], int] = {}
+    for j, rid in enumerate(used):
+        for word in cleaner.words(reports[rid]):
+            key = (j, vocab.setdefault(word, len(vocab)))
+            cells[key] = cells.get(key, 0) + 1
+    if not vocab:
+        raise InputError(f"{reports_path}: the labelled images' reports hold no usable words")
+    rr, cc = zip(*cells) if cells else ((), ())
+    words = sparse.csr_matrix((list(cells.values()), (rr, cc)), shape=(len(used), len(vocab)), dtype=np.float64)
+    incidence = sparse.csr_matrix((np.ones(len(ids)), (row_class, [column[r] for r in report_of])),
+                                  shape=(k, len(used)), dtype=np.float64)
+    incidence.data[:] = 1.0  # duplicates were summed: several images of one class and report count once
+    return words, incidence
+
+
 def class_values(attrs: dict, k: int, path: str) -> list[int]:
     raw = attrs.get("classes")
     if raw is None:
@@ -162,6 +296,36 @@ def affinity(sums: np.ndarray, counts: np.ndarray, members: np.ndarray, kind: st
     return 0.5 * (p + p.T)
 
 
+def centroid_affinity(feature_sums: np.ndarray, counts: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Cosine of the groups' centroids, each taken relative to the centroid of all images.
+
+    ``feature_sums`` [K,D] sums the L2-normalized features of each class's images.
+    """
+    overall = feature_sums.sum(axis=0) / counts.sum()
+    centroids = (members @ feature_sums) / (members @ counts)[:, None] - overall[None, :]
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    unit = centroids / np.maximum(norms, 1e-12)
+    return unit @ unit.T
+
+
+def report_affinity(words, incidence, members: np.ndarray) -> np.ndarray:
+    """Cosine of the groups' TF-IDF word vectors: a group's term counts summed over the distinct
+    reports of its images, weighted by the words' smoothed inverse document frequency over all
+    the reports."""
+    from scipy import sparse
+
+    n_reports = words.shape[0]
+    df = np.asarray((words > 0).sum(axis=0)).ravel()
+    idf = np.log((1.0 + n_reports) / (1.0 + df)) + 1.0
+    group_reports = (sparse.csr_matrix(members) @ incidence) > 0
+    tfidf = (group_reports.astype(np.float64) @ words) @ sparse.diags(idf)
+    norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel())
+    unit = sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ tfidf
+    a = np.asarray((unit @ unit.T).todense())
+    np.fill_diagonal(a, 1.0)
+    return a
+
+
 def propagate(a: np.ndarray, damping: float, seed: int, preference: float | None = None) -> np.ndarray | None:
     """Affinity-propagation labels 0..G'-1, or None when it did not converge."""
     from sklearn.cluster import AffinityPropagation
@@ -182,12 +346,20 @@ def propagate(a: np.ndarray, damping: float, seed: int, preference: float | None
 PREFERENCES = (0.5, 0.25, 0.1, 0.0, "below", 0.75, 0.9)
 
 
-def merge_level(a: np.ndarray, damping: float, seed: int) -> tuple[np.ndarray, str]:
-    """Group labels for one level that merge something but not everything (for G > 2), and how."""
+def preference_ladder(first: float = 0.5) -> tuple:
+    """``first``, then the default ladder without it."""
+    return (first,) + tuple(q for q in PREFERENCES if q != first)
+
+
+def merge_level(a: np.ndarray, damping: float, seed: int, first: float = 0.5) -> tuple[np.ndarray, str]:
+    """Group labels for one level that merge something but not everything (for G > 2), and how.
+
+    Affinity propagation's preference starts at the ``first`` quantile of the off-diagonal
+    affinities (the paper's median: 0.5)."""
     g = len(a)
     off = a[~np.eye(g, dtype=bool)]
     lo, hi = float(off.min()), float(off.max())
-    for q in PREFERENCES:
+    for q in preference_ladder(first):
         pref = lo - (hi - lo) - 1e-9 if q == "below" else float(np.quantile(off, q))
         assign = propagate(a, damping, seed, pref)
         if assign is not None and 1 < assign.max() + 1 < g:
@@ -203,25 +375,27 @@ def merge_level(a: np.ndarray, damping: float, seed: int) -> tuple[np.ndarray, s
         "(affinity propagation merged nothing or everything)"
 
 
-def build_levels(sums: np.ndarray, counts: np.ndarray, present: np.ndarray, damping: float, max_levels: int,
-                 seed: int, kind: str = "lift") -> tuple[list[list[list[int]]], bool, list[str]]:
+def build_levels(affinity_of, k: int, present: np.ndarray, damping: float, max_levels: int,
+                 seed: int, preference: float = 0.5) -> tuple[list[list[list[int]]], bool, list[str]]:
     """Levels of groups; a group lists the indices of its children in the level below.
 
-    Level 0 lists the class columns themselves (one per group). Returns the levels,
-    whether the last merge was forced, and how each level above 0 was made.
+    ``affinity_of(members)`` gives the [G,G] affinity of the groups that the 0/1 matrix
+    ``members`` [G,K] makes of the K class columns. Level 0 lists the class columns
+    themselves (one per group). Returns the levels, whether the last merge was forced,
+    and how each level above 0 was made.
     """
     levels: list[list[list[int]]] = [[[int(c)] for c in present]]
     leaves: list[list[int]] = [[int(c)] for c in present]  # class columns under each group of the top level
     forced = False
     how: list[str] = []
     while len(leaves) > 1:
-        members = np.zeros((len(leaves), len(sums)))
+        members = np.zeros((len(leaves), k))
         for g, cols in enumerate(leaves):
             members[g, cols] = 1.0
         if len(leaves) == 2:  # nothing to choose: the last two groups meet at the root
             assign, why = np.zeros(2, dtype=np.int64), "the last two groups join at the root"
         elif len(levels) <= max_levels:
-            assign, why = merge_level(affinity(sums, counts, members, kind), damping, seed)
+            assign, why = merge_level(affinity_of(members), damping, seed, preference)
         else:
             log.warning("forcing the final merge of %d groups into the root: the level cap --max-levels was "
                         "reached", len(leaves))

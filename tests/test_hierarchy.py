@@ -136,22 +136,8 @@ def dominated(seed: int, per_class: int = 12, sinks=(0, 7), sink=0.3, family=0.0
     return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32), y, fam
 
 
-def first_merges(tree: dict) -> list[list[int]]:
-    """The classes under each level-1 group."""
-    out = []
-
-    def visit(node):
-        if node["level"] == 1:
-            out.append(node["classes"])
-        for child in node["children"]:
-            visit(child)
-
-    visit(tree)
-    return out
-
-
 def test_first_merges_join_categories_of_one_family(cli, tmp_path):
-    from ldpo.stages.toy_data.families import same_family_fraction
+    from ldpo.stages.toy_data.families import first_level_groups, same_family_fraction
 
     results = {}
     for affinity in ("lift", "confusion"):
@@ -166,13 +152,207 @@ def test_first_merges_join_categories_of_one_family(cli, tmp_path):
             assert r.code == 0, r.err
             tree = json.loads((folder / "t" / "tree.json").read_text())
             assert len(tree["levels"]) >= 3  # a level between the leaves and the root
-            fraction, pairs = same_family_fraction([[fam[c] for c in g] for g in first_merges(tree)])
+            fraction, pairs = same_family_fraction([[fam[c] for c in g] for g in first_level_groups(tree)])
             fractions.append(fraction)
         results[affinity] = fractions
     chance, _ = same_family_fraction([list(fam)])  # all pairs of the ten classes: 10 of 45 share a family
     assert chance == pytest.approx(10 / 45)
     assert min(results["lift"]) >= 0.6 and np.mean(results["lift"]) >= 0.7, results  # measured: 0.77, 0.71, 0.77
     assert np.mean(results["lift"]) > np.mean(results["confusion"]) + 0.3, results  # why lift is the default
+
+
+# -- --affinity centroids: the categories' mean features -------------------------------------
+def grouped_features(groups: int = 3, per_group: int = 4, per_class: int = 15, dim: int = 64, seed: int = 0):
+    """Non-negative (ReLU-like) features: a large part shared by every image, a part per group of
+    classes, a smaller part per class, and noise. Class c belongs to group c // per_group."""
+    rng = np.random.default_rng(seed)
+    k = groups * per_group
+    y = np.repeat(np.arange(k), per_class)
+    shared = rng.uniform(1.0, 2.0, dim)
+    group_part = rng.standard_normal((groups, dim))
+    class_part = 0.5 * rng.standard_normal((k, dim))
+    x = shared + group_part[y // per_group] + class_part[y] + 0.5 * rng.standard_normal((len(y), dim))
+    return np.maximum(x, 0.0).astype(np.float32), y
+
+
+def collapsed_scores(y, k: int, seed: int = 0):
+    """Softmax scores of a head that collapsed onto class 0 for every image (seen on the toy PACS)."""
+    rng = np.random.default_rng(seed)
+    scores = np.full((len(y), k), 0.01) * np.exp(0.3 * rng.standard_normal((len(y), k)))
+    scores[:, 0] = 0.9
+    return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_centroids_join_the_groups_the_features_show(cli, tmp_path):
+    feats, y = grouped_features()
+    k = int(y.max()) + 1
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, k), y, list(range(k)))
+    order = np.random.default_rng(1).permutation(len(ids))  # joined by id, not by position
+    write_store(tmp_path / "feats.h5", [ids[i] for i in order], {"stage": "featurize", "layer": "avgpool"},
+                features=feats[order])
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t",
+            "--affinity", "centroids", "--features", tmp_path / "feats.h5")
+    assert r.code == 0, r.err
+    assert r.out.strip() == "levels: 12, 3, 2, 1"
+    tree = json.loads((tmp_path / "t" / "tree.json").read_text())
+    assert tree["affinity"] == "centroids" and tree["features"] == str(tmp_path / "feats.h5")
+    from ldpo.stages.toy_data.families import first_level_groups
+
+    assert sorted(first_level_groups(tree)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    rows = read_levels(tmp_path / "t" / "levels.csv")
+    level1 = np.array([int(r["level1"]) for r in rows])
+    assert ari(level1, y // 4) == 1.0
+    # the collapsed softmax alone does not show the groups
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "lift")
+    assert r.code == 0, r.err
+    lift = json.loads((tmp_path / "lift" / "tree.json").read_text())
+    assert sorted(first_level_groups(lift)) != [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_centroids_are_taken_relative_to_all_images():
+    from ldpo.stages.hierarchy import centroid_affinity
+
+    # three classes, one image each: unit vectors e0, e1 and (e0 + e1)/√2 (sums of normalized features)
+    sums = np.array([[1.0, 0.0], [0.0, 1.0], [2 ** -0.5, 2 ** -0.5]])
+    a = centroid_affinity(sums, np.ones(3), np.eye(3))
+    assert np.allclose(np.diag(a), 1.0) and np.allclose(a, a.T)
+    # uncentered, e0 and e1 are orthogonal (0); the mean of all three is m(1, 1), m = (1 + 1/√2)/3, and
+    # relative to it they point almost opposite: cos = -2m(1-m) / ((1-m)² + m²)
+    m = (1 + 2 ** -0.5) / 3
+    assert a[0, 1] == pytest.approx(-2 * m * (1 - m) / ((1 - m) ** 2 + m ** 2)) and a[0, 1] < -0.9
+    merged = centroid_affinity(sums, np.ones(3), np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert merged.shape == (2, 2)
+
+
+@pytest.mark.parametrize("case", ["no-features", "features-without-centroids", "extra-id", "missing-id", "local",
+                                  "non-finite", "no-such-file"])
+def test_bad_centroid_input_exits_2_with_one_line(cli, tmp_path, case):
+    feats, y = grouped_features(2, 2, per_class=4, dim=8)
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, 4), y, [0, 1, 2, 3])
+    store = tmp_path / "feats.h5"
+    args = ["--affinity", "centroids", "--features", store]
+    attrs = {"stage": "featurize"}
+    if case == "no-features":
+        args, needle = ["--affinity", "centroids"], "--affinity centroids needs --features"
+    elif case == "features-without-centroids":
+        write_store(store, ids, attrs, features=feats)
+        args, needle = ["--features", store], "only --affinity centroids uses it"
+    elif case == "extra-id":
+        write_store(store, ids + ["stranger"], attrs, features=np.vstack([feats, feats[:1]]))
+        needle = "1 ids are not in"
+    elif case == "missing-id":
+        write_store(store, ids[1:], attrs, features=feats[1:])
+        needle = "1 images of"
+    elif case == "local":
+        write_store(store, ids, attrs, local=np.ones((len(ids), 4, 8), np.float32))
+        needle = "local features [N,S,C]"
+    elif case == "non-finite":
+        bad = feats.copy()
+        bad[3, 2] = np.nan
+        write_store(store, ids, attrs, features=bad)
+        needle = "non-finite features"
+    else:
+        needle = "feats.h5"
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", "--no-progress",
+            *args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert not (tmp_path / "t" / "tree.json").exists()
+
+
+# -- --affinity reports: what the images' reports say --------------------------------------------
+# Eight categories like the toy PACS's: five regions, three of them seen by CT and by MR. The
+# reports of one region share its words; CT and MR reports share the modality's words.
+REGION_WORDS = {"head": "brain ventricles skull cerebellum", "chest": "lungs pleural mediastinum airways",
+                "abdomen": "liver pancreas spleen kidneys", "spine": "vertebral discs canal foramina",
+                "pelvis": "bladder prostate uterus acetabulum"}
+MODALITY_WORDS = {"CT": "attenuation contrast enhanced axial", "MR": "signal weighted sequences intensity"}
+CATEGORIES = [("head", "CT"), ("head", "MR"), ("chest", "CT"), ("abdomen", "CT"), ("abdomen", "MR"),
+              ("spine", "CT"), ("spine", "MR"), ("pelvis", "CT")]
+
+
+def write_reports(tmp_path, ids, y, seed=0):
+    """Four reports per category, one per 4 images; each says its region and modality words and filler."""
+    rng = np.random.default_rng(seed)
+    filler = "normal unremarkable stable findings impression comparison prior study noted".split()
+    report_of, rows = [], []
+    for row, c in enumerate(y):
+        rid = f"r{c}-{row % 4}"
+        report_of.append(rid)
+        if rid not in {r[0] for r in rows}:
+            region, modality = CATEGORIES[c]
+            words = [*REGION_WORDS[region].split(), *MODALITY_WORDS[modality].split(), *rng.choice(filler, 6)]
+            rows.append((rid, " ".join(rng.permutation(words))))
+    with open(tmp_path / "reports.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("report_id", "text"), *rows])
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("id", "report_id"), *zip(ids, report_of)])
+
+
+def test_reports_join_the_categories_of_one_region(cli, tmp_path):
+    from ldpo.stages.toy_data.families import first_level_groups
+
+    y = np.repeat(np.arange(8), 8)
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, 8), y, list(range(8)))
+    write_reports(tmp_path, ids, y)
+    args = ["--affinity", "reports", "--reports", tmp_path / "reports.csv", "--manifest", tmp_path / "manifest.csv"]
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", *args,
+            "--preference", "0.9")
+    assert r.code == 0, r.err
+    tree = json.loads((tmp_path / "t" / "tree.json").read_text())
+    assert tree["affinity"] == "reports" and tree["preference"] == 0.9
+    assert tree["reports"] == str(tmp_path / "reports.csv") and tree["manifest"] == str(tmp_path / "manifest.csv")
+    assert sorted(first_level_groups(tree)) == [[0, 1], [2], [3, 4], [5, 6], [7]]  # each region's CT with its MR
+    assert len(tree["levels"]) >= 4
+    # at the median (the paper's preference) the first level joins more, and regions mix
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "m", *args)
+    assert r.code == 0, r.err
+    median = json.loads((tmp_path / "m" / "tree.json").read_text())
+    assert median["preference"] == 0.5 and median["levels"][1] < 5
+
+
+def test_a_higher_preference_makes_smaller_groups(cli, tmp_path):
+    scores, y = planted(3, 4)
+    write_inputs(tmp_path, scores, y, list(range(12)))
+    sizes = {}
+    for q in ("0", "0.5", "0.9"):
+        r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / q, "--preference", q)
+        assert r.code == 0, r.err
+        sizes[q] = [int(x) for x in r.out.split(":")[1].split(",")]
+    assert sizes["0.5"] == [12, 3, 2, 1]
+    assert sizes["0"][1] <= sizes["0.5"][1] <= sizes["0.9"][1] and sizes["0.9"][1] > 3
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "x", "--preference", "1.5")
+    assert r.code == 2 and "--preference" in r.err
+
+
+@pytest.mark.parametrize("case", ["no-manifest", "reports-without-affinity", "id-not-in-manifest", "no-report",
+                                  "no-words"])
+def test_bad_report_input_exits_2_with_one_line(cli, tmp_path, case):
+    y = np.repeat(np.arange(8), 4)
+    ids, _ = write_inputs(tmp_path, collapsed_scores(y, 8), y, list(range(8)))
+    write_reports(tmp_path, ids, y)
+    reports, manifest = tmp_path / "reports.csv", tmp_path / "manifest.csv"
+    args = ["--affinity", "reports", "--reports", reports, "--manifest", manifest]
+    if case == "no-manifest":
+        args, needle = args[:4], "--affinity reports needs --reports"
+    elif case == "reports-without-affinity":
+        args, needle = ["--reports", reports], "only --affinity reports uses it"
+    elif case == "id-not-in-manifest":
+        manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
+        needle = "1 id(s) not in the manifest"
+    elif case == "no-report":
+        reports.write_text("\n".join(line for line in reports.read_text().splitlines() if not line.startswith("r7-0")))
+        needle = "labelled id(s) refer to no report"
+    else:
+        with open(reports, "w", newline="") as fh:
+            csv.writer(fh).writerows([("report_id", "text")] + [(f"r{c}-{i}", "the 12 mm on 2014-03-12")
+                                                                 for c in range(8) for i in range(4)])
+        needle = "no usable words"
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "t", "--no-progress",
+            *args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+    assert not (tmp_path / "t" / "tree.json").exists()
 
 
 def test_classes_without_images_are_left_out(cli, tmp_path):

@@ -165,7 +165,8 @@ def test_pacs_path_end_to_end(tmp_path):
     assert parser.sources and all((sheet.parent / s).exists() for s in parser.sources)
     words = {row["word"] for row in csv.DictReader(open(sheet.parent / "keywords.csv"))}
     assert len(words) >= 5
-    assert (out / "pacs/run/final/tree/tree.json").exists()
+    tree = __import__("json").loads((out / "pacs/run/final/tree/tree.json").read_text())
+    assert tree["affinity"] == "reports" and tree["preference"] == 0.9  # the Makefile's toy PACS recipe
     assert len(history(out / "pacs/run")) >= 2
 
 
@@ -210,6 +211,34 @@ def test_a_rerun_with_other_settings_is_refused_until_restart_or_fresh(toy, tmp_
     assert '"k": "2"' in (work / "run.json").read_text()
     loop(*args, "--seed", 5, "--fresh")
     assert '"seed": "5"' in (work / "run.json").read_text() and len(history(work)) == 2
+
+
+def test_tree_settings_and_changing_them_remakes_only_the_tree(toy, tmp_path):
+    import json
+
+    data = toy(classes=3, per_class=4, size=32)
+    work = tmp_path / "w"
+    args = ["--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv", *TINY_LOOP]
+    loop(*args, "--tree-affinity", "centroids")
+    tree = json.loads((work / "final/tree/tree.json").read_text())
+    last = sorted(work.glob("iter-*/features.h5"))[-1]
+    assert tree["affinity"] == "centroids" and tree["features"] == str(last)  # the final model's features
+    assert '"tree_affinity": "centroids"' in (work / "run.json").read_text()
+    kept = {p: p.stat().st_mtime_ns for p in [work / "final/model.pt", work / "final/labels.csv", last]}
+    loop(*args, "--tree-preference", "0.9")  # the default affinity, another preference: only the tree and
+    tree = json.loads((work / "final/tree/tree.json").read_text())  # the report are made again
+    assert tree["affinity"] == "lift" and tree["preference"] == 0.9
+    assert '"tree_affinity": "lift"' in (work / "run.json").read_text()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (work / "report/index.html").exists()
+    proc = loop(*args, "--tree-affinity", "nearest", check=False)
+    assert proc.returncode == 2 and "--tree-affinity nearest: one of lift, confusion, centroids, reports" in proc.stderr
+    proc = loop(*args, "--tree-affinity", "reports", check=False)
+    assert proc.returncode == 2 and "--tree-affinity reports needs --reports and --manifest" in proc.stderr
+    proc = loop(*args, "--tree-preference", "2", check=False)
+    assert proc.returncode == 2 and "--tree-preference 2: a quantile between 0 and 1" in proc.stderr
+    proc = loop(*args, "--k", 2, "--tree-preference", "0.5", check=False)  # not the tree alone: refused
+    assert proc.returncode == 2 and "k: " in proc.stderr and "tree_preference: " in proc.stderr
 
 
 def test_the_loop_reads_the_verdict_and_never_takes_a_crash_for_go_on(toy, tmp_path):

@@ -214,3 +214,15 @@ def test_inputs_of_the_loops_run_record_show_path_and_checksum():
     assert "<td>images</td><td>/data/images.h5</td><td><code>" + "ab" * 8 + "</code>" in html
     assert "<td>init</td><td>/w/a.pth</td>" in html
     assert "<td>truth</td>" not in html  # no truth was given: no row
+
+
+@pytest.mark.parametrize("affinity, says", [("lift", "class confusion"), ("confusion", "class confusion"),
+                                            ("centroids", "mean features"), ("reports", "reports read most alike")])
+def test_the_tree_says_what_it_was_built_from(affinity, says):
+    from ldpo.stages.report.page import tree_html
+
+    leaves = [{"id": f"L0-{c}", "level": 0, "index": c, "size": 3, "classes": [c], "children": []} for c in (0, 1)]
+    tree = {"id": "L1-0", "level": 1, "index": 0, "size": 6, "classes": [0, 1], "children": leaves,
+            "levels": [2, 1], "affinity": affinity}
+    text = "\n".join(tree_html(tree, {}, None))
+    assert says in text and ("class confusion" in text) == (affinity in ("lift", "confusion"))

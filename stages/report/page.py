@@ -242,9 +242,15 @@ def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | No
                    'or hierarchy was not run).</p>')
         return out
     levels = tree.get("levels") or []
-    out.append(f'<p class="muted">Built by affinity propagation on the final model\'s class confusion: groups per '
-               f'level {e(", ".join(str(x) for x in levels))} (level 0 = the categories). Categories that the model '
-               "confuses most are joined first. Click a group to open it.")
+    if tree.get("affinity") == "centroids":
+        basis, first = "the similarity of the categories' mean features", "whose images look most alike to the model"
+    elif tree.get("affinity") == "reports":
+        basis, first = "the similarity of the words of the categories' reports", "whose reports read most alike"
+    else:
+        basis, first = "the final model's class confusion", "that the model confuses most"
+    out.append(f'<p class="muted">Built by affinity propagation on {e(basis)}: groups per '
+               f'level {e(", ".join(str(x) for x in levels))} (level 0 = the categories). Categories {e(first)} '
+               "are joined first. Click a group to open it.")
     if tree.get("forced_final_merge"):
         out.append(" The last join into the root was forced (no more structure was found).")
     out.append("</p>")
