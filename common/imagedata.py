@@ -329,7 +329,11 @@ def _cat(held: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
 def chunk_rows(path: str) -> int:
     """Rows per chunk of the store's ``images`` (1 for stores written one image per chunk)."""
     with open_store(path, validate=False) as store:
-        chunks = getattr(store.array("images"), "chunks", None)
+        return _chunk_rows(store)
+
+
+def _chunk_rows(store: Store) -> int:
+    chunks = getattr(store.array("images"), "chunks", None)
     return int(chunks[0]) if chunks else 1
 
 
@@ -337,8 +341,7 @@ def read_rows(path: str, batch: int) -> int:
     """Rows per read: a whole number of chunks, at least one batch, about READ_BYTES when
     images are small (fewer, larger reads)."""
     with open_store(path, validate=False) as store:
-        row_bytes = int(np.prod(store.shape("images")[1:]))
-    chunk = chunk_rows(path)
+        row_bytes, chunk = int(np.prod(store.shape("images")[1:])), _chunk_rows(store)
     rows = max(batch, READ_BYTES // max(row_bytes, 1))
     return -(-rows // chunk) * chunk
 
@@ -441,4 +444,4 @@ def epoch_items(rows: np.ndarray, targets: np.ndarray, *, seed: int, epoch: int,
     items = [_item_for(rows[w] // chunk, chunk, rows[w], targets[w]) for w in mine if len(w)]
     smallest = min(shares)
     batches = smallest // batch if smallest > batch else 1
-    return EpochPlan(items, batches, min(sum(shares[rank:rank + 1]), batches * batch))
+    return EpochPlan(items, batches, min(shares[rank], batches * batch))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
 from ldpo.common.errors import InputError
+from ldpo.common.input_options import InputOptions
 
 log = logging.getLogger("ldpo")
 
@@ -32,7 +33,7 @@ MATCHING_ATTRS = ("arch", "layer", "init", "checkpoint", "input_size", "normaliz
 
 
 @dataclass(kw_only=True)
-class Options(CommonOptions):
+class Options(CommonOptions, InputOptions):
     images: str = positional("images store (.h5/.zarr)", role="input")
     out: str = opt("output feature store (.h5/.zarr)", role="output")
     arch: Optional[str] = opt("architecture: alexnet, alexnet_bn, googlenet, vgg16_bn, resnet18, resnet50, or "
@@ -44,14 +45,6 @@ class Options(CommonOptions):
                                None)
     init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "
                     "checkpoint:PATH (finetune)", "random")
-    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
-                                    "store's image side up to 224; from weights 224)", None, min=1)
-    normalize: Optional[str] = opt("imagenet | zscore | timm (default: the checkpoint's; zscore from random init, "
-                                   "imagenet from weights, timm = the mean/std of timm's config for timm weights)",
-                                   None, choices=["imagenet", "zscore", "timm"])
-    input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
-                                      "(default: the checkpoint's, else none)", None,
-                                      choices=["none", "sobel", "gray-sobel"])
     batch_size: int = opt("images per batch", 64, min=1)
     amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
                      "autotuning (features within bfloat16 rounding of the float32 ones; off by default)", False)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
 from ldpo.common.errors import InputError
+from ldpo.common.input_options import InputOptions
 
 log = logging.getLogger("ldpo")
 
@@ -50,7 +51,7 @@ NOT_IN_SIGNATURE = {"verbose", "quiet", "no_progress", "resume", "workers", "dev
 
 
 @dataclass(kw_only=True)
-class Options(CommonOptions):
+class Options(CommonOptions, InputOptions):
     images: str = positional("images store (.h5/.zarr)", role="input")
     labels: str = positional("labels CSV (id,label) naming images of the store", role="input")
     out: str = opt("output checkpoint (.pt); metrics.json is written next to it", role="output")
@@ -72,14 +73,6 @@ class Options(CommonOptions):
     balanced: bool = opt("sample classes uniformly (each drawn ~N/K times per epoch)", False)
     flip: bool = opt("random horizontal flips (off: radiology images have laterality)", False)
     crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35, above=0, max=1)
-    input_size: Optional[int] = opt("square input size in px (default: the checkpoint's; from random init the "
-                                    "store's image side up to 224; from weights 224)", None, min=1)
-    normalize: Optional[str] = opt("imagenet | zscore | timm (default: the checkpoint's; zscore from random init, "
-                                   "imagenet from weights, timm = the mean/std of timm's config for timm weights)",
-                                   None, choices=["imagenet", "zscore", "timm"])
-    input_filter: Optional[str] = opt("fixed filter before the first layer: none | sobel | gray-sobel "
-                                      "(default: the checkpoint's, else none)", None,
-                                      choices=["none", "sobel", "gray-sobel"])
     jitter: float = opt("intensity augmentation strength: random gamma in [e^-j, e^j], contrast x[1-j, 1+j] "
                         "and brightness ±j/2 per image (0 = none)", 0.0, min=0, max=1)
     head_init: str = opt("a new head starts random, or as the nearest-centroid classifier of the labels "
