@@ -18,7 +18,10 @@ the found categories) from the same features: the 25 texture classes, or the toy
 region/modality pairs (its categories split regions by modality; a same-region merge
 joins a CT group with an MR one). With ``--truth`` on Texture-25, each line also counts
 the merged pairs that share a truth class (two found categories that split one truth
-class are an easy first merge).
+class are an easy first merge), against its chance (the same over all pairs of categories).
+With more categories than truth classes (``--k`` above the class count: an over-segmented
+run), that is the truth's own first level: a tree whose first merges share a truth class
+re-joins the classes the clustering split.
 
 ``--probs``, ``--labels`` and ``--features`` replace the work folder's files, e.g. to
 judge a model trained on the truth itself (its categories are the truth classes).
@@ -108,6 +111,7 @@ def main() -> None:
     klass = majority(class_of_id, ids, found)
     purity = np.mean([family_of_id[i] == family[c] for i, c in zip(ids, found)])
     chance, pairs = same_family_fraction([[family[c] for c in labels.classes]])
+    class_chance, _ = same_family_fraction([[klass[c] for c in labels.classes]])
     print(f"{work if args.work else labels_path}: {len(labels.classes)} categories, family purity of the categories "
           f"{purity:.3f}; chance that two categories share a family {chance:.3f} ({pairs} pairs); "
           f"features {features}")
@@ -118,7 +122,7 @@ def main() -> None:
                f"{chance:.3f}"
         if args.truth:
             same_class, _ = same_family_fraction([[cls[c] for c in g] for g in groups])
-            text += f"; same truth class {same_class:.3f}"
+            text += f"; same truth class {same_class:.3f} vs chance {class_chance:.3f}"
         shown = " ".join("{" + ",".join(f"{c}:{fam[c]}" for c in g) + "}" for g in groups if len(g) > 1)
         print(f"{text}; {shown}")
 
