@@ -420,6 +420,12 @@ def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = No
     fmt = store_format(path)
     if not path.exists():
         raise InputError(f"{path}: no such store")
+    if fmt == "h5" and path.is_dir():
+        raise InputError(f"{path}: is a folder, not an HDF5 file")
+    if fmt == "zarr" and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a Zarr store (a Zarr store is a folder)")
+    if fmt == "zarr" and not any((path / name).is_file() for name in ("zarr.json", ".zgroup")):
+        raise InputError(f"{path}: is a folder without Zarr group metadata (zarr.json), not a Zarr store")
     try:
         if fmt == "h5":
             import h5py
@@ -432,7 +438,9 @@ def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = No
     except (OSError, ValueError, Exception) as err:  # noqa: BLE001 - any open failure is bad input
         if isinstance(err, InputError):
             raise
-        raise InputError(f"{path}: cannot open as {fmt} store ({type(err).__name__}: {err})".splitlines()[0]) from err
+        detail = " ".join(str(err).split())  # one line, whole: h5py's messages span lines
+        detail = detail if len(detail) <= 200 else detail[:199] + "…"
+        raise InputError(f"{path}: cannot open as {fmt} store ({type(err).__name__}: {detail})") from err
     store = Store(path, handle, fmt, writable=mode != "r")
     if validate:
         try:

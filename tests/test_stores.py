@@ -200,3 +200,14 @@ def test_outputs_that_belong_together_are_all_refused_when_one_is(tmp_path):
             a.write_text("new a")
     assert (runs / "a" / "model.pt").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opening_a_folder_that_is_not_a_store_says_so_in_one_line(tmp_path, fmt):
+    folder = tmp_path / f"dir.{fmt}"
+    folder.mkdir()
+    with pytest.raises(InputError) as caught:
+        open_store(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: ") and "folder" in message[len(str(folder)):] and "\n" not in message
+    assert message.count("(") == message.count(")"), message
