@@ -219,13 +219,15 @@ class Tool:
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             return self._fail(_describe(err), verbose)
         except Exception as err:  # noqa: BLE001 - an exception must never look like success
-            return self._fail(f"unexpected {type(err).__name__}: {err}", verbose)
+            return self._fail(f"unexpected {type(err).__name__}: {err}", verbose, unexpected=True)
 
-    def _fail(self, message: str, verbose: bool) -> int:
+    def _fail(self, message: str, verbose: bool, unexpected: bool = False) -> int:
+        """Print the one error line; only an unexpected exception (a bug, not bad input) gets
+        the ``-v`` hint, whatever words a handled error's text holds."""
         if verbose:
             traceback.print_exc(file=sys.stderr)
         first = _headline(message)
-        hint = "" if verbose else " (-v for the traceback)" if "unexpected" in first else ""
+        hint = " (-v for the traceback)" if unexpected and not verbose else ""
         print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
         return 2
 

@@ -243,3 +243,21 @@ def test_a_file_output_is_never_an_existing_folder_and_a_folder_output_never_a_f
     assert Folder().run([str(a), "--folder", str(runs), "--out", str(tmp_path / "b.csv")]) == 0
     assert Folder().run([str(a), "--folder", str(tmp_path / "new-folder") + "/"]) == 0
     assert Folder().outputs(Folder().parse([str(a), "--folder", str(runs)])) == [("--folder", str(runs))]
+
+
+def test_the_traceback_hint_follows_the_exception_type_not_the_word(capsys):
+    class Handled(Tool):
+        name = "handled-test"
+        Options = EchoOptions
+
+        def main(self, opts):
+            if opts.path == "value":
+                raise ValueError("x.csv: unexpected column 'foo'")
+            raise InputError("x.csv: unexpected end of file")
+
+    for path in ("input", "value"):
+        assert Handled().run([path]) == 2
+        err = capsys.readouterr().err
+        assert "unexpected" in err and "-v for the traceback" not in err, err
+    assert Echo().run(["boom"]) == 2
+    assert capsys.readouterr().err.endswith("(-v for the traceback)\n")
