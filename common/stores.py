@@ -148,6 +148,8 @@ def check_replaceable(final: Path, store: bool) -> None:
         if not store:
             raise InputError(f"{final}: is an existing folder, not a file: refusing to replace it (nothing was "
                              "deleted); give a file path")
+        if _owned(final):
+            return
         problem = ldpo_store_problem(final)
         if problem:
             raise InputError(f"{final}: is an existing folder that is not an earlier ldpo Zarr store ({problem}): "
@@ -158,10 +160,13 @@ def check_replaceable(final: Path, store: bool) -> None:
 
 
 def replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` onto ``final``: a file over a file, or a Zarr store (a folder) over an
-    earlier ldpo Zarr store; anything else at ``final`` is refused (:func:`check_replaceable`)."""
+    """Move ``tmp`` onto ``final``: a file over a file, a Zarr store (a folder) over an earlier
+    ldpo Zarr store, or a folder output over the earlier one its command checked
+    (:func:`check_replaceable_folder`); anything else at ``final`` is refused
+    (:func:`check_replaceable`)."""
     tmp, final = Path(tmp), Path(final)
     check_replaceable(final, store=tmp.is_dir() and not tmp.is_symlink())
+    _OWNED.pop(_key(final), None)
     if final.is_dir() and not final.is_symlink():
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, trash)
@@ -559,14 +564,37 @@ def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
     return digest.hexdigest()[:limit] if limit else digest.hexdigest()
 
 
+#: folders that a command checked it may replace as a whole (:func:`check_replaceable_folder`):
+#: resolved path -> the entries they held then
+_OWNED: dict[str, frozenset[str]] = {}
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _owned(final: Path) -> bool:
+    """True when ``final`` was checked by :func:`check_replaceable_folder` and holds nothing new since."""
+    listed = _OWNED.get(_key(final))
+    try:
+        return listed is not None and {p.name for p in final.iterdir()} <= listed
+    except OSError:
+        return False
+
+
 def check_replaceable_folder(out: str | os.PathLike, owns, what: str) -> None:
     """An output folder that is replaced as a whole: refuse a file, or a folder holding an
-    entry that ``owns(name)`` does not claim (someone's other data, never deleted)."""
+    entry that ``owns(name)`` does not claim (someone's other data, never deleted).
+
+    A folder that passes may then be replaced by a folder written under :func:`atomic_path`
+    (once, and only while it holds nothing that was not there at this check)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir():
-        foreign = [p.name for p in sorted(out.iterdir()) if not owns(p.name)]
+        names = sorted(p.name for p in out.iterdir())
+        foreign = [name for name in names if not owns(name)]
         if foreign:
             raise InputError(f"{out}: folder is not empty and is not {what} (it holds {foreign[0]!r}): "
                              "give a new folder")
+        _OWNED[_key(out)] = frozenset(names)

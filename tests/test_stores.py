@@ -211,3 +211,30 @@ def test_opening_a_folder_that_is_not_a_store_says_so_in_one_line(tmp_path, fmt)
     message = str(caught.value)
     assert message.startswith(f"{folder}: ") and "folder" in message[len(str(folder)):] and "\n" not in message
     assert message.count("(") == message.count(")"), message
+
+
+def test_a_folder_output_replaces_only_the_earlier_one_its_command_checked(tmp_path):
+    from ldpo.common.stores import atomic_path, check_replaceable_folder
+
+    out = tmp_path / "sheet"
+    out.mkdir()
+    (out / "index.html").write_text("old")
+
+    def write_sheet():
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "index.html").write_text("new")
+
+    with pytest.raises(InputError, match="is an existing folder that is not an earlier ldpo Zarr store"):
+        write_sheet()  # not checked: a folder like any other
+    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    write_sheet()
+    assert (out / "index.html").read_text() == "new"
+    with pytest.raises(InputError):
+        write_sheet()  # the check is good for one replacement
+    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    (out / "notes.txt").write_text("added after the check")
+    with pytest.raises(InputError):
+        write_sheet()
+    assert (out / "notes.txt").read_text() == "added after the check"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet"]
