@@ -61,7 +61,7 @@ class Options(CommonOptions):
     metric: str = opt("the convergence measure vs --prev", "nmi", choices=["nmi", "purity"])
     threshold: float = opt("converged when the metric reaches this", 0.9, min=0, max=1)
     plot: str = opt("redraw the whole history as this PNG (needs --history)", "", role="output")
-    metrics_json: str = opt("finetune metrics.json whose `final` top-1 goes into the history's top1 column", "",
+    metrics_json: str = opt("finetune's metrics (MODEL.metrics.json) whose `final` top-1 goes into the history's top1 column", "",
                             role="input")
 
 

@@ -256,3 +256,25 @@ def test_hierarchy_never_replaces_a_special_file_in_its_folder(cli, ws):
     tree.mkdir()
     os.mkfifo(tree / "tree.json")
     refused(cli, ws, ["hierarchy", ws / "probs.h5", ws / "labels.csv", "--out", tree], tree / "tree.json")
+
+
+# -- item 6: finetune's metrics are named from its checkpoint ---------------------------------------
+
+def test_finetune_metrics_are_named_from_the_checkpoint(cli, ws):
+    import json
+
+    assert (ws / "model.metrics.json").is_file() and not (ws / "metrics.json").exists()
+    (ws / "metrics.json").write_text("a user's file")
+    r = cli("finetune", ws / "images.h5", ws / "labels.csv", "--out", ws / "other.pt", "--arch", "resnet18",
+            "--input-size", "32", "--epochs", "1", "--split", "none", "--device", "cpu", "-q")
+    assert r.code == 0, r.err
+    assert (ws / "metrics.json").read_text() == "a user's file"
+    first = json.loads((ws / "model.metrics.json").read_text())
+    second = json.loads((ws / "other.metrics.json").read_text())
+    assert len(first["epochs"]) == len(second["epochs"]) == 1
+
+
+def test_finetune_metrics_name_may_not_be_an_input(cli, ws):
+    shutil.copy(ws / "labels.csv", ws / "m.metrics.json")
+    refused(cli, ws, ["finetune", ws / "images.h5", ws / "m.metrics.json", "--out", ws / "m.pt"],
+            ws / "m.metrics.json")
