@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class FinetuneTool(Tool):
         from ldpo.common import models
 
         check_options(opts)
+        check_writable(opts.out)
         init = models.parse_init(opts.init)
         if opts.arch is not None:
             models.check_arch(opts.arch)
@@ -146,6 +148,23 @@ def check_options(opts: Options) -> None:
     parse_split(opts.split)
     if opts.head == "mlp" and opts.head_init == "centroids":
         raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
+
+
+def check_writable(out: str) -> None:
+    """An --out folder that cannot be written is found before training, not after the first
+    epoch: create and remove a temporary file in it (in its nearest existing parent when the
+    folder is still to be made)."""
+    folder = Path(out).absolute().parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise InputError(f"{out}: cannot create its folder {folder} ({existing} is not a folder)")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".ldpo-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise InputError(f"{out}: cannot write in {existing} ({err.strerror or type(err).__name__}): give a "
+                         "writable --out") from None
 
 
 def parse_split(text: str) -> tuple[float, float, float] | None:

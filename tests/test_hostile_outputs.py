@@ -278,3 +278,39 @@ def test_finetune_metrics_name_may_not_be_an_input(cli, ws):
     shutil.copy(ws / "labels.csv", ws / "m.metrics.json")
     refused(cli, ws, ["finetune", ws / "images.h5", ws / "m.metrics.json", "--out", ws / "m.pt"],
             ws / "m.metrics.json")
+
+
+# -- item 19: an unwritable --out folder is found before training --------------------------------
+
+def writable(folder: Path) -> bool:
+    probe = folder / ".ldpo-probe"
+    try:
+        probe.write_text("")
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+def test_finetune_checks_its_folder_is_writable_before_training(cli, ws, monkeypatch):
+    from ldpo.stages import finetune
+
+    def trained(*args, **kwargs):
+        raise AssertionError("training started before checking --out")
+
+    monkeypatch.setattr(finetune, "load_data", trained)
+    locked = ws / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if writable(locked):  # root writes anywhere: sysfs refuses new files, even to root
+            if not Path("/sys").is_dir() or writable(Path("/sys")):
+                pytest.skip("no unwritable folder to test with")
+            out = Path("/sys/ldpo-hostile-model.pt")
+            line = refused(cli, ws, ["finetune", ws / "images.h5", ws / "labels.csv", "--out", out], out)
+        else:
+            line = refused(cli, ws, ["finetune", ws / "images.h5", ws / "labels.csv", "--out", locked / "m.pt"],
+                           locked / "m.pt")
+        assert "cannot write" in line
+    finally:
+        locked.chmod(0o755)
