@@ -137,6 +137,9 @@ MLP_HIDDEN = 512
 #: recorded in its checkpoint): DeepCluster's Sobel removes intensity, keeps edges.
 INPUT_FILTERS = ("none", "sobel", "gray-sobel")
 DEFAULT_INPUT_SIZE = 224
+#: the largest input side (px): one 4096 px image is 200 MB as float32 before any activation,
+#: a batch of 64 at 100000 px would be 7.7 TB; the images themselves are at most 8192 px
+MAX_INPUT_SIZE = 4096
 IMAGENET_CLASSES = 1000
 
 
@@ -461,7 +464,8 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     origin = str(ckpt.get("origin", "weights")) if ckpt is not None else init.kind
     recipe = recipe_for(origin, arch)
     size = int(input_size or (ckpt or {}).get("input_size") or default_input_size(recipe, arch, store_side))
-    check_input_size(arch, size)
+    check_input_size(arch, size, "--input-size" if input_size or not (ckpt or {}).get("input_size")
+                     else f"{init.path}: input_size")
     norm = normalize or (ckpt or {}).get("normalize") or recipe.normalize
     mean, std = norm_stats(arch, norm, ckpt)
     transform_input = bool(ckpt.get("transform_input", False)) if ckpt else (
@@ -649,9 +653,14 @@ def resolve_layer(arch: str, layer: str | None) -> str:
     return layer
 
 
-def check_input_size(arch: str, size: int) -> None:
+def check_input_size(arch: str, size: int, source: str = "--input-size") -> None:
+    """The input side, asked for or recorded in a checkpoint (``source`` says which), within
+    what ``arch`` needs and memory allows."""
     if size < min_input(arch):
-        raise InputError(f"--input-size {size}: {arch} needs at least {min_input(arch)} px")
+        raise InputError(f"{source} {size}: {arch} needs at least {min_input(arch)} px")
+    if size > MAX_INPUT_SIZE:
+        raise InputError(f"{source} {size}: at most {MAX_INPUT_SIZE} px (one {size} px input image alone takes "
+                         f"{3 * 4 * size * size / 2**30:.1f} GiB)")
 
 
 def check_layer(arch: str, layer: str) -> Layer:

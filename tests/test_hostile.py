@@ -247,7 +247,7 @@ CASES = {
     "toy-data-classes-30 (held)": lambda ws: (["toy-data", "texture25", "--out", ws / "toy", "--classes", "30"],
                                               "--classes 30"),
     "featurize-input-size-0": lambda ws: (["featurize", ws / "images.h5", "--out", ws / "f.h5", "--input-size", "0"],
-                                          "--input-size 0: must be at least 1"),
+                                          "--input-size 0: must be between 1 and 4096"),
     "finetune-crop-scale-0": lambda ws: (["finetune", ws / "images.h5", ws / "labels.csv", "--out", ws / "m.pt",
                                           "--crop-scale", "0"], "--crop-scale 0.0"),
     "cluster-nredo-0": lambda ws: (["cluster", ws / "feats.h5", "--out", ws / "l.csv", "--nredo", "0"],

@@ -280,6 +280,34 @@ def test_finetune_metrics_name_may_not_be_an_input(cli, ws):
             ws / "m.metrics.json")
 
 
+# -- item 18: an input size bounded by what memory allows ----------------------------------------
+
+def test_input_size_has_an_upper_bound(cli, ws):
+    line = refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.h5", "--input-size", "100000"],
+                   "--input-size 100000")
+    assert "at most" in line or "between" in line
+    refused(cli, ws, ["finetune", ws / "images.h5", ws / "labels.csv", "--out", ws / "m.pt", "--input-size",
+                      "5000"], "--input-size 5000")
+
+
+def test_the_declared_bound_is_the_models_bound():
+    from ldpo.common.input_options import InputOptions
+    from ldpo.common.models import MAX_INPUT_SIZE
+
+    declared = InputOptions.__dataclass_fields__["input_size"].metadata["max"]
+    assert declared == MAX_INPUT_SIZE
+
+
+def test_a_checkpoint_cannot_ask_for_a_huge_input_size(cli, ws):
+    import torch
+
+    ckpt = torch.load(ws / "model.pt", weights_only=True)
+    ckpt["input_size"] = 100000
+    torch.save(ckpt, ws / "huge.pt")
+    refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.h5", "--init", f"checkpoint:{ws / 'huge.pt'}",
+                      "--device", "cpu"], "100000")
+
+
 # -- item 19: an unwritable --out folder is found before training --------------------------------
 
 def writable(folder: Path) -> bool:
