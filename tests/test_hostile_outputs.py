@@ -342,3 +342,25 @@ def test_finetune_checks_its_folder_is_writable_before_training(cli, ws, monkeyp
         assert "cannot write" in line
     finally:
         locked.chmod(0o755)
+
+
+# -- item 24: a foreign pickle gets ldpo's own line, not torch's advice -----------------------------
+
+class Foreign:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_foreign_pickle_gets_one_line_without_torchs_advice(cli, ws):
+    import torch
+
+    torch.save({"state_dict": Foreign()}, ws / "foreign.pt")
+    with open(ws / "foreign.pkl", "wb") as fh:
+        pickle.dump({"arch": Foreign()}, fh, protocol=4)
+    for init in (f"weights:{ws / 'foreign.pt'}", f"checkpoint:{ws / 'foreign.pkl'}"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.h5", "--init", init,
+                                     "--arch", "resnet18"], init.partition(":")[2])
+        assert "weights_only" not in line and "arbitrary code" not in line, line
+        assert not [w for w in caught if "torch" in str(w.filename)], [str(w.message) for w in caught]
