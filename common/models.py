@@ -165,6 +165,8 @@ def parse_init(text: str) -> Init:
     if kind == "random" and not path:
         return Init("random")
     if kind in ("weights", "checkpoint") and path:
+        if Path(path).is_dir():
+            raise InputError(f"{path}: is a folder, not a {kind} file (--init {text}): give the file in it")
         if not Path(path).is_file():
             raise InputError(f"{path}: no such {kind} file (--init {text})")
         return Init(kind, path)

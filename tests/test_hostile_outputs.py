@@ -344,6 +344,37 @@ def test_finetune_checks_its_folder_is_writable_before_training(cli, ws, monkeyp
         locked.chmod(0o755)
 
 
+# -- item 21: messages that name the file -----------------------------------------------------------
+
+def test_encode_on_nan_local_features_names_the_file(cli, ws):
+    from ldpo.common.stores import open_store, write_store
+
+    with open_store(ws / "local.h5") as store:
+        ids, local = store.ids, store.read("local")
+    local[len(ids) - 1, 1, 2] = np.nan  # the last row: outside a fit sample of 4
+    write_store(ws / "nan.h5", ids, {"stage": "test"}, local=local)
+    for extra in ([], ["--fit-sample", "4"]):
+        line = refused(cli, ws, ["encode", ws / "nan.h5", "--out", ws / "e.h5", "--method", "avg", "--no-pca", *extra],
+                       ws / "nan.h5")
+        assert "NaN" in line or "non-finite" in line
+
+
+def test_a_folder_given_as_weights(cli, ws):
+    folder = ws / "weights"
+    folder.mkdir()
+    line = refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.h5", "--init", f"weights:{folder}"],
+                   folder)
+    assert "is a folder" in line
+
+
+def test_cluster_on_a_folder_says_so_in_full(cli, ws):
+    for name in ("feats-dir.h5", "feats-dir.zarr"):
+        folder = ws / name
+        folder.mkdir()
+        line = refused(cli, ws, ["cluster", folder, "--out", ws / "l.csv", "--k", "2"], folder)
+        assert "folder" in line and line.count("(") == line.count(")"), line
+
+
 # -- item 24: a foreign pickle gets ldpo's own line, not torch's advice -----------------------------
 
 class Foreign:
