@@ -375,6 +375,15 @@ def test_cluster_on_a_folder_says_so_in_full(cli, ws):
         assert "folder" in line and line.count("(") == line.count(")"), line
 
 
+# -- item 23: labels are ASCII digits --------------------------------------------------------------
+
+@pytest.mark.parametrize("label", ["1_0", "\u0661\u0662", " 3", "+3", "3 ", "\uff13"])
+def test_labels_are_ascii_digits_only(cli, ws, label):
+    bad = ws / "bad.csv"
+    bad.write_text(f"id,label\na,1\nb,{label}\n", encoding="utf-8")
+    refused(cli, ws, ["converge", bad], f"{bad}: line 3")
+
+
 # -- item 24: a foreign pickle gets ldpo's own line, not torch's advice -----------------------------
 
 class Foreign:
