@@ -280,6 +280,23 @@ def test_finetune_metrics_name_may_not_be_an_input(cli, ws):
             ws / "m.metrics.json")
 
 
+# -- item 17: an archive the disk cannot hold -----------------------------------------------------
+
+def test_archive_refuses_what_the_disk_cannot_hold(cli, ws, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    line = refused(cli, ws, ["toy-data", "archive", "--n", "64", "--size", "16", "--out", ws / "a.zarr"],
+                   ws / "a.zarr")
+    assert "free" in line
+
+
+def test_archive_of_a_petabyte_is_refused_at_once(cli, ws):
+    refused(cli, ws, ["toy-data", "archive", "--n", "100000000", "--size", "4096", "--out", ws / "a.zarr"],
+            ws / "a.zarr")
+
+
 # -- item 18: an input size bounded by what memory allows ----------------------------------------
 
 def test_input_size_has_an_upper_bound(cli, ws):
