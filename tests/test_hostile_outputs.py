@@ -421,3 +421,14 @@ def test_a_foreign_pickle_gets_one_line_without_torchs_advice(cli, ws):
                                      "--arch", "resnet18"], init.partition(":")[2])
         assert "weights_only" not in line and "arbitrary code" not in line, line
         assert not [w for w in caught if "torch" in str(w.filename)], [str(w.message) for w in caught]
+
+
+# -- item 25: options are checked before the model is loaded --------------------------------------
+
+def test_featurize_checks_shard_before_loading_torch(ws):
+    code = ("import sys; from ldpo.stages.featurize import FeaturizeTool; "
+            f"status = FeaturizeTool().run([{str(ws / 'images.h5')!r}, '--out', {str(ws / 'f.h5')!r}, "
+            "'--shard', '3/2']); print(status, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], (done.stdout, done.stderr)
+    assert done.stderr.strip() == "featurize: error: --shard 3/2: need 0 <= i < n"
