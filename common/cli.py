@@ -372,7 +372,8 @@ def _check_file_output(flag: str, path: str) -> None:
     if os.path.isdir(path):
         raise InputError(f"{path}: {flag} is an existing folder, not a file: give a file path")
     if path.endswith(("/", os.sep)):
-        raise InputError(f"{path}: {flag} ends with '/', a folder, but is a file: give a file path")
+        raise InputError(f"{path}: {flag} ends with '/' (a folder), but this output is a file: "
+                         "give a file path")
 
 
 def _special_kind(path: str) -> str:

@@ -230,7 +230,7 @@ def test_a_file_output_is_never_an_existing_folder_and_a_folder_output_never_a_f
     cases = [
         (["--out", str(runs)], f"{runs}: --out is an existing folder, not a file: give a file path"),
         (["--out", f"{runs}/"], f"{runs}/: --out is an existing folder, not a file: give a file path"),
-        (["--out", str(tmp_path / "new") + "/"], "--out ends with '/', a folder, but is a file: give a file path"),
+        (["--out", str(tmp_path / "new") + "/"], "--out ends with '/' (a folder), but this output is a file"),
         (["--out", str(store)], "--out is an existing folder that is not an earlier ldpo Zarr store"),
         (["--folder", str(a)], f"{a}: --folder exists and is not a folder"),
         (["--folder", "/dev/null"], "/dev/null: --folder is a character device"),
