@@ -12,8 +12,10 @@ progress bars on stderr, seeding, and the exit-status contract:
 
 Before ``main`` runs, the base checks what the options declare (see :func:`opt`): the
 range of every numeric option (``min``/``max``/``above``/``below``, and never
-``nan``/``inf``), and that no output (``role="output"``) is one of the inputs
-(``role="input"``), another output, or a special file.
+``nan``/``inf``), and that no output (``role="output"``, a file, or
+``role="output-folder"``) is one of the inputs (``role="input"``), another output, or a
+special file; that a file output is not an existing folder (only an earlier ldpo Zarr
+store at a ``.zarr`` output is replaced); and that a folder output is not a file.
 
 Tests call ``Tool().run(argv)`` in-process; it returns the exit status and never
 calls ``sys.exit``.
@@ -46,7 +48,9 @@ _progress_enabled = True
 
 
 #: what ``role=`` may say about a path option (see :func:`opt`)
-ROLES = ("input", "output")
+ROLES = ("input", "output", "output-folder")
+#: the roles of paths a command writes
+OUTPUT_ROLES = ("output", "output-folder")
 
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
@@ -64,12 +68,16 @@ def opt(help: str, default: Any = dataclasses.MISSING, *, min: float | None = No
     * every float option refuses ``nan`` and ``inf`` (bounded or not); ``None`` (an
       ``Optional`` option left unset) is never checked.
 
-    Paths: ``role="input"`` marks a file the command reads, ``role="output"`` one it
-    writes (a folder too). Before ``main`` runs, the base refuses an output that is one
-    of the inputs or another output (same resolved path or same inode) and an output
-    that is a special file (FIFO, ``/dev/null``, a device, a socket). ``""`` and ``-``
-    (stdin/stdout) are never checked. Files derived from options (side files named from
-    the main output) are added by overriding :meth:`Tool.inputs` / :meth:`Tool.outputs`.
+    Paths: ``role="input"`` marks a file the command reads, ``role="output"`` a file it
+    writes (or a store: a ``.zarr`` store is a folder), ``role="output-folder"`` a folder
+    it writes files into. Before ``main`` runs, the base refuses an output that is one
+    of the inputs or another output (same resolved path or same inode), an output that
+    is a special file (FIFO, ``/dev/null``, a device, a socket; also through a link), a
+    file output that is an existing folder or ends with ``/`` (except a ``.zarr`` output
+    over an earlier ldpo Zarr store), and a folder output that exists as a file. ``""``
+    and ``-`` (stdin/stdout) are never checked. Files derived from options (side files
+    named from the main output, files inside an output folder) are added by overriding
+    :meth:`Tool.inputs` / :meth:`Tool.outputs`.
 
     ``aliases=["--batch"]``: old spellings still accepted, hidden from ``--help``.
     """
@@ -163,15 +171,21 @@ class Tool:
         return _paths(opts, "input")
 
     def outputs(self, opts: Any) -> list[tuple[str, str]]:
-        """``(flag, path)`` of every file the command writes: the ``role="output"`` options.
+        """``(flag, path)`` of every file and folder the command writes: the ``role="output"``
+        and ``role="output-folder"`` options.
 
-        Override to add side files named from the main output (call ``super()``)."""
-        return _paths(opts, "output")
+        Override to add side files named from the main output, or the files written
+        inside an output folder (call ``super()``)."""
+        return _paths(opts, *OUTPUT_ROLES)
+
+    def output_folders(self, opts: Any) -> list[tuple[str, str]]:
+        """``(flag, path)`` of the outputs that are folders: the ``role="output-folder"`` options."""
+        return _paths(opts, "output-folder")
 
     def check(self, opts: Any) -> None:
-        """Bounds of every numeric option, then outputs vs inputs and special files."""
+        """Bounds of every numeric option, then outputs vs inputs, folders and special files."""
         check_bounds(opts)
-        check_paths(self.inputs(opts), self.outputs(opts))
+        check_paths(self.inputs(opts), self.outputs(opts), self.output_folders(opts))
 
     def parse(self, argv: list[str] | None) -> Any:
         return self.parser().parse_args(argv)
@@ -205,13 +219,15 @@ class Tool:
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             return self._fail(_describe(err), verbose)
         except Exception as err:  # noqa: BLE001 - an exception must never look like success
-            return self._fail(f"unexpected {type(err).__name__}: {err}", verbose)
+            return self._fail(f"unexpected {type(err).__name__}: {err}", verbose, unexpected=True)
 
-    def _fail(self, message: str, verbose: bool) -> int:
+    def _fail(self, message: str, verbose: bool, unexpected: bool = False) -> int:
+        """Print the one error line; only an unexpected exception (a bug, not bad input) gets
+        the ``-v`` hint, whatever words a handled error's text holds."""
         if verbose:
             traceback.print_exc(file=sys.stderr)
         first = _headline(message)
-        hint = "" if verbose else " (-v for the traceback)" if "unexpected" in first else ""
+        hint = " (-v for the traceback)" if unexpected and not verbose else ""
         print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
         return 2
 
@@ -285,10 +301,11 @@ def _out_of_bounds(value: float, meta: Any) -> str:
     return ""
 
 
-def _paths(opts: Any, role: str) -> list[tuple[str, str]]:
+def _paths(opts: Any, *roles: str) -> list[tuple[str, str]]:
+    """``(flag, path)`` of the options declared with one of ``roles``, in declaration order."""
     found = []
     for f in dataclasses.fields(opts):
-        if f.metadata.get("role") != role:
+        if f.metadata.get("role") not in roles:
             continue
         value = getattr(opts, f.name)
         for path in value if isinstance(value, (list, tuple)) else [value]:
@@ -311,8 +328,13 @@ def _same(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
-def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
-    """Refuse an output that is an input, another output, or a special file (exit 2, naming it)."""
+def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
+                folders: Iterable[tuple[str, str]] = ()) -> None:
+    """Refuse an output that is an input, another output, or a special file; a file output
+    that is an existing folder (or ends with ``/``), unless it is a ``.zarr`` output over an
+    earlier ldpo Zarr store; and a folder output (one of ``folders``) that is a file. Exit
+    2, one line naming the path; nothing is touched."""
+    folder_paths = {path for _, path in folders}
     known = [(flag, path, _identity(path)) for flag, path in inputs if path not in ("", "-")]
     for flag, path in outputs:
         if path in ("", "-"):
@@ -320,6 +342,11 @@ def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -
         special = _special_kind(path)
         if special:
             raise InputError(f"{path}: {flag} is a {special}, not a regular file: refusing to write to it")
+        if path in folder_paths:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InputError(f"{path}: {flag} exists and is not a folder: give a folder path")
+        else:
+            _check_file_output(flag, path)
         me = _identity(path)
         for other_flag, other, ident in known:
             if _same(me, ident):
@@ -329,7 +356,28 @@ def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -
         known.append((flag, path, me))
 
 
+def _check_file_output(flag: str, path: str) -> None:
+    """A file output may not be a folder (it would be replaced by the file, everything in it
+    lost): only a ``.zarr`` output may replace an earlier ldpo Zarr store."""
+    from ldpo.common.stores import ZARR_SUFFIXES, ldpo_store_problem
+
+    zarr = os.path.splitext(path.rstrip("/" + os.sep))[1].lower() in ZARR_SUFFIXES
+    if zarr:
+        if os.path.isdir(path):
+            problem = ldpo_store_problem(path)
+            if problem:
+                raise InputError(f"{path}: {flag} is an existing folder that is not an earlier ldpo Zarr store "
+                                 f"({problem}): refusing to replace it; give another path")
+        return
+    if os.path.isdir(path):
+        raise InputError(f"{path}: {flag} is an existing folder, not a file: give a file path")
+    if path.endswith(("/", os.sep)):
+        raise InputError(f"{path}: {flag} ends with '/' (a folder), but this output is a file: "
+                         "give a file path")
+
+
 def _special_kind(path: str) -> str:
+    """``FIFO``, ``character device`` … for a special file at ``path`` (a link is followed), else ``""``."""
     try:
         mode = os.stat(path).st_mode
     except OSError:

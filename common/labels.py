@@ -1,4 +1,4 @@
-"""Labels CSV: a header with at least ``id,label`` (label a non-negative integer).
+"""Labels CSV: a header with at least ``id,label`` (label a non-negative integer, ASCII digits).
 
 Extra columns are kept on read and ignored by the stages. ``-`` is stdin/stdout.
 Encoding and atomic writing follow :mod:`ldpo.common.tables` (UTF-8 with or without BOM).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,6 +22,9 @@ from ldpo.common.tables import read_text, write_csv
 
 #: the largest label a labels CSV may hold (class numbers, not measurements)
 MAX_LABEL = 2**31 - 1
+#: a label as written: ASCII digits only (not Python's int() forms: ``1_0``, ``+3``, `` 3``,
+#: Arabic-Indic or full-width digits)
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -60,17 +64,17 @@ def read_labels(path: str | os.PathLike) -> Labels:
             continue
         if len(row) <= max(id_col, label_col):
             raise InputError(f"{name}: line {line_no}: too few columns")
-        ident, raw = row[id_col].strip(), row[label_col].strip()
+        ident = row[id_col].strip()
         if not ident:
             raise InputError(f"{name}: line {line_no}: empty id")
         if ident in seen:
             raise InputError(f"{name}: line {line_no}: duplicate id {ident!r}")
-        try:
-            value = int(raw)
-        except ValueError:
-            raise InputError(f"{name}: line {line_no}: label {raw!r} is not an integer") from None
-        if value < 0:
-            raise InputError(f"{name}: line {line_no}: label {value} is negative")
+        text = row[label_col]
+        if not _ASCII_DIGITS.fullmatch(text):
+            if _ASCII_DIGITS.fullmatch(text.removeprefix("-")):
+                raise InputError(f"{name}: line {line_no}: label {text} is negative")
+            raise InputError(f"{name}: line {line_no}: label {text!r} is not an integer (ASCII digits 0-9 only)")
+        value = int(text)
         if value > MAX_LABEL:
             raise InputError(f"{name}: line {line_no}: label {value} is too large (at most {MAX_LABEL})")
         seen.add(ident)

@@ -137,6 +137,9 @@ MLP_HIDDEN = 512
 #: recorded in its checkpoint): DeepCluster's Sobel removes intensity, keeps edges.
 INPUT_FILTERS = ("none", "sobel", "gray-sobel")
 DEFAULT_INPUT_SIZE = 224
+#: the largest input side (px): one 4096 px image is 200 MB as float32 before any activation,
+#: a batch of 64 at 100000 px would be 7.7 TB; the images themselves are at most 8192 px
+MAX_INPUT_SIZE = 4096
 IMAGENET_CLASSES = 1000
 
 
@@ -162,6 +165,8 @@ def parse_init(text: str) -> Init:
     if kind == "random" and not path:
         return Init("random")
     if kind in ("weights", "checkpoint") and path:
+        if Path(path).is_dir():
+            raise InputError(f"{path}: is a folder, not a {kind} file (--init {text}): give the file in it")
         if not Path(path).is_file():
             raise InputError(f"{path}: no such {kind} file (--init {text})")
         return Init(kind, path)
@@ -173,15 +178,39 @@ def _looks_remote(path: str) -> bool:
 
 
 def load_file(path: str, what: str) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with bad files turned into input errors."""
+    """``torch.load(path, weights_only=True)`` with bad files turned into input errors.
+
+    torch's own warnings (a pickle protocol it did not write) are silenced and its advice
+    to retry with ``weights_only=False`` is never repeated: ldpo loads tensors only."""
+    import warnings
+
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and unpickler errors all mean "bad file"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: cannot load as {what} with weights_only=True ({first})") from None
+        raise InputError(f"{path}: cannot load as {what}: {_load_problem(err)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a {what} (a {type(data).__name__}, not a dict)")
     return data
+
+
+#: lines of torch's weights_only error that are advice, not the reason
+_TORCH_ADVICE = ("weights only load failed", "please file an issue", "check the documentation", "in pytorch 2.6")
+
+
+def _load_problem(err: BaseException) -> str:
+    """What is wrong with a file torch.load refused, in ldpo's words: for a pickle that holds
+    more than tensors, the object it would have built, never torch's advice."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    weights_only = bool(lines) and lines[0].lower().startswith("weights only load failed")
+    reasons = [line for line in lines if not line.lower().startswith(_TORCH_ADVICE) and "weights_only" not in line]
+    reason = reasons[0].removeprefix("WeightsUnpickler error:").strip().rstrip(".") if reasons else ""
+    if weights_only and "global" in reason.lower():
+        return f"it holds Python objects other than tensors, which ldpo never loads (they could run code): {reason}"
+    if weights_only:
+        return f"not a file of tensors that torch can read ({reason or 'unsupported pickle'})"
+    return reason or type(err).__name__
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -461,7 +490,8 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     origin = str(ckpt.get("origin", "weights")) if ckpt is not None else init.kind
     recipe = recipe_for(origin, arch)
     size = int(input_size or (ckpt or {}).get("input_size") or default_input_size(recipe, arch, store_side))
-    check_input_size(arch, size)
+    check_input_size(arch, size, "--input-size" if input_size or not (ckpt or {}).get("input_size")
+                     else f"{init.path}: input_size")
     norm = normalize or (ckpt or {}).get("normalize") or recipe.normalize
     mean, std = norm_stats(arch, norm, ckpt)
     transform_input = bool(ckpt.get("transform_input", False)) if ckpt else (
@@ -649,9 +679,14 @@ def resolve_layer(arch: str, layer: str | None) -> str:
     return layer
 
 
-def check_input_size(arch: str, size: int) -> None:
+def check_input_size(arch: str, size: int, source: str = "--input-size") -> None:
+    """The input side, asked for or recorded in a checkpoint (``source`` says which), within
+    what ``arch`` needs and memory allows."""
     if size < min_input(arch):
-        raise InputError(f"--input-size {size}: {arch} needs at least {min_input(arch)} px")
+        raise InputError(f"{source} {size}: {arch} needs at least {min_input(arch)} px")
+    if size > MAX_INPUT_SIZE:
+        raise InputError(f"{source} {size}: at most {MAX_INPUT_SIZE} px (one {size} px input image alone takes "
+                         f"{3 * 4 * size * size / 2**30:.1f} GiB)")
 
 
 def check_layer(arch: str, layer: str) -> Layer:

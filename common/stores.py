@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,8 +69,104 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
+#: what a Zarr store keeps at its top level besides its arrays' folders (v3; v2)
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
+#: what marks a folder inside a Zarr store as an array or group (v3; v2)
+ZARR_NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")
+
+
+def ldpo_store_problem(path: str | os.PathLike) -> str:
+    """Why the folder at ``path`` is not an ldpo Zarr store, or ``""`` when it is one.
+
+    An ldpo Zarr store is a Zarr group (``zarr.json``, or v2's ``.zgroup``) whose attributes
+    record the ``stage`` that wrote it (every ldpo store does: :func:`create_store`'s
+    ``attrs``), holding nothing at its top level but that metadata and its arrays' folders.
+    Only such a folder is ever replaced or removed as an old output: a user's folder, or a
+    store someone put other files in, is not.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return "not a folder"
+    try:
+        if (path / "zarr.json").is_file():
+            meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("node_type") != "group":
+                return "its zarr.json is not a Zarr group's"
+            attrs = meta.get("attributes", {})
+        elif (path / ".zgroup").is_file():
+            attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8")) if (path / ".zattrs").is_file() else {}
+        else:
+            return "no Zarr metadata: zarr.json or .zgroup"
+        entries = sorted(path.iterdir())
+    except (OSError, ValueError) as err:
+        return f"its Zarr metadata is unreadable: {type(err).__name__}"
+    stage = attrs.get("stage") if isinstance(attrs, dict) else None
+    if not isinstance(stage, str) or not stage:
+        return "its attributes record no ldpo stage"
+    for entry in entries:
+        if entry.name in ZARR_METADATA:
+            continue
+        if not (entry.is_dir() and not entry.is_symlink()
+                and any((entry / name).is_file() for name in ZARR_NODE_METADATA)):
+            return f"it holds {entry.name!r}, which is not part of a Zarr store"
+    return ""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_replaceable(final: Path, store: bool) -> None:
+    """Raise an input error unless an output may take the place of what is at ``final``.
+
+    Allowed: nothing there; a regular file; a link (the link is replaced, never what it
+    points to) unless it points to a special file; and, when the output is a Zarr store
+    (``store``, the temporary is a folder), an earlier ldpo Zarr store
+    (:func:`ldpo_store_problem`). Refused, and nothing deleted: any other folder (a user's
+    data: ``--out runs/``) and a special file (a FIFO, a device such as ``/dev/null``).
+    """
+    final = Path(final)
+    try:
+        mode = os.lstat(final).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # the rename itself reports what is wrong
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.stat(final).st_mode
+        except OSError:
+            return
+        if not (stat.S_ISREG(target) or stat.S_ISDIR(target)):
+            raise InputError(f"{final}: is a link to a {_kind(target)}, not a regular file: refusing to write to it")
+        return
+    if stat.S_ISDIR(mode):
+        if not store:
+            raise InputError(f"{final}: is an existing folder, not a file: refusing to replace it (nothing was "
+                             "deleted); give a file path")
+        if _owned(final):
+            return
+        problem = ldpo_store_problem(final)
+        if problem:
+            raise InputError(f"{final}: is an existing folder that is not an earlier ldpo Zarr store ({problem}): "
+                             "refusing to replace it (nothing was deleted); give another path")
+        return
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{final}: is a {_kind(mode)}, not a regular file: refusing to write to it")
+
+
 def replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` onto ``final``; works for files and for Zarr directories."""
+    """Move ``tmp`` onto ``final``: a file over a file, a Zarr store (a folder) over an earlier
+    ldpo Zarr store, or a folder output over the earlier one its command checked
+    (:func:`check_replaceable_folder`); anything else at ``final`` is refused
+    (:func:`check_replaceable`)."""
+    tmp, final = Path(tmp), Path(final)
+    check_replaceable(final, store=tmp.is_dir() and not tmp.is_symlink())
+    _OWNED.pop(_key(final), None)
     if final.is_dir() and not final.is_symlink():
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, trash)
@@ -103,6 +200,9 @@ def _about(err: BaseException, tmp: Path, final: Path) -> BaseException:
 def _commit(tmp: Path, final: Path) -> None:
     try:
         replace(tmp, final)
+    except InputError:
+        remove(tmp)
+        raise
     except OSError as err:
         remove(tmp)
         raise InputError(f"{final}: cannot replace it ({err.strerror or err})") from None
@@ -151,11 +251,20 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             if told is not err:
                 raise told from err
         raise
+    try:  # every output is checked before the first is renamed: all or none
+        for tmp, final in zip(tmps, finals):
+            check_replaceable(final, store=tmp.is_dir() or not tmp.exists())
+    except InputError:
+        for tmp in tmps:
+            remove(tmp)
+        raise
     for tmp, final in zip(tmps, finals):
         if tmp.exists():
             _commit(tmp, final)
-        else:
-            remove(final)
+        elif not final.is_symlink() and final.is_dir():
+            shutil.rmtree(final, ignore_errors=True)  # an earlier ldpo Zarr store (checked above)
+        elif final.is_symlink() or final.exists():
+            final.unlink()
 
 
 class Store:
@@ -316,6 +425,12 @@ def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = No
     fmt = store_format(path)
     if not path.exists():
         raise InputError(f"{path}: no such store")
+    if fmt == "h5" and path.is_dir():
+        raise InputError(f"{path}: is a folder, not an HDF5 file")
+    if fmt == "zarr" and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a Zarr store (a Zarr store is a folder)")
+    if fmt == "zarr" and not any((path / name).is_file() for name in ("zarr.json", ".zgroup")):
+        raise InputError(f"{path}: is a folder without Zarr group metadata (zarr.json), not a Zarr store")
     try:
         if fmt == "h5":
             import h5py
@@ -328,7 +443,9 @@ def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = No
     except (OSError, ValueError, Exception) as err:  # noqa: BLE001 - any open failure is bad input
         if isinstance(err, InputError):
             raise
-        raise InputError(f"{path}: cannot open as {fmt} store ({type(err).__name__}: {err})".splitlines()[0]) from err
+        detail = " ".join(str(err).split())  # one line, whole: h5py's messages span lines
+        detail = detail if len(detail) <= 200 else detail[:199] + "…"
+        raise InputError(f"{path}: cannot open as {fmt} store ({type(err).__name__}: {detail})") from err
     store = Store(path, handle, fmt, writable=mode != "r")
     if validate:
         try:
@@ -447,14 +564,37 @@ def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
     return digest.hexdigest()[:limit] if limit else digest.hexdigest()
 
 
+#: folders that a command checked it may replace as a whole (:func:`check_replaceable_folder`):
+#: resolved path -> the entries they held then
+_OWNED: dict[str, frozenset[str]] = {}
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _owned(final: Path) -> bool:
+    """True when ``final`` was checked by :func:`check_replaceable_folder` and holds nothing new since."""
+    listed = _OWNED.get(_key(final))
+    try:
+        return listed is not None and {p.name for p in final.iterdir()} <= listed
+    except OSError:
+        return False
+
+
 def check_replaceable_folder(out: str | os.PathLike, owns, what: str) -> None:
     """An output folder that is replaced as a whole: refuse a file, or a folder holding an
-    entry that ``owns(name)`` does not claim (someone's other data, never deleted)."""
+    entry that ``owns(name)`` does not claim (someone's other data, never deleted).
+
+    A folder that passes may then be replaced by a folder written under :func:`atomic_path`
+    (once, and only while it holds nothing that was not there at this check)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir():
-        foreign = [p.name for p in sorted(out.iterdir()) if not owns(p.name)]
+        names = sorted(p.name for p in out.iterdir())
+        foreign = [name for name in names if not owns(name)]
         if foreign:
             raise InputError(f"{out}: folder is not empty and is not {what} (it holds {foreign[0]!r}): "
                              "give a new folder")
+        _OWNED[_key(out)] = frozenset(names)

@@ -339,7 +339,7 @@ check() {
   dir=$(iter_dir "$t")
   [[ $t -gt 0 ]] && prev_args=(--prev "$(iter_dir $((t - 1)))/labels.csv")
   [[ -n $truth ]] && truth_args=(--truth "$truth")
-  [[ -f $dir/metrics.json ]] && metrics_args=(--metrics-json "$dir/metrics.json")
+  [[ -f $dir/model.metrics.json ]] && metrics_args=(--metrics-json "$dir/model.metrics.json")
   set +e
   "${converge_cmd[@]}" "$dir/labels.csv" "${prev_args[@]}" "${truth_args[@]}" "${metrics_args[@]}" \
     --history "$history" --iteration "$t" --metric "$metric" --threshold "$threshold" \

@@ -61,7 +61,8 @@ class Options(CommonOptions):
     metric: str = opt("the convergence measure vs --prev", "nmi", choices=["nmi", "purity"])
     threshold: float = opt("converged when the metric reaches this", 0.9, min=0, max=1)
     plot: str = opt("redraw the whole history as this PNG (needs --history)", "", role="output")
-    metrics_json: str = opt("finetune metrics.json whose `final` top-1 goes into the history's top1 column", "",
+    metrics_json: str = opt("finetune's metrics (MODEL.metrics.json) whose `final` top-1 goes into the history's "
+                            "top1 column", "",
                             role="input")
 
 
@@ -148,7 +149,8 @@ def convergence_score(row: dict, metric: str) -> float:
 
 
 def read_top1(path: str) -> float:
-    """``top1`` from a finetune metrics.json: ``final.val_top1``, else ``train_top1``, else ``test_top1``."""
+    """``top1`` from finetune's metrics (``MODEL.metrics.json``): ``final.val_top1``, else
+    ``train_top1``, else ``test_top1``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -280,7 +280,18 @@ def sample_rows(n: int, count: int, seed: int) -> np.ndarray:
 def read_rows(store, rows: np.ndarray, batch: int):
     """Yield blocks ``[b,S,C]`` of the local array for the given sorted rows."""
     for lo in range(0, len(rows), batch):
-        yield store.take("local", rows[lo:lo + batch])
+        yield finite(store.take("local", rows[lo:lo + batch]), store.path, rows[lo:lo + batch])
+
+
+def finite(block: np.ndarray, path, rows: np.ndarray) -> np.ndarray:
+    """``block`` (the local descriptors of store rows ``rows``), refused when it holds NaN or
+    inf: one such value would spread into the codebook, the PCA or that image's features."""
+    ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+    if not ok.all():
+        row = int(rows[int(np.argmin(ok))])
+        raise InputError(f"{path}: row {row} holds non-finite local features (NaN or inf): nothing written "
+                         "(re-run featurize, or leave that image out)")
+    return block
 
 
 def sample_descriptors(store, rows: np.ndarray, batch: int, seed: int) -> np.ndarray:
@@ -428,8 +439,8 @@ def write_features(src, enc: Encoder, opts: Options, device: str, source_checksu
     with create_store(opts.out, n=n, arrays={"features": ((enc.dim,), "float32")}, ids=src.ids,
                       attrs=attrs) as out:
         total = math.ceil(n / opts.batch_size)
-        for lo, _, block in progress(src.batches("local", opts.batch_size), desc="encode", total=total):
-            out.write("features", lo, enc.encode(block, device))
+        for lo, hi, block in progress(src.batches("local", opts.batch_size), desc="encode", total=total):
+            out.write("features", lo, enc.encode(finite(block, src.path, np.arange(lo, hi)), device))
 
 
 TOOL = EncodeTool

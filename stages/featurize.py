@@ -66,6 +66,10 @@ class FeaturizeTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
+        if opts.batch_size < 1:  # the options first: before torch is imported and a model loaded
+            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
+        shard = parse_shard(opts.shard)
+
         import torch
 
         from ldpo.common import models
@@ -75,9 +79,6 @@ class FeaturizeTool(Tool):
         torch.manual_seed(opts.seed)
         if device == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if opts.batch_size < 1:
-            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
-        shard = parse_shard(opts.shard)
         init = models.parse_init(opts.init)
         if opts.arch is not None:
             models.check_arch(opts.arch)

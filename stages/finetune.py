@@ -1,4 +1,4 @@
-"""``finetune``: train a CNN on (pseudo-)labels; write a checkpoint and ``metrics.json``.
+"""``finetune``: train a CNN on (pseudo-)labels; write a checkpoint and its metrics.
 
 The paper's recipe: SGD, momentum 0.9, weight decay 5e-4; base LR 0.001 with the new
 head at ×10 when starting from pretrained weights or a checkpoint. From ``--init
@@ -13,7 +13,8 @@ Outputs (rank 0 writes, atomically):
   label values, index = output unit), ``state_dict``, ``options`` (resolved),
   ``metrics``, ``input_size``, ``normalize`` (and its per-channel ``mean``/``std``),
   ``transform_input``, ``input_filter``, ``origin``, ``head`` (linear | mlp), ``init``;
-* ``metrics.json`` in the same folder: ``epochs`` (per epoch ``train_loss``,
+* ``CHECKPOINT``'s metrics beside it, named from it (``model.pt`` → ``model.metrics.json``,
+  so two checkpoints in one folder keep their own): ``epochs`` (per epoch ``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
   the split has no such part). ``train_*`` are running figures over the last epoch's
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +56,8 @@ NOT_IN_SIGNATURE = {"verbose", "quiet", "no_progress", "resume", "workers", "dev
 class Options(CommonOptions, InputOptions):
     images: str = positional("images store (.h5/.zarr)", role="input")
     labels: str = positional("labels CSV (id,label) naming images of the store", role="input")
-    out: str = opt("output checkpoint (.pt); metrics.json is written next to it", role="output")
+    out: str = opt("output checkpoint (.pt); its metrics are written next to it, named from it "
+                   "(model.pt → model.metrics.json)", role="output")
     arch: Optional[str] = opt("architecture: alexnet, alexnet_bn, googlenet, vgg16_bn, resnet18, resnet50, or "
                               "timm:NAME, any timm model (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
@@ -97,7 +100,8 @@ class FinetuneTool(Tool):
                                         ("--out (resume state)", str(partial_path(opts.out)))]
 
     name = "finetune"
-    description = "Fine-tune (or train from scratch) a CNN on labels; write a checkpoint and metrics.json."
+    description = ("Fine-tune (or train from scratch) a CNN on labels; write a checkpoint and, named from it, its "
+                   "metrics (OUT.pt → OUT.metrics.json).")
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
                "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
@@ -111,6 +115,7 @@ class FinetuneTool(Tool):
         from ldpo.common import models
 
         check_options(opts)
+        check_writable(opts.out)
         init = models.parse_init(opts.init)
         if opts.arch is not None:
             models.check_arch(opts.arch)
@@ -143,6 +148,23 @@ def check_options(opts: Options) -> None:
     parse_split(opts.split)
     if opts.head == "mlp" and opts.head_init == "centroids":
         raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
+
+
+def check_writable(out: str) -> None:
+    """An --out folder that cannot be written is found before training, not after the first
+    epoch: create and remove a temporary file in it (in its nearest existing parent when the
+    folder is still to be made)."""
+    folder = Path(out).absolute().parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise InputError(f"{out}: cannot create its folder {folder} ({existing} is not a folder)")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".ldpo-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise InputError(f"{out}: cannot write in {existing} ({err.strerror or type(err).__name__}): give a "
+                         "writable --out") from None
 
 
 def parse_split(text: str) -> tuple[float, float, float] | None:
@@ -232,7 +254,9 @@ def partial_path(out: str) -> Path:
 
 
 def metrics_path(out: str) -> Path:
-    return Path(out).parent / "metrics.json"
+    """The checkpoint's metrics, named from it: ``model.pt`` → ``model.metrics.json``."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}.metrics.json")
 
 
 def finished(out: str, settings: dict[str, Any], rank: int = 0) -> bool:

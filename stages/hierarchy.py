@@ -84,13 +84,16 @@ from ldpo.common.stores import atomic_path, open_store
 
 log = logging.getLogger("ldpo")
 
+#: the files written in the --out folder
+OUTPUT_NAMES = ("tree.json", "levels.csv", "tree.png")
+
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
     probs: str = positional("store of softmax scores: features [N,K], attribute `classes` (featurize --layer probs)",
                             role="input")
     labels: str = positional("labels CSV (id,label) the model was trained on", role="input")
-    out: str = opt("output folder for tree.json, levels.csv, tree.png", role="output")
+    out: str = opt("output folder for tree.json, levels.csv, tree.png", role="output-folder")
     damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
     preference: float = opt("affinity propagation's preference, as a quantile of the off-diagonal affinities "
                             "(0.5 = the median, the paper's; higher = smaller groups per level, more levels)", 0.5,
@@ -123,6 +126,10 @@ class HierarchyTool(Tool):
                "hierarchy final/probs.h5 final/labels.csv --out final/tree --affinity reports "
                "--reports reports.csv --manifest keyimages/manifest.csv")
     Options = Options
+
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        """The output folder and every file written in it (checked before anything is computed)."""
+        return super().outputs(opts) + [("--out", str(Path(opts.out) / name)) for name in OUTPUT_NAMES]
 
     def main(self, opts: Options) -> int:
         if not 0.5 <= opts.damping < 1.0:

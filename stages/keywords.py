@@ -44,7 +44,7 @@ class Options(CommonOptions):
     manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)", role="input")
     reports: str = opt("reports: CSV with report_id,text columns, or a folder of .txt files", role="input")
     images: str = opt("images store (.h5/.zarr) for the montages", role="input")
-    out: str = opt("output folder: keywords.csv, index.html, montage-*.png", role="output")
+    out: str = opt("output folder: keywords.csv, index.html, montage-*.png", role="output-folder")
     top: int = opt("keywords per cluster", 10, min=1)
     scope: str = opt("text counted per image", "report", choices=["report", "sentence"])
     common_fraction: float = opt("drop words found in at least this fraction of the clusters", 1.0, above=0, max=1)

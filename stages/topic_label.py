@@ -68,7 +68,7 @@ class Options(CommonOptions):
                         max=1)
     stem: bool = opt("Porter-stem words", False)
     topic_words: int = opt("words per topic in the topics table", 20, min=1)
-    model_dir: str = opt("folder to save the gensim model and dictionary in", "", role="output")
+    model_dir: str = opt("folder to save the gensim model and dictionary in", "", role="output-folder")
     allow_missing: bool = opt("skip (instead of failing on) images whose report is missing or has no usable words",
                               False)
 

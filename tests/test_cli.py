@@ -203,3 +203,61 @@ def test_an_error_from_a_worker_process_prints_the_workers_own_line(capsys):
 
     assert Worker().run(["img.zarr"]) == 2
     assert capsys.readouterr().err == "worker-test: error: img.zarr: the store is damaged\n"
+
+
+@dataclass(kw_only=True)
+class FolderOptions(CommonOptions):
+    source: str = positional("a file", role="input")
+    out: str = opt("a file to write", "", role="output")
+    folder: str = opt("a folder to write files into", "", role="output-folder")
+
+
+class Folder(Tool):
+    name = "folder-test"
+    Options = FolderOptions
+
+    def main(self, opts):
+        return 0
+
+
+def test_a_file_output_is_never_an_existing_folder_and_a_folder_output_never_a_file(capsys, tmp_path):
+    a = tmp_path / "a.csv"
+    a.write_text("x")
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    store = tmp_path / "f.zarr"
+    store.mkdir()
+    cases = [
+        (["--out", str(runs)], f"{runs}: --out is an existing folder, not a file: give a file path"),
+        (["--out", f"{runs}/"], f"{runs}/: --out is an existing folder, not a file: give a file path"),
+        (["--out", str(tmp_path / "new") + "/"], "--out ends with '/' (a folder), but this output is a file"),
+        (["--out", str(store)], "--out is an existing folder that is not an earlier ldpo Zarr store"),
+        (["--folder", str(a)], f"{a}: --folder exists and is not a folder"),
+        (["--folder", "/dev/null"], "/dev/null: --folder is a character device"),
+    ]
+    for args, message in cases:
+        assert Folder().run([str(a), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("folder-test: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert (runs / "a").is_dir() and store.is_dir() and a.read_text() == "x"
+    assert Folder().run([str(a), "--folder", str(runs), "--out", str(tmp_path / "b.csv")]) == 0
+    assert Folder().run([str(a), "--folder", str(tmp_path / "new-folder") + "/"]) == 0
+    assert Folder().outputs(Folder().parse([str(a), "--folder", str(runs)])) == [("--folder", str(runs))]
+
+
+def test_the_traceback_hint_follows_the_exception_type_not_the_word(capsys):
+    class Handled(Tool):
+        name = "handled-test"
+        Options = EchoOptions
+
+        def main(self, opts):
+            if opts.path == "value":
+                raise ValueError("x.csv: unexpected column 'foo'")
+            raise InputError("x.csv: unexpected end of file")
+
+    for path in ("input", "value"):
+        assert Handled().run([path]) == 2
+        err = capsys.readouterr().err
+        assert "unexpected" in err and "-v for the traceback" not in err, err
+    assert Echo().run(["boom"]) == 2
+    assert capsys.readouterr().err.endswith("(-v for the traceback)\n")

@@ -43,7 +43,7 @@ def test_learns_the_toy_classes_and_writes_the_checkpoint_contract(cli, toy, tmp
             "--epochs", "5", "--batch-size", "12", "--crop-scale", "0.6", "--split", "none", "--no-progress")
     assert r.code == 0, r.err
     assert "resnet18" in r.err and "lr 0.01" in r.err  # the chosen defaults are logged
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "model.metrics.json").read_text())
     assert len(metrics["epochs"]) == 5 and metrics["final"]["test_top1"] is None
     assert metrics["final"]["train_top1"] >= 0.5  # chance is 0.2
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
@@ -100,7 +100,7 @@ def test_two_gloo_processes_write_one_valid_checkpoint(small, tmp_path):
     assert ckpt["options"]["world"] == 2 and ckpt["num_classes"] == 5
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["metrics"]["final"]["n_train"] == 20 and len(ckpt["metrics"]["epochs"]) == 1
-    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.metrics.json", "model.pt"]
 
 
 def one_error_line(r):
@@ -143,7 +143,7 @@ def test_allow_missing_trains_on_the_labelled_images_only(cli, small, tmp_path):
     out = tmp_path / "m" / "model.pt"
     r = cli("finetune", images, partial, "--out", out, "--allow-missing", "--epochs", "1", "--split", "none", *TINY)
     assert r.code == 0, r.err
-    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "m" / "model.metrics.json").read_text())
     assert metrics["final"]["n_train"] == 10 and "10 without a label skipped" in r.err
 
 

@@ -37,6 +37,11 @@ def test_write_to_stdout(capsys):
     ("id,label\na,1\na,2\n", "line 3: duplicate id 'a'"),
     ("id,label\na,one\n", "line 2: label 'one' is not an integer"),
     ("id,label\na,-1\n", "label -1 is negative"),
+    ("id,label\na,1_0\n", r"line 2: label '1_0' is not an integer \(ASCII digits 0-9 only\)"),
+    ("id,label\na,\u0661\u0662\n", "line 2: label '\u0661\u0662' is not an integer"),
+    ("id,label\na,\uff13\n", "line 2: label '\uff13' is not an integer"),
+    ("id,label\na, 3\n", "line 2: label ' 3' is not an integer"),
+    ("id,label\na,+3\n", r"line 2: label '\+3' is not an integer"),
     ("id,label\n", "no labels"),
 ])
 def test_bad_files(tmp_path, text, message):

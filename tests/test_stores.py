@@ -104,3 +104,137 @@ def test_format_by_suffix(tmp_path):
     junk.write_text("not hdf5")
     with pytest.raises(InputError, match="cannot open"):
         open_store(junk)
+
+
+# -- what an output may replace (issue 22, item 1 and 3) ----------------------------------------
+
+def user_folder(path):
+    (path / "a").mkdir(parents=True)
+    (path / "a" / "model.pt").write_text("x")
+    return path
+
+
+def test_a_file_output_never_replaces_a_folder(tmp_path):
+    from ldpo.common.stores import atomic_path
+
+    runs = user_folder(tmp_path / "runs")
+    with pytest.raises(InputError, match=r"runs: is an existing folder, not a file"):
+        with atomic_path(tmp_path / "runs") as tmp:
+            tmp.write_text("id,label\n")
+    assert (runs / "a" / "model.pt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no temporary left
+
+
+def test_a_zarr_store_replaces_only_an_earlier_ldpo_zarr_store(tmp_path):
+    from ldpo.common.stores import ldpo_store_problem
+
+    store = tmp_path / "f.zarr"
+    write_store(store, ["a"], {"stage": "test"}, features=np.ones((1, 2), np.float32))
+    assert ldpo_store_problem(store) == ""
+    write_store(store, ["a"], {"stage": "test"}, features=np.zeros((1, 2), np.float32))
+    with open_store(store) as opened:
+        assert opened.read("features").tolist() == [[0.0, 0.0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr"]
+
+    no_stage = tmp_path / "g.zarr"
+    write_store(no_stage, ["a"], features=np.ones((1, 2), np.float32))  # a Zarr store, but not ldpo's
+    assert "no ldpo stage" in ldpo_store_problem(no_stage)
+    with pytest.raises(InputError, match="not an earlier ldpo Zarr store"):
+        write_store(no_stage, ["a"], {"stage": "test"}, features=np.zeros((1, 2), np.float32))
+    with open_store(no_stage) as opened:
+        assert opened.read("features").tolist() == [[1.0, 1.0]]
+
+    (store / "notes.txt").write_text("mine")
+    assert "notes.txt" in ldpo_store_problem(store)
+    with pytest.raises(InputError, match="notes.txt"):
+        write_store(store, ["a"], {"stage": "test"}, features=np.ones((1, 2), np.float32))
+    assert (store / "notes.txt").read_text() == "mine"
+
+    mine = user_folder(tmp_path / "h.zarr")
+    with pytest.raises(InputError, match="no Zarr metadata"):
+        write_store(mine, ["a"], {"stage": "test"}, features=np.ones((1, 2), np.float32))
+    assert (mine / "a" / "model.pt").read_text() == "x"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_an_h5_store_never_replaces_a_zarr_store(tmp_path):
+    store = tmp_path / "f.h5"
+    store.mkdir()  # a folder named like a file
+    with pytest.raises(InputError, match="is an existing folder"):
+        write_store(store, ["a"], {"stage": "test"}, features=np.ones((1, 2), np.float32))
+    assert store.is_dir()
+
+
+def test_outputs_never_replace_special_files(tmp_path):
+    import os
+
+    from ldpo.common.stores import atomic_path
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    (tmp_path / "null").symlink_to("/dev/null")
+    for path, what in ((fifo, "is a FIFO"), (tmp_path / "link", "a link to a FIFO"),
+                       (tmp_path / "null", "a link to a character device")):
+        with pytest.raises(InputError, match=what):
+            with atomic_path(path) as tmp:
+                tmp.write_text("x")
+    assert os.path.islink(tmp_path / "link") and os.path.islink(tmp_path / "null")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "null"]
+
+
+def test_outputs_that_belong_together_are_all_refused_when_one_is(tmp_path):
+    from ldpo.common.stores import atomic_paths
+
+    (tmp_path / "a.csv").write_text("old a")
+    runs = user_folder(tmp_path / "b.csv")
+    with pytest.raises(InputError, match="b.csv: is an existing folder"):
+        with atomic_paths(tmp_path / "a.csv", tmp_path / "b.csv") as (a, b):
+            a.write_text("new a")
+            b.write_text("new b")
+    assert (tmp_path / "a.csv").read_text() == "old a"  # nothing renamed before all were checked
+    assert (runs / "a" / "model.pt").read_text() == "x"
+    # an output the block did not write is removed as stale, but never a folder that is not ldpo's
+    with pytest.raises(InputError, match="b.csv: is an existing folder"):
+        with atomic_paths(tmp_path / "a.csv", tmp_path / "b.csv") as (a, b):
+            a.write_text("new a")
+    assert (runs / "a" / "model.pt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opening_a_folder_that_is_not_a_store_says_so_in_one_line(tmp_path, fmt):
+    folder = tmp_path / f"dir.{fmt}"
+    folder.mkdir()
+    with pytest.raises(InputError) as caught:
+        open_store(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: ") and "folder" in message[len(str(folder)):] and "\n" not in message
+    assert message.count("(") == message.count(")"), message
+
+
+def test_a_folder_output_replaces_only_the_earlier_one_its_command_checked(tmp_path):
+    from ldpo.common.stores import atomic_path, check_replaceable_folder
+
+    out = tmp_path / "sheet"
+    out.mkdir()
+    (out / "index.html").write_text("old")
+
+    def write_sheet():
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "index.html").write_text("new")
+
+    with pytest.raises(InputError, match="is an existing folder that is not an earlier ldpo Zarr store"):
+        write_sheet()  # not checked: a folder like any other
+    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    write_sheet()
+    assert (out / "index.html").read_text() == "new"
+    with pytest.raises(InputError):
+        write_sheet()  # the check is good for one replacement
+    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    (out / "notes.txt").write_text("added after the check")
+    with pytest.raises(InputError):
+        write_sheet()
+    assert (out / "notes.txt").read_text() == "added after the check"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet"]

@@ -52,7 +52,7 @@ OUTPUT_NAMES = ("images.h5", "images.zarr", "manifest.csv", "rejects.csv", "trut
 class Options(CommonOptions):
     source: str = positional("DICOM tree, NIfTI file/folder, or folder of PNG/JPEG images (class sub-folders optional)",
                              role="input")
-    out: str = opt("output folder", role="output")
+    out: str = opt("output folder", role="output-folder")
     reports: str = opt("reports: CSV (report_id,text + accession or study_uid) or a folder of .txt", "",
                        role="input")
     all_slices: bool = opt("every slice (every --every-th) instead of the key images the reports reference "

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
+from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_path, create_store, store_format
 from ldpo.common.tables import side_file
@@ -226,9 +227,9 @@ class ArchiveTool(Tool):
     def main(self, opts: Options) -> int:
         store_format(opts.out)  # a bad suffix is an error before any work
         chunk = opts.chunk_rows or chunk_rows_for(opts.size)
-        warn_if_short_of_disk(Path(opts.out), opts.n * opts.size ** 2)
-        start = time.perf_counter()
         truth = truth_path(opts)
+        check_disk(opts, truth)  # before anything is built in memory
+        start = time.perf_counter()
         labels = labels_for(opts.n, opts.classes, opts.seed)
         with atomic_path(truth) as tmp_truth:
             write_labels(tmp_truth, ids_for(0, opts.n, opts.n), labels)
@@ -245,12 +246,24 @@ def truth_path(opts: Options) -> Path:
     return Path(opts.truth) if opts.truth else side_file(opts.out, "truth.csv")
 
 
-def warn_if_short_of_disk(out: Path, raw_bytes: int) -> None:
-    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    free = shutil.disk_usage(folder).free
-    if raw_bytes > free:
-        log.warning("%s: the images take up to %.1f GiB before compression and %s has %.1f GiB free",
-                    out, raw_bytes / 2**30, folder, free / 2**30)
+def check_disk(opts: Options, truth: Path) -> None:
+    """Refuse an archive that the disk cannot hold: the raw image bytes (noise barely
+    compresses), the ids and the truth CSV, against the free space of the disk each goes to."""
+    width = len(ids_for(max(opts.n - 1, 0), opts.n, opts.n)[0])
+    parts = [(Path(opts.out), opts.n * (opts.size ** 2 + width + 8), f"{opts.n} images of {opts.size} px"),
+             (truth, opts.n * (width + len(str(opts.classes)) + 2), "the truth labels")]
+    disks: dict[int, list] = {}
+    for path, size, what in parts:
+        folder = next((p for p in (path.absolute().parent, *path.absolute().parents) if p.exists()), Path("."))
+        disk = disks.setdefault(folder.stat().st_dev, [path, folder, 0, []])
+        disk[2] += size
+        disk[3].append(what)
+    for path, folder, size, what in disks.values():
+        free = shutil.disk_usage(folder).free
+        if size > free:
+            raise InputError(f"{path}: {' and '.join(what)} take up to {size / 2**30:.1f} GiB before compression, "
+                             f"but {folder} has {free / 2**30:.1f} GiB free: use a smaller --n or --size, or "
+                             "another disk")
 
 
 def write_archive(opts: Options, chunk: int) -> None:

@@ -520,7 +520,7 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    out: str = opt("output folder (dicom/, reports.csv, regions.csv)", role="output")
+    out: str = opt("output folder (dicom/, reports.csv, regions.csv)", role="output-folder")
     studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40, min=1,
                        max=10000)
     size: int = opt("image side in pixels", 64, min=32, max=1024)

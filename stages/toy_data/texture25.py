@@ -272,7 +272,7 @@ MAX_BYTES = 8 * 2**30  # the whole set is generated in memory before it is writt
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    out: str = opt("output folder (images store, truth.csv, contact-sheet.png)", role="output")
+    out: str = opt("output folder (images store, truth.csv, contact-sheet.png)", role="output-folder")
     classes: int = opt("number of texture classes (1-25)", 25, min=1, max=25)
     per_class: int = opt("images per class", 40, min=1, max=100000)
     size: int = opt("image side in pixels", 256, min=8, max=4096)

@@ -281,7 +281,7 @@ def finetune(args, store: Path, prev: Path, work: Path, device: str) -> StageRun
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--split", "none", "--new-head",
             *size, *(["--amp"] if args.amp else []), *common(args, device)]
     done = run_stage(argv, device, args.verbose)
-    metrics = json.loads((work / "metrics.json").read_text())
+    metrics = json.loads((work / "model.metrics.json").read_text())
     per_epoch = args.n // args.batch_size * args.batch_size if args.n > args.batch_size else args.n
     loop_seconds = sum(e["seconds"] for e in metrics["epochs"])
     done.extra.update(images=per_epoch * args.epochs, loop_rate=per_epoch * args.epochs / loop_seconds,
