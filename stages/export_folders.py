@@ -37,11 +37,13 @@ SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii"
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    labels: str = positional("labels CSV (id,label[,name]), e.g. WORK/final/labels.csv or relabel's output")
-    images: str = positional("images store (.h5/.zarr) holding the labels' ids")
+    labels: str = positional("labels CSV (id,label[,name]), e.g. WORK/final/labels.csv or relabel's output",
+                             role="input")
+    images: str = positional("images store (.h5/.zarr) holding the labels' ids", role="input")
     out: str = opt("output folder: one sub-folder per category, and categories.csv")
-    names: Optional[str] = opt("review CSV (label,name,…) whose names label the folders", None)
-    symlink: Optional[str] = opt("link to source files SRC/<id>[.png|.jpg|.dcm|…] instead of writing PNGs", None)
+    names: Optional[str] = opt("review CSV (label,name,…) whose names label the folders", None, role="input")
+    symlink: Optional[str] = opt("link to source files SRC/<id>[.png|.jpg|.dcm|…] instead of writing PNGs", None,
+                                 role="input")
     allow_missing: bool = opt("skip label ids that are not in the images store (default: an error)", False)
     batch_size: int = opt("images read per batch", 256, min=1, aliases=["--batch"])
 
