@@ -81,6 +81,7 @@ class AssignTool(Tool):
             torch.use_deterministic_algorithms(True, warn_only=True)
         init = models.parse_init(f"checkpoint:{opts.model}")
         built = models.build(init, seed=opts.seed)
+        check_classes(built.classes, models.num_outputs(built.model, built.arch), opts.model)
         net = Network(built, device)
         with open_store(opts.images, expect="images") as store:
             ids = store.ids
@@ -124,6 +125,21 @@ class AssignTool(Tool):
         write_labels(opts.out, ids, classes[top], extra)
         log.info("assigned %d images to %d classes; %d unsure", len(ids), len(set(top.tolist())), int(unsure.sum()))
         return 0
+
+
+def check_classes(classes: list[int], outputs: int, path: str) -> None:
+    """The checkpoint's ``classes`` name each output of its head once, as labels (a damaged or
+    hand-edited checkpoint otherwise gives an index error, or labels that are not labels)."""
+    if len(classes) != outputs:
+        raise InputError(f"{path}: its `classes` lists {len(classes)} label(s) but its head has {outputs} "
+                         "outputs: not a checkpoint finetune wrote")
+    seen: set[int] = set()
+    for c in classes:
+        if c < 0:
+            raise InputError(f"{path}: its `classes` holds the negative label {c}")
+        if c in seen:
+            raise InputError(f"{path}: its `classes` lists label {c} twice")
+        seen.add(c)
 
 
 def class_radii(feats: np.ndarray, labels: np.ndarray, classes: np.ndarray, quantile: float):

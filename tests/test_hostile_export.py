@@ -491,8 +491,9 @@ def test_the_pages_review_csv_neutralizes_names_and_relabel_reads_them_back(cli,
 
 # -- item 16: a checkpoint whose classes do not fit its head ----------------------------------------
 
-def test_assign_with_too_few_classes_names_the_checkpoint(cli, tmp_path):
-    ckpt = checkpoint(tmp_path / "short.pt", [7])
+@pytest.mark.parametrize("classes", [[7], [0, 1, 2, 3], [0, 0, 1], [0, -1, 2]])
+def test_assign_with_classes_that_do_not_fit_names_the_checkpoint(cli, tmp_path, classes):
+    ckpt = checkpoint(tmp_path / "short.pt", classes)
     images_store(tmp_path / "images.h5", [f"n{i}" for i in range(3)], side=32)
     r = cli("assign", tmp_path / "images.h5", "--model", ckpt, "--out", tmp_path / "a.csv", "--device", "cpu", "-q")
     line = one_line(r, "assign", ckpt)
