@@ -455,7 +455,7 @@ def test_review_csv_reads_back_what_the_writer_escaped(tmp_path):
 def test_export_folders_csvs_neutralize_names_and_ids(cli, tmp_path):
     ids = TRICKY
     images_store(tmp_path / "images.h5", ids)
-    write_labels(tmp_path / "labels.csv", ids, [n % 2 for n in range(len(ids))])
+    raw_csv(tmp_path / "labels.csv", [["id", "label"]] + [[i, n % 2] for n, i in enumerate(ids)])
     raw_csv(tmp_path / "review.csv", [["label", "name"], [0, csv_escape("=cmd|'/C calc'!A0")], [1, "@x"]])
     r = export(cli, tmp_path, "--names", tmp_path / "review.csv")
     assert r.code == 0, r.err
