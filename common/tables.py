@@ -14,7 +14,7 @@ and keyword tables) goes through this module:
 * **Formulas** (CSV injection, OWASP): a person opens these files in a spreadsheet, which
   runs a cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return as a
   formula. The writer prefixes such a text cell with ``'`` (:func:`csv_cell`), unless it
-  is a plain decimal number (``-0.5``, ``+3e2``), and also prefixes a text cell that
+  is a plain decimal number (``-0.5``, ``+3e2``, ``-inf``), and also prefixes a text cell that
   already starts with ``'`` followed by one of those characters or another ``'``. The
   reader (:func:`read_cell`, applied by :func:`csv_rows`) drops one leading ``'`` exactly
   when the next character is one of those or ``'``. So every text reads back as written
@@ -53,8 +53,9 @@ UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: after a leading ``'``, these mean the ``'`` is the writer's (see :func:`csv_cell`)
 _QUOTED = FORMULA_START + ("'",)
-#: a plain decimal number (ASCII digits): never a formula, written as is
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: a plain decimal number (ASCII digits), or how Python writes an infinite or NaN float:
+#: never a formula that does anything, written as is
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|nan)")
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:

@@ -32,7 +32,7 @@ from ldpo.common.stores import write_store
 TRICKY = ["=1+2", "-x", "@a", "+", "'abc", "=HYPERLINK(\"http://x\",\"y\")", "plain", "-1", "+3.5e2"]
 #: cells that must never start a CSV cell (OWASP: = + - @ tab CR)
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
-NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|nan)")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -378,7 +378,8 @@ def test_symlink_inside_src_still_works(cli, tmp_path):
 
 # -- item 13: formulas are neutralized and read back exactly --------------------------------------
 
-ROUND_TRIP = TRICKY + ["'=x", "''", "'", "'-0.5", "\tx", "\rx", "", "-0.5", "1e5", "a,b", 'say "hi"', "=", "-"]
+ROUND_TRIP = TRICKY + ["'=x", "''", "'", "'-0.5", "\tx", "\rx", "", "-0.5", "1e5", "a,b", 'say "hi"', "=", "-",
+                       "-inf", "-Inf", "'-nan"]
 
 
 def test_write_csv_neutralizes_formulas_and_csv_rows_reads_them_back(tmp_path):
@@ -403,7 +404,7 @@ def test_the_rule_reads_back_every_short_text_and_never_leaves_a_formula():
 
     from ldpo.common.tables import csv_cell, read_cell
 
-    alphabet = ["'", "=", "-", "+", "@", "\t", "\r", "a", "1", ".", "e"]
+    alphabet = ["'", "=", "-", "+", "@", "\t", "\r", "a", "1", ".", "e", "inf"]
     for k in range(5):
         for chars in itertools.product(alphabet, repeat=k):
             value = "".join(chars)
@@ -494,7 +495,7 @@ def test_the_pages_review_csv_neutralizes_names_and_relabel_reads_them_back(cli,
     from ldpo.common.tables import csv_cell
 
     names = ["=1+2", "-x", "@a", "+", "'=x", "'abc", "''", "'", "-1", "+3.5e2", "=HYPERLINK(\"a\",\"b\")",
-             "a,b", "plain name", "  =spaced", "\t=tab", "'-0.5"]
+             "a,b", "plain name", "  =spaced", "\t=tab", "'-0.5", "-inf", "-Inf", "'-inf"]
     cells = js_cells(names)
     text = "label,name,merge_into\n" + "".join(f"{c},{cell},\n" for c, cell in enumerate(cells))
     (tmp_path / "review.csv").write_text(text, encoding="utf-8")
