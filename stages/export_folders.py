@@ -171,8 +171,8 @@ def read_record(out: Path) -> Record | None:
         if not entries:
             return Record()
         older = " (an export by an older ldpo, which did not record its files?)" if "categories.csv" in entries else ""
-        raise InputError(f"{out}: folder is not empty and is not an earlier export (no {RECORD}; it holds {entries[0]!r})"
-                         f"{older}: give a new or empty folder")
+        raise InputError(f"{out}: folder is not empty and is not an earlier export (no {RECORD}; it holds "
+                         f"{entries[0]!r}){older}: give a new or empty folder")
     path = out / RECORD
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -336,8 +336,8 @@ def test_folder_names_never_collide(cli, ex):
     folders = [c["folder"] for c in cats]
     assert len({f.lower() for f in folders}) == 6
     assert not {"categories.csv", "files.csv"} & {f.lower() for f in folders}
-    assert all((ex / "out" / c["folder"]).is_dir() and len(list((ex / "out" / c["folder"]).iterdir())) == int(c["count"])
-               for c in cats)
+    for c in cats:
+        assert len(list((ex / "out" / c["folder"]).iterdir())) == int(c["count"]), c
     assert sum(int(c["count"]) for c in cats) == 9
 
 

@@ -111,8 +111,8 @@ JS = r"""
     // a spreadsheet runs a cell starting with = + - @ (tab, CR) as a formula: quote it with ' unless it is a
     // plain number, and quote a leading ' that comes before one of those or another ' -- ldpo's CSV rule
     // (common/tables.py csv_cell), which relabel reads back exactly
-    var formula = /^[=+\-@\t\r]/.test(text) && !/^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|nan)$/.test(text);
-    if (formula || /^'[=+\-@\t\r']/.test(text)) text = "'" + text;
+    var number = /^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|nan)$/;
+    if ((/^[=+\-@\t\r]/.test(text) && !number.test(text)) || /^'[=+\-@\t\r']/.test(text)) text = "'" + text;
     return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
   function csv() {
