@@ -7,13 +7,11 @@ may be empty) and ``merge_into`` (another category's label value, or empty). Rea
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ldpo.common.errors import InputError
+from ldpo.common.tables import csv_rows
 
 COLUMNS = ("label", "name", "merge_into")
 
@@ -66,29 +64,22 @@ def _label(raw: str, what: str, source: str, line: int) -> int:
 
 def read_review(path: str | os.PathLike) -> Review:
     """Read and check a review CSV: a header with ``label`` (``name``, ``merge_into`` optional),
-    integer labels, no label twice (merge targets are checked against the labels by the caller)."""
+    integer labels, no label twice (merge targets are checked against the labels by the caller).
+
+    Read with the common CSV reader (:func:`ldpo.common.tables.csv_rows`): UTF-8 with or
+    without BOM, and a name the writer (or the report page) quoted against spreadsheet
+    formulas (``'=x``) reads back as it was typed (``=x``)."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such review file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{name}: cannot read the review ({err})") from None
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    if "label" not in header or not ({"name", "merge_into"} & set(header)):
-        raise InputError(f"{name}: not a review CSV (the header needs 'label' and 'name' and/or 'merge_into')")
-    col = {h: header.index(h) for h in COLUMNS if h in header}
     review = Review(source=name)
-    for line, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        cell = {h: (row[i] if i < len(row) else "") for h, i in col.items()}
-        label = _label(cell["label"], "label", name, line)
+    rows = csv_rows(path, "review CSV", ["label"])
+    for line, row in rows:
+        if "name" not in row and "merge_into" not in row:
+            raise InputError(f"{name}: not a review CSV (the header needs 'label' and 'name' and/or 'merge_into')")
+        label = _label(row["label"], "label", name, line)
         if label in review.names:
             raise InputError(f"{name}: line {line}: label {label} is reviewed twice")
-        review.names[label] = " ".join(cell.get("name", "").split())
-        target = cell.get("merge_into", "").strip()
+        review.names[label] = " ".join(row.get("name", "").split())
+        target = row.get("merge_into", "").strip()
         if target:
             target_label = _label(target, "merge_into", name, line)
             if target_label != label:

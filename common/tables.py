@@ -11,6 +11,16 @@ and keyword tables) goes through this module:
   every problem.
 * **Writing**: :func:`write_csv` writes a header and rows under a temporary name in
   the same folder and renames it when complete (``-`` = stdout).
+* **Formulas** (CSV injection, OWASP): a person opens these files in a spreadsheet, which
+  runs a cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return as a
+  formula. The writer prefixes such a text cell with ``'`` (:func:`csv_cell`), unless it
+  is a plain decimal number (``-0.5``, ``+3e2``, ``-inf``), and also prefixes a text cell that
+  already starts with ``'`` followed by one of those characters or another ``'``. The
+  reader (:func:`read_cell`, applied by :func:`csv_rows`) drops one leading ``'`` exactly
+  when the next character is one of those or ``'``. So every text reads back as written
+  (``=1+2`` ↔ ``'=1+2``, ``'=x`` ↔ ``''=x``, ``'abc`` ↔ ``'abc``); numbers written from
+  ints and floats are never touched. The report page's review.csv download applies the
+  same rule in JavaScript.
 
 File kinds:
 
@@ -26,7 +36,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +48,14 @@ from ldpo.common.errors import InputError
 from ldpo.common.stores import atomic_path
 
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: after a leading ``'``, these mean the ``'`` is the writer's (see :func:`csv_cell`)
+_QUOTED = FORMULA_START + ("'",)
+#: a plain decimal number (ASCII digits), or how Python writes an infinite or NaN float:
+#: never a formula that does anything, written as is
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|nan)")
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -80,7 +100,7 @@ def csv_rows(path: str | os.PathLike, what: str, required: Sequence[str]) -> Ite
         header = next(reader, None)
         if not header:
             raise InputError(f"{path}: empty {what}")
-        header = [h.strip() for h in header]
+        header = [read_cell(h).strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
             raise InputError(f"{path}: not a {what} (the header needs {', '.join(repr(c) for c in required)}; "
@@ -90,7 +110,8 @@ def csv_rows(path: str | os.PathLike, what: str, required: Sequence[str]) -> Ite
             if row and any(c.strip() for c in row):
                 if len(row) > len(header):
                     raise InputError(f"{path}: line {line_no}: {len(row)} fields but the header has {len(header)}")
-                yield line_no, dict(zip(header, row + [""] * (len(header) - len(row))))
+                cells = [read_cell(c) for c in row]
+                yield line_no, dict(zip(header, cells + [""] * (len(header) - len(cells))))
             line_no = reader.line_num + 1
     except csv.Error as err:
         raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
@@ -117,8 +138,32 @@ def side_file(main: str | os.PathLike, tail: str) -> Path:
 
 def _dump(fh, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    # csv quotes a field holding the line terminator ("\n") but not a bare "\r", which every
+    # reader takes for a line end: a row with one is written with every field quoted
+    quoted = csv.writer(fh, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in itertools.chain([header], rows):
+        cells = [csv_cell(c) for c in row]
+        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else writer).writerow(cells)
+
+
+def csv_cell(value):
+    """A cell as written: text that a spreadsheet would run as a formula gets a leading ``'``
+    (and so does text already starting with ``'`` + such a character or ``'``, so that
+    :func:`read_cell` can undo exactly this); numbers and plain-number text stay as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value[0] in FORMULA_START and not _NUMBER.fullmatch(value):
+        return "'" + value
+    if len(value) > 1 and value[0] == "'" and value[1] in _QUOTED:
+        return "'" + value
+    return value
+
+
+def read_cell(text: str) -> str:
+    """A cell as read: the writer's leading ``'`` (:func:`csv_cell`) dropped; anything else as is."""
+    if len(text) > 1 and text[0] == "'" and text[1] in _QUOTED:
+        return text[1:]
+    return text
 
 
 # -- reports --------------------------------------------------------------------------

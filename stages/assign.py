@@ -36,13 +36,14 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    images: str = positional("images store (.h5/.zarr) of the images to assign")
-    model: str = opt("finetune checkpoint (e.g. WORK/iter-NN/model.pt, the last iteration's)")
-    out: str = opt("output CSV: id,label,probability,runner_up,runner_up_probability,unsure; - for stdout")
+    images: str = positional("images store (.h5/.zarr) of the images to assign", role="input")
+    model: str = opt("finetune checkpoint (e.g. WORK/iter-NN/model.pt, the last iteration's)", role="input")
+    out: str = opt("output CSV: id,label,probability,runner_up,runner_up_probability,unsure; - for stdout",
+                   role="output")
     min_confidence: float = opt("unsure when the top probability is below this", 0.5)
     reference_labels: Optional[str] = opt("labels the model was trained on (WORK/final/labels.csv): enables the "
-                                          "distance rule", None)
-    reference_images: Optional[str] = opt("images store holding the reference labels' ids", None)
+                                          "distance rule", None, role="input")
+    reference_images: Optional[str] = opt("images store holding the reference labels' ids", None, role="input")
     radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
                                  "centroid", 0.95)
     batch_size: int = opt("images per batch", 64)
@@ -74,14 +75,13 @@ class AssignTool(Tool):
             raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
         if (opts.reference_labels is None) != (opts.reference_images is None):
             raise InputError("--reference-labels and --reference-images go together")
-        if opts.out != "-" and opts.out in (opts.images, opts.model, opts.reference_labels, opts.reference_images):
-            raise InputError(f"{opts.out}: the output would overwrite an input: give a new file")
         device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
         if device == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         init = models.parse_init(f"checkpoint:{opts.model}")
         built = models.build(init, seed=opts.seed)
+        check_classes(built.classes, models.num_outputs(built.model, built.arch), opts.model)
         net = Network(built, device)
         with open_store(opts.images, expect="images") as store:
             ids = store.ids
@@ -125,6 +125,21 @@ class AssignTool(Tool):
         write_labels(opts.out, ids, classes[top], extra)
         log.info("assigned %d images to %d classes; %d unsure", len(ids), len(set(top.tolist())), int(unsure.sum()))
         return 0
+
+
+def check_classes(classes: list[int], outputs: int, path: str) -> None:
+    """The checkpoint's ``classes`` name each output of its head once, as labels (a damaged or
+    hand-edited checkpoint otherwise gives an index error, or labels that are not labels)."""
+    if len(classes) != outputs:
+        raise InputError(f"{path}: its `classes` lists {len(classes)} label(s) but its head has {outputs} "
+                         "outputs: not a checkpoint finetune wrote")
+    seen: set[int] = set()
+    for c in classes:
+        if c < 0:
+            raise InputError(f"{path}: its `classes` holds the negative label {c}")
+        if c in seen:
+            raise InputError(f"{path}: its `classes` lists label {c} twice")
+        seen.add(c)
 
 
 def class_radii(feats: np.ndarray, labels: np.ndarray, classes: np.ndarray, quantile: float):

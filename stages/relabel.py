@@ -29,9 +29,10 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    labels: str = positional("labels CSV (id,label) the review was made on, e.g. WORK/final/labels.csv")
-    review: str = positional("review CSV (label,name,merge_into), as the report page downloads it")
-    out: str = opt("output labels CSV (id,label,name,previous_label); - for stdout")
+    labels: str = positional("labels CSV (id,label) the review was made on, e.g. WORK/final/labels.csv",
+                             role="input")
+    review: str = positional("review CSV (label,name,merge_into), as the report page downloads it", role="input")
+    out: str = opt("output labels CSV (id,label,name,previous_label); - for stdout", role="output")
 
 
 class RelabelTool(Tool):
@@ -44,8 +45,6 @@ class RelabelTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        if opts.out != "-" and opts.out in (opts.labels, opts.review):
-            raise InputError(f"{opts.out}: the output would overwrite an input: give a new file")
         labels = read_labels(opts.labels)
         review = read_review(opts.review)
         present = set(labels.classes)

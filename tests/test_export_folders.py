@@ -33,8 +33,8 @@ def test_one_folder_of_lossless_pngs_per_category(cli, data):
     tmp, ids, images, labels = data
     r = cli("export-folders", tmp / "labels.csv", tmp / "images.h5", "--out", tmp / "out")
     assert r.code == 0, r.err
-    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["categories.csv", "category-3", "category-5",
-                                                                "category-7"]
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == [".ldpo-export.json", "categories.csv", "category-3",
+                                                                "category-5", "category-7", "files.csv"]
     for ident, image, c in zip(ids, images, labels):
         png = tmp / "out" / f"category-{c}" / f"{ident}.png"
         assert np.array_equal(np.asarray(Image.open(png)), image)  # the store's pixels, exactly

@@ -86,5 +86,5 @@ def test_output_may_not_overwrite_an_input(cli, tmp_path, labels):
     path, _ = labels
     rv = review(tmp_path, "label,name,merge_into\n10,,\n")
     r = cli("relabel", path, rv, "--out", path)
-    assert r.code == 2 and "overwrite an input" in r.err
+    assert r.code == 2 and "is the same file as LABELS" in r.err
     assert np.array_equal(read_labels(path).labels, np.array([10, 20, 30, 40, 50, 60] * 2))

@@ -108,13 +108,18 @@ JS = r"""
   }
   function cell(text) {
     text = String(text).replace(/\s+/g, " ").trim();
+    // a spreadsheet runs a cell starting with = + - @ (tab, CR) as a formula: quote it with ' unless it is a
+    // plain number, and quote a leading ' that comes before one of those or another ' -- ldpo's CSV rule
+    // (common/tables.py csv_cell), which relabel reads back exactly
+    var number = /^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|nan)$/;
+    if ((/^[=+\-@\t\r]/.test(text) && !number.test(text)) || /^'[=+\-@\t\r']/.test(text)) text = "'" + text;
     return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
   function csv() {
     var lines = ["label,name,merge_into"];
     Object.keys(labels).sort(function (a, b) { return a - b; }).forEach(function (l) {
       var f = fields(l), m = f.merge.value.trim();
-      lines.push([l, cell(f.name.value), m === l ? "" : m].join(","));
+      lines.push([cell(l), cell(f.name.value), m === l ? "" : cell(m)].join(","));
     });
     return lines.join("\n") + "\n";
   }
