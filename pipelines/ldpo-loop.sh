@@ -11,9 +11,9 @@
 # decides no default a stage could get wrong.
 #
 # The first run writes WORK/run.json (settings, stage commands, input checksums). A rerun
-# with the same record resumes (a step whose output exists is skipped); with other settings
-# or inputs it exits 2 naming what differs, unless --restart-from iter-N (recompute from
-# iteration N on) or --fresh (start over) is given.
+# with the same record resumes (a step whose output exists is skipped, and a finished run
+# changes no file); with other settings or inputs it exits 2 naming what differs, unless
+# --restart-from iter-N (recompute from iteration N on) or --fresh (start over) is given.
 # Iterations without a valid run.json are refused the same way. --fresh and --restart-from
 # delete only what the loop wrote: a folder they would delete that holds anything else is
 # refused, and nothing is deleted. One loop at a time works in WORK (a lock, released when
@@ -374,10 +374,27 @@ features_and_labels() {
   fi
 }
 
+# converge's verdict for iteration T as recorded by an earlier run, when it stands: printed in
+# converge.txt, which is newer than the labels it compared, and the iteration has its row in
+# history.csv. (--restart-from deletes the verdicts of the iterations it keeps.)
+recorded_verdict() {
+  local t=$1 dir verdict
+  dir=$(iter_dir "$t")
+  [[ -f $dir/converge.txt && $dir/converge.txt -nt $dir/labels.csv ]] || return 1
+  (( t == 0 )) || [[ $dir/converge.txt -nt $(iter_dir $((t - 1)))/labels.csv ]] || return 1
+  [[ -f $history ]] && awk -F, -v t="$t" 'NR > 1 && $1 == t { found = 1 } END { exit !found }' "$history" || return 1
+  verdict=$(grep -x 'converged=[01]' "$dir/converge.txt" | tail -n 1) || return 1
+  echo "${verdict#converged=}"
+}
+
 # converge for iteration T; sets $converged to 0 (stop) or 1 (go on); aborts on anything else.
+# A resume takes the verdict an earlier run recorded, so a finished run changes no file.
 check() {
   local t=$1 dir prev_args=() truth_args=() metrics_args=() status=0
   dir=$(iter_dir "$t")
+  if converged=$(recorded_verdict "$t"); then
+    return 0
+  fi
   [[ $t -gt 0 ]] && prev_args=(--prev "$(iter_dir $((t - 1)))/labels.csv")
   [[ -n $truth ]] && truth_args=(--truth "$truth")
   [[ -f $dir/metrics.json ]] && metrics_args=(--metrics-json "$dir/metrics.json")

@@ -1,6 +1,6 @@
 """pipelines/ldpo-loop.sh against a careless user and a hostile work folder (issue 22, items 7, 8,
-15 and 20): what --fresh may delete, a missing or broken run record, paths no shell quoting
-survives, two loops on one work folder.
+15, 20 and 25): what --fresh may delete, a missing or broken run record, paths no shell quoting
+survives, two loops on one work folder, and a resume that must change nothing.
 
 The loops here are tiny (3 classes x 4 images at 32 px, one iteration of one epoch): one finished
 work folder is made per module and copied into each test, so most tests only resume or refuse."""
@@ -190,6 +190,15 @@ def test_a_second_loop_on_the_same_work_folder_is_refused(toy, tmp_path):
     (tmp_path / "release").touch()  # the stage now fails at once
     line = one_error_line(loop(*args, check=False, FEATURIZE_CMD=slow))
     assert "featurize" in line and "pid" not in line  # the dead holder's lock was released
+
+
+def test_a_pure_resume_leaves_history_as_it_was(finished, tmp_path):
+    """Item 25: rerunning a finished loop with its settings changes no byte of history.csv."""
+    work, args = copy_of(finished, tmp_path)
+    time.sleep(1.1)  # history.csv's timestamps have whole seconds
+    before = listing(work)
+    loop(*args)
+    assert listing(work) == before
 
 
 def test_forget_deletes_the_loops_files_and_never_follows_a_link(tmp_path):
