@@ -11,14 +11,21 @@
 # decides no default a stage could get wrong.
 #
 # The first run writes WORK/run.json (settings, stage commands, input checksums). A rerun
-# with the same record resumes (a step whose output exists is skipped); with other
-# settings or inputs it exits 2 naming what differs, unless --restart-from iter-N
-# (recompute from iteration N on) or --fresh (start over) is given.
+# with the same record resumes (a step whose output exists is skipped, and a finished run
+# changes no file); with other settings or inputs it exits 2 naming what differs, unless
+# --restart-from iter-N (recompute from iteration N on) or --fresh (start over) is given.
+# Iterations without a valid run.json are refused the same way. --fresh and --restart-from
+# delete only what the loop wrote: a folder they would delete that holds anything else is
+# refused, and nothing is deleted. One loop at a time works in WORK (a lock, released when
+# the loop ends or dies); a second one exits 2 naming the first one's process.
+#
+# Exit status: 0 done; 2 anything that stopped the run (a usage error, a refused work folder,
+# a failed stage, whatever status it returned).
 #
 # Example:
 #   pipelines/ldpo-loop.sh --images toy/images.h5 --work runs/t25 --truth toy/truth.csv \
 #       --k 25 --max-iter 6 --epochs 3
-set -euo pipefail
+set -Eeuo pipefail
 
 usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
@@ -77,7 +84,16 @@ CONVERGE_CMD, HIERARCHY_CMD, KEYWORDS_CMD, REPORT_CMD (default "ldpo NAME"; LDPO
 EOF
 }
 
-die() { echo "ldpo-loop: error: $*" >&2; exit 2; }
+# One line, whatever a path in it holds: a newline is written as \n.
+die() { local message="ldpo-loop: error: $*"; echo "${message//$'\n'/\\n}" >&2; exit 2; }
+# Any other command that fails stops the loop with 2 too (never 1, which callers read as "not
+# converged"); a command substitution's subshell exits quietly, its caller says it.
+on_error() {
+  local status=$1 line=$2
+  (( BASH_SUBSHELL > 0 )) || echo "ldpo-loop: error: a step failed (exit status $status, ldpo-loop.sh line $line); stopping" >&2
+  exit 2
+}
+trap 'on_error $? $LINENO' ERR
 log() { [[ ${LDPO_QUIET:-0} == 1 ]] || echo "ldpo-loop: $*" >&2; }
 
 images=${LDPO_IMAGES:-}
@@ -207,104 +223,129 @@ input_args=()
 [[ -n $input_size ]] && input_args+=(--input-size "$input_size")
 [[ -n $normalize ]] && input_args+=(--normalize "$normalize")
 
+[[ ! -e $work || -d $work ]] || die "$work: exists and is not a folder (give --work a folder)"
 mkdir -p "$work"
 history=$work/history.csv
 
 iter_dir() { printf '%s/iter-%02d' "$work" "$1"; }
 
+# ---- one loop at a time in WORK ------------------------------------------------------------
+# An flock on WORK/.ldpo-loop.lock, held by this shell and the stages it starts: the kernel
+# releases it when the last of them ends, however it ends, so a killed loop blocks nobody.
+lock=$work/.ldpo-loop.lock
+take_lock() {
+  if command -v flock > /dev/null; then
+    flock -n "$1"
+  else  # the same lock without util-linux (macOS): any Python's fcntl.flock on the shared descriptor
+    python3 -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' "$1" 2> /dev/null
+  fi
+}
+exec {lock_fd}>> "$lock" || die "$lock: cannot open the work folder's lock file"
+if ! take_lock "$lock_fd"; then
+  holder=
+  read -r holder < "$lock" || true
+  die "$work: another ldpo-loop is running in this work folder (${holder:-its process is unknown}); wait for it to end, or stop it"
+fi
+printf 'pid %s on %s, started %s\n' "$$" "${HOSTNAME:-unknown host}" "$(date '+%Y-%m-%d %H:%M:%S')" > "$lock"
+
 # ---- the run record ------------------------------------------------------------------------
-json_str() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
+# Written, compared and pruned by ldpo's own Python (`ldpo _workdir`, ldpo.common.workdir), so
+# that any byte a path may hold (tab, newline, quote, backslash) stays a string in valid JSON.
+read -r -a ldpo_cmd <<< "$ldpo"
+workdir() { "${ldpo_cmd[@]}" _workdir "$@"; }
 abs() { [[ -z $1 ]] || realpath -m -- "$1"; }
-checksum() {  # sha256 of a file, or of a Zarr folder's files (names and contents)
-  if [[ -z $1 ]]; then echo ""
+checksum() {  # sha256 of a file, or of a Zarr folder's files (names and contents); "" for none
+  if [[ -z $1 || ! -e $1 ]]; then echo ""
   elif [[ -d $1 ]]; then (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
   else sha256sum < "$1" | cut -c1-64; fi
 }
-# One "key": "value" line per setting, command and input (keys unique across sections):
-# the record is compared line by line, so a rerun names exactly what differs. Workers
-# and device do not change what is computed and may differ between runs.
-run_record() {
-  local init_file=""
-  [[ $init == weights:* || $init == checkpoint:* ]] && init_file=${init#*:}
-  echo "{"
-  echo '  "format": "ldpo-run-1",'
-  echo '  "settings": {'
-  local name
-  for name in images truth reports manifest init_labels init; do
-    local v=${!name}
-    [[ $name == init ]] && v=${init%%:*}${init_file:+:$(abs "$init_file")} || v=$(abs "$v")
-    echo "    \"$name\": $(json_str "$v"),"
-  done
-  for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced amp split \
-              input_size normalize input_filter batch_size seed tree_affinity tree_preference; do
-    echo "    \"$name\": $(json_str "${!name}"),"
-  done
-  echo "    \"extra_args\": $(json_str "F[${FEATURIZE_ARGS:-}] T[${FINETUNE_ARGS:-}] E[${ENCODE_ARGS:-}] C[${CLUSTER_ARGS:-}]")"
-  echo '  },'
-  echo '  "commands": {'
-  for name in featurize finetune encode cluster converge hierarchy keywords report; do
-    local cmd="${name}_cmd[*]"
-    echo "    \"${name}_cmd\": $(json_str "${!cmd}"),"
-  done
-  echo "    \"ldpo_bin\": $(json_str "$ldpo")"
-  echo '  },'
-  echo '  "inputs": {'
-  for name in images truth reports manifest init_labels; do
-    echo "    \"${name}_sha256\": $(json_str "$(checksum "${!name}")"),"
-  done
-  echo "    \"init_sha256\": $(json_str "$(checksum "$init_file")")"
-  echo '  }'
-  echo "}"
-}
-# "key: old -> new" for every line that differs between two records
-record_diff() {
-  awk 'function kv(line) { if (match(line, /^ *"[a-z_0-9]+": /)) { k = substr(line, RSTART, RLENGTH);
-         gsub(/[ ":]/, "", k); v = substr(line, RLENGTH + 1); sub(/,$/, "", v); return k } return "" }
-       NR == FNR { k = kv($0); if (k != "") old[k] = v; next }
-       { k = kv($0); if (k != "") { new[k] = v; if (!(k in old) || old[k] != v) { out = out sep k ": " old[k] " -> " v; sep = ", " } } }
-       END { print out }' "$1" "$2"
-}
-forget_from() {  # delete iterations >= N, the final results and the report; keep history rows < N
-  local n=$1 d i
-  for d in "$work"/iter-*; do
-    [[ -d $d ]] || continue
-    i=${d##*/iter-}; i=$((10#$i))
-    (( i >= n )) && rm -rf -- "$d"
-  done
-  rm -rf -- "$work/final" "$work/report" "$work/history.png"
-  if [[ -f $history ]]; then
-    awk -F, -v n="$n" 'NR == 1 || $1 + 0 < n' "$history" > "$history.tmp" && mv -- "$history.tmp" "$history"
-  fi
-  if (( n == 0 )); then rm -f -- "$history"; fi
-}
-record=$(run_record)
+# One name=value per setting, command and input (names unique across sections): a rerun names
+# exactly what differs. Workers and device do not change what is computed and may differ
+# between runs.
+init_file=""
+[[ $init == weights:* || $init == checkpoint:* ]] && init_file=${init#*:}
+record=(format=ldpo-run-1)
+for name in images truth reports manifest init_labels; do
+  value=$(abs "${!name}")
+  record+=("settings.$name=$value")
+done
+value=${init%%:*}${init_file:+:$(abs "$init_file")}
+record+=("settings.init=$value")
+for name in arch layer encode method k metric threshold max_iter no_early_stop epochs lr balanced amp split \
+            input_size normalize input_filter batch_size seed tree_affinity tree_preference; do
+  record+=("settings.$name=${!name}")
+done
+record+=("settings.extra_args=F[${FEATURIZE_ARGS:-}] T[${FINETUNE_ARGS:-}] E[${ENCODE_ARGS:-}] C[${CLUSTER_ARGS:-}]")
+for name in featurize finetune encode cluster converge hierarchy keywords report; do
+  cmd="${name}_cmd[*]"
+  record+=("commands.${name}_cmd=${!cmd}")
+done
+record+=("commands.ldpo_bin=$ldpo")
+for name in images truth reports manifest init_labels init; do
+  file=${!name}
+  [[ $name == init ]] && file=$init_file
+  sum=$(checksum "$file")
+  record+=("inputs.${name}_sha256=$sum")
+done
+
+run_json=$work/run.json
+new_record=$work/.run.json.new
+[[ ! -d $run_json ]] || die "$run_json: a folder, not a run record"
+trap 'rm -f -- "$new_record"' EXIT
+workdir record "$new_record" "${record[@]}" || exit 2
+same_record=0
 if [[ $fresh == 1 ]]; then
   log "--fresh: starting over in $work"
-  forget_from 0
-elif [[ -f $work/run.json ]] && [[ $(cat "$work/run.json") != "$record" ]]; then
-  differ=$(record_diff "$work/run.json" <(printf '%s\n' "$record"))
-  tree_only='^tree_[a-z]+: [^,]*(, tree_[a-z]+: [^,]*)*$'
-  if [[ $differ =~ $tree_only ]]; then
-    # Only the tree's settings changed (or a record from before they were settings): the
-    # iterations stand; the tree and the report that shows it are made again.
-    log "the tree's settings differ ($differ): recomputing final/tree and the report"
-    rm -rf -- "$work/final/tree" "$work/final/levels.txt" "$work/report"
-  elif [[ -z $restart_from ]]; then
-    die "$work/run.json: this work folder was made with other settings or inputs ($differ); rerun with the same ones, or add --restart-from iter-N or --fresh"
+  workdir forget "$work" 0 --fresh || exit 2
+elif [[ -e $run_json || -L $run_json ]]; then
+  status=0
+  differ=$(workdir diff "$run_json" "$new_record" 2>&1) || status=$?
+  if (( status == 0 )); then
+    same_record=1
+  elif (( status == 1 )); then
+    kind=${differ%%$'\t'*}
+    differ=${differ#*$'\t'}
+    if [[ $kind == tree ]]; then
+      # Only the tree's settings changed (or a record from before they were settings): the
+      # iterations stand; the tree and the report that shows it are made again.
+      log "the tree's settings differ ($differ): recomputing final/tree and the report"
+      workdir forget "$work" tree "a change of the tree's settings" || exit 2
+    elif [[ -z $restart_from ]]; then
+      die "$run_json: this work folder was made with other settings or inputs ($differ); rerun with the same ones, or add --restart-from iter-N or --fresh"
+    fi
+    if [[ $kind == inputs && $restart_from != iter-0 ]]; then
+      die "$run_json: the inputs differ ($differ): earlier iterations cannot be kept; use --fresh"
+    fi
+  else  # not a valid record: the iterations' settings are unknown
+    differ=${differ#ldpo-loop: error: }
+    [[ -n $restart_from ]] || die "$differ; the settings of this work folder are unknown: add --fresh (start over) or --restart-from iter-N (keep iterations < N)"
+    log "$differ; --restart-from $restart_from keeps the iterations before it as they are"
   fi
-  if [[ $differ =~ (^|, )(images|[a-z_]+_sha256|init|init_labels|truth|reports|manifest): ]] && [[ $restart_from != iter-0 ]]; then
-    die "$work/run.json: the inputs differ ($differ): earlier iterations cannot be kept; use --fresh"
+else
+  has_iterations=0
+  for d in "$work"/iter-*; do
+    if [[ -d $d && ${d##*/} =~ ^iter-[0-9]+$ ]]; then has_iterations=1; fi
+  done
+  if [[ $has_iterations == 1 && -z $restart_from ]]; then
+    die "$run_json: missing, and $work holds iterations made with unknown settings; add --fresh (start over) or --restart-from iter-N (keep iterations < N)"
   fi
 fi
 if [[ -n $restart_from ]]; then
   n=$((10#${restart_from#iter-}))
   (( n == 0 )) || [[ -e $(iter_dir $((n - 1)))/labels.csv ]] || die "--restart-from $restart_from: $(iter_dir $((n - 1))) has no labels.csv to start from"
   log "--restart-from $restart_from: recomputing iterations >= $n"
-  forget_from "$n"
+  workdir forget "$work" "$n" "--restart-from $restart_from" || exit 2
 fi
-if [[ ! -f $work/run.json ]] || [[ $(cat "$work/run.json") != "$record" ]]; then
-  printf '%s\n' "$record" > "$work/.run.json.tmp" && mv -- "$work/.run.json.tmp" "$work/run.json"
-fi
+if [[ $same_record == 1 ]]; then rm -f -- "$new_record"; else mv -f -- "$new_record" "$run_json"; fi
+
+# A stage that fails stops the loop with exit 2, whatever status it returned (1 included:
+# converge's "go on" is read from what it prints, never from a status).
+stage() {
+  local name=$1 status=0
+  shift
+  "$@" || status=$?
+  (( status == 0 )) || die "$name failed (exit status $status); stopping (rerun the same command to resume)"
+}
 
 # featurize -> [encode] -> cluster, for the model SPEC (an --init value) into DIR.
 features_and_labels() {
@@ -314,7 +355,7 @@ features_and_labels() {
     log "$(basename "$dir"): featurize"
     local size_args=()
     [[ $spec == checkpoint:* ]] || size_args=("${input_args[@]}" --input-filter "$input_filter")
-    "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
+    stage featurize "${featurize_cmd[@]}" "$images" --out "$feats" --init "$spec" "${layer_args[@]}" \
       "${size_args[@]}" --batch-size "$batch_size" "${arch_args[@]}" "${amp_args[@]}" "${featurize_args[@]}" \
       "${common[@]}"
   fi
@@ -322,34 +363,45 @@ features_and_labels() {
     local encoded=$dir/encoded.h5
     if [[ ! -e $encoded ]]; then
       log "$(basename "$dir"): encode ($encode)"
-      "${encode_cmd[@]}" "$feats" --out "$encoded" --method "$encode" "${encode_args[@]}" "${common[@]}"
+      stage encode "${encode_cmd[@]}" "$feats" --out "$encoded" --method "$encode" "${encode_args[@]}" "${common[@]}"
     fi
     feats=$encoded
   fi
   if [[ ! -e $dir/labels.csv ]]; then
     log "$(basename "$dir"): cluster ($method, k=$k)"
-    "${cluster_cmd[@]}" "$feats" --out "$dir/labels.csv" --method "$method" --k "$k" \
+    stage cluster "${cluster_cmd[@]}" "$feats" --out "$dir/labels.csv" --method "$method" --k "$k" \
       --summary "$dir/clusters" "${cluster_args[@]}" "${common[@]}"
   fi
 }
 
-# converge for iteration T; sets $converged to 0 (stop) or 1 (go on); aborts on anything else.
-check() {
-  local t=$1 dir prev_args=() truth_args=() metrics_args=() status
+# converge's verdict for iteration T as recorded by an earlier run, when it stands: printed in
+# converge.txt, which is newer than the labels it compared, and the iteration has its row in
+# history.csv. (--restart-from deletes the verdicts of the iterations it keeps.)
+recorded_verdict() {
+  local t=$1 dir verdict
   dir=$(iter_dir "$t")
+  [[ -f $dir/converge.txt && $dir/converge.txt -nt $dir/labels.csv ]] || return 1
+  (( t == 0 )) || [[ $dir/converge.txt -nt $(iter_dir $((t - 1)))/labels.csv ]] || return 1
+  [[ -f $history ]] && awk -F, -v t="$t" 'NR > 1 && $1 == t { found = 1 } END { exit !found }' "$history" || return 1
+  verdict=$(grep -x 'converged=[01]' "$dir/converge.txt" | tail -n 1) || return 1
+  echo "${verdict#converged=}"
+}
+
+# converge for iteration T; sets $converged to 0 (stop) or 1 (go on); aborts on anything else.
+# A resume takes the verdict an earlier run recorded, so a finished run changes no file.
+check() {
+  local t=$1 dir prev_args=() truth_args=() metrics_args=() status=0
+  dir=$(iter_dir "$t")
+  if converged=$(recorded_verdict "$t"); then
+    return 0
+  fi
   [[ $t -gt 0 ]] && prev_args=(--prev "$(iter_dir $((t - 1)))/labels.csv")
   [[ -n $truth ]] && truth_args=(--truth "$truth")
   [[ -f $dir/model.metrics.json ]] && metrics_args=(--metrics-json "$dir/model.metrics.json")
-  set +e
   "${converge_cmd[@]}" "$dir/labels.csv" "${prev_args[@]}" "${truth_args[@]}" "${metrics_args[@]}" \
     --history "$history" --iteration "$t" --metric "$metric" --threshold "$threshold" \
-    --plot "$work/history.png" --quiet > "$dir/converge.txt"
-  status=$?
-  set -e
-  if (( status > 1 )); then
-    echo "ldpo-loop: converge failed with status $status at iteration $t; stopping" >&2
-    exit "$status"
-  fi
+    --plot "$work/history.png" --quiet > "$dir/converge.txt" || status=$?
+  (( status <= 1 )) || die "converge failed with exit status $status at iteration $t; stopping"
   # The verdict is what converge prints, never its exit status alone: a Python that dies
   # before converge runs (an import error) also exits 1, which must not read as "go on".
   verdict=$(grep -x 'converged=[01]' "$dir/converge.txt" | tail -n 1 || true)
@@ -384,7 +436,7 @@ while (( t < max_iter )); do
     [[ $balanced == 1 ]] && tune_args+=(--balanced)
     tune_args+=("${amp_args[@]}")
     if [[ $model_spec == checkpoint:* ]]; then tune_args+=(--new-head); else tune_args+=(--input-filter "$input_filter"); fi
-    "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
+    stage finetune "${finetune_cmd[@]}" "$images" "$prev/labels.csv" --out "$dir/model.pt" --init "$model_spec" \
       "${arch_args[@]}" "${tune_args[@]}" "${common[@]}"
   fi
   model_spec=checkpoint:$dir/model.pt
@@ -411,7 +463,7 @@ else
   [[ -e $final/model.pt ]] || cp "$(iter_dir "$last")/model.pt" "$final/model.pt"
   if [[ ! -e $final/probs.h5 ]]; then
     log "final: class probabilities"
-    "${featurize_cmd[@]}" "$images" --out "$final/probs.h5" --init "checkpoint:$(iter_dir "$last")/model.pt" \
+    stage "featurize (class probabilities)" "${featurize_cmd[@]}" "$images" --out "$final/probs.h5" --init "checkpoint:$(iter_dir "$last")/model.pt" \
       --layer probs --batch-size "$batch_size" "${amp_args[@]}" "${common[@]}"
   fi
   if [[ ! -e $final/tree/tree.json ]]; then
@@ -424,19 +476,19 @@ else
     elif [[ $tree_affinity == reports ]]; then
       tree_args+=(--reports "$reports" --manifest "$manifest")
     fi
-    "${hierarchy_cmd[@]}" "$final/probs.h5" "$final/labels.csv" --out "$final/tree" "${tree_args[@]}" \
+    stage hierarchy "${hierarchy_cmd[@]}" "$final/probs.h5" "$final/labels.csv" --out "$final/tree" "${tree_args[@]}" \
       "${common[@]}" > "$final/levels.txt"
   fi
 fi
 if [[ -n $reports && ! -e $final/keywords/index.html ]]; then
   log "final: keywords"
-  "${keywords_cmd[@]}" "$final/labels.csv" --manifest "$manifest" --reports "$reports" --images "$images" \
+  stage keywords "${keywords_cmd[@]}" "$final/labels.csv" --manifest "$manifest" --reports "$reports" --images "$images" \
     --out "$final/keywords" "${common[@]}"
 fi
 
 if [[ ! -e $work/report/index.html ]]; then
   log "final: report"
-  "${report_cmd[@]}" "$work" --out "$work/report" "${common[@]}"
+  stage report "${report_cmd[@]}" "$work" --out "$work/report" "${common[@]}"
 fi
 
 # ---- summary --------------------------------------------------------------------------------

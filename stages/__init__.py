@@ -52,6 +52,8 @@ def run(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"ldpo {__version__}")
         return 0
+    if argv[0] == "_workdir":  # the loop's bookkeeping (ldpo.common.workdir): plumbing, not a command
+        return importlib.import_module("ldpo.common.workdir").main(argv[1:])
     if argv[0] not in commands:
         print(f"ldpo: error: unknown command {argv[0]!r} (one of: {', '.join(commands)})", file=sys.stderr)
         return 2

@@ -188,6 +188,48 @@ def test_bad_work_folders_exit_2(cli, tmp_path):
     assert r.code == 2 and "the loop has not finished" in r.err
 
 
+def test_a_broken_run_record_tree_or_work_path_is_one_line_naming_the_file(cli, tmp_path):
+    """Issue 22, items 16 and 21: what the loop's record or hierarchy's tree says is checked
+    before it is used; an error is one line naming the file, never `unexpected ...`."""
+    work = small_work(tmp_path)
+    run = work / "run.json"
+    good = json.loads(run.read_text())
+    cases = [("", "not valid JSON (empty file)"), ('{"settings": {', "not valid JSON (Expecting"),
+             ("[1, 2]", "not a run record (a JSON list, not an object)"),
+             (json.dumps({**good, "inputs": ["images.h5"]}), "not a run record (`inputs` is not an object)"),
+             (json.dumps({**good, "commands": {"cluster_cmd": ["ldpo", "cluster"]}}), "not a run record (")]
+    for text, says in cases:
+        run.write_text(text)
+        r = cli("report", work)
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err, r.err
+        assert f"{run}: {says}" in r.err, r.err
+    run.write_text(json.dumps(good))
+    tree = work / "final/tree/tree.json"
+    tree.parent.mkdir()
+    leaves = [{"id": f"L0-{c}", "level": 0, "size": 6, "classes": [c], "children": []} for c in ("a", "b", "c")]
+    for bad in ({"id": "L1-0", "level": 1, "size": 18, "classes": ["a", "b", "c"], "children": leaves,
+                 "levels": [3, 1]},
+                {"id": "L1-0", "classes": [0, 1, 2], "children": [{"classes": [1.5]}], "levels": [3, 1]},
+                {"id": "L1-0", "classes": [0, 1, 2], "children": "L0-0", "levels": [3, 1]}):
+        tree.write_text(json.dumps(bad))
+        r = cli("report", work)
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err, r.err
+        assert f"{tree}: not a category tree from hierarchy (" in r.err, r.err
+    tree.unlink()
+    assert cli("report", work).code == 0
+    r = cli("report", work / "final/labels.csv")
+    assert r.code == 2 and f"{work / 'final/labels.csv'}: is a file, not a work folder" in r.err, r.err
+
+
+def test_report_declares_the_paths_it_reads():
+    """Issue 22, item 2: WORK and --images are inputs, so the base check compares outputs with them."""
+    from ldpo.stages.report import ReportTool
+
+    tool = ReportTool()
+    opts = tool.parse(["runs/w", "--images", "images.h5"])
+    assert set(tool.inputs(opts)) >= {("WORK", "runs/w"), ("--images", "images.h5")}
+
+
 def test_a_270_category_report_stays_light(cli, tmp_path_factory, tmp_path):
     work = synthetic_work(tmp_path_factory)
     out = tmp_path / "report"

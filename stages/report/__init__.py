@@ -50,9 +50,9 @@ OWN_FILES = ("index.html", "thumbs", "history.png", "tree.png")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    work: str = positional("the loop's work folder (run.json, history.csv, final/, iter-NN/)")
+    work: str = positional("the loop's work folder (run.json, history.csv, final/, iter-NN/)", role="input")
     out: Optional[str] = opt("output folder (default: WORK/report)", None)
-    images: Optional[str] = opt("images store (default: the one in WORK/run.json)", None)
+    images: Optional[str] = opt("images store (default: the one in WORK/run.json)", None, role="input")
     typical: int = opt("most typical images shown per category", 8)
     atypical: int = opt("least typical images shown per category", 4)
     thumb: int = opt("thumbnail side in pixels", 96)
@@ -75,6 +75,8 @@ class ReportTool(Tool):
         out = Path(opts.out) if opts.out else work / "report"
         if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16:
             raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16")
+        if work.exists() and not work.is_dir():
+            raise InputError(f"{work}: is a file, not a work folder (give the loop's --work folder)")
         if not work.is_dir():
             raise InputError(f"{work}: no such work folder")
         check_out(out)
@@ -90,7 +92,7 @@ class ReportTool(Tool):
         labels = read_labels(labels_path)
         space, scores, classes_of, notes = typicality_space(work, labels)
         history = read_history(work / "history.csv")
-        tree = read_json(work / "final" / "tree" / "tree.json")
+        tree = read_tree(work / "final" / "tree" / "tree.json")
         keywords = read_keywords(work / "final" / "keywords" / "keywords.csv")
         categories = gather(labels, scores, classes_of, opts.typical, opts.atypical, space)
         for c, cat in categories.items():
@@ -145,18 +147,63 @@ def read_json(path: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not readable JSON ({str(err).splitlines()[0]})") from None
+    except OSError as err:
+        raise InputError(f"{path}: not readable ({err.strerror or err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        detail = "empty file" if not path.read_bytes().strip() else str(err).splitlines()[0]
+        raise InputError(f"{path}: not valid JSON ({detail})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON object")
     return data
 
 
 def read_run(path: Path) -> dict | None:
-    run = read_json(path)
-    if run is not None and not isinstance(run.get("settings", {}), dict):
-        raise InputError(f"{path}: `settings` is not an object")
-    return run
+    """The loop's run record, its shape checked as the loop checks it (one line naming the file)."""
+    from ldpo.common.workdir import read_record
+
+    return read_record(path)
+
+
+def read_tree(path: Path) -> dict | None:
+    """hierarchy's tree.json, checked where the page relies on it: every node an object whose
+    ``classes`` are whole numbers and whose ``children`` are nodes (one line naming the file)."""
+    tree = read_json(path)
+    if tree is None:
+        return None
+    problem = tree_problem(tree)
+    if problem:
+        raise InputError(f"{path}: not a category tree from hierarchy ({problem})")
+    return tree
+
+
+def tree_problem(tree: dict, max_depth: int = 200) -> str:
+    """What makes ``tree`` no tree the page can show, or ``""``."""
+    levels = tree.get("levels", [])
+    if not isinstance(levels, list) or not all(_whole(x) for x in levels):
+        return "`levels` is not a list of whole numbers"
+    todo = [(tree, "the root", 0)]
+    while todo:
+        node, where, depth = todo.pop()
+        if not isinstance(node, dict):
+            return f"{where} is not an object"
+        if depth > max_depth:
+            return f"nodes nested deeper than {max_depth} levels"
+        classes = node.get("classes", [])
+        if not isinstance(classes, list) or not all(_whole(c) for c in classes):
+            return f"{where}: `classes` {str(classes)[:60]} are not whole numbers"
+        for key in ("size", "level"):
+            if key in node and not _whole(node[key]):
+                return f"{where}: `{key}` {str(node[key])[:60]} is not a whole number"
+        children = node.get("children") or []
+        if not isinstance(children, list):
+            return f"{where}: `children` is not a list"
+        name = f"node {str(node.get('id', ''))[:40]!r}"
+        todo += [(child, f"a child of {name}", depth + 1) for child in children]
+    return ""
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_history(path: Path) -> list[dict]:
