@@ -215,19 +215,23 @@ def date_pattern(value: str) -> str:
     return "|".join(f"(?:{f})" for f in forms)
 
 
-def place_phrases(value: str) -> list[str]:
-    """An institution name or address as phrases to remove: the whole, its comma-separated parts, and the
-    name without its generic words (``Saint Elsewhere`` of ``Saint Elsewhere Hospital``)."""
+def place_phrases(value: str, parts: bool = True, strip: bool = False) -> list[str]:
+    """A place (institution, address, phone number) as phrases to remove: the whole; with ``parts`` its
+    comma-separated parts (``Springfield`` of ``12 Main Street, Springfield``); with ``strip`` the name without
+    its generic words (``Saint Elsewhere`` of ``Saint Elsewhere Hospital``: institution names only, since a
+    department's "Chest Imaging" would take "Chest" from every report)."""
     value = " ".join(value.replace("^", " ").split())
     phrases = {value}
-    phrases |= {part.strip() for part in value.split(",")}
-    words = value.replace(",", " ").split()
-    while words and words[-1].lower() in GENERIC_PLACE_WORDS:
-        words.pop()
-    while words and words[0].lower() in GENERIC_PLACE_WORDS:
-        words.pop(0)
-    phrases.add(" ".join(words))
-    return [p for p in phrases if len(p) >= 4 and any(c.isalpha() for c in p) and p.lower() not in GENERIC_PLACE_WORDS]
+    if parts:
+        phrases |= {part.strip() for part in value.split(",")}
+    if strip:
+        words = value.replace(",", " ").split()
+        while words and words[-1].lower() in GENERIC_PLACE_WORDS:
+            words.pop()
+        while words and words[0].lower() in GENERIC_PLACE_WORDS:
+            words.pop(0)
+        phrases.add(" ".join(words))
+    return [p for p in phrases if len(p) >= 4 and any(c.isalnum() for c in p) and p.lower() not in GENERIC_PLACE_WORDS]
 
 
 def _usable_id(value: str) -> bool:

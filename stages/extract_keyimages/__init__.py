@@ -44,8 +44,8 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
-from ldpo.stages.extract_keyimages.phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, place_phrases,
-                                               resolve_salt, scrubber)
+from ldpo.stages.extract_keyimages.phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
+                                               scrubber)
 from ldpo.stages.extract_keyimages.pixels import parse_window
 from ldpo.stages.extract_keyimages.references import mentions
 from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_file, read_file, walk
@@ -178,9 +178,8 @@ class Extractor:
             for patient in patients:
                 for kind, values in self.identity.get(patient, {}).items():
                     found[kind] |= values
-            phrases = [p for value in found["phrases"] for p in place_phrases(value)]
             self.scrubbers[patients] = scrubber(names=found["names"], ids=found["ids"], dates=found["dates"],
-                                                phrases=phrases, known_ids=self.known_ids)
+                                                phrases=found["phrases"], known_ids=self.known_ids)
         return self.scrubbers[patients]
 
     def report_key(self, report_id: str) -> str:

@@ -53,6 +53,9 @@ PLACE_KEYWORDS = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartm
                   "RegionOfResidence", "PersonAddress", "PersonTelephoneNumbers", "BranchOfService",
                   "PerformedLocation", "ScheduledProcedureStepLocation", "CurrentPatientLocation",
                   "PatientInstitutionResidence")
+#: places removed only as a whole (their parts may be medical words: a department "Chest Imaging")
+WHOLE_PLACE_KEYWORDS = frozenset({"InstitutionalDepartmentName", "PerformedLocation", "ScheduledProcedureStepLocation",
+                                  "CurrentPatientLocation", "BranchOfService"})
 #: dates (DA) and date-times (DT): removed in every written form
 DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
                  "InstanceCreationDate", "OverlayDate", "CurveDate", "AcquisitionDateTime",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.stages.extract_keyimages.phi import DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS, name_parts
+from ldpo.stages.extract_keyimages.phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
+                                               WHOLE_PLACE_KEYWORDS, name_parts, place_phrases)
 from ldpo.stages.extract_keyimages.pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -173,7 +174,8 @@ def _patient(ds, depth: int = 0) -> dict[str, list[str]]:
                 if kind == "names":
                     found["names"] += [part for v in values for part in name_parts(v)]
                 elif kind == "phrases":
-                    found["phrases"] += values
+                    found["phrases"] += [p for v in values for p in place_phrases(
+                        v, parts=keyword not in WHOLE_PLACE_KEYWORDS, strip=keyword == "InstitutionName")]
                 else:
                     found[kind] += values
             elif keyword.endswith("Sequence") and depth < 4:

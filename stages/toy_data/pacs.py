@@ -430,7 +430,7 @@ def identifier_lines(study: Study, seed: int) -> tuple[list[str], list[str]]:
     reader = _person(study.reading, 0)
     tail = [f"Compared with the prior study {study.prior} of {written_date(study.prior_date, int(rng.integers(6)))} "
             f"for {person.title} {last}.",
-            f"Findings were discussed with {_person(study.referring, int(rng.integers(3)))} by phone.",
+            f"{_person(study.referring, int(rng.integers(3)))} was informed of the findings by phone.",
             f"Electronically signed by Dr. {reader} on {written_date(study.date, int(rng.integers(6)))}."]
     return head, tail
 
