@@ -175,7 +175,7 @@ class KeywordsTool(Tool):
     name = "keywords"
     description = ("Mine each category's keywords from its reports (words common to all categories removed) and "
                    "write keywords.csv plus a static HTML review sheet with image montages.")
-    example = ("keywords labels.csv --manifest keyimages/manifest.csv --reports reports.csv "
+    example = ("keywords labels.csv --manifest keyimages/manifest.csv --reports keyimages/reports.csv "
                "--images keyimages/images.h5 --out review/ --top 10")
     Options = Options
 

@@ -259,8 +259,9 @@ class TopicLabelTool(Tool):
     description = ("Label key images by the dominant LDA topic of their reports (gensim); with a grid of K, "
                    "choose K by held-out document-completion perplexity. Writes LABELS (id,label,topic_weight) "
                    "and, named from it, LABELS.topics.csv and LABELS.perplexity.csv/.png.")
-    example = ("topic-label reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
-               "topic-label reports/ --manifest manifest.csv --out lda/labels.csv --topics 10,20,40,80 --seed 1")
+    example = ("topic-label keyimages/reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
+               "topic-label keyimages/reports.csv --manifest keyimages/manifest.csv --out lda/labels.csv "
+               "--topics 10,20,40,80 --seed 1")
     Options = Options
 
     def outputs(self, opts: Options) -> list[tuple[str, str]]:

@@ -515,7 +515,8 @@ class Extractor:
 class ExtractKeyImagesTool(Tool):
     name = "extract-keyimages"
     description = ("Extract key images (those the reports reference), every slice, NIfTI slices, or an image folder "
-                   "into an images store, with a pseudonymous manifest and a rejects list.")
+                   "into an images store, with a pseudonymous manifest, the reports scrubbed of patient "
+                   "identifiers (OUT/reports.csv, for topic-label, keywords and the loop) and a rejects list.")
     example = ("extract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/ --size 256 --workers 4\n"
                "extract-keyimages volumes/ --out slices/ --all-slices --every 5 --window abdomen\n"
                "extract-keyimages texture25-folder/ --out t25/ --size 128")
