@@ -26,9 +26,17 @@ File kinds:
 
 * reports (:func:`read_reports`): a CSV with ``report_id`` and ``text`` columns (and
   ``accession`` or ``study_uid`` to link a report to its DICOM study), or a folder of
-  ``.txt`` files, searched recursively, report id = accession = the file's stem;
+  ``.txt`` files, searched recursively, report id = accession = the file's stem.
+  ``extract-keyimages`` reads raw reports this way; it is the only stage that does.
+  Every other stage reads :func:`report_texts`: each text passed through
+  :func:`ldpo.common.phi.scrub_text` (patterns: dates, phone numbers, MRN- and
+  accession-like ids, titled and labelled names, UIDs), and the result says whether the
+  file is ``extract-keyimages``' scrubbed ``reports.csv`` (its ``scrubbed`` column holds
+  :data:`ldpo.common.phi.SCRUBBED_MARK` on every row), whose text was also scrubbed with
+  everything the DICOM headers say about each patient;
 * manifests (:func:`read_manifest`): ``id,…,report_id,sentence,context`` from
-  ``extract-keyimages``;
+  ``extract-keyimages``; ``sentence`` and ``context`` are passed through the same pattern
+  scrubber on reading;
 * labels: :mod:`ldpo.common.labels` (which reads and writes through this module).
 """
 
@@ -175,10 +183,15 @@ class Report:
     text: str
     accession: str = ""
     study_uid: str = ""
+    scrubbed: bool = False  # the row carries extract-keyimages' scrubbed mark
 
 
 def read_reports(path: str | os.PathLike) -> list[Report]:
-    """Reports from a CSV (``report_id``, ``text`` [, ``accession``, ``study_uid``]) or a folder of ``.txt``."""
+    """Reports from a CSV (``report_id``, ``text`` [, ``accession``, ``study_uid``, ``scrubbed``]) or a folder of
+    ``.txt``, as written (raw text: only ``extract-keyimages`` reads this; the other stages read
+    :func:`report_texts`)."""
+    from ldpo.common.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
+
     path = Path(path)
     if path.is_dir():
         return _report_folder(path)
@@ -191,7 +204,8 @@ def read_reports(path: str | os.PathLike) -> list[Report]:
         if rid in seen:
             raise InputError(f"{path}: line {line_no}: duplicate report_id {rid!r}")
         seen.add(rid)
-        reports.append(Report(rid, row["text"], row.get("accession", "").strip(), row.get("study_uid", "").strip()))
+        reports.append(Report(rid, row["text"], row.get("accession", "").strip(), row.get("study_uid", "").strip(),
+                              row.get(SCRUBBED_COLUMN, "").strip() == SCRUBBED_MARK))
     if not reports:
         raise InputError(f"{path}: no reports in the file (only a header)")
     return reports
@@ -212,9 +226,22 @@ def _report_folder(folder: Path) -> list[Report]:
     return reports
 
 
-def report_texts(path: str | os.PathLike) -> dict[str, str]:
-    """``{report_id: text}`` in file order (see :func:`read_reports`)."""
-    return {r.report_id: r.text for r in read_reports(path)}
+class ReportTexts(dict):
+    """``{report_id: scrubbed text}``; ``scrubbed`` is true when every report came from ``extract-keyimages``'
+    ``reports.csv`` (scrubbed with its patients' DICOM headers), false when the text was scrubbed by pattern only."""
+
+    scrubbed: bool = False
+
+
+def report_texts(path: str | os.PathLike) -> ReportTexts:
+    """``{report_id: text}`` in file order (see :func:`read_reports`), every text passed through the pattern
+    scrubber (:func:`ldpo.common.phi.scrub_text`): no stage after ``extract-keyimages`` sees raw report text."""
+    from ldpo.common.phi import scrub_text
+
+    reports = read_reports(path)
+    texts = ReportTexts((r.report_id, scrub_text(r.text)) for r in reports)
+    texts.scrubbed = all(r.scrubbed for r in reports)
+    return texts
 
 
 # -- manifests ------------------------------------------------------------------------
@@ -236,7 +263,10 @@ class Manifest:
 
 
 def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manifest:
-    """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns."""
+    """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns. The ``sentence`` and
+    ``context`` columns (report text) come through the pattern scrubber, as :func:`report_texts`' do."""
+    from ldpo.common.phi import scrub_text
+
     path = Path(path)
     ids: list[str] = []
     rows: list[dict[str, str]] = []
@@ -249,6 +279,9 @@ def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manife
             raise InputError(f"{path}: line {line_no}: duplicate id {ident!r}")
         seen.add(ident)
         row["report_id"] = row["report_id"].strip()
+        for column in ("sentence", "context"):
+            if row.get(column):
+                row[column] = scrub_text(row[column])
         ids.append(ident)
         rows.append(row)
     if not ids:

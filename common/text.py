@@ -1,13 +1,18 @@
 """Report text shared by ``topic-label`` and ``keywords``: reading and cleaning words.
 
 Reading reports and manifests is :mod:`ldpo.common.tables` (one reader per file kind,
-one encoding rule); :func:`read_reports` here is its ``{report_id: text}`` form, and
-:func:`read_manifest` / :class:`Manifest` are re-exported for the text stages.
+one encoding rule); :func:`read_reports` here is its ``{report_id: text}`` form
+(:func:`ldpo.common.tables.report_texts`: every text scrubbed of patient identifiers by
+:mod:`ldpo.common.phi`, with ``.scrubbed`` telling whether the file is
+``extract-keyimages``' scrubbed ``reports.csv``), and :func:`read_manifest` /
+:class:`Manifest` are re-exported for the text stages.
 
 Cleaning (:class:`Cleaner`): lower-case regex tokens; numbers, measurements
 (``5mm``, ``3.2cm``, ``2nd``, ``1013-78``), dates and times (``2014-03-12``,
 ``12/03/2014``, ``10:30``, month and weekday names) and tokens shorter than
-``min_length`` dropped; stop words from gensim and scikit-learn plus the words every
+``min_length`` dropped; the scrubber's placeholders (``[removed]``, ``[uid]``) and
+tokens with 3 or more digits (``acc999``, ``mrn123456``: identifiers, never words a
+category is known by) dropped; stop words from gensim and scikit-learn plus the words every
 key-image reference uses (``series``, ``image``, …) dropped; optional Porter stemming
 (nltk's ``PorterStemmer``, which needs no downloaded corpora). A cleaner remembers
 which surface word each stem came from, so stemmed keywords can be shown as words.
@@ -19,6 +24,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ldpo.common.phi import PLACEHOLDER
 from ldpo.common.tables import Manifest, missing_reports, read_manifest, report_texts
 
 __all__ = ["Cleaner", "Manifest", "is_date_like", "is_number", "missing_reports", "read_manifest", "read_reports",
@@ -92,12 +98,13 @@ class Cleaner:
 
     def keep(self, word: str) -> bool:
         return (len(word) >= self.min_length and word not in self.stop
-                and not is_number(word) and not is_date_like(word) and any(c.isalpha() for c in word))
+                and not is_number(word) and not is_date_like(word) and any(c.isalpha() for c in word)
+                and sum(c.isdigit() for c in word) < 3)
 
     def words(self, text: str) -> list[str]:
         """The cleaned (and, with ``stem``, stemmed) words of ``text`` in order."""
         out = []
-        for raw in tokenize(text):
+        for raw in tokenize(PLACEHOLDER.sub(" ", text)):
             if is_number(raw) or is_date_like(raw):
                 continue
             for part in _SPLIT.split(raw):  # "lungs.clear" → lungs, clear

@@ -7,6 +7,14 @@ numbers, dates, tokens shorter than ``--min-length`` dropped; ``--stem`` shows e
 stem as its most frequent word). A word found in at least ``--common-fraction`` of the
 clusters is dropped from every cluster (the paper's rule; 1.0 = found in all of them).
 
+Reports are ``extract-keyimages``' ``OUT/reports.csv`` (report ids as in the manifest,
+text scrubbed of patient identifiers with the DICOM headers of each patient's studies).
+Any other reports (a CSV ``report_id,text`` or a folder of ``.txt``) are scrubbed on
+reading by the same code's patterns only (:mod:`ldpo.common.phi`: dates, phone numbers,
+MRN- and accession-like ids, titled and labelled names), which cannot find a name
+written without a title; a run on them ends with a warning saying so. The manifest's
+sentences pass through the same patterns. No word with 3 or more digits is a keyword.
+
 Writes OUT (a folder, replaced as a whole when complete):
 
 * ``keywords.csv``: ``cluster,rank,word,count`` (rank from 1, the top ``--top`` words);
@@ -28,6 +36,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import read_labels
+from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import write_csv
 from ldpo.common.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports
@@ -42,7 +51,9 @@ THUMB = 96
 class Options(CommonOptions):
     labels: str = positional("labels CSV (id,label)", role="input")
     manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)", role="input")
-    reports: str = opt("reports: CSV with report_id,text columns, or a folder of .txt files", role="input")
+    reports: str = opt("reports: extract-keyimages' OUT/reports.csv (scrubbed with the DICOM headers); any other "
+                       "CSV with report_id,text columns or folder of .txt files is scrubbed on reading by pattern only "
+                       "(names without a title stay: a warning says so)", role="input")
     images: str = opt("images store (.h5/.zarr) for the montages", role="input")
     out: str = opt("output folder: keywords.csv, index.html, montage-*.png", role="output-folder")
     top: int = opt("keywords per cluster", 10, min=1)
@@ -164,7 +175,7 @@ class KeywordsTool(Tool):
     name = "keywords"
     description = ("Mine each category's keywords from its reports (words common to all categories removed) and "
                    "write keywords.csv plus a static HTML review sheet with image montages.")
-    example = ("keywords labels.csv --manifest keyimages/manifest.csv --reports reports.csv "
+    example = ("keywords labels.csv --manifest keyimages/manifest.csv --reports keyimages/reports.csv "
                "--images keyimages/images.h5 --out review/ --top 10")
     Options = Options
 
@@ -183,6 +194,8 @@ class KeywordsTool(Tool):
                 raise InputError(f"{opts.labels}: {len(absent)} id(s) not in {opts.images}, e.g. {absent[0]!r} "
                                  "(--allow-missing accepts this)")
             self.write(opts, out, labels, manifest, reports, store, row_of)
+        if not reports.scrubbed:
+            log.warning("%s: %s", opts.reports, RAW_REPORTS)
         return 0
 
     def write(self, opts: Options, out: Path, labels: dict[str, int], manifest: Manifest, reports: dict,
@@ -223,7 +236,8 @@ class KeywordsTool(Tool):
             (opts.labels, [i for i in label_ids if i not in in_manifest], f"not in the manifest {opts.manifest}"),
             (opts.manifest, [i for i in manifest.ids if i not in labelled], f"have no label in {opts.labels}"),
             (opts.manifest, [i for i in missing_reports(manifest, reports) if i in labelled],
-             f"refer to no report in {opts.reports}"),
+             f"refer to no report in {opts.reports}"
+             + ("" if reports.scrubbed else RAW_REPORTS_HINT)),
         ]
         for source, bad, what in problems:
             if bad and not opts.allow_missing:

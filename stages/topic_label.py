@@ -1,7 +1,13 @@
 """``topic-label``: LDA topics of the radiology reports as initial image labels (Shin et al.).
 
-Reports (CSV ``report_id,text`` or a folder of ``.txt``) are cleaned with
-:mod:`ldpo.common.text` and modelled with gensim's LDA (``LdaModel``, or
+Reports are ``extract-keyimages``' ``OUT/reports.csv``: its report ids are the
+manifest's, and its text was scrubbed of patient identifiers with what the DICOM
+headers of each patient's studies say. Any other reports (a CSV ``report_id,text`` or a
+folder of ``.txt``) are scrubbed on reading by the same code's patterns only (dates,
+phone numbers, MRN- and accession-like ids, titled and labelled names: see
+:mod:`ldpo.common.phi`), which cannot find a name written without a title; a run on them
+ends with a warning saying so. Nothing here ever sees raw report text. Reports are
+cleaned with :mod:`ldpo.common.text` and modelled with gensim's LDA (``LdaModel``, or
 ``LdaMulticore`` with ``--workers`` > 1), trained on every report in REPORTS. Each
 image of the manifest gets the dominant topic of its text: its whole report
 (``--scope report``, the default), or the manifest's ``sentence`` / ``context`` for
@@ -26,6 +32,13 @@ on stdout) the side files are ``topics.csv`` etc. in ``--model-dir``, or the cur
 folder. ``--model-dir`` also saves the gensim model (``lda.model`` and its
 ``lda.model.*`` side files) and ``lda.dictionary`` there.
 
+K is bounded by the data: a K larger than the number of reports with usable words (or
+than their distinct words) is refused before any fitting, since no report could be the
+dominant one of the extra topics (``--topics 1000000`` on 10 reports would otherwise
+run for many minutes and gigabytes). Every output is written straight into its own
+temporary name (never a temporary of a temporary), so an interrupted run leaves at most
+one hidden ``.NAME.tmp-*`` per output and no file that looks done.
+
 Same inputs and ``--seed`` give the same files. With ``--workers`` > 1
 (``LdaMulticore``) results stay seeded, but on corpora larger than one chunk (2000
 reports) the order in which the workers' updates merge may vary between runs.
@@ -33,17 +46,20 @@ reports) the order in which the workers' updates merge may vary between runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
-from ldpo.common.plots import pyplot, save_png
+from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
+from ldpo.common.plots import pyplot
 from ldpo.common.stores import atomic_paths
 from ldpo.common.tables import side_file, write_csv
 from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports
@@ -53,10 +69,13 @@ log = logging.getLogger("ldpo")
 
 @dataclass(kw_only=True)
 class Options(CommonOptions):
-    reports: str = positional("reports: CSV with report_id,text columns, or a folder of .txt files", role="input")
+    reports: str = positional("reports: extract-keyimages' OUT/reports.csv (scrubbed with the DICOM headers); any "
+                              "other CSV with report_id,text columns or folder of .txt files is scrubbed on reading "
+                              "by pattern only (names without a title stay: a warning says so)", role="input")
     manifest: str = opt("key-image manifest CSV (id,…,report_id,sentence,context)", role="input")
     out: str = opt("output labels CSV (OUT.topics.csv and OUT.perplexity.csv/.png are named from it)", role="output")
-    topics: str = opt("number of topics K, or a comma-separated grid to choose from by perplexity", "80")
+    topics: str = opt("number of topics K, or a comma-separated grid to choose from by perplexity (at most the "
+                      "number of reports with usable words)", "80")
     scope: str = opt("text that labels an image", "report", choices=["report", "sentence", "context"])
     passes: int = opt("LDA passes over the corpus", 20, min=1)
     iterations: int = opt("LDA inference iterations per document", 100, min=1)
@@ -71,6 +90,15 @@ class Options(CommonOptions):
     model_dir: str = opt("folder to save the gensim model and dictionary in", "", role="output-folder")
     allow_missing: bool = opt("skip (instead of failing on) images whose report is missing or has no usable words",
                               False)
+
+
+def check_topics(opts: Options, grid: list[int], documents: int, vocabulary: int) -> None:
+    """Refuse a K the data cannot support: more topics than reports with usable words, or than distinct words."""
+    bound = min(documents, vocabulary)
+    if grid[-1] > bound:
+        what = (f"{documents} report(s) with usable words" if documents <= vocabulary
+                else f"{vocabulary} distinct usable word(s)")
+        raise InputError(f"--topics {opts.topics}: at most {bound} topics for the {what} in {opts.reports}")
 
 
 def parse_grid(text: str) -> list[int]:
@@ -174,22 +202,31 @@ def side_files(opts: Options) -> dict[str, Path]:
     return {key: side_file(opts.out, tail) for key, tail in tails.items()}
 
 
+def write_into(tmp: Path, write: Callable[[str], None]) -> None:
+    """``write("-")`` with stdout sent into ``tmp``, an output's temporary name: the CSV rules of
+    :mod:`ldpo.common.tables` (``write_csv``/``write_labels`` to ``-``), but no temporary of the temporary, which a
+    killed run would leave behind."""
+    with open(tmp, "w", newline="", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        write("-")
+
+
 def write_topics(path: Path, model, cleaner: Cleaner, topn: int) -> None:
     rows = ([t, rank, cleaner.display(word), f"{weight:.6g}"]
             for t in range(model.num_topics) for rank, (word, weight) in enumerate(model.show_topic(t, topn), start=1))
-    write_csv(path, ["topic", "rank", "word", "weight"], rows)
+    write_into(path, lambda target: write_csv(target, ["topic", "rank", "word", "weight"], rows))
 
 
 def write_perplexity(table: Path, plot: Path, grid: list[int], scores: list[float], chosen: int,
                      flatten: float) -> None:
     decrease = relative_decrease(scores)
-    write_csv(table, ["k", "perplexity", "relative_decrease", "chosen"],
-              ([k, f"{p:.4f}", "" if np.isnan(d) else f"{d:.4f}", int(k == chosen)]
-               for k, p, d in zip(grid, scores, decrease)))
+    rows = ([k, f"{p:.4f}", "" if np.isnan(d) else f"{d:.4f}", int(k == chosen)]
+            for k, p, d in zip(grid, scores, decrease))
+    write_into(table, lambda target: write_csv(target, ["k", "perplexity", "relative_decrease", "chosen"], rows))
     plot_perplexity(plot, grid, scores, decrease, chosen, flatten)
 
 
 def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: float) -> None:
+    """The perplexity curve as a PNG written straight to ``path`` (an output's temporary name)."""
     plt = pyplot()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
@@ -208,7 +245,10 @@ def plot_perplexity(path: Path, grid, scores, decrease, chosen: int, flatten: fl
     bottom.legend()
     fig.suptitle("topic-label: choosing K where perplexity flattens")
     fig.tight_layout()
-    save_png(fig, path)
+    try:
+        fig.savefig(path, dpi=80, format="png")
+    finally:
+        plt.close(fig)
 
 
 # -- the command ------------------------------------------------------------------------
@@ -219,8 +259,9 @@ class TopicLabelTool(Tool):
     description = ("Label key images by the dominant LDA topic of their reports (gensim); with a grid of K, "
                    "choose K by held-out document-completion perplexity. Writes LABELS (id,label,topic_weight) "
                    "and, named from it, LABELS.topics.csv and LABELS.perplexity.csv/.png.")
-    example = ("topic-label reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
-               "topic-label reports/ --manifest manifest.csv --out lda/labels.csv --topics 10,20,40,80 --seed 1")
+    example = ("topic-label keyimages/reports.csv --manifest keyimages/manifest.csv --out labels0.csv --topics 80\n"
+               "topic-label keyimages/reports.csv --manifest keyimages/manifest.csv --out lda/labels.csv "
+               "--topics 10,20,40,80 --seed 1")
     Options = Options
 
     def outputs(self, opts: Options) -> list[tuple[str, str]]:
@@ -246,6 +287,7 @@ class TopicLabelTool(Tool):
         skipped = self.check_missing(opts, manifest, reports, usable)
         if len(dictionary) == 0:
             raise InputError(f"{opts.reports}: no usable words in the reports")
+        check_topics(opts, grid, len(usable), len(dictionary))
 
         chosen, scores = grid[0], None
         if len(grid) > 1:
@@ -262,22 +304,29 @@ class TopicLabelTool(Tool):
         finals = [sides["topics"]]
         if scores is not None or opts.out != "-":
             finals += [sides["perplexity"], sides["plot"]]
+        extra = {"topic_weight": [f"{w:.4f}" for w in weights]}
         with atomic_paths(*finals, *([] if opts.out == "-" else [opts.out])) as tmps:
             write_topics(tmps[0], model, cleaner, opts.topic_words)
             if scores is not None:
                 write_perplexity(tmps[1], tmps[2], grid, scores, chosen, opts.flatten)
-            write_labels(opts.out if opts.out == "-" else tmps[-1], ids, labels,
-                         {"topic_weight": [f"{w:.4f}" for w in weights]})
+            if opts.out == "-":
+                write_labels("-", ids, labels, extra)
+            else:
+                write_into(tmps[-1], lambda target: write_labels(target, ids, labels, extra))
         if opts.model_dir:
             self.save_model(Path(opts.model_dir), model, dictionary)
         log.info("labelled %d images with %d of %d topics", len(ids), len(set(labels)), chosen)
+        if not reports.scrubbed:
+            log.warning("%s: %s", opts.reports, RAW_REPORTS)
         return 0
 
     def check_missing(self, opts: Options, manifest, reports: dict, usable: set[str]) -> set[str]:
         """Manifest ids without a report, or whose report has no usable word: error unless allowed."""
         absent = set(missing_reports(manifest, reports))
         empty = {i for i, r in zip(manifest.ids, manifest.column("report_id")) if r in reports and r not in usable}
-        problems = ((absent, f"refer to no report in {opts.reports}"), (empty, "have reports with no usable words"))
+        hint = "" if reports.scrubbed else RAW_REPORTS_HINT
+        problems = ((absent, f"refer to no report in {opts.reports}{hint}"),
+                    (empty, "have reports with no usable words"))
         for bad, what in problems:
             if bad and not opts.allow_missing:
                 first = next(i for i in manifest.ids if i in bad)

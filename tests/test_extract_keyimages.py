@@ -122,6 +122,13 @@ def test_multiframe_by_frame(cli, tmp_path):
     assert len({im.tobytes() for im in images.values()}) == 10
 
 
+def report_key(report_id: str, salt: str = SALT[1]) -> str:
+    """How the manifest, rejects.csv and reports.csv name a report: its salted hash (ids are often accessions)."""
+    from ldpo.stages.extract_keyimages.phi import Pseudonyms
+
+    return Pseudonyms(salt)("report", report_id, length=12)
+
+
 def file_pseudonym(relative: str, salt: str = SALT[1]) -> str:
     """How rejects.csv names a file: its salted hash, never its path."""
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
@@ -192,10 +199,11 @@ def test_no_phi_or_uid_in_any_output(cli, tmp_path):
     r = cli("extract-keyimages", src, "--reports", reports, "--all-slices", "--out", out, "--size", 32, *SALT)
     assert r.code == 0, r.err
     manifest, _ = outputs(out)
-    row = next(m for m in manifest if m["report_id"] == "rep1" and m["sentence"])
+    rep1 = report_key("rep1")  # report ids are pseudonyms too
+    row = next(m for m in manifest if m["report_id"] == rep1 and m["sentence"])
     assert row["sentence"] == f"A nodule is seen on image {ct.InstanceNumber}."
     assert "[removed]" in row["context"] and "[uid]" in row["context"]
-    assert {m["report_id"] for m in manifest} == {"rep1", ""}
+    assert {m["report_id"] for m in manifest} == {rep1, ""}
     assert len(secrets) > 10
     blobs = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for secret in secrets:
@@ -265,13 +273,16 @@ def test_toy_pacs_end_to_end(cli, pacs, tmp_path):
     with open(out / "manifest.csv", encoding="utf-8") as fh:
         assert fh.readline().strip() == ",".join(MANIFEST_COLUMNS)
     manifest, images = outputs(out)
-    reports = {row["report_id"]: row for row in read_csv(pacs / "reports.csv")}
+    reports = {report_key(row["report_id"]): row for row in read_csv(pacs / "reports.csv")}
+    scrubbed = {row["report_id"]: row for row in read_csv(out / "reports.csv")}
     assert 30 <= len(manifest) <= 120
     assert {m["report_id"] for m in manifest} <= set(reports)
-    assert len({m["report_id"] for m in manifest}) == len(reports)  # every study has key images
+    assert len({m["report_id"] for m in manifest}) == len(reports) == len(scrubbed)  # every study has key images
     for m in manifest:
         assert m["sentence"] and m["sentence"] in m["context"]
-        assert " ".join(reports[m["report_id"]]["text"].split()).find(m["sentence"]) >= 0
+        assert " ".join(scrubbed[m["report_id"]]["text"].split()).find(m["sentence"]) >= 0
+        # the raw report's sentence, less its identifiers
+        assert len(m["sentence"]) <= len(" ".join(reports[m["report_id"]]["text"].split()))
         assert m["series"].isdigit() and m["instance"].isdigit() and m["modality"] in ("CT", "MR")
     rejects = read_csv(out / "rejects.csv")
     broken = {row["source"]: row["reason"] for row in rejects if row["source"].startswith("file:")}
@@ -308,7 +319,9 @@ def test_toy_pacs_all_slices_and_txt_reports(cli, pacs, tmp_path):
     assert r.code == 0, r.err
     manifest, _ = outputs(out)
     accessions = {row["accession"] for row in read_csv(pacs / "reports.csv")}
-    assert {m["report_id"] for m in manifest} == accessions  # .txt reports: report_id = stem = accession
+    # .txt reports: report id = stem = accession, which the outputs name by its pseudonym only
+    assert {m["report_id"] for m in manifest} == {report_key(a) for a in accessions}
+    assert not {m["report_id"] for m in manifest} & accessions
     unreferenced = [m for m in manifest if not m["sentence"]]
     assert unreferenced and len(manifest) > 60
 
@@ -354,7 +367,7 @@ def test_no_phi_from_a_study_named_after_its_patient(cli, tmp_path):
                                                                   "reference not found"}
     assert all(row["source"].startswith(("file:", "report:")) for row in rejects)
     blobs = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert len(blobs) == 3
+    assert len(blobs) == 4  # images, manifest, rejects, scrubbed reports
     for secret in PHI_STRINGS:
         pattern = re.compile(rb"(?<![A-Za-z0-9])" + re.escape(secret.encode()) + rb"(?![A-Za-z0-9])", re.IGNORECASE)
         for path, blob in blobs.items():
@@ -379,8 +392,8 @@ def test_names_ids_and_titles_are_scrubbed_but_not_medical_words():
 
     scrub = scrubber(names=["Doe", "Jane"], ids=["PID884422", "ACC55731"])
     text = scrub("Mrs. Doe and JANE (PID884422, ACC55731) seen by Dr Smith and MR. JONES; MR images, MS lesions.")
-    assert text == ("Mrs. [removed] and [removed] ([removed], [removed]) seen by [removed] and [removed]; "
-                    "MR images, MS lesions.")
+    assert text == ("[removed] and [removed] ([removed], [removed]) seen by [removed] and [removed]; "
+                    "MR images, MS lesions.")  # no title left either
 
 
 # -- every transfer syntax pydicom ships a sample of decodes ---------------------------

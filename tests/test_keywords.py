@@ -247,8 +247,10 @@ PACS_WORDS = {
 
 
 def test_toy_pacs_end_to_end(cli, tmp_path):
-    """toy-data pacs → extract-keyimages → topic-label → keywords: labels and words follow the body region."""
+    """toy-data pacs → extract-keyimages → topic-label → keywords: labels and words follow the body region.
+    The text stages read extract-keyimages' scrubbed reports.csv (report ids are pseudonyms there)."""
     from ldpo.common.metrics import nmi
+    from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     pacs, keys, review = tmp_path / "pacs", tmp_path / "keys", tmp_path / "review"
     assert cli("toy-data", "pacs", "--out", pacs, "--studies", "50", "--size", "32", "-q").code == 0
@@ -256,14 +258,15 @@ def test_toy_pacs_end_to_end(cli, tmp_path):
             "--salt", "test", "-q")
     assert r.code == 0, r.err
     labels = keys / "labels.csv"
-    r = cli("topic-label", pacs / "reports.csv", "--manifest", keys / "manifest.csv", "--out", labels,
+    r = cli("topic-label", keys / "reports.csv", "--manifest", keys / "manifest.csv", "--out", labels,
             "--topics", "5", "-q")
     assert r.code == 0, r.err
-    r = cli("keywords", labels, "--manifest", keys / "manifest.csv", "--reports", pacs / "reports.csv",
+    r = cli("keywords", labels, "--manifest", keys / "manifest.csv", "--reports", keys / "reports.csv",
             "--images", keys / "images.h5", "--out", review, "-q")
     assert r.code == 0, r.err
 
-    accession = {row["report_id"]: row["accession"] for row in read_csv(pacs / "reports.csv")}
+    key = Pseudonyms("test")
+    accession = {key("report", row["report_id"], length=12): row["accession"] for row in read_csv(pacs / "reports.csv")}
     region_of = {row["accession"]: row["region"] for row in read_csv(pacs / "regions.csv")}
     report_of = {row["id"]: row["report_id"] for row in read_csv(keys / "manifest.csv")}
     lab = read_labels(labels)

@@ -7,15 +7,26 @@ memory stays flat however large the archive.
 
 Outputs in ``--out DIR``: ``images.h5|zarr`` (``images`` uint8 [N,size,size], ``ids``),
 ``manifest.csv`` (id,study,patient,series,instance,frame,modality,report_id,sentence,context),
-``rejects.csv`` (source,reference,reason), and for an image folder with class
-sub-folders ``truth.csv`` (id,label) and ``classes.csv`` (label,name). The outputs are
-written together: all of them replace the previous run's, or (on an error) none does.
+``rejects.csv`` (source,reference,reason), with ``--reports`` ``reports.csv``
+(report_id,text,scrubbed: the scrubbed text of every report the manifest names), and
+for an image folder with class sub-folders ``truth.csv`` (id,label) and ``classes.csv``
+(label,name). The outputs are written together: all of them replace the previous
+run's, or (on an error) none does, and a failed run removes the output folder (and its
+parents) when it created them itself and they are still empty.
 
-No PHI leaves this stage. Ids, study and patient keys are salted hashes. A rejected
-file is ``file:<pseudonym>`` (the same salted hash of its path below SOURCE; ``-v``
-logs which path it is), a rejected report reference ``report:<report_id>``; reasons
-never carry paths. Sentences and context are scrubbed with the study's own header
-(see :mod:`.phi`): no patient name, ID, accession, birth date or UID leaves this stage.
+No PHI leaves this stage. Ids, study, patient and report keys are salted hashes
+(``report_id`` too: reports are often keyed by accession number). The salt is
+``--salt``, ``$LDPO_SALT``, or a random key kept in ``.ldpo-salt`` in the output
+folder's parent (made on the first run, mode 0600, reused later; see :mod:`.phi`). A
+rejected file is ``file:<pseudonym>`` (the same salted hash of its path below SOURCE;
+``-v`` logs which path it is), a rejected report reference ``report:<report_id>``;
+reasons never carry paths. Report text enters ldpo here, and only here: the
+manifest's sentences and context and ``reports.csv`` are scrubbed with every
+identifying header attribute of every study of the report's patient (the DICOM basic
+de-identification profile: names, IDs, accession numbers, dates, institution …), the
+accession numbers and patient IDs of the whole archive, and patterns (see
+:mod:`ldpo.common.phi`). The stages that read reports later (``topic-label``,
+``keywords``, ``hierarchy --affinity reports``) take ``OUT/reports.csv``.
 """
 
 from __future__ import annotations
@@ -33,19 +44,20 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
-from ldpo.stages.extract_keyimages.phi import UID_LIKE, Pseudonyms, scrubber
+from ldpo.stages.extract_keyimages.phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
+                                               scrubber)
 from ldpo.stages.extract_keyimages.pixels import parse_window
 from ldpo.stages.extract_keyimages.references import mentions
 from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_file, read_file, walk
 
 log = logging.getLogger("ldpo")
 
-DEFAULT_SALT = "ldpo-default-salt"
 MANIFEST_COLUMNS = ["id", "study", "patient", "series", "instance", "frame", "modality", "report_id", "sentence",
                     "context"]
 REJECT_COLUMNS = ["source", "reference", "reason"]
+REPORT_COLUMNS = ["report_id", "text", SCRUBBED_COLUMN]
 MAX_SIZE = 8192  # a 8192² uint8 image is 64 MiB; larger sides are typos (and would exhaust memory)
-OUTPUT_NAMES = ("images.h5", "images.zarr", "manifest.csv", "rejects.csv", "truth.csv", "classes.csv")
+OUTPUT_NAMES = ("images.h5", "images.zarr", "manifest.csv", "rejects.csv", "reports.csv", "truth.csv", "classes.csv")
 
 
 @dataclass(kw_only=True)
@@ -62,7 +74,8 @@ class Options(CommonOptions):
                     max=MAX_SIZE)
     window: str = opt("override the header window: CENTER,WIDTH or a preset (brain, lung, abdomen, bone, ...)", "")
     window_index: int = opt("which value of a multi-valued WindowCenter/Width to use", 0, min=0)
-    salt: str = opt("salt of the pseudonymous ids (default: $LDPO_SALT)", "")
+    salt: str = opt("salt (secret key) of the pseudonymous ids (default: $LDPO_SALT, else a random key kept in "
+                    ".ldpo-salt beside the output folder, made on the first run and reused)", "")
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
 
 
@@ -114,11 +127,14 @@ class Extractor:
         self.source = Path(opts.source)
         self.out = Path(opts.out)
         self.window = parse_window(opts.window)
-        salt = opts.salt or os.environ.get("LDPO_SALT", "")
-        if not salt:
-            log.warning("no --salt and no LDPO_SALT: using the built-in salt, so pseudonyms are guessable")
-        self.pseudo = Pseudonyms(salt or DEFAULT_SALT)
+        self.pseudo: Pseudonyms | None = None  # set by run(), from the salt
         self.rejects: list[Reject] = []
+        # who each study's patient is, and what the headers say about each patient (for scrubbing)
+        self.patient_of: dict[str, str] = {}
+        self.identity: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.known_ids: set[str] = set()
+        self.report_studies: dict[str, set[str]] = {}
+        self.scrubbers: dict[frozenset[str], Callable[[str], str]] = {}
 
     # -- pass 1 -----------------------------------------------------------------------
     def index(self) -> list[Record]:
@@ -129,18 +145,51 @@ class Extractor:
         records, sops = [], set()
         for result in pool_map(index_file, files, self.opts.workers, "index"):
             if isinstance(result, Failure):
+                if result.identity:
+                    self.learn(result.study_uid, result.patient_id, result.identity)
                 self.reject_file(result.path, result.reason)
             elif result.kind == "dicom" and result.sop_uid and result.sop_uid in sops:
                 self.reject_file(result.path, "duplicate SOP instance (the same object as another file)")
             else:
                 sops.add(result.sop_uid)
                 records.append(result)
+            if isinstance(result, Record) and result.kind == "dicom":
+                self.learn(result.study_uid, result.patient_id, {"names": result.names, "ids": result.ids,
+                                                                 "dates": result.dates, "phrases": result.phrases})
         log.info("indexed %d files: %d usable objects, %d rejected", len(files), len(records), len(self.rejects))
         return records
+
+    # -- what the headers say about each patient ----------------------------------------
+    def learn(self, study_uid: str, patient_id: str, identity: dict[str, list[str]]) -> None:
+        """Remember one object's identifying attributes under its patient (all studies of a patient share)."""
+        patient = f"id:{patient_id}" if patient_id else f"study:{study_uid}"
+        if study_uid:
+            self.patient_of.setdefault(study_uid, patient)
+        for kind, values in identity.items():
+            self.identity[patient][kind].update(values)
+        self.known_ids.update(identity.get("ids", ()))
+
+    def report_scrubber(self, report_id: str):
+        """The scrubber of one report: everything every study of its patient(s) says, plus the archive's ids."""
+        studies = self.report_studies.get(report_id, set())
+        patients = frozenset(self.patient_of[uid] for uid in studies if uid in self.patient_of)
+        if patients not in self.scrubbers:
+            found = defaultdict(set)
+            for patient in patients:
+                for kind, values in self.identity.get(patient, {}).items():
+                    found[kind] |= values
+            self.scrubbers[patients] = scrubber(names=found["names"], ids=found["ids"], dates=found["dates"],
+                                                phrases=found["phrases"], known_ids=self.known_ids)
+        return self.scrubbers[patients]
+
+    def report_key(self, report_id: str) -> str:
+        """A report's pseudonymous id (report ids are often accession numbers); '' stays ''."""
+        return self.pseudo("report", report_id, length=12) if report_id else ""
 
     # -- selection ----------------------------------------------------------------------
     def select(self, records: list[Record], reports: list[Report]) -> list[Item]:
         dicom = [r for r in records if r.kind == "dicom"]
+        self.report_studies = self.matching_studies(dicom, reports)
         keyed = self.key_images(dicom, reports) if reports else {}
         study_report = {uid: rid for (uid, rid) in self.linked(dicom, reports)} if reports else {}
         every_slice = self.opts.all_slices or not reports
@@ -155,6 +204,16 @@ class Extractor:
             elif record.kind == "image":
                 items.append(self.image_item(record, reports))
         return sorted(items, key=lambda it: (it.path, it.frame))
+
+    def matching_studies(self, dicom: list[Record], reports: list[Report]) -> dict[str, set[str]]:
+        """Every study (of the indexed ones, rejected objects included) each report names by accession or UID."""
+        by_accession = defaultdict(set)
+        for r in dicom:
+            if r.accession:
+                by_accession[r.accession].add(r.study_uid)
+        uids = set(self.patient_of) | {r.study_uid for r in dicom}
+        return {report.report_id: (by_accession.get(report.accession, set()) if report.accession else set())
+                | ({report.study_uid} if report.study_uid in uids else set()) for report in reports}
 
     def linked(self, dicom: list[Record], reports: list[Report]) -> Iterator[tuple[str, str]]:
         """(study_uid, report_id) for every report that matches a study, first report per study wins."""
@@ -191,8 +250,7 @@ class Extractor:
             if not found:
                 self.reject_reference(report, "", "report has no image reference")
                 continue
-            scrub = scrubber(names=[n for r in records for n in r.names], ids=[i for r in records for i in r.ids],
-                             dates=[d for r in records for d in r.dates])
+            scrub = self.report_scrubber(report.report_id)
             for mention in found:
                 for ref in mention.references:
                     for key in self.resolve(report, ref, records):
@@ -245,7 +303,8 @@ class Extractor:
                 study=self.pseudo("study", record.study_uid), patient=self.pseudo("patient", record.patient_id),
                 series="" if record.series_number is None else record.series_number,
                 instance="" if record.instance_number is None else record.instance_number,
-                modality=record.modality, report_id=report.report_id if report else study_report.get(record.study_uid, ""),
+                modality=record.modality,
+                report_id=self.report_key(report.report_id if report else study_report.get(record.study_uid, "")),
                 sentence=sentence, context=context))
         return items
 
@@ -274,15 +333,16 @@ class Extractor:
     def image_item(self, record: Record, reports: list[Report]) -> Item:
         rel = Path(self.relative(record.path))
         stem = rel.name.split(".")[0]
-        report_id = stem if any(r.report_id == stem for r in reports) else ""
+        report_id = self.report_key(stem) if any(r.report_id == stem for r in reports) else ""
         label = rel.parts[0] if len(rel.parts) > 1 else ""
         return Item(path=record.path, kind="image", frame=0, id=self.pseudo("file", rel.as_posix(), length=16),
                     report_id=report_id, label=label)
 
     # -- pass 2 -------------------------------------------------------------------------
-    def render(self, items: list[Item], store_path: Path) -> list[Item]:
-        """Decode the selected frames into the store at ``store_path`` (a temporary name); return the items
-        that made it. Nothing is left at ``store_path`` when none did."""
+    def render(self, items: list[Item], store_path: Path, final: Path) -> list[Item]:
+        """Decode the selected frames into the store at ``store_path`` (the temporary name of ``final``); return
+        the items that made it. Nothing is left at ``store_path`` when none did. The rows are written under
+        another temporary name beside ``final`` (never a temporary of the temporary)."""
         jobs, rows = [], []
         for it in items:
             if jobs and jobs[-1].path == it.path:
@@ -291,7 +351,7 @@ class Extractor:
             else:
                 jobs.append(Job(it.path, it.kind, [it.frame], self.opts.size, self.window, self.opts.window_index))
                 rows.append([it])
-        partial = temporary_name(store_path)
+        partial = temporary_name(final)
         size = self.opts.size
         kept: list[Item] = []
         attrs = {"stage": "extract-keyimages", "size": size, "window": self.opts.window or "header",
@@ -363,7 +423,7 @@ class Extractor:
         self.rejects.append(Reject(source, "", self.scrub_reason(path, reason)))
 
     def reject_reference(self, report: Report, reference: str, reason: str) -> None:
-        self.rejects.append(Reject(f"report:{report.report_id}", reference, reason))
+        self.rejects.append(Reject(f"report:{self.report_key(report.report_id)}", reference, reason))
 
     def truth(self, items: list[Item]) -> tuple[list[str], list[int], list[list]] | None:
         """Labels from class sub-folders of an image folder: (ids, labels, class table), or None."""
@@ -375,10 +435,45 @@ class Extractor:
 
     def output_paths(self) -> dict[str, Path]:
         return {"images": self.out / f"images.{self.opts.format}", "manifest": self.out / "manifest.csv",
-                "rejects": self.out / "rejects.csv", "truth": self.out / "truth.csv",
-                "classes": self.out / "classes.csv"}
+                "rejects": self.out / "rejects.csv", "reports": self.out / "reports.csv",
+                "truth": self.out / "truth.csv", "classes": self.out / "classes.csv"}
+
+    def scrubbed_reports(self, reports: list[Report], kept: list[Item]) -> list[list[str]]:
+        """``[report_id, scrubbed text, mark]`` of every report the manifest names, in the reports' order."""
+        named = {it.report_id for it in kept if it.report_id}
+        rows = []
+        for report in reports:
+            key = self.report_key(report.report_id)
+            if key in named:
+                rows.append([key, self.report_scrubber(report.report_id)(report.text), SCRUBBED_MARK])
+        return rows
 
     def run(self) -> int:
+        """Extract; on a failure remove what this run made itself (the output folder and its parents while
+        empty, a new key file), never anything that was there before."""
+        made = [p for p in (self.out, *self.out.parents) if not os.path.lexists(p)]
+        salt_made = None
+        try:
+            salt, key_file, created = resolve_salt(self.opts.salt or os.environ.get("LDPO_SALT", ""), self.out)
+            salt_made = key_file if created else None
+            self.pseudo = Pseudonyms(salt)
+            self.extract()
+        except BaseException:
+            if salt_made is not None:
+                salt_made.unlink(missing_ok=True)
+            for folder in made:  # deepest first; rmdir removes only empty folders
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
+        if key_file is not None:
+            log.info("pseudonyms keyed by %s (%s; keep it private and apart from the outputs: without it no "
+                     "pseudonym can be traced back, with it they can)", key_file,
+                     "a new random key" if created else "the key of earlier runs")
+        return 0
+
+    def extract(self) -> None:
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
         reports = read_reports(self.opts.reports) if self.opts.reports else []
@@ -389,19 +484,23 @@ class Extractor:
         paths = self.output_paths()
         with atomic_paths(*paths.values()) as tmps:
             tmp = dict(zip(paths, tmps))
-            kept = self.render(items, tmp["images"]) if items else []
+            kept = self.render(items, tmp["images"], paths["images"]) if items else []
             if not kept:
                 raise InputError(f"{self.source}: nothing usable: {self.reject_summary()} "
                                  f"(nothing written to {self.out}; -v lists the files)")
             write_csv(tmp["rejects"], REJECT_COLUMNS, [[r.source, r.reference, r.reason] for r in self.rejects])
             write_csv(tmp["manifest"], MANIFEST_COLUMNS, (it.row() for it in kept))
+            if reports:
+                scrubbed = self.scrubbed_reports(reports, kept)
+                write_csv(tmp["reports"], REPORT_COLUMNS, scrubbed)
+                log.info("wrote %d scrubbed reports to %s: give this file (not the raw reports) to topic-label, "
+                         "keywords and the loop", len(scrubbed), paths["reports"])
             truth = self.truth(kept)
             if truth:
                 write_labels(tmp["truth"], truth[0], truth[1])
                 write_csv(tmp["classes"], ["label", "name"], truth[2])
                 log.info("class sub-folders: wrote truth.csv for %d classes", len(truth[2]))
         log.info("wrote %d images to %s (%d rejects)", len(kept), paths["images"], len(self.rejects))
-        return 0
 
     def reject_summary(self) -> str:
         if not self.rejects:
@@ -416,7 +515,8 @@ class Extractor:
 class ExtractKeyImagesTool(Tool):
     name = "extract-keyimages"
     description = ("Extract key images (those the reports reference), every slice, NIfTI slices, or an image folder "
-                   "into an images store, with a pseudonymous manifest and a rejects list.")
+                   "into an images store, with a pseudonymous manifest, the reports scrubbed of patient "
+                   "identifiers (OUT/reports.csv, for topic-label, keywords and the loop) and a rejects list.")
     example = ("extract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/ --size 256 --workers 4\n"
                "extract-keyimages volumes/ --out slices/ --all-slices --every 5 --window abdomen\n"
                "extract-keyimages texture25-folder/ --out t25/ --size 128")

@@ -1,33 +1,69 @@
-"""No protected health information leaves ``extract-keyimages``: pseudonyms and scrubbing.
+"""No protected health information leaves ``extract-keyimages``: pseudonyms, their key, and scrubbing.
 
-* :class:`Pseudonyms`: salted keyed hashes for ids, studies, patients and rejected files.
-* :func:`scrubber`: a function that removes from report text what the DICOM headers of
-  the report's study say about the patient: every part of PatientName (family, given,
-  middle, prefix, suffix, each alone), PatientID, OtherPatientIDs, AccessionNumber, the
-  birth date written in every common form (``19230417``, ``1923-04-17``, ``17-04-1923``,
-  ``17/04/1923``, ``04/17/1923``, ``17.04.1923``, ``17/4/23``, ``April 17, 1923``,
-  ``17 April 1923``, ``Apr 17 1923``, ``17th of April 1923`` …), any title followed by a
-  name (``Mrs. Doe``, ``Dr Smith``, ``MR. DOE``), and any UID-like string.
+* :class:`Pseudonyms`: salted keyed hashes (HMAC-SHA256) for ids, studies, patients,
+  reports and rejected files.
+* :func:`resolve_salt`: the key. ``--salt`` or ``$LDPO_SALT`` when given; otherwise a
+  random one (``secrets.token_hex(32)``) kept in the key file :data:`SALT_FILE` in the
+  output folder's parent (beside the outputs, never among them: a folder handed on with
+  the outputs does not carry the key), created with mode 0600 and reused by every later
+  run into that parent, so a patient keeps the same pseudonym across runs. Without the
+  key a pseudonym cannot be reversed by enumerating MRNs; keep the file private.
+* :data:`NAME_KEYWORDS`, :data:`ID_KEYWORDS`, :data:`PLACE_KEYWORDS`,
+  :data:`DATE_KEYWORDS`: the identifying attributes of the DICOM basic de-identification
+  profile (PS3.15 Annex E) whose values are removed from the report text of every study
+  of the same patient, by :func:`ldpo.common.phi.scrubber` (shared with the stages that
+  read reports later, see that module for what it removes and why it is ldpo's own code).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
 
-UID_LIKE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+from ldpo.common.errors import InputError
+from ldpo.common.phi import (REMOVED, SCRUBBED_COLUMN, SCRUBBED_MARK, TITLE_NAME, UID_LIKE, date_pattern,  # noqa: F401
+                             name_parts, place_phrases, scrub_text, scrubber)
 
-#: a title and the word after it: "Mrs. Doe", "Dr Smith", "MR. DOE" (all-caps titles only with a dot,
-#: so "MR images" and "MS lesions" stay)
-TITLE_NAME = re.compile(r"\b(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\b\.?|(?:MR|MRS|MS|MISS|MX|DR|PROF)\.)\s*"
-                        r"[A-Z][A-Za-z'\-]+")
+log = logging.getLogger("ldpo")
 
-MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-          "november", "december"]
-_SEP = r"[\s,./\-]+"
+SALT_FILE = ".ldpo-salt"
+MIN_SALT = 16
 
-REMOVED = "[removed]"
+#: person names (PN): every part is removed wherever it stands
+NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                 "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+                 "NameOfPhysiciansReadingStudy", "RequestingPhysician", "ConsultingPhysicianName",
+                 "ScheduledPerformingPhysicianName", "ResponsiblePerson", "ReviewerName", "VerifyingObserverName",
+                 "PersonName", "EvaluatorName", "HumanPerformerName", "NamesOfIntendedRecipientsOfResults",
+                 "SecondaryReviewerName", "ContentCreatorName")
+#: identifiers: removed whole, and (5 characters or longer) inside longer tokens
+ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "IssuerOfPatientID",
+               "MedicalRecordLocator", "AdmissionID", "RequestedProcedureID", "PerformedProcedureStepID",
+               "ScheduledProcedureStepID", "PlacerOrderNumberImagingServiceRequest",
+               "FillerOrderNumberImagingServiceRequest", "DeviceSerialNumber", "MilitaryRank",
+               "InsurancePlanIdentification", "StationName", "DetectorID", "ServiceEpisodeID")
+#: places, addresses and phone numbers: removed as phrases (and their parts)
+PLACE_KEYWORDS = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "PatientAddress",
+                  "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "PatientTelephoneNumbers",
+                  "RegionOfResidence", "PersonAddress", "PersonTelephoneNumbers", "BranchOfService",
+                  "PerformedLocation", "ScheduledProcedureStepLocation", "CurrentPatientLocation",
+                  "PatientInstitutionResidence")
+#: places removed only as a whole (their parts may be medical words: a department "Chest Imaging")
+WHOLE_PLACE_KEYWORDS = frozenset({"InstitutionalDepartmentName", "PerformedLocation", "ScheduledProcedureStepLocation",
+                                  "CurrentPatientLocation", "BranchOfService"})
+#: dates (DA) and date-times (DT): removed in every written form
+DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
+                 "InstanceCreationDate", "OverlayDate", "CurveDate", "AcquisitionDateTime",
+                 "PerformedProcedureStepStartDate", "PerformedProcedureStepEndDate",
+                 "ScheduledProcedureStepStartDate", "AdmittingDate", "LastMenstrualDate", "DateOfLastCalibration",
+                 "DateOfSecondaryCapture", "StudyVerifiedDate", "StudyReadDate", "IssueDateOfImagingServiceRequest",
+                 "FrameReferenceDateTime", "DateTime", "Date", "ObservationDateTime", "StudyArrivalDate",
+                 "StudyCompletionDate", "RadiopharmaceuticalStartDateTime")
 
 
 class Pseudonyms:
@@ -41,43 +77,57 @@ class Pseudonyms:
         return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:length]
 
 
-def name_parts(value: str) -> list[str]:
-    """The parts of a DICOM person name (``Doe^Jane^Q^Mrs``, ``Doe, Jane``), 2 letters or longer."""
-    return [p for p in re.split(r"[\^=\s,]+", value) if len(p) >= 2]
+def salt_path(out: str | os.PathLike) -> Path:
+    """Where the key file of the output folder ``out`` lives: its parent's :data:`SALT_FILE`."""
+    return Path(os.path.abspath(out)).parent / SALT_FILE
 
 
-def date_pattern(value: str) -> str:
-    """A regex for a DICOM date (YYYYMMDD) in the common written forms; the literal text otherwise."""
-    found = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", value.strip())
-    if not found or not 1 <= int(found.group(2)) <= 12:
-        return re.escape(value.strip())
-    y, m, d = found.groups()
-    year = rf"(?:{y}|'?{y[2:]})"
-    month, day = rf"0?{int(m)}", rf"0?{int(d)}(?:st|nd|rd|th)?"
-    name = MONTHS[int(m) - 1]
-    sept = r"|sept\.?" if name == "september" else ""
-    month_name = rf"(?:{name}|{name[:3]}\.?{sept})"
-    forms = [
-        f"{y}{m}{d}", f"{d}{m}{y}", f"{m}{d}{y}",
-        f"{y}{_SEP}{month}{_SEP}{day}",
-        f"{day}{_SEP}{month}{_SEP}{year}",
-        f"{month}{_SEP}{day}{_SEP}{year}",
-        f"{month_name}{_SEP}{day}{_SEP}{year}",
-        rf"{day}{_SEP}(?:of\s+)?{month_name}{_SEP}{year}",
-    ]
-    return "|".join(f"(?:{f})" for f in forms)
+def resolve_salt(given: str, out: str | os.PathLike) -> tuple[str, Path | None, bool]:
+    """``(salt, key file or None, whether this call created the file)``: ``given`` (``--salt`` or ``$LDPO_SALT``)
+    when not empty, else the key file beside ``out``, read or (atomically, mode 0600) created."""
+    if given:
+        return given, None, False
+    path = salt_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{path.parent}: cannot create the folder for the pseudonym key {path.name} "
+                         f"({err.strerror or err}): give --salt") from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        return _read_salt(path), path, False
+    except OSError as err:
+        raise InputError(f"{path}: cannot create the pseudonym key ({err.strerror or err}): give --salt") from None
+    salt = secrets.token_hex(32)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(salt + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(path, 0o600)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write the pseudonym key ({err.strerror or err}): give --salt") from None
+    return salt, path, True
 
 
-def scrubber(names: list[str] = (), ids: list[str] = (), dates: list[str] = ()):
-    """A function that removes names, ids, birth dates, titled names and UID-like strings from text."""
-    literal = sorted({w for w in [*names, *ids] if w and len(w) >= 2}, key=len, reverse=True)
-    alternatives = [re.escape(w) for w in literal] + [date_pattern(d) for d in sorted(set(dates)) if d.strip()]
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE) if alternatives else None
-
-    def scrub(text: str) -> str:
-        text = UID_LIKE.sub("[uid]", text)
-        if pattern is not None:
-            text = pattern.sub(REMOVED, text)
-        return TITLE_NAME.sub(REMOVED, text)
-
-    return scrub
+def _read_salt(path: Path) -> str:
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise InputError(f"{path}: unreadable pseudonym key ({err.strerror or err}): give --salt or remove it") \
+            from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: the pseudonym key is not a regular file: give --salt or remove it")
+    try:
+        salt = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable pseudonym key ({getattr(err, 'strerror', None) or err}): "
+                         "give --salt or remove it") from None
+    if len(salt) < MIN_SALT:
+        raise InputError(f"{path}: the pseudonym key holds fewer than {MIN_SALT} characters: give --salt, or "
+                         "remove the file for a new random key (pseudonyms then change)")
+    if info.st_mode & 0o077:
+        log.warning("%s: the pseudonym key is readable by others (chmod 600 %s)", path, path)
+    return salt

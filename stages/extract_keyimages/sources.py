@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.stages.extract_keyimages.phi import name_parts
+from ldpo.stages.extract_keyimages.phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
+                                               WHOLE_PLACE_KEYWORDS, name_parts, place_phrases)
 from ldpo.stages.extract_keyimages.pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -72,12 +73,17 @@ class Record:
     names: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     dates: list[str] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Failure:
     path: str
     reason: str
+    # a DICOM object that is rejected (no pixel data, truncated …) still tells who its patient is
+    study_uid: str = ""
+    patient_id: str = ""
+    identity: dict[str, list[str]] = field(default_factory=dict)
 
 
 def index_file(item: tuple[str, str]) -> Record | Failure:
@@ -115,40 +121,70 @@ def _index_dicom(path: str) -> Record | Failure:
             ds = pydicom.dcmread(path, defer_size=1024)
     except InvalidDicomError:
         return Failure(path, "unreadable: not a DICOM file")
+    identity = _patient(ds)
+    study_uid, patient_id = str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", "") or "")
+
+    def failure(reason: str) -> Failure:
+        return Failure(path, reason, study_uid, patient_id, identity)
+
     if "PixelData" not in ds:
         what = ds.get("Modality", "") or "non-image"
-        return Failure(path, f"no pixel data ({what} object)")
+        return failure(f"no pixel data ({what} object)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
-        return Failure(path, "unreadable: no transfer syntax in the file meta information")
+        return failure("unreadable: no transfer syntax in the file meta information")
     decoder = get_decoder(syntax)
     if not decoder.is_available:
-        return Failure(path, f"compressed syntax without a decoder: {syntax.name}")
+        return failure(f"compressed syntax without a decoder: {syntax.name}")
     truncated = _truncated(path, ds)
     if truncated:
-        return Failure(path, truncated)
+        return failure(truncated)
     return Record(
         path=path, kind="dicom", frames=max(1, _int(ds.get("NumberOfFrames", 1)) or 1),
         study_uid=str(ds.get("StudyInstanceUID", "")), accession=str(ds.get("AccessionNumber", "") or ""),
         patient_id=str(ds.get("PatientID", "") or ""), series_uid=str(ds.get("SeriesInstanceUID", "")),
         series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), **_patient(ds))
+        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), **identity)
 
 
-def _text_values(ds, keyword: str) -> list[str]:
-    value = ds.get(keyword, "")
+def _values(elem) -> list[str]:
+    value = elem.value
     values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
     return [str(v).strip() for v in values if v is not None and str(v).strip()]
 
 
-def _patient(ds) -> dict[str, list[str]]:
-    """Names, ids and birth dates of the header, for scrubbing report text."""
-    names = [part for key in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
-             for value in _text_values(ds, key) for part in name_parts(value)]
-    ids = [v for key in ("PatientID", "OtherPatientIDs", "AccessionNumber") for v in _text_values(ds, key)]
-    return {"names": names, "ids": ids, "dates": _text_values(ds, "PatientBirthDate")}
+_KINDS = {**{k: "names" for k in NAME_KEYWORDS}, **{k: "ids" for k in ID_KEYWORDS},
+          **{k: "phrases" for k in PLACE_KEYWORDS}, **{k: "dates" for k in DATE_KEYWORDS}}
 
 
+def _patient(ds, depth: int = 0) -> dict[str, list[str]]:
+    """What the header says about the patient (the identifying attributes of the DICOM basic profile, also
+    inside sequences), for scrubbing report text: name parts, ids, dates, place phrases."""
+    from pydicom.datadict import keyword_for_tag
+
+    found: dict[str, list[str]] = {"names": [], "ids": [], "dates": [], "phrases": []}
+    for tag in list(ds.keys()):
+        if tag.group == 0x7FE0 or tag.group == 0x0002:
+            continue
+        keyword = keyword_for_tag(tag)
+        kind = _KINDS.get(keyword)
+        try:
+            if kind:
+                values = _values(ds[tag])
+                if kind == "names":
+                    found["names"] += [part for v in values for part in name_parts(v)]
+                elif kind == "phrases":
+                    found["phrases"] += [p for v in values for p in place_phrases(
+                        v, parts=keyword not in WHOLE_PLACE_KEYWORDS, strip=keyword == "InstitutionName")]
+                else:
+                    found[kind] += values
+            elif keyword.endswith("Sequence") and depth < 4:
+                for item in ds[tag].value or []:
+                    for key, more in _patient(item, depth + 1).items():
+                        found[key] += more
+        except Exception:  # noqa: BLE001 - a malformed element says nothing we could scrub; the rest still counts
+            continue
+    return found
 def _truncated(path: str, ds) -> str:
     """A reason when the pixel data is shorter than the header says, else ''."""
     if ds.file_meta.TransferSyntaxUID.is_deflated:

@@ -11,6 +11,19 @@ measurements, and references 4–10 key images in the varied ways radiologists w
 them; a few references point nowhere or are ambiguous, and a few objects are broken
 (truncated pixel data, structured reports and presentation states without pixels, a
 file that is not DICOM) so every reject path of ``extract-keyimages`` runs.
+
+Like a real archive, it carries patient identifiers, so every test that uses it
+exercises the scrubbing of ``extract-keyimages``: patients have one to three studies;
+headers carry PatientName, PatientID (the MRN), OtherPatientIDs, PatientBirthDate,
+PatientAddress, AccessionNumber, StudyDate/SeriesDate/AcquisitionDate/ContentDate,
+ReferringPhysicianName, NameOfPhysiciansReadingStudy, PerformingPhysicianName,
+OperatorsName, InstitutionName/Address and StationName; each report starts with a
+header block (patient name with title, MRN, date of birth, accession, exam date in one
+of several formats, referring physician without title as ``John Smith``, ``Smith,
+John`` or ``SMITH^JOHN``, institution), names the patient's earlier study by its
+accession (or a prior accession from outside the archive) and ends with the reading
+radiologist's signature. Those lines come from their own random stream, so the
+clinical text, its references and the images are those of the same seed without them.
 Everything follows ``--seed``: the same seed writes the same bytes.
 """
 
@@ -287,6 +300,17 @@ class Series:
 
 
 @dataclass
+class Patient:
+    name: str  # DICOM PN: FAMILY^GIVEN
+    title: str  # how reports address the patient: Mr. / Mrs. / Ms.
+    sex: str
+    mrn: str  # PatientID
+    other_id: str  # OtherPatientIDs
+    birth: str  # YYYYMMDD
+    address: str
+
+
+@dataclass
 class Study:
     index: int
     region: str
@@ -294,10 +318,26 @@ class Study:
     accession: str
     patient: tuple[str, str, str]  # name, id, birth date
     series: list[Series]
+    person: Patient | None = None
+    date: str = "20200101"  # StudyDate
+    referring: str = ""  # DICOM PN, no title
+    reading: str = ""  # DICOM PN of the radiologist who signs
+    institution: tuple[str, str, str] = ("", "", "")  # name, address, station prefix
+    prior: str = ""  # the accession of an earlier study the report compares with
+    prior_date: str = ""
 
 
 FIRST = ["ANNA", "JOHN", "MARIA", "PETER", "LINDA", "OMAR", "WEI", "SOFIA", "LUCAS", "EMMA", "RAVI", "NORA"]
 LAST = ["MILLER", "GARCIA", "NGUYEN", "SCHMIDT", "ROSSI", "KOWALSKI", "TANAKA", "OKAFOR", "SILVA", "JOHANSSON"]
+FEMALE = {"ANNA", "MARIA", "LINDA", "SOFIA", "EMMA", "NORA"}
+PHYSICIANS = ["SMITH^JOHN", "CHEN^ROBERT", "PATEL^PRIYA", "OKONKWO^DAVID", "LARSEN^INGRID", "FERREIRA^TOMAS",
+              "HARTMANN^ELENA", "FISCHER^MARKUS", "DUBOIS^CAMILLE", "YAMAMOTO^KENJI"]
+INSTITUTIONS = [("Saint Elsewhere Hospital", "12 Main Street, Springfield", "SEH"),
+                ("Lakeview Medical Center", "400 Harbor Road, Eastbrook", "LMC"),
+                ("Northfield Clinic", "7 Orchard Lane, Millbrook", "NFC")]
+OPERATORS = ["NOVAK^IRENA", "QUINTERO^PABLO", "BERGSTROM^HELGA"]
+STREETS = ["Maple Avenue", "Cedar Road", "Birch Street", "Willow Way", "Elm Court"]
+TOWNS = ["Greenville", "Fairview", "Riverton", "Kingsport"]
 
 
 def plan_study(index: int, region: str, rng: np.random.Generator) -> Study:
@@ -326,7 +366,76 @@ def plan_study(index: int, region: str, rng: np.random.Generator) -> Study:
     return Study(index, region, modality, f"A{int(rng.integers(1_000_000, 9_999_999))}", patient, series)
 
 
-def write_report(study: Study, rng: np.random.Generator) -> str:
+def plan_patients(studies: list[Study], seed: int) -> None:
+    """Give the studies their patients (two patients for every three studies, so many have two or more), dates,
+    physicians, institutions and the accession of a prior study, from their own random stream."""
+    rng = np.random.default_rng([seed, 0, 9])
+    n = max(1, (2 * len(studies) + 2) // 3)
+    people = []
+    for _ in range(n):
+        last, first = str(rng.choice(LAST)), str(rng.choice(FIRST))
+        female = first in FEMALE
+        title = str(rng.choice(["Mrs.", "Ms."])) if female else "Mr."
+        birth = f"{int(rng.integers(1935, 2000))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+        address = f"{int(rng.integers(2, 99))} {rng.choice(STREETS)}, {rng.choice(TOWNS)}"
+        people.append(Patient(f"{last}^{first}", title, "F" if female else "M", str(int(rng.integers(10**6, 10**7))),
+                              f"H{int(rng.integers(10**6, 10**7))}", birth, address))
+    owners = rng.permutation([i % n for i in range(len(studies))])
+    seen: dict[int, Study] = {}
+    for study, owner in zip(studies, owners.tolist()):
+        person = people[owner]
+        study.person = person
+        study.patient = (person.name, person.mrn, person.birth)
+        study.date = f"{int(rng.integers(2012, 2024))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+        study.referring = str(rng.choice(PHYSICIANS))
+        study.reading = str(rng.choice([p for p in PHYSICIANS if p != study.referring]))
+        study.institution = INSTITUTIONS[int(rng.integers(len(INSTITUTIONS)))]
+        # the patient's earlier study in the archive, or one from before the archive
+        study.prior = seen[owner].accession if owner in seen else f"A{int(rng.integers(1_000_000, 9_999_999))}"
+        study.prior_date = seen[owner].date if owner in seen else \
+            f"{int(rng.integers(2005, 2012))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+        seen[owner] = study
+
+
+MONTH_NAMES = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+               "November", "December"]
+
+
+def written_date(value: str, form: int) -> str:
+    """A YYYYMMDD date as reports write it: 20230417, 04/17/2023, 4/17/23, 2023-04-17, April 17, 2023,
+    17 Apr 2023 (``form`` 0…5)."""
+    y, m, d = int(value[:4]), int(value[4:6]), int(value[6:])
+    return [value, f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}",
+            f"{MONTH_NAMES[m - 1]} {d}, {y}", f"{d} {MONTH_NAMES[m - 1][:3]} {y}"][form % 6]
+
+
+def _person(pn: str, form: int) -> str:
+    """A DICOM person name as written in a report: John Smith, Smith, John or SMITH^JOHN."""
+    last, first = (p.capitalize() for p in pn.split("^")[:2])
+    return [f"{first} {last}", f"{last}, {first}", pn][form % 3]
+
+
+def identifier_lines(study: Study, seed: int) -> tuple[list[str], list[str]]:
+    """The report's header block and closing lines: who, when, where, and who signs."""
+    rng = np.random.default_rng([seed, study.index, 7])
+    person = study.person
+    last, first = (p.capitalize() for p in person.name.split("^"))
+    patient = [f"{person.title} {first} {last}", f"{person.title} {last}", f"{last.upper()}, {first.upper()}"][
+        int(rng.integers(3))]
+    mrn = [f"MRN: {person.mrn}", f"MRN{person.mrn}", f"MRN {person.mrn}"][int(rng.integers(3))]
+    head = [f"PATIENT: {patient}   {mrn}   DOB: {written_date(person.birth, int(rng.integers(1, 6)))}",
+            f"ACCESSION: {study.accession}   EXAM DATE: {written_date(study.date, int(rng.integers(6)))}",
+            f"REFERRING PHYSICIAN: {_person(study.referring, int(rng.integers(3)))}",
+            f"INSTITUTION: {study.institution[0]}"]
+    reader = _person(study.reading, 0)
+    tail = [f"Compared with the prior study {study.prior} of {written_date(study.prior_date, int(rng.integers(6)))} "
+            f"for {person.title} {last}.",
+            f"{_person(study.referring, int(rng.integers(3)))} was informed of the findings by phone.",
+            f"Electronically signed by Dr. {reader} on {written_date(study.date, int(rng.integers(6)))}."]
+    return head, tail
+
+
+def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
     vocab = VOCAB[study.region]
     contrast = rng.choice(["WITHOUT CONTRAST", "WITH CONTRAST", "WITH AND WITHOUT CONTRAST"])
     lines = [f"EXAMINATION: {study.modality} {vocab['exam']} {contrast}",
@@ -358,6 +467,9 @@ def write_report(study: Study, rng: np.random.Generator) -> str:
     lines += ["", "IMPRESSION:"]
     for k, text in enumerate(rng.permutation(vocab["impression"])[: int(rng.integers(1, 3))], 1):
         lines.append(f"{k}. {_fill(str(text), rng)}")
+    if study.person is not None:
+        head, tail = identifier_lines(study, seed)
+        lines = head + [""] + lines + [""] + tail
     return "\n".join(lines)
 
 
@@ -382,10 +494,20 @@ def _dataset(study: Study, seed: int, sop_class: str, sop_uid: str, modality: st
     name, pid, birth = study.patient
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = name, pid, birth
-    ds.PatientSex = "O"
+    ds.PatientSex = study.person.sex if study.person else "O"
     ds.StudyInstanceUID = _uid(seed, "study", study.index)
-    ds.StudyDate, ds.StudyTime, ds.StudyID = "20200101", "120000", str(study.index + 1)
+    ds.StudyDate, ds.StudyTime, ds.StudyID = study.date, "120000", str(study.index + 1)
+    ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.date
     ds.AccessionNumber = study.accession
+    if study.person is not None:
+        ds.OtherPatientIDs = study.person.other_id
+        ds.PatientAddress = study.person.address
+        ds.ReferringPhysicianName = study.referring
+        ds.NameOfPhysiciansReadingStudy = study.reading
+        ds.PerformingPhysicianName = study.reading
+        ds.OperatorsName = OPERATORS[study.index % len(OPERATORS)]
+        ds.InstitutionName, ds.InstitutionAddress = study.institution[:2]
+        ds.StationName = f"{study.institution[2]}-{modality}1"
     ds.StudyDescription = f"{study.modality} {VOCAB[study.region]['exam']}"
     return ds
 
@@ -498,6 +620,7 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     regions = [REGIONS[i % len(REGIONS)] for i in range(studies)]
     regions = [regions[i] for i in rng.permutation(studies)]
     plans = [plan_study(i, region, np.random.default_rng([seed, i, 0])) for i, region in enumerate(regions)]
+    plan_patients(plans, seed)
     out.mkdir(parents=True, exist_ok=True)
     dicom_tmp = out / ".dicom.tmp"
     shutil.rmtree(dicom_tmp, ignore_errors=True)
@@ -510,7 +633,7 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     dicom = out / "dicom"
     shutil.rmtree(dicom, ignore_errors=True)
     dicom_tmp.rename(dicom)
-    reports = [(f"r{i + 1:04d}", st.accession, write_report(st, np.random.default_rng([seed, st.index, 5])))
+    reports = [(f"r{i + 1:04d}", st.accession, write_report(st, np.random.default_rng([seed, st.index, 5]), seed))
                for i, st in enumerate(plans)]
     write_csv(out / "reports.csv", ["report_id", "accession", "text"], reports)
     write_csv(out / "regions.csv", ["accession", "region"], [(st.accession, st.region) for st in plans])
