@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ldpo.common.errors import InputError
-from ldpo.common.tables import read_text, write_csv
+from ldpo.common.tables import read_cell, read_text, write_csv
 
 #: the largest label a labels CSV may hold (class numbers, not measurements)
 MAX_LABEL = 2**31 - 1
@@ -50,7 +50,7 @@ def read_labels(path: str | os.PathLike) -> Labels:
     name = str(path)
     text = read_text(path, "labels file")
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    header = [read_cell(h) for h in next(reader, None) or []]
     if not header or "id" not in header or "label" not in header:
         raise InputError(f"{name}: not a labels CSV (the header needs 'id' and 'label' columns)")
     id_col, label_col = header.index("id"), header.index("label")
@@ -64,7 +64,7 @@ def read_labels(path: str | os.PathLike) -> Labels:
             continue
         if len(row) <= max(id_col, label_col):
             raise InputError(f"{name}: line {line_no}: too few columns")
-        ident = row[id_col].strip()
+        ident = read_cell(row[id_col]).strip()
         if not ident:
             raise InputError(f"{name}: line {line_no}: empty id")
         if ident in seen:
@@ -81,7 +81,7 @@ def read_labels(path: str | os.PathLike) -> Labels:
         ids.append(ident)
         labels.append(value)
         for i, h in others:
-            extra[h].append(row[i] if i < len(row) else "")
+            extra[h].append(read_cell(row[i]) if i < len(row) else "")
     if not ids:
         raise InputError(f"{name}: no labels in the file")
     return Labels(ids, np.asarray(labels, dtype=np.int64), extra, source=name)

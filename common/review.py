@@ -8,6 +8,7 @@ may be empty) and ``merge_into`` (another category's label value, or empty). Rea
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from ldpo.common.errors import InputError
@@ -53,10 +54,10 @@ class Review:
 
 
 def _label(raw: str, what: str, source: str, line: int) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise InputError(f"{source}: line {line}: {what} {raw.strip()!r} is not an integer label") from None
+    text = raw.strip()
+    if not re.fullmatch(r"-?[0-9]+", text):  # ASCII digits only: not int()'s 1_0, +3 or other scripts' digits
+        raise InputError(f"{source}: line {line}: {what} {text!r} is not an integer label (ASCII digits 0-9 only)")
+    value = int(text)
     if value < 0:
         raise InputError(f"{source}: line {line}: {what} {value} is negative")
     return value

@@ -34,7 +34,8 @@ Options (environment default in brackets):
   --images STORE        images store (.h5/.zarr)                   [LDPO_IMAGES]
   --work DIR            work folder: iter-NN/, final/, history.csv [LDPO_WORK]
   --truth CSV           ground-truth labels, for reporting only     [LDPO_TRUTH]
-  --reports CSV         reports (report_id,text), with --manifest   [LDPO_REPORTS]
+  --reports CSV         extract-keyimages' OUT/reports.csv (scrubbed report text),
+                        with --manifest                             [LDPO_REPORTS]
   --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
   --arch NAME           CNN architecture, or timm:NAME (stage default:
                         resnet18 from random init, alexnet from weights) [LDPO_ARCH]

@@ -66,7 +66,7 @@ class Options(CommonOptions):
     labels: str = positional("labels CSV (id,label[,name]), e.g. WORK/final/labels.csv or relabel's output",
                              role="input")
     images: str = positional("images store (.h5/.zarr) holding the labels' ids", role="input")
-    out: str = opt("output folder: one sub-folder per category, and categories.csv")
+    out: str = opt("output folder: one sub-folder per category, and categories.csv", role="output-folder")
     names: Optional[str] = opt("review CSV (label,name,…) whose names label the folders", None, role="input")
     symlink: Optional[str] = opt("link to source files SRC/<id>[.png|.jpg|.dcm|…] instead of writing PNGs", None,
                                  role="input")

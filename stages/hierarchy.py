@@ -67,7 +67,6 @@ Prints ``levels: 25, 7, 2, 1`` (group count per level) on stdout.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -81,6 +80,7 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.tables import write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -104,7 +104,8 @@ class Options(CommonOptions):
                         "lift", choices=["lift", "confusion", "centroids", "reports"])
     features: str = opt("feature store (features [N,D], the same ids as PROBS) for --affinity centroids, e.g. the "
                         "last iteration's iter-NN/features.h5", "", role="input")
-    reports: str = opt("reports CSV (report_id,text) or folder of .txt reports, for --affinity reports", "",
+    reports: str = opt("extract-keyimages' OUT/reports.csv (scrubbed), for --affinity reports; other reports "
+                       "(CSV report_id,text or a folder of .txt) are scrubbed by pattern on reading", "",
                        role="input")
     manifest: str = opt("key-image manifest CSV (id,report_id,…) joining images to --reports", "", role="input")
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
@@ -448,12 +449,8 @@ def write_levels(path: Path, ids: list[str], row_class: np.ndarray, classes: lis
             lookup[members] = g
         group_of.append(lookup)
     header = ["id"] + [f"level{j}" for j in range(len(levels))]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            for ident, col in zip(ids, row_class.tolist()):
-                writer.writerow([ident, classes[col], *(int(g[col]) for g in group_of[1:])])
+    write_csv(path, header, ([ident, classes[col], *(int(g[col]) for g in group_of[1:])]
+                             for ident, col in zip(ids, row_class.tolist())))
 
 
 def draw_tree(path: Path, levels, classes: list[int], counts: np.ndarray) -> None:

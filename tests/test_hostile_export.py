@@ -413,8 +413,6 @@ def test_the_rule_reads_back_every_short_text_and_never_leaves_a_formula():
             assert not written.startswith(FORMULA) or NUMBER.fullmatch(written), (value, written)
 
 
-@pytest.mark.xfail(strict=True, reason="common/labels.py's read_labels reads with csv.reader, not csv_rows: it "
-                                       "must undo the writer's quote (tables.read_cell); owned by another change")
 def test_labels_round_trip_through_read_labels(tmp_path):
     from ldpo.common.labels import read_labels
 

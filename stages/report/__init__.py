@@ -41,6 +41,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
 from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.tables import read_cell
 from ldpo.common.thumbs import thumbnail, write_png
 
 log = logging.getLogger("ldpo")
@@ -51,7 +52,7 @@ OWN_FILES = ("index.html", "thumbs", "history.png", "tree.png")
 @dataclass(kw_only=True)
 class Options(CommonOptions):
     work: str = positional("the loop's work folder (run.json, history.csv, final/, iter-NN/)", role="input")
-    out: Optional[str] = opt("output folder (default: WORK/report)", None)
+    out: Optional[str] = opt("output folder (default: WORK/report)", None, role="output-folder")
     images: Optional[str] = opt("images store (default: the one in WORK/run.json)", None, role="input")
     typical: int = opt("most typical images shown per category", 8)
     atypical: int = opt("least typical images shown per category", 4)
@@ -220,7 +221,7 @@ def read_keywords(path: Path) -> dict[int, list[tuple[str, int]]]:
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             try:
-                found.setdefault(int(r["cluster"]), []).append((r["word"], int(r["count"])))
+                found.setdefault(int(r["cluster"]), []).append((read_cell(r["word"]), int(r["count"])))
             except (KeyError, ValueError):
                 raise InputError(f"{path}: not a keywords CSV (cluster,rank,word,count)") from None
     return found

@@ -114,6 +114,7 @@ def make_texture25(out: Path, classes: int, per_class: int, size: int) -> tuple[
 def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     """Toy PACS key images; truth = body region of the key image's study (5 regions)."""
     from ldpo.common.labels import write_labels
+    from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     images, truth = out / "keyimages" / "images.h5", out / "truth.csv"
     if truth.exists():
@@ -122,7 +123,9 @@ def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     run([*ldpo(), "extract-keyimages", str(out / "toy" / "dicom"), "--reports", str(out / "toy" / "reports.csv"),
          "--out", str(out / "keyimages"), "--size", str(size), "--quiet"], env=dict(os.environ, LDPO_SALT="bench"))
     region = {r["accession"]: r["region"] for r in csv.DictReader(open(out / "toy" / "regions.csv"))}
-    accession = {r["report_id"]: r["accession"] for r in csv.DictReader(open(out / "toy" / "reports.csv"))}
+    pseudo = Pseudonyms("bench")  # the manifest's report ids are keyed hashes of the reports' ids
+    accession = {pseudo("report", r["report_id"], length=12): r["accession"]
+                 for r in csv.DictReader(open(out / "toy" / "reports.csv"))}
     rows = list(csv.DictReader(open(out / "keyimages" / "manifest.csv")))
     names = sorted(set(region.values()))
     write_labels(truth, [r["id"] for r in rows], np.array([names.index(region[accession[r["report_id"]]])

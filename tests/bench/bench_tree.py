@@ -47,6 +47,7 @@ import numpy as np
 from ldpo.common.labels import read_labels
 from ldpo.stages import run
 from ldpo.stages.hierarchy import build_levels, centroid_affinity, read_feature_sums
+from ldpo.stages.extract_keyimages.phi import SALT_FILE, Pseudonyms
 from ldpo.stages.toy_data.families import first_level_groups, same_family_fraction, texture25_family
 
 AFFINITIES = ("lift", "confusion", "centroids", "reports")
@@ -59,8 +60,10 @@ def pacs_truth(pacs: Path, modality: bool = False) -> dict[str, str]:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
 
+    # extract-keyimages pseudonymizes report ids with the key it kept beside its output folder
+    pseudo = Pseudonyms((pacs / SALT_FILE).read_text().strip())
     region = {r["accession"]: r["region"] for r in rows(pacs / "toy/regions.csv")}
-    accession = {r["report_id"]: r["accession"] for r in rows(pacs / "toy/reports.csv")}
+    accession = {pseudo("report", r["report_id"], length=12): r["accession"] for r in rows(pacs / "toy/reports.csv")}
     return {r["id"]: region[accession[r["report_id"]]] + (f"/{r['modality']}" if modality else "")
             for r in rows(pacs / "keyimages/manifest.csv") if r.get("report_id") in accession}
 
@@ -134,7 +137,7 @@ def main() -> None:
             if not args.pacs:
                 continue  # the toy Texture-25 set has no reports
             pacs = Path(args.pacs)
-            extra = ["--reports", str(pacs / "toy/reports.csv"), "--manifest", str(pacs / "keyimages/manifest.csv")]
+            extra = ["--reports", str(pacs / "keyimages/reports.csv"), "--manifest", str(pacs / "keyimages/manifest.csv")]
         else:
             extra = []
         for q in preferences:
