@@ -77,21 +77,33 @@ CHECKPOINT_FORMAT = "ldpo-checkpoint-1"
 @dataclass(frozen=True)
 class Layer:
     module: str  # dotted path of the module whose output is the layer; "" = the model's output
-    kind: str  # "local" [N,S,C] | "global" [N,D] | "probs" [N,K]
+    kind: str  # "local" [N,S,C] | "global" [N,D] | "probs" [N,K] | "multiscale" [N,D] (stages pooled, concatenated)
 
 
 _ALEXNET_FC = {"fc6": Layer("classifier.2", "global"), "fc7": Layer("classifier.5", "global")}
 _RESNET = {"layer4": Layer("layer4", "local"), "avgpool": Layer("avgpool", "global")}
 _PROBS = {"probs": Layer("", "probs")}
 
+
+def _stages(*modules: str) -> dict[str, Layer]:
+    """``multiscale``: every stage's output, globally average-pooled and L2-normalized, concatenated."""
+    return {"multiscale": Layer(",".join(modules), "multiscale")}
+
+
+_RESNET_STAGES = _stages("layer1", "layer2", "layer3", "layer4")
+
 #: arch -> layer name -> where it is taken. conv layers are taken after their ReLU.
 LAYERS: dict[str, dict[str, Layer]] = {
-    "alexnet": {"conv5": Layer("features.11", "local"), **_ALEXNET_FC, **_PROBS},
-    "alexnet_bn": {"conv5": Layer("features.16", "local"), **_ALEXNET_FC, **_PROBS},
-    "googlenet": {"inc5b": Layer("inception5b", "local"), "pool5": Layer("avgpool", "global"), **_PROBS},
-    "vgg16_bn": {"conv5": Layer("features.42", "local"), "fc7": Layer("classifier.4", "global"), **_PROBS},
-    "resnet18": {**_RESNET, **_PROBS},
-    "resnet50": {**_RESNET, **_PROBS},
+    "alexnet": {"conv5": Layer("features.11", "local"), **_ALEXNET_FC, **_PROBS,
+                **_stages("features.1", "features.4", "features.7", "features.9", "features.11")},
+    "alexnet_bn": {"conv5": Layer("features.16", "local"), **_ALEXNET_FC, **_PROBS,
+                   **_stages("features.2", "features.6", "features.10", "features.13", "features.16")},
+    "googlenet": {"inc5b": Layer("inception5b", "local"), "pool5": Layer("avgpool", "global"), **_PROBS,
+                  **_stages("conv3", "inception3b", "inception4e", "inception5b")},
+    "vgg16_bn": {"conv5": Layer("features.42", "local"), "fc7": Layer("classifier.4", "global"), **_PROBS,
+                 **_stages("features.5", "features.12", "features.22", "features.32", "features.42")},
+    "resnet18": {**_RESNET, **_PROBS, **_RESNET_STAGES},
+    "resnet50": {**_RESNET, **_PROBS, **_RESNET_STAGES},
 }
 ARCHS = tuple(LAYERS)
 DEFAULT_LAYER = {"alexnet": "fc7", "alexnet_bn": "fc7", "googlenet": "pool5", "vgg16_bn": "fc7",
@@ -127,7 +139,8 @@ DEFAULT_LOCAL_LAYER = {"alexnet": "conv5", "alexnet_bn": "conv5", "googlenet": "
 #: not a hook: ``module`` only names the step), and the smallest input (a stride-32 CNN's last
 #: map is 1x1 there; a ViT/14 has a 2x2 token grid).
 TIMM = "timm:"
-TIMM_LAYERS = {"pooled": Layer("forward_head", "global"), "last": Layer("forward_features", "local"), **_PROBS}
+TIMM_LAYERS = {"pooled": Layer("forward_head", "global"), "last": Layer("forward_features", "local"), **_PROBS,
+               "multiscale": Layer("forward_intermediates", "multiscale")}
 TIMM_MIN_INPUT = 32
 NORMALIZATIONS = ("imagenet", "zscore", "timm")
 #: classifier heads: linear, or a small MLP (Linear -> ReLU -> Linear) with MLP_HIDDEN units
@@ -702,8 +715,16 @@ class _Captured(Exception):
         self.value = value
 
 
+def pooled_stage(output: torch.Tensor) -> torch.Tensor:
+    """One stage of ``multiscale``: the map's global average (``[N,C,H,W]`` or tokens ``[N,T,C]``), L2-normalized."""
+    pooled = output.float().mean(dim=(2, 3)) if output.ndim == 4 else output.float().mean(dim=1)
+    return nn.functional.normalize(pooled, dim=1)
+
+
 class Extractor(nn.Module):
-    """``model`` cut at a named layer: ``[N,D]`` global, ``[N,S,C]`` local, or softmax probs."""
+    """``model`` cut at a named layer: ``[N,D]`` global, ``[N,S,C]`` local, softmax probs, or
+    ``multiscale`` (every stage pooled and L2-normalized, concatenated: shallow stages carry
+    texture, deep ones layout; from random init one deep layer throws the first away)."""
 
     def __init__(self, model: nn.Module, arch: str, layer: str):
         super().__init__()
@@ -713,25 +734,40 @@ class Extractor(nn.Module):
         if self.layer.kind == "probs" and num_outputs(model, arch) == 0:
             raise InputError(f"--layer probs: this {arch} has no classifier (its weights come without one); "
                              "take probs from a finetune checkpoint")
-        self._hook = model.get_submodule(self.layer.module).register_forward_hook(self._stop) \
-            if self.layer.module and not self.timm else None
+        self._stages: list[torch.Tensor] = []
+        self._hooks = [] if not self.layer.module or self.timm else self._hook_modules(self.layer.module.split(","))
+
+    def _hook_modules(self, names: list[str]) -> list:
+        if self.layer.kind != "multiscale":
+            return [self.model.get_submodule(names[0]).register_forward_hook(self._stop)]
+        hooks = [self.model.get_submodule(name).register_forward_hook(self._keep) for name in names[:-1]]
+        return hooks + [self.model.get_submodule(names[-1]).register_forward_hook(self._keep_and_stop)]
 
     def detach_hook(self) -> nn.Module:
-        """Remove the hook: the model runs whole again (another layer can be taken)."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        """Remove the hooks: the model runs whole again (another layer can be taken)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         return self.model
 
     @staticmethod
     def _stop(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         raise _Captured(output)  # the rest of the network is not needed
 
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._stages.append(pooled_stage(output))  # pooled at once: a later in-place ReLU cannot change it
+
+    def _keep_and_stop(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._keep(module, inputs, output)
+        stages, self._stages = self._stages, []
+        raise _Captured(torch.cat(stages, dim=1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "probs":
             return torch.softmax(self.model(x).float(), dim=1)
         if self.timm:
             return self.timm_layer(x)
+        self._stages = []
         try:
             self.model(x)
         except _Captured as captured:
@@ -740,10 +776,13 @@ class Extractor(nn.Module):
             raise RuntimeError(f"layer {self.layer.module} was not reached")
         if self.layer.kind == "local":
             return out.flatten(2).transpose(1, 2)  # [N,C,H,W] -> [N,H*W,C]
-        return out.flatten(1)
+        return out.flatten(1)  # global, or multiscale (already pooled and concatenated)
 
     def timm_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """``pooled``: the classifier's input; ``last``: the last feature map or the patch tokens, ``[N,S,C]``."""
+        """``pooled``: the classifier's input; ``last``: the last feature map or the patch tokens, ``[N,S,C]``;
+        ``multiscale``: every stage of ``forward_intermediates`` pooled, L2-normalized and concatenated."""
+        if self.layer.kind == "multiscale":
+            return self.timm_stages(x)
         features = self.model.forward_features(x)
         if self.layer.kind == "global":
             return self.model.forward_head(features, pre_logits=True).flatten(1)
@@ -752,6 +791,12 @@ class Extractor(nn.Module):
         if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
             return features.flatten(1, 2)
         return features.flatten(2).transpose(1, 2)
+
+    def timm_stages(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.model, "forward_intermediates"):
+            raise InputError(f"--layer multiscale: timm's {type(self.model).__name__} has no forward_intermediates")
+        maps = self.model.forward_intermediates(x, intermediates_only=True)
+        return torch.cat([pooled_stage(m) for m in maps], dim=1)
 
     def output_shape(self, input_size: int, device: str = "cpu") -> tuple[int, ...]:
         """The per-image output shape at ``input_size`` (one zero image through the net)."""

@@ -2,6 +2,9 @@
 
 Global layers (``fc7``, ``avgpool``, …) write ``features`` float32 ``[N,D]``; conv layers
 (``conv5``, ``layer4``, ``inc5b``) write ``local`` float16 ``[N,S,C]`` for ``encode``;
+``multiscale`` writes ``features`` float32: every stage of the network (ResNet's layer1–4,
+AlexNet's and VGG's conv stages, GoogLeNet's conv3/inception3b/4e/5b, a timm model's
+``forward_intermediates``) globally average-pooled, each L2-normalized, concatenated;
 ``probs`` writes the softmax ``features`` float32 ``[N,K]`` with the class list in the
 attribute ``classes``. ``ids`` are the images store's, in its order.
 
@@ -40,7 +43,8 @@ class Options(CommonOptions, InputOptions):
                               "timm:NAME, any timm model (default: the checkpoint's; resnet18 for --init random, "
                               "alexnet for --init weights:)", None)
     layer: Optional[str] = opt("layer: alexnet/alexnet_bn conv5|fc6|fc7, googlenet inc5b|pool5, vgg16_bn "
-                               "conv5|fc7, resnet18/50 layer4|avgpool, timm:* pooled|last, any: probs, or local = the last conv "
+                               "conv5|fc7, resnet18/50 layer4|avgpool, timm:* pooled|last, any: probs or multiscale (every stage "
+                               "pooled and L2-normalized, concatenated), or local = the last conv "
                                "layer (default: fc7, pool5, avgpool or pooled)",
                                None)
     init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "

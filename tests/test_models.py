@@ -11,12 +11,14 @@ from ldpo.common.errors import InputError
 
 # (arch, input px) -> layer -> per-image shape; small inputs keep the big nets cheap.
 SHAPES = {
-    ("alexnet", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,)},
-    ("alexnet_bn", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,)},
-    ("googlenet", 64): {"inc5b": (4, 1024), "pool5": (1024,), "probs": (1000,)},
-    ("vgg16_bn", 32): {"conv5": (4, 512), "fc7": (4096,), "probs": (1000,)},
-    ("resnet18", 64): {"layer4": (4, 512), "avgpool": (512,), "probs": (1000,)},
-    ("resnet50", 64): {"layer4": (4, 2048), "avgpool": (2048,), "probs": (1000,)},
+    ("alexnet", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,),
+                      "multiscale": (64 + 192 + 384 + 256 + 256,)},
+    ("alexnet_bn", 64): {"conv5": (9, 256), "fc6": (4096,), "fc7": (4096,), "probs": (1000,),
+                         "multiscale": (64 + 192 + 384 + 256 + 256,)},
+    ("googlenet", 64): {"inc5b": (4, 1024), "pool5": (1024,), "probs": (1000,), "multiscale": (192 + 480 + 832 + 1024,)},
+    ("vgg16_bn", 32): {"conv5": (4, 512), "fc7": (4096,), "probs": (1000,), "multiscale": (64 + 128 + 256 + 512 + 512,)},
+    ("resnet18", 64): {"layer4": (4, 512), "avgpool": (512,), "probs": (1000,), "multiscale": (64 + 128 + 256 + 512,)},
+    ("resnet50", 64): {"layer4": (4, 2048), "avgpool": (2048,), "probs": (1000,), "multiscale": (256 + 512 + 1024 + 2048,)},
 }
 
 
@@ -33,6 +35,23 @@ def test_every_layer_has_its_documented_shape(arch, size):
         if layer == "probs":
             assert torch.allclose(out.sum(1), torch.ones(2), atol=1e-5)
         extractor.detach_hook()
+
+
+def test_multiscale_is_every_stage_pooled_and_normalized():
+    """Each stage's block of ``multiscale`` is that stage's global average, L2-normalized: for ResNet-18
+    the last block is avgpool's output normalized, and every block has unit length."""
+    built = models.build(models.Init("random"), "resnet18", None, seed=0, input_size=64)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        stages = models.Extractor(built.model, "resnet18", "multiscale").eval()
+        multi = stages(x)
+        stages.detach_hook()
+        avgpool = models.Extractor(built.model, "resnet18", "avgpool").eval()(x)
+    blocks = torch.split(multi, [64, 128, 256, 512], dim=1)
+    for block in blocks:
+        assert torch.allclose(block.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(blocks[-1], torch.nn.functional.normalize(avgpool, dim=1), atol=1e-5)
+    assert not torch.allclose(blocks[0][0], blocks[0][1])  # images differ at the shallowest stage too
 
 
 def test_paper_sizes_at_224_px():

@@ -69,6 +69,18 @@ def test_pooled_is_what_the_classifier_sees_and_last_is_a_token_grid(arch, size,
     assert models.num_outputs(built.model, arch) == 3 and built.classes == [0, 1, 2]
 
 
+@pytest.mark.parametrize("arch,stages", [("timm:resnet18", 5), ("timm:convnext_atto", 4),
+                                         ("timm:vit_tiny_patch16_224", 12)])
+def test_multiscale_pools_every_intermediate_of_a_timm_model(arch, stages):
+    built = models.build(models.Init("random"), arch, 3, seed=0, input_size=64)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        multi = models.Extractor(built.model, arch, "multiscale").eval()(x)
+        maps = built.model.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == stages and multi.shape == (2, sum(m.shape[1] for m in maps))
+    assert torch.allclose(multi.norm(dim=1), torch.full((2,), float(stages)).sqrt(), atol=1e-4)
+
+
 def test_backbone_depends_on_the_seed_only_and_unknown_names_are_refused():
     a = models.build(models.Init("random"), RESNET, None, seed=4, input_size=32).model
     b = models.build(models.Init("random"), RESNET, 7, seed=4, input_size=32).model
