@@ -470,3 +470,58 @@ def test_an_output_folder_inside_the_source_is_not_read_back(cli, tmp_path):
         r = cli("extract-keyimages", src, "--out", src / "keys", "--size", 32, *SALT)
         assert r.code == 0, r.err
     assert read_csv(src / "keys" / "rejects.csv") == []  # its own images.h5 was not taken for a broken DICOM
+
+
+# -- issue 18 item 6: the manifest's header fields --------------------------------------------------------
+
+
+@pytest.mark.parametrize("cosines, plane", [
+    ([1, 0, 0, 0, 1, 0], "axial"), ([0, 1, 0, 0, 0, -1], "sagittal"), ([1, 0, 0, 0, 0, -1], "coronal"),
+    ([1, 0, 0, 0, 0.94, -0.342], "axial"),  # tilted 20°: still axial
+    ([1, 0, 0, 0, 0.7071, -0.7071], "oblique"),  # 45° between axial and coronal
+    (["1", "0", "0", "0", "1", "0"], "axial"), (None, ""), ([1, 0, 0], ""), ([1, 0, 0, 1, 0, 0], ""),
+    (["a"] * 6, ""), ([float("nan")] * 6, ""),
+])
+def test_orientation_from_the_direction_cosines(cosines, plane):
+    from ldpo.stages.extract_keyimages.headers import orientation
+
+    assert orientation(cosines) == plane
+
+
+def test_header_fields_keep_only_their_vocabularies():
+    from pydicom.dataset import Dataset
+
+    from ldpo.stages.extract_keyimages.headers import body_part, dicom_orientation, modality, series_words, view
+
+    assert [body_part(v) for v in ("L-Spine", "lumbar spine", "chest", "Thorax", "SMITH", "", None)] == \
+        ["LSPINE", "LSPINE", "CHEST", "CHEST", "", "", ""]
+    assert [view(v) for v in ("pa", "AP", "Lateral", "mlo", "Doe")] == ["PA", "AP", "LAT", "MLO", ""]
+    assert [modality(v) for v in ("ct", "MR", "DX", "JANE", "")] == ["CT", "MR", "DX", "OT", ""]
+    assert series_words("t1_mprage_sag_p2_iso") == "mprage sagittal t1"
+    assert series_words("HEAD W/O") == "head noncontrast"
+    assert series_words("ep2d_diff_3scan_trace ADC") == "adc dwi"
+    assert series_words("AX T1 FS +C Anna Miller 4711") == "axial contrast fatsat t1"
+    assert series_words("Post Emily AX", {"post", "emily"}) == "axial"  # a name part of the header is dropped
+    assert series_words("") == "" and series_words(None) == ""
+    enhanced = Dataset()
+    group, plane = Dataset(), Dataset()
+    plane.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    group.PlaneOrientationSequence = [plane]
+    enhanced.SharedFunctionalGroupsSequence = [group]
+    assert dicom_orientation(enhanced) == "sagittal" and dicom_orientation(Dataset()) == ""
+
+
+def test_nifti_and_image_files_leave_the_header_fields_empty(cli, tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(8, 8, 2)).astype(np.float32), np.eye(4)),
+             src / "vol.nii.gz")
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(src / "a.png")
+    r = cli("extract-keyimages", src, "--out", tmp_path / "out", "--size", 16, *SALT)
+    assert r.code == 0, r.err
+    manifest = read_csv(tmp_path / "out" / "manifest.csv")
+    assert len(manifest) == 3 and {m["modality"] for m in manifest} == {"NIFTI", ""}
+    assert all(m[c] == "" for m in manifest for c in ("body_part", "view", "orientation", "series_words"))

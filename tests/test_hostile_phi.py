@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -320,6 +321,52 @@ def test_a_department_is_removed_whole_and_takes_no_medical_word(cli, tmp_path):
     assert "Chest Imaging" not in said and "Elsewhere" not in said
     text = read_csv(tmp_path / "out/reports.csv")[0]["text"]
     assert text.startswith("Exam of the chest. Read in [removed] of [removed].")
+
+
+def test_a_name_in_the_header_fields_never_reaches_the_manifest(cli, tmp_path):
+    """Issue 18 item 6: the manifest's header fields (body_part, view, orientation, series_words) come from fixed
+    allow-lists, so a name typed into SeriesDescription, BodyPartExamined or ViewPosition (or Modality) is
+    dropped, whether the header names that person elsewhere (Doe Jane, the patient) or not (Kowalczyk)."""
+    header = {"SeriesDescription": "AX T2 FLAIR+C Doe^Jane per Kowalczyk Zbigniew 5MM",
+              "BodyPartExamined": "DOE", "ViewPosition": "KOWALCZYK", "ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}
+    said, _ = extract_one(cli, tmp_path, "Seen.", header)
+    row = read_csv(tmp_path / "out/manifest.csv")[0]
+    assert row["series_words"] == "axial contrast flair t2" and row["orientation"] == "axial"
+    assert row["body_part"] == "" and row["view"] == ""
+    for secret in ["Doe", "Jane", "Kowalczyk", "Zbigniew"]:
+        assert not re.search(r"(?<![A-Za-z0-9])" + secret + r"(?![A-Za-z0-9])", said, re.IGNORECASE), (secret, said)
+    # an imaging word that is also a part of the patient's name is dropped too; Modality outside the defined terms
+    # is written as OT ("other"), never as given
+    shutil.rmtree(tmp_path / "dicom")
+    shutil.rmtree(tmp_path / "out")
+    said, _ = extract_one(cli, tmp_path, "Seen.", {"PatientName": "Chest^Brain", "Modality": "JANEDOE",
+                                                   "SeriesDescription": "CHEST CT BRAIN", "BodyPartExamined": "L SPINE"})
+    row = read_csv(tmp_path / "out/manifest.csv")[0]
+    assert row["series_words"] == "ct" and row["modality"] == "OT" and row["body_part"] == "LSPINE"
+    assert "JANEDOE" not in said.upper()
+
+
+def test_names_typed_into_the_toy_archive_series_descriptions_reach_no_output(pacs_run):
+    """The toy PACS types the operator's, the patient's or another person's name into some SeriesDescriptions;
+    the manifest's series_words hold only allow-listed words, and no such name is in any output."""
+    from ldpo.stages.extract_keyimages.headers import SERIES_WORDS
+    from ldpo.stages.toy_data.pacs import FIRST, LAST, OPERATORS
+
+    root, outputs, _ = pacs_run
+    people = {n for n in FIRST + LAST} | {p for o in OPERATORS for p in o.split("^")}
+    typed = set()
+    for path in sorted((root / "pacs/dicom").rglob("*.dcm")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        typed |= set(re.split(r"[^A-Z]+", str(ds.get("SeriesDescription", "")).upper())) & people
+    assert typed, "the toy archive typed no name into a SeriesDescription"
+    manifest = read_csv(root / "keys/manifest.csv")
+    words = {w for m in manifest for w in m["series_words"].split()}
+    assert words and words <= set(SERIES_WORDS.values())
+    assert {m["orientation"] for m in manifest} == {"axial", "sagittal"}
+    assert {m["body_part"] for m in manifest} - {""} <= {"HEAD", "BRAIN", "CHEST", "ABDOMEN", "LSPINE", "PELVIS"}
+    assert not leaks(outputs, typed)
 
 
 def test_the_issue_report_leaves_nothing_through_extract_keyimages(cli, tmp_path):

@@ -159,3 +159,26 @@ def test_same_seed_same_bytes(pacs, tmp_path):
 def test_bad_arguments_exit_2(cli, tmp_path):
     r = cli("toy-data", "pacs", "--out", tmp_path, "--studies", "0")
     assert r.code == 2 and "--studies" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_header_fields_for_the_quality_signal(pacs):
+    """BodyPartExamined per region (in several spellings, sometimes absent), ImageOrientationPatient (the spine
+    phantom is sagittal), SeriesDescription of imaging words, into which a name is sometimes typed."""
+    from ldpo.stages.toy_data.pacs import BODY_PART_SPELLINGS, FIRST, LAST, OPERATORS
+
+    region_of = {r["accession"]: r["region"] for r in rows(pacs / "regions.csv")}
+    people = set(FIRST) | set(LAST) | {p for o in OPERATORS for p in o.split("^")}
+    parts, named = Counter(), 0
+    for path, ds in datasets(pacs / "dicom"):
+        if "PixelData" not in ds or path.name.startswith(("SR", "PR")):
+            continue
+        region = region_of[ds.AccessionNumber]
+        if "BodyPartExamined" in ds:
+            assert ds.BodyPartExamined in BODY_PART_SPELLINGS[region]
+            parts[region] += 1
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        assert iop == ([0, 1, 0, 0, 0, -1] if region == "spine" else [1, 0, 0, 0, 1, 0])
+        words = set(str(ds.SeriesDescription).upper().replace("^", " ").split())
+        assert words - people  # imaging words are always there
+        named += bool(words & people)
+    assert set(parts) == set(REGIONS) and named > 0

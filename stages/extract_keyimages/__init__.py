@@ -6,7 +6,9 @@ frames, in parallel with ``--workers``, and streams them row by row into the sto
 memory stays flat however large the archive.
 
 Outputs in ``--out DIR``: ``images.h5|zarr`` (``images`` uint8 [N,size,size], ``ids``),
-``manifest.csv`` (id,study,patient,series,instance,frame,modality,report_id,sentence,context),
+``manifest.csv`` (id,study,patient,series,instance,frame,modality,report_id,sentence,context, and the header
+fields body_part,view,orientation,series_words: fixed vocabularies only, see :mod:`.headers`; empty for NIfTI
+and image files),
 ``rejects.csv`` (source,reference,reason), with ``--reports`` ``reports.csv``
 (report_id,text,scrubbed: the scrubbed text of every report the manifest names), and
 for an image folder with class sub-folders ``truth.csv`` (id,label) and ``classes.csv``
@@ -44,6 +46,7 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
+from ldpo.stages.extract_keyimages.headers import HEADER_COLUMNS
 from ldpo.stages.extract_keyimages.phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
                                                scrubber)
 from ldpo.stages.extract_keyimages.pixels import parse_window
@@ -53,7 +56,7 @@ from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_fi
 log = logging.getLogger("ldpo")
 
 MANIFEST_COLUMNS = ["id", "study", "patient", "series", "instance", "frame", "modality", "report_id", "sentence",
-                    "context"]
+                    "context", *HEADER_COLUMNS]
 REJECT_COLUMNS = ["source", "reference", "reason"]
 REPORT_COLUMNS = ["report_id", "text", SCRUBBED_COLUMN]
 MAX_SIZE = 8192  # a 8192² uint8 image is 64 MiB; larger sides are typos (and would exhaust memory)
@@ -96,10 +99,15 @@ class Item:
     sentence: str = ""
     context: str = ""
     label: str = ""
+    body_part: str = ""
+    view: str = ""
+    orientation: str = ""
+    series_words: str = ""
 
     def row(self) -> list:
         return [self.id, self.study, self.patient, self.series, self.instance, self.frame, self.modality,
-                self.report_id, self.sentence, self.context]
+                self.report_id, self.sentence, self.context, self.body_part, self.view, self.orientation,
+                self.series_words]
 
 
 @dataclass
@@ -303,7 +311,8 @@ class Extractor:
                 study=self.pseudo("study", record.study_uid), patient=self.pseudo("patient", record.patient_id),
                 series="" if record.series_number is None else record.series_number,
                 instance="" if record.instance_number is None else record.instance_number,
-                modality=record.modality,
+                modality=record.modality, body_part=record.body_part, view=record.view,
+                orientation=record.orientation, series_words=record.series_words,
                 report_id=self.report_key(report.report_id if report else study_report.get(record.study_uid, "")),
                 sentence=sentence, context=context))
         return items

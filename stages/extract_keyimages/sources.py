@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldpo.stages.extract_keyimages.headers import header_fields, modality
 from ldpo.stages.extract_keyimages.phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
                                                WHOLE_PLACE_KEYWORDS, name_parts, place_phrases)
 from ldpo.stages.extract_keyimages.pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
@@ -69,6 +70,11 @@ class Record:
     instance_number: int | None = None
     sop_uid: str = ""
     modality: str = ""
+    # the manifest's header fields, already reduced to their allow-lists (see .headers)
+    body_part: str = ""
+    view: str = ""
+    orientation: str = ""
+    series_words: str = ""
     # what the header says about the patient, to scrub from report text (see phi.scrubber)
     names: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -128,7 +134,7 @@ def _index_dicom(path: str) -> Record | Failure:
         return Failure(path, reason, study_uid, patient_id, identity)
 
     if "PixelData" not in ds:
-        what = ds.get("Modality", "") or "non-image"
+        what = modality(ds.get("Modality", "")) or "non-image"
         return failure(f"no pixel data ({what} object)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
@@ -144,7 +150,7 @@ def _index_dicom(path: str) -> Record | Failure:
         study_uid=str(ds.get("StudyInstanceUID", "")), accession=str(ds.get("AccessionNumber", "") or ""),
         patient_id=str(ds.get("PatientID", "") or ""), series_uid=str(ds.get("SeriesInstanceUID", "")),
         series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "") or ""), **identity)
+        sop_uid=str(ds.get("SOPInstanceUID", "")), **header_fields(ds, identity["names"]), **identity)
 
 
 def _values(elem) -> list[str]:

@@ -22,8 +22,12 @@ header block (patient name with title, MRN, date of birth, accession, exam date 
 of several formats, referring physician without title as ``John Smith``, ``Smith,
 John`` or ``SMITH^JOHN``, institution), names the patient's earlier study by its
 accession (or a prior accession from outside the archive) and ends with the reading
-radiologist's signature. Those lines come from their own random stream, so the
-clinical text, its references and the images are those of the same seed without them.
+radiologist's signature. Series carry BodyPartExamined (spelled differently by
+different scanners, missing in some studies), ImageOrientationPatient (sagittal for the
+spine, axial otherwise) and a SeriesDescription of imaging words into which, as in real
+archives, a person's name was sometimes typed. Those lines and header fields come from
+their own random streams, so the clinical text, its references and the images are those
+of the same seed without them.
 Everything follows ``--seed``: the same seed writes the same bytes.
 """
 
@@ -297,6 +301,8 @@ class Series:
     monochrome1: bool = False
     storage: str = "unsigned"  # CT: unsigned (intercept -1024), signed (intercept 0) or scaled (slope 2)
     instances: list[int] = field(default_factory=list)
+    description: str = ""  # SeriesDescription (see plan_headers)
+    body_part: str = ""  # BodyPartExamined, "" = not in the header
 
 
 @dataclass
@@ -395,6 +401,51 @@ def plan_patients(studies: list[Study], seed: int) -> None:
         study.prior_date = seen[owner].date if owner in seen else \
             f"{int(rng.integers(2005, 2012))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
         seen[owner] = study
+
+
+# SeriesDescription as scanners and technologists write them, per modality and region
+DESCRIPTIONS = {
+    ("CT", "head"): ["AX HEAD STD", "HEAD W/O", "AX BRAIN 5MM", "HEAD BONE", "AXIAL HEAD SOFT TISSUE"],
+    ("CT", "chest"): ["AX CHEST LUNG", "CHEST W CONTRAST", "AX MEDIASTINUM", "CTA CHEST PE", "THORAX 1.25 LUNG"],
+    ("CT", "abdomen"): ["AX ABD PORTAL VENOUS", "ABDOMEN W CONTRAST", "AX ABD/PELVIS STD", "ABDOMEN ARTERIAL",
+                        "ABD DELAYED"],
+    ("CT", "spine"): ["SAG L-SPINE BONE", "LUMBAR SPINE SOFT TISSUE", "SAG LSPINE STD"],
+    ("CT", "pelvis"): ["AX PELVIS STD", "PELVIS W CONTRAST", "AX PELVIS BONE"],
+    ("MR", "head"): ["AX T2 FLAIR", "AX DWI", "AX T1 POST GAD", "AX T2 TSE", "AX SWI"],
+    ("MR", "abdomen"): ["AX T2 HASTE", "AX T1 VIBE DIXON", "AX DWI ABD", "AX T1 FS POST"],
+    ("MR", "spine"): ["SAG T2 TSE", "SAG T1 TSE", "SAG STIR L-SPINE"],
+    ("MR", "pelvis"): ["AX T2 TSE PELVIS", "AX DWI", "AX T1 FS POST"],
+}
+# BodyPartExamined spellings per region (scanners differ; extract-keyimages maps them to one term)
+BODY_PART_SPELLINGS = {"head": ["HEAD", "HEAD", "BRAIN"], "chest": ["CHEST", "CHEST", "THORAX"],
+                       "abdomen": ["ABDOMEN", "ABDOMEN", "ABD"], "spine": ["LSPINE", "L SPINE", "LUMBAR_SPINE"],
+                       "pelvis": ["PELVIS"]}
+SAGITTAL_REGIONS = {"spine"}  # the spine phantom is a sagittal section; the others are axial
+
+
+def plan_headers(studies: list[Study], seed: int) -> None:
+    """SeriesDescription and BodyPartExamined of every series, from their own random stream (so images, reports
+    and identifiers are those of the same seed without them). One study in ten has no BodyPartExamined; about one
+    series in six has a person's name typed into its description (the patient's, the operator's or another),
+    as happens in real archives: extract-keyimages must drop it."""
+    rng = np.random.default_rng([seed, 0, 11])
+    for study in studies:
+        spellings = BODY_PART_SPELLINGS[study.region]
+        part = "" if rng.random() < 0.1 else str(spellings[int(rng.integers(len(spellings)))])
+        choices = DESCRIPTIONS[(study.modality, study.region)]
+        for s in study.series:
+            s.body_part = part
+            text = str(choices[int(rng.integers(len(choices)))])
+            if rng.random() < 0.17:
+                who = int(rng.integers(3))
+                if who == 0 and study.person is not None:
+                    name = study.person.name if rng.random() < 0.5 else " ".join(study.person.name.split("^")[::-1])
+                elif who == 1:
+                    name = "per " + OPERATORS[study.index % len(OPERATORS)].split("^")[0]
+                else:
+                    name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+                text = f"{text} {name}"
+            s.description = text
 
 
 MONTH_NAMES = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -522,11 +573,17 @@ def image_dataset(study: Study, s: Series, instance: int, values: np.ndarray, se
     ds = _dataset(study, seed, sop_class, _uid(seed, "sop", study.index, s.number, instance), s.modality)
     ds.SeriesInstanceUID = _uid(seed, "series", study.index, s.number)
     ds.SeriesNumber, ds.InstanceNumber = s.number, instance
-    ds.SeriesDescription = f"{s.modality} series {s.number}"
+    ds.SeriesDescription = s.description or f"{s.modality} series {s.number}"
+    if s.body_part:
+        ds.BodyPartExamined = s.body_part
     ds.FrameOfReferenceUID = _uid(seed, "frame", study.index)
     z = (instance - s.first_instance) * thickness
-    ds.ImagePositionPatient = [-160.0, -160.0, round(z, 2)]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    if study.region in SAGITTAL_REGIONS:  # rows run anterior→posterior, columns head→foot; slices along x
+        ds.ImagePositionPatient = [round(z - 40, 2), -160.0, 160.0]
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    else:
+        ds.ImagePositionPatient = [-160.0, -160.0, round(z, 2)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceThickness, ds.PixelSpacing = thickness, [320 / values.shape[0]] * 2
     ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, values.shape[0], values.shape[1]
     ds.BitsAllocated, ds.HighBit = 16, 11
@@ -621,6 +678,7 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     regions = [regions[i] for i in rng.permutation(studies)]
     plans = [plan_study(i, region, np.random.default_rng([seed, i, 0])) for i, region in enumerate(regions)]
     plan_patients(plans, seed)
+    plan_headers(plans, seed)
     out.mkdir(parents=True, exist_ok=True)
     dicom_tmp = out / ".dicom.tmp"
     shutil.rmtree(dicom_tmp, ignore_errors=True)
