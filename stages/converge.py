@@ -20,6 +20,19 @@ accuracy of CURR against the truth (cluster and class counts may differ).
 
 The history CSV gets one row per iteration (a re-run of the same iteration replaces its
 row), always with the columns of :data:`HISTORY_COLUMNS`, empty where not applicable.
+
+A quality signal without labels (``--fields MANIFEST``): how far this iteration's
+categories follow non-identifying DICOM header fields of ``extract-keyimages``' manifest
+(``--field-columns``: modality, body_part, view, orientation, series_words; by default
+those the manifest has and fills). For each field: NMI and purity of the categories
+against the field's values, over the images whose value is not empty (``coverage`` = their
+fraction). A good categorization partly follows modality and body region (Manojlović et
+al. 2022, deep embedded clustering of 38K PACS images: NMI 0.645 against modality, 0.473
+against anatomical region); near 0 means the categories ignore it. The fields are
+**evaluation only**: nothing else reads them, and they change no verdict. With
+``--history H`` they go to the side file ``H``'s stem + ``.fields.csv``
+(:data:`FIELD_COLUMNS`: one row per iteration and field, a re-run iteration's rows
+replaced), so the history's own columns never change; they are logged on stderr too.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import Labels, align, read_labels
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.tables import read_text, write_csv
+from ldpo.common.tables import csv_rows, read_text, side_file, write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -48,6 +61,9 @@ PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
 TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
 HISTORY_COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp"]
 TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes `top1`
+FIELD_COLUMNS = ["iteration", "field", "values", "coverage", "nmi", "purity"]
+DEFAULT_FIELDS = "modality,body_part,view,orientation,series_words"
+FIELDS_TAIL = "fields.csv"  # the side file of --history: history.csv -> history.fields.csv
 
 
 @dataclass(kw_only=True)
@@ -64,6 +80,11 @@ class Options(CommonOptions):
     metrics_json: str = opt("finetune's metrics (MODEL.metrics.json) whose `final` top-1 goes into the history's "
                             "top1 column", "",
                             role="input")
+    fields: str = opt("manifest CSV (id + header field columns, from extract-keyimages): report how far the "
+                      "categories follow each field (NMI, purity) in HISTORY.fields.csv; evaluation only, never an "
+                      "input to anything", "", role="input")
+    field_columns: str = opt("the --fields columns to measure, comma-separated (default: those of the list the "
+                             "manifest has and fills)", DEFAULT_FIELDS)
 
 
 class ConvergeTool(Tool):
@@ -73,8 +94,15 @@ class ConvergeTool(Tool):
                    "verdict on its own line: converged=1 (stop) or converged=0 (go on).")
     example = ("converge labels_3.csv --prev labels_2.csv --truth truth.csv --history history.csv "
                "--iteration 3 --plot history.png\n"
-               "converge l_3.csv --prev l_2.csv; case $? in 0) echo stop;; 1) echo go on;; *) exit 2;; esac")
+               "converge l_3.csv --prev l_2.csv; case $? in 0) echo stop;; 1) echo go on;; *) exit 2;; esac\n"
+               "converge labels_3.csv --prev labels_2.csv --history history.csv --fields keys/manifest.csv   "
+               "# + history.fields.csv")
     Options = Options
+
+    def outputs(self, opts: Options) -> list[tuple[str, str]]:
+        """The history's side file of field agreement is an output too (no input may be it)."""
+        extra = [("--history", str(fields_path(opts.history)))] if opts.history and opts.fields else []
+        return super().outputs(opts) + extra
 
     def main(self, opts: Options) -> int:
         try:
@@ -95,17 +123,31 @@ class ConvergeTool(Tool):
             row.update(versus_truth(curr, read_labels(opts.truth)))
         if opts.metrics_json:
             row["top1"] = read_top1(opts.metrics_json)
+        agreement = versus_fields(curr, opts.fields, opts.field_columns) if opts.fields else []
         score = convergence_score(row, opts.metric) if opts.prev else None
         converged = score is not None and score >= opts.threshold
         row["converged"] = int(converged)
         row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         history = read_history(opts.history) if opts.history else []
         row["iteration"] = opts.iteration if opts.iteration >= 0 else next_iteration(history)
+        for item in agreement:
+            log.info("iteration %s vs header field %s: NMI %s, purity %s (%d values, coverage %.0f%%)",
+                     row["iteration"], item["field"], fmt(item["nmi"]), fmt(item["purity"]), item["values"],
+                     100 * item["coverage"])
+        field_rows: list[dict] = []
         if opts.history:
+            existed = Path(opts.history).exists()
             history = merge_row(history, row)
+            if opts.fields:
+                # a new history starts a new side file: rows of an earlier run must not mix in
+                old = read_field_rows(fields_path(opts.history)) if existed else []
+                field_rows = merge_field_rows(old, agreement, int(row["iteration"]), history)
+                write_field_rows(fields_path(opts.history), field_rows)
             write_history(opts.history, history)
             if opts.plot:
-                plot_history(history, opts.plot, opts.threshold, opts.metric)
+                if not opts.fields and Path(opts.history).exists():
+                    field_rows = read_field_rows(fields_path(opts.history), quiet=True)
+                plot_history(history, opts.plot, opts.threshold, opts.metric, field_rows)
         print(" ".join(f"{c}={fmt(row.get(c, ''))}" for c in HISTORY_COLUMNS if c != "timestamp"
                        and row.get(c, "") != ""))
         print(f"converged={int(converged)}")  # the verdict, on its own line (see the module docstring)
@@ -133,6 +175,89 @@ def versus_truth(curr: Labels, truth: Labels) -> dict[str, float]:
     m = metrics.all_metrics(curr.labels, truth_aligned)
     return check_finite({"purity_truth": m["purity"], "nmi_truth": m["nmi"], "ari_truth": m["ari"],
                          "hungarian_truth": m["hungarian"]})
+
+
+def fields_path(history: str) -> Path:
+    """Where the field agreement of ``history`` goes: ``history.csv`` → ``history.fields.csv``."""
+    return side_file(history, FIELDS_TAIL)
+
+
+def read_fields(path: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A manifest's header (stripped) and its rows by id (``id`` required, ids unique)."""
+    header: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    for line_no, raw in csv_rows(path, "manifest CSV", ["id"]):
+        if not header:
+            header = list(raw)
+        ident = raw["id"].strip()
+        if not ident:
+            raise InputError(f"{path}: line {line_no}: empty id")
+        if ident in rows:
+            raise InputError(f"{path}: line {line_no}: duplicate id {ident!r}")
+        rows[ident] = raw
+    if not rows:
+        raise InputError(f"{path}: no rows in the manifest")
+    return header, rows
+
+
+def versus_fields(curr: Labels, path: str, columns: str) -> list[dict]:
+    """NMI and purity of CURR against each header field of the manifest at ``path`` (empty values left out).
+
+    Every id of CURR must be in the manifest (it may list more). Columns named explicitly must exist; of the
+    default list, those missing or empty for every image of CURR are skipped."""
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    if not wanted:
+        raise InputError("--field-columns: names no column")
+    explicit = columns != DEFAULT_FIELDS
+    header, rows = read_fields(path)
+    missing = [i for i in curr.ids if i not in rows]
+    if missing:
+        raise InputError(f"{path}: {len(missing)} id(s) of {curr.source} are not in it, e.g. {missing[0]!r} "
+                         "(the manifest of another images store?)")
+    absent = [c for c in wanted if c not in header]
+    if absent and explicit:
+        raise InputError(f"{path}: no column {', '.join(absent)} (it has {', '.join(header)})")
+    out = []
+    for column in (c for c in wanted if c in header):
+        values = np.array([rows[i][column].strip() for i in curr.ids], dtype=object)
+        known = values != ""
+        if not known.any():
+            if explicit:
+                log.warning("%s: column %s is empty for every image: no agreement to measure", path, column)
+            continue
+        labels, field = curr.labels[known], values[known].astype(str)
+        out.append({"field": column, "values": int(len(np.unique(field))), "coverage": float(known.mean()),
+                    **check_finite({"nmi": metrics.nmi(labels, field), "purity": metrics.purity(labels, field)})})
+    if not out:
+        log.warning("%s: none of the columns %s has a value: no header field to compare with", path,
+                    ", ".join(wanted))
+    return out
+
+
+def read_field_rows(path: Path, quiet: bool = False) -> list[dict[str, str]]:
+    """The rows of an existing field-agreement file (none when absent; ``quiet``: none when unreadable)."""
+    if not path.exists():
+        return []
+    try:
+        return [{c: raw.get(c, "") for c in FIELD_COLUMNS}
+                for _, raw in csv_rows(path, "field agreement CSV", ["iteration", "field"])
+                if raw["iteration"].strip().lstrip("-").isdigit()]
+    except InputError:
+        if quiet:
+            return []
+        raise
+
+
+def merge_field_rows(old: list[dict], new: list[dict], iteration: int, history: list[dict]) -> list[dict]:
+    """``old`` less this iteration's rows and those of iterations the history no longer has, plus ``new``."""
+    keep = {int(r["iteration"]) for r in history} - {iteration}
+    rows = [r for r in old if int(r["iteration"]) in keep]
+    rows += [{"iteration": str(iteration), **{k: fmt(v) for k, v in item.items()}} for item in new]
+    return sorted(rows, key=lambda r: int(r["iteration"]))  # stable: fields stay in their order
+
+
+def write_field_rows(path: Path, rows: list[dict]) -> None:
+    write_csv(path, FIELD_COLUMNS, ([r.get(c, "") for c in FIELD_COLUMNS] for r in rows))
 
 
 def check_finite(values: dict[str, float]) -> dict[str, float]:
@@ -211,8 +336,9 @@ def fmt(value: object) -> str:
     return str(value)
 
 
-def plot_history(rows: list[dict], path: str, threshold: float, metric: str) -> None:
-    """Metrics over iterations: vs the previous labels (left), vs the truth and top-1 (right)."""
+def plot_history(rows: list[dict], path: str, threshold: float, metric: str, fields: list[dict] | None = None) -> None:
+    """Metrics over iterations: vs the previous labels (left), vs the truth, top-1 and the header fields' NMI
+    (dotted, right)."""
     plt = pyplot()
 
     its = np.array([int(r["iteration"]) for r in rows])
@@ -232,7 +358,12 @@ def plot_history(rows: list[dict], path: str, threshold: float, metric: str) -> 
         values = series(col)
         if np.isfinite(values).any():
             right.plot(its, values, marker="s", label=col.removesuffix("_truth"))
-    right.set(title="vs ground truth", xlabel="iteration")
+    names = list(dict.fromkeys(r["field"] for r in fields or []))
+    for name in names:
+        points = sorted((int(r["iteration"]), float(r["nmi"])) for r in fields if r["field"] == name and r["nmi"])
+        if points:
+            right.plot(*zip(*points), ls=":", marker=".", label=f"NMI {name}")
+    right.set(title="vs ground truth" + (" and header fields" if names else ""), xlabel="iteration")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -166,3 +166,100 @@ def test_the_verdict_is_printed_on_its_own_last_line(cli, files, tmp_path):
     assert r.code == 1 and r.out.splitlines()[-1] == "converged=0"
     r = cli("converge", tmp_path / "missing.csv", "--prev", files["truth"])
     assert r.code == 2 and "converged=" not in r.out
+
+
+# -- issue 18 item 6: agreement with DICOM header fields (evaluation only) --------------------------------
+
+
+def manifest_file(path, columns: dict[str, list[str]], ids=IDS):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "report_id", *columns])
+        for i, ident in enumerate(ids):
+            writer.writerow([ident, "", *(values[i] for values in columns.values())])
+    return path
+
+
+def field_rows(path):
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == converge_stage.FIELD_COLUMNS
+        return list(reader)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """Four classes (the truth): modality follows them exactly, body_part half-way (two classes share a value),
+    view is empty everywhere, orientation is known for the first quarter only."""
+    truth = np.arange(N) % 4
+    return manifest_file(tmp_path / "manifest.csv", {
+        "modality": [["CT", "MR", "DX", "US"][c] for c in truth],
+        "body_part": [["HEAD", "HEAD", "CHEST", "CHEST"][c] for c in truth],
+        "view": [""] * N,
+        "orientation": [["axial", "sagittal", "axial", "coronal"][c] if i < N // 4 else "" for i, c in enumerate(truth)],
+        "extra": ["x"] * N,
+    })
+
+
+def test_header_fields_go_to_a_side_file_and_leave_the_history_alone(cli, files, manifest, tmp_path):
+    hist, plot = tmp_path / "history.csv", tmp_path / "history.png"
+    r = cli("converge", files["same"], "--history", hist, "--fields", manifest, "--plot", plot, "-v")
+    assert r.code == 1, r.err
+    assert summary(r.out) == {"iteration": "0", "k": "4", "converged": "0"}  # stdout unchanged
+    history_rows(hist)  # the history's columns are those of HISTORY_COLUMNS, nothing added
+    rows = {r["field"]: r for r in field_rows(tmp_path / "history.fields.csv")}
+    assert list(rows) == ["modality", "body_part", "orientation"]  # view: empty everywhere; extra: not asked
+    assert rows["modality"] == {"iteration": "0", "field": "modality", "values": "4", "coverage": "1", "nmi": "1",
+                                "purity": "1"}
+    assert rows["body_part"]["values"] == "2" and rows["body_part"]["purity"] == "1"
+    assert 0.6 < float(rows["body_part"]["nmi"]) < 0.7  # 1 bit of the 2: 2·1/(2+1)
+    assert rows["orientation"]["coverage"] == "0.25" and rows["orientation"]["purity"] == "1"
+    assert "vs header field modality: NMI 1" in r.err and "coverage 25%" in r.err
+
+    # random labels follow nothing; iteration 1's rows are added, a re-run of it replaces them
+    for _ in range(2):
+        assert cli("converge", files["random"], "--prev", files["same"], "--history", hist, "--iteration", "1",
+                   "--fields", manifest, "--plot", plot).code == 1
+    rows = field_rows(tmp_path / "history.fields.csv")
+    assert [(r["iteration"], r["field"]) for r in rows] == [("0", "modality"), ("0", "body_part"),
+                                                            ("0", "orientation"), ("1", "modality"),
+                                                            ("1", "body_part"), ("1", "orientation")]
+    assert float(rows[3]["nmi"]) < 0.1 and float(rows[3]["purity"]) < 0.5
+
+    # explicit columns: only those; a new history starts a new side file
+    hist.unlink()
+    assert cli("converge", files["split"], "--history", hist, "--fields", manifest,
+               "--field-columns", "body_part,extra").code == 1
+    rows = field_rows(tmp_path / "history.fields.csv")
+    assert [(r["iteration"], r["field"], r["values"]) for r in rows] == [("0", "body_part", "2"), ("0", "extra", "1")]
+    assert rows[1]["nmi"] == "0" and rows[1]["purity"] == "1"  # one value: no information, trivially pure
+
+
+def test_header_fields_never_change_the_verdict(cli, files, manifest, tmp_path):
+    plain = cli("converge", files["split"], "--prev", files["truth"], "--threshold", "0.7")
+    with_fields = cli("converge", files["split"], "--prev", files["truth"], "--threshold", "0.7", "--fields", manifest,
+                      "--field-columns", "modality")
+    assert plain.code == with_fields.code == 0 and plain.out == with_fields.out
+
+
+def test_bad_fields_input_exits_2_with_one_line(cli, files, manifest, tmp_path):
+    few = manifest_file(tmp_path / "few.csv", {"modality": ["CT"] * 10}, ids=IDS[:10])
+    (tmp_path / "noid.csv").write_text("name,modality\na,CT\n")
+    (tmp_path / "dup.csv").write_text("id,modality\nim0000,CT\nim0000,MR\n")
+    cases = [
+        (["--fields", tmp_path / "absent.csv"], "absent.csv"),
+        (["--fields", few], "110 id(s)"),
+        (["--fields", tmp_path / "noid.csv"], "'id'"),
+        (["--fields", tmp_path / "dup.csv"], "duplicate id"),
+        (["--fields", manifest, "--field-columns", "modality,laterality"], "no column laterality"),
+        (["--fields", manifest, "--field-columns", " , "], "--field-columns"),
+        (["--fields", manifest, "--history", manifest], "--history"),  # the history may not be an input
+    ]
+    for argv, needle in cases:
+        r = cli("converge", files["same"], *argv)
+        assert r.code == 2, (argv, r.err)
+        assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+        assert r.out == ""
+    hist = tmp_path / "h.csv"
+    r = cli("converge", files["same"], "--history", hist, "--fields", hist.with_name("h.fields.csv"))
+    assert r.code == 2 and "h.fields.csv" in r.err and not hist.exists()  # the side file may not be an input
