@@ -391,7 +391,7 @@ recorded_verdict() {
 # converge for iteration T; sets $converged to 0 (stop) or 1 (go on); aborts on anything else.
 # A resume takes the verdict an earlier run recorded, so a finished run changes no file.
 check() {
-  local t=$1 dir prev_args=() truth_args=() metrics_args=() status=0
+  local t=$1 dir prev_args=() truth_args=() metrics_args=() fields_args=() status=0
   dir=$(iter_dir "$t")
   if converged=$(recorded_verdict "$t"); then
     return 0
@@ -399,7 +399,9 @@ check() {
   [[ $t -gt 0 ]] && prev_args=(--prev "$(iter_dir $((t - 1)))/labels.csv")
   [[ -n $truth ]] && truth_args=(--truth "$truth")
   [[ -f $dir/model.metrics.json ]] && metrics_args=(--metrics-json "$dir/model.metrics.json")
-  "${converge_cmd[@]}" "$dir/labels.csv" "${prev_args[@]}" "${truth_args[@]}" "${metrics_args[@]}" \
+  # issue 18 item 6: agreement with the manifest's header fields (evaluation only) -> history.fields.csv
+  [[ -n $manifest ]] && fields_args=(--fields "$manifest")
+  "${converge_cmd[@]}" "$dir/labels.csv" "${prev_args[@]}" "${truth_args[@]}" "${metrics_args[@]}" "${fields_args[@]}" \
     --history "$history" --iteration "$t" --metric "$metric" --threshold "$threshold" \
     --plot "$work/history.png" --quiet > "$dir/converge.txt" || status=$?
   (( status <= 1 )) || die "converge failed with exit status $status at iteration $t; stopping"
