@@ -268,3 +268,38 @@ def test_the_tree_says_what_it_was_built_from(affinity, says):
             "levels": [2, 1], "affinity": affinity}
     text = "\n".join(tree_html(tree, {}, None))
     assert says in text and ("class confusion" in text) == (affinity in ("lift", "confusion"))
+
+
+# -- issue 18 item 6: agreement with DICOM header fields ---------------------------------------------------
+
+
+def test_header_field_agreement_section(cli, tmp_path):
+    work = small_work(tmp_path)
+    r = cli("report", work, "--thumb", "16")
+    assert r.code == 0, r.err
+    assert "header fields" not in (work / "report/index.html").read_text()  # no fields file: no section, no link
+    (work / "history.csv").write_text("iteration,k,nmi_prev,converged\n0,3,,0\n1,3,0.95,1\n")
+    (work / "history.fields.csv").write_text(
+        "iteration,field,values,coverage,nmi,purity\n"
+        "0,modality,2,1,0.31234,0.7\n0,body_part,5,0.8,0.2,0.5\n"
+        "1,modality,2,1,0.64512,0.9\n1,body_part,5,0.8,0.47,0.61\n"
+        "2,modality,2,1,0.99,0.99\n")  # iteration 2 is not in the history (a restart left it): not shown
+    r = cli("report", work, "--thumb", "16")
+    assert r.code == 0, r.err
+    page = parse(work / "report/index.html")
+    check_self_contained(work / "report", page)
+    html = (work / "report/index.html").read_text()
+    assert '<h2 id="fields">Agreement with DICOM header fields</h2>' in html and 'href="#fields"' in html
+    assert "0.645 against modality" in html  # the published anchor, to read the numbers by
+    rows = [line for line in html.splitlines() if line.startswith('<tr class="fields">')]
+    assert len(rows) == 2
+    assert rows[1] == ('<tr class="fields"><td class="num">1</td><td class="num">0.645</td><td class="num">0.900</td>'
+                       '<td class="num">0.470</td><td class="num">0.610</td></tr>')
+    assert "body_part" in html and "80% of images" in html and "0.990" not in html
+
+    (work / "history.fields.csv").write_text("iteration,field,values,coverage,nmi,purity\n0,modality,2,1,high,0.7\n")
+    r = cli("report", work)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "history.fields.csv: line 2" in r.err
+    (work / "history.fields.csv").write_text("iteration,field\n0,modality\n")
+    r = cli("report", work)
+    assert r.code == 2 and "history.fields.csv" in r.err and "missing values" in r.err

@@ -3,7 +3,9 @@
 Reads the loop's work folder WORK:
 
 * ``run.json`` (the run record: settings, inputs, commands; absent in old runs:
-  "settings unknown"), ``history.csv`` and ``history.png``;
+  "settings unknown"), ``history.csv`` and ``history.png``; ``history.fields.csv`` when the
+  loop had a manifest (``converge --fields``: each iteration's agreement with the DICOM
+  header fields; the page leaves the section out without it);
 * ``final/labels.csv`` (the categories), ``final/probs.h5`` (the final model's softmax,
   where "typical" is measured; without it the last iteration's ``features.h5``),
   ``final/tree/tree.json`` and ``tree.png``, ``final/keywords/keywords.csv`` when
@@ -12,7 +14,8 @@ Reads the loop's work folder WORK:
 
 Writes OUT (default ``WORK/report``), replaced as a whole when complete:
 
-* ``index.html``: settings, the per-iteration table and plot, the category tree as
+* ``index.html``: settings, the per-iteration table and plot, the agreement with the
+  DICOM header fields (NMI and purity per iteration and field), the category tree as
   collapsible levels, and one section per category: size, its most typical images
   (nearest its centroid), its least typical ones, keywords, its place in the tree, and
   a name and "merge into" field; a button downloads ``review.csv``
@@ -41,7 +44,7 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
 from ldpo.common.stores import atomic_path, open_store
-from ldpo.common.tables import read_cell
+from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
 
 log = logging.getLogger("ldpo")
@@ -93,6 +96,7 @@ class ReportTool(Tool):
         labels = read_labels(labels_path)
         space, scores, classes_of, notes = typicality_space(work, labels)
         history = read_history(work / "history.csv")
+        fields = read_fields(work / "history.fields.csv", history)
         tree = read_tree(work / "final" / "tree" / "tree.json")
         keywords = read_keywords(work / "final" / "keywords" / "keywords.csv")
         categories = gather(labels, scores, classes_of, opts.typical, opts.atypical, space)
@@ -117,7 +121,7 @@ class ReportTool(Tool):
                 from ldpo.stages.report.page import render
 
                 text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
-                              categories, len(labels), opts.thumb, notes, __version__, usage)
+                              categories, len(labels), opts.thumb, notes, __version__, usage, fields)
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -212,6 +216,28 @@ def read_history(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return [dict(r) for r in csv.DictReader(fh)]
+
+
+def read_fields(path: Path, history: list[dict]) -> list[dict]:
+    """converge's agreement with the header fields (iteration,field,values,coverage,nmi,purity), of the
+    iterations the history has (an interrupted restart may leave rows of iterations no longer run); [] without
+    the file."""
+    if not path.is_file():
+        return []
+    iterations = {str(r.get("iteration", "")).strip() for r in history}
+    rows = []
+    for line_no, r in csv_rows(path, "field agreement CSV (from converge --fields)",
+                               ["iteration", "field", "values", "coverage", "nmi", "purity"]):
+        try:
+            int(r["iteration"])
+            for key in ("coverage", "nmi", "purity"):
+                if r[key].strip():
+                    float(r[key])
+        except ValueError:
+            raise InputError(f"{path}: line {line_no}: not a number in iteration, coverage, nmi or purity") from None
+        if not history or r["iteration"].strip() in iterations:
+            rows.append({k: r[k].strip() for k in ("iteration", "field", "values", "coverage", "nmi", "purity")})
+    return rows
 
 
 def read_keywords(path: Path) -> dict[int, list[tuple[str, int]]]:

@@ -240,6 +240,38 @@ def history_html(rows: list[dict], plot: str | None) -> list[str]:
     return out
 
 
+ANCHOR = ("Manojlović et al. 2022 (deep embedded clustering of 38K PACS images) reached NMI 0.645 against modality "
+          "and 0.473 against anatomical region")
+
+
+def fields_html(rows: list[dict]) -> list[str]:
+    """The agreement of each iteration's categories with the DICOM header fields, or nothing without rows."""
+    if not rows:
+        return []
+    names = list(dict.fromkeys(r["field"] for r in rows))
+    iterations = sorted({int(r["iteration"]) for r in rows})
+    cell = {(int(r["iteration"]), r["field"]): r for r in rows}
+    last = {name: next(cell[i, name] for i in reversed(iterations) if (i, name) in cell) for name in names}
+    out = ['<h2 id="fields">Agreement with DICOM header fields</h2>',
+           '<p class="muted">How far each iteration\'s categories follow header fields the method never saw '
+           "(evaluation only): NMI (0 = independent, 1 = the same grouping) and purity (the share of images whose "
+           "category's most common value is their own; it rises with the number of categories) over the images "
+           "that have the field (coverage). A good categorization partly follows modality and body region, not "
+           f"every field: {e(ANCHOR)}. The dotted lines of the iterations plot show the same NMI.</p>",
+           "<table><tr><th rowspan=\"2\">iteration</th>"]
+    for name in names:
+        coverage = float(last[name]["coverage"] or 0)
+        out.append(f'<th colspan="2">{e(name)} <span class="muted">({e(last[name]["values"])} values, '
+                   f"{100 * coverage:.0f}% of images)</span></th>")
+    out.append("</tr><tr>" + "<th>NMI</th><th>purity</th>" * len(names) + "</tr>")
+    for i in iterations:
+        out.append(f'<tr class="fields"><td class="num">{i}</td>' + "".join(
+            f'<td class="num">{e(fmt(cell[i, n]["nmi"]))}</td><td class="num">{e(fmt(cell[i, n]["purity"]))}</td>'
+            if (i, n) in cell else "<td></td><td></td>" for n in names) + "</tr>")
+    out.append("</table>")
+    return out
+
+
 def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | None) -> list[str]:
     out = ['<h2 id="tree">Category tree</h2>']
     if tree is None:
@@ -340,14 +372,15 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
-           notes: list[str], version: str, usage: list[str] | None = None) -> str:
+           notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>",
            f'<body data-run="{e(run_key)}">',
            '<header class="top">', f"<h1>{e(title)}</h1>",
-           '<nav><a href="#settings">settings</a><a href="#history">iterations</a><a href="#tree">tree</a>'
-           '<a href="#categories">categories</a></nav>',
+           '<nav><a href="#settings">settings</a><a href="#history">iterations</a>'
+           + ('<a href="#fields">header fields</a>' if fields else "")
+           + '<a href="#tree">tree</a><a href="#categories">categories</a></nav>',
            '<div class="review"><input id="find" type="search" placeholder="find category, name, keyword" '
            'aria-label="find a category">'
            '<button id="download" type="button">Download review.csv</button>'
@@ -364,6 +397,7 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
                    '<pre>' + "\n".join(e(line) for line in usage) + "</pre></details>")
     out += settings_html(run, run_path)
     out += history_html(history, history_png)
+    out += fields_html(fields or [])
     out += tree_html(tree, categories, tree_png)
     out.append('<h2 id="categories">Categories</h2>')
     out.append('<datalist id="labels">' + "".join(f'<option value="{c}">' for c in sorted(categories)) + "</datalist>")
