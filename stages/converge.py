@@ -354,16 +354,19 @@ def plot_history(rows: list[dict], path: str, threshold: float, metric: str, fie
     if len(done):
         left.axvline(done.min(), color="tab:green", ls=":", lw=1.5, label="converged")
     left.set(title="vs previous iteration", xlabel="iteration", ylim=(-0.05, 1.05))
+    has_truth = False
     for col in [*TRUTH_COLUMNS, "top1"]:
         values = series(col)
         if np.isfinite(values).any():
             right.plot(its, values, marker="s", label=col.removesuffix("_truth"))
+            has_truth |= col != "top1"
     names = list(dict.fromkeys(r["field"] for r in fields or []))
     for name in names:
         points = sorted((int(r["iteration"]), float(r["nmi"])) for r in fields if r["field"] == name and r["nmi"])
         if points:
             right.plot(*zip(*points), ls=":", marker=".", label=f"NMI {name}")
-    right.set(title="vs ground truth" + (" and header fields" if names else ""), xlabel="iteration")
+    what = " and ".join(w for w, shown in (("ground truth", has_truth), ("header fields (NMI)", names)) if shown)
+    right.set(title=f"vs {what or 'ground truth'}", xlabel="iteration")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
