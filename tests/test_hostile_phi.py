@@ -367,6 +367,11 @@ def test_names_typed_into_the_toy_archive_series_descriptions_reach_no_output(pa
     assert {m["orientation"] for m in manifest} == {"axial", "sagittal"}
     assert {m["body_part"] for m in manifest} - {""} <= {"HEAD", "BRAIN", "CHEST", "ABDOMEN", "LSPINE", "PELVIS"}
     assert not leaks(outputs, typed)
+    # the loop (given the manifest) measured each iteration against the fields, and the report shows it
+    fields = read_csv(root / "run/history.fields.csv")
+    assert {"modality", "body_part", "orientation", "series_words"} <= {r["field"] for r in fields}
+    assert {r["iteration"] for r in fields} == {r["iteration"] for r in read_csv(root / "run/history.csv")}
+    assert "Agreement with DICOM header fields" in (root / "run/report/index.html").read_text()
 
 
 def test_the_issue_report_leaves_nothing_through_extract_keyimages(cli, tmp_path):
