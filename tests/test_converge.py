@@ -196,7 +196,8 @@ def manifest(tmp_path):
         "modality": [["CT", "MR", "DX", "US"][c] for c in truth],
         "body_part": [["HEAD", "HEAD", "CHEST", "CHEST"][c] for c in truth],
         "view": [""] * N,
-        "orientation": [["axial", "sagittal", "axial", "coronal"][c] if i < N // 4 else "" for i, c in enumerate(truth)],
+        "orientation": [["axial", "sagittal", "axial", "coronal"][c] if i < N // 4 else ""
+                        for i, c in enumerate(truth)],
         "extra": ["x"] * N,
     })
 

@@ -340,7 +340,8 @@ def test_a_name_in_the_header_fields_never_reaches_the_manifest(cli, tmp_path):
     shutil.rmtree(tmp_path / "dicom")
     shutil.rmtree(tmp_path / "out")
     said, _ = extract_one(cli, tmp_path, "Seen.", {"PatientName": "Chest^Brain", "Modality": "JANEDOE",
-                                                   "SeriesDescription": "CHEST CT BRAIN", "BodyPartExamined": "L SPINE"})
+                                                   "SeriesDescription": "CHEST CT BRAIN",
+                                                   "BodyPartExamined": "L SPINE"})
     row = read_csv(tmp_path / "out/manifest.csv")[0]
     assert row["series_words"] == "ct" and row["modality"] == "OT" and row["body_part"] == "LSPINE"
     assert "JANEDOE" not in said.upper()

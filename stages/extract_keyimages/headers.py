@@ -85,7 +85,8 @@ for _canonical, _aliases in {
     "perfusion": "perfusion perf dsc asl pwi", "dce": "dce", "bold": "bold fmri", "mrcp": "mrcp", "cine": "cine",
     "lge": "lge psir",
     # CT reconstruction and kernels
-    "bone": "bone b70 b60 bonealg", "soft": "soft softtissue st b30 b31", "lung": "lung lungs b70f", "std": "std standard",
+    "bone": "bone b70 b60 bonealg", "soft": "soft softtissue st b30 b31", "lung": "lung lungs b70f",
+    "std": "std standard",
     "sharp": "sharp", "smooth": "smooth", "thin": "thin", "thick": "thick", "mpr": "mpr reformat", "mip": "mip",
     "minip": "minip", "vr": "vr vrt", "recon": "recon", "idose": "idose", "asir": "asir",
     "localizer": "localizer localiser loc scout survey topogram scanogram", "tracker": "tracker bolus monitoring",
@@ -95,7 +96,8 @@ for _canonical, _aliases in {
     "axial": "ax axial tra trans transverse", "coronal": "cor coronal", "sagittal": "sag sagittal",
     "oblique": "obl oblique", "3d": "3d", "2d": "2d",
     # contrast and phases
-    "contrast": "contrast c gd gad gado cont cect cemr enh enhanced", "pre": "pre precontrast", "post": "post postcontrast",
+    "contrast": "contrast c gd gad gado cont cect cemr enh enhanced", "pre": "pre precontrast",
+    "post": "post postcontrast",
     "noncontrast": "nc noncon noncontrast wo native plain", "delayed": "delayed delay late",
     "arterial": "arterial", "venous": "venous ven portal pv portovenous", "nephrographic": "nephrographic",
     "early": "early", "dynamic": "dynamic dyn", "subtraction": "sub subtraction subtr",
