@@ -146,3 +146,48 @@ class NearestCentroid:
         """``(cluster [B] int64, squared distance [B] float32)``."""
         dist, nearest = self.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
         return nearest[:, 0].astype(np.int64), dist[:, 0]
+
+
+#: up to this many rows, ``nearest_neighbours`` searches exactly (faiss ``IndexFlatIP``); beyond,
+#: an inverted-file index (``IndexIVFFlat``, sqrt-sized lists, 16 probed) keeps the search
+#: sub-quadratic (see ``tests/bench/bench_scan.py --knn-rows`` for the times either side).
+EXACT_KNN_MAX_ROWS = 100_000
+
+
+def nearest_neighbours(x: np.ndarray, k: int, device: str = "cpu", exact_max_rows: int = EXACT_KNN_MAX_ROWS,
+                       seed: int = 0, batch: int = 16384) -> np.ndarray:
+    """Each row's ``k`` nearest other rows by cosine similarity, ``[N, k]`` int64, nearest first.
+
+    ``x`` is L2-normalized here (a copy). Rows are searched ``batch`` at a time, so the
+    distance matrix never exceeds ``batch x N``. A row's own index is removed from its list
+    (duplicated rows may list each other instead).
+    """
+    import faiss
+
+    x = l2_normalize(np.ascontiguousarray(x, dtype=np.float32))
+    n, d = x.shape
+    k = min(k, n - 1)
+    if k < 1:
+        raise ValueError(f"nearest neighbours need at least 2 rows, got {n}")
+    if n <= exact_max_rows:
+        index = faiss.IndexFlatIP(d)
+    else:
+        lists = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, min(n, 64 * lists), replace=False)
+        index.train(x[np.sort(sample)])
+        index.nprobe = 16
+        log.info("nearest neighbours: inverted-file index, %d lists, %d probed (%d rows > %d)", lists,
+                 index.nprobe, n, exact_max_rows)
+    if use_gpu(device):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(x)
+    out = np.empty((n, k), dtype=np.int64)
+    for lo in range(0, n, batch):
+        _, found = index.search(x[lo:lo + batch], k + 1)
+        for row, hits in enumerate(found, start=lo):
+            hits = hits[(hits != row) & (hits >= 0)][:k]
+            if len(hits) < k:  # an approximate search found too few: pad with the nearest found
+                hits = np.concatenate([hits, np.full(k - len(hits), hits[0] if len(hits) else row)])
+            out[row] = hits
+    return out

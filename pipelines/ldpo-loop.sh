@@ -42,7 +42,7 @@ Options (environment default in brackets):
   --layer NAME          feature layer (avgpool, fc7, conv5, ...; with
                         --encode the stage's last conv layer)         [LDPO_LAYER]
   --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
-  --method kmeans|rim   clustering                                  [LDPO_METHOD=kmeans]
+  --method kmeans|rim|scan  clustering (scan: neighbour-consistent heads) [LDPO_METHOD=kmeans]
   --k K                 clusters (rim: the over-segmentation)       [LDPO_K=25]
   --metric nmi|purity   convergence measure                         [LDPO_METRIC=nmi]
   --threshold X         stop when metric(labels_t, labels_t-1) >= X [LDPO_THRESHOLD=0.9]

@@ -264,3 +264,75 @@ def test_train_rows_is_refused_where_every_row_is_needed(cli, blobs200, tmp_path
     for extra in (["--method", "rim"], ["--balance", "sinkhorn"]):
         r = cli("cluster", path, "--out", tmp_path / "l.csv", "--k", "5", "--train-rows", "100", *extra)
         assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--train-rows 100" in r.err
+
+
+# -- scan ---------------------------------------------------------------------------------
+
+def test_scan_recovers_blobs_writes_confidence_and_same_seed_same_file(cli, tmp_path):
+    x, truth = blobs(300, k=5, d=32, spread=0.4, seed=2)
+    ids = feature_store(tmp_path / "f.h5", x)
+    outs = []
+    for name in ("a.csv", "b.csv"):
+        r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / name, "--k", "5", "--method", "scan",
+                "--scan-steps", "300", "--seed", "4")
+        assert r.code == 0, r.err
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+    assert "kept head" in r.err and "K'=5" in r.err
+    labels = labels_of(tmp_path / "a.csv", ids)
+    assert purity(labels, truth) >= 0.95 and purity(truth, labels) >= 0.95
+    rows = (tmp_path / "a.csv").read_text().splitlines()
+    assert rows[0] == "id,label,confidence"
+    confidence = np.array([float(r.split(",")[2]) for r in rows[1:]])
+    assert ((confidence > 1 / 5) & (confidence <= 1)).all() and np.median(confidence) > 0.5
+
+
+def test_scan_without_the_entropy_term_says_which_clusters_emptied(cli, tmp_path):
+    # no entropy term: nothing keeps clusters alive; the loss is logged and empty clusters named
+    x, _ = blobs(200, k=5, d=16, spread=0.4, seed=3)
+    feature_store(tmp_path / "f.h5", x)
+    r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "l.csv", "--k", "8", "--method", "scan",
+            "--entropy-weight", "0", "--scan-steps", "300")
+    assert r.code == 0, r.err
+    used = len(set(read_labels(tmp_path / "l.csv").labels.tolist()))
+    assert used < 8 and f"{8 - used} of 8 clusters ended empty" in r.err
+
+
+def test_scan_self_labeling_runs_on_confident_rows(cli, tmp_path, blobs200):
+    path, ids, truth = blobs200
+    r = cli("cluster", path, "--out", tmp_path / "l.csv", "--k", "5", "--method", "scan", "--scan-steps", "200",
+            "--self-label", "0.9")
+    assert r.code == 0, r.err
+    assert "self-labeling on" in r.err
+    assert purity(labels_of(tmp_path / "l.csv", ids), truth) >= 0.9
+
+
+def test_nearest_neighbours_exclude_the_row_and_the_inverted_index_agrees_with_exact():
+    from ldpo.common.features import nearest_neighbours
+
+    x, truth = blobs(2000, k=10, d=32, spread=0.5, seed=5)
+    exact = nearest_neighbours(x, 10)
+    approx = nearest_neighbours(x, 10, exact_max_rows=500)
+    assert exact.shape == (2000, 10) and (exact != np.arange(2000)[:, None]).all()
+    assert (truth[exact] == truth[:, None]).mean() > 0.95  # neighbours share the blob
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
+    assert overlap > 0.8
+
+
+def test_bench_scan_ends_with_the_comparison_line(tmp_path, capsys):
+    import importlib.util
+
+    from ldpo.common.labels import write_labels
+
+    x, truth = blobs(150, k=3, d=16, spread=0.3, seed=6)
+    ids = feature_store(tmp_path / "f.h5", x)
+    write_labels(tmp_path / "truth.csv", ids, truth)
+    spec = importlib.util.spec_from_file_location("bench_scan", "tests/bench/bench_scan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(tmp_path / "f.h5"), str(tmp_path / "truth.csv"), "--seeds", "0", "--",
+                       "--scan-steps", "100"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    name, km, sc = last.split()
+    assert name == "scan:" and km.startswith("kmeans=") and sc.startswith("scan=")
+    assert float(km.split("=")[1]) >= 0.9 and float(sc.split("=")[1]) >= 0.9

@@ -65,7 +65,8 @@ TRAIN_BYTES = 128 << 20
 class Options(CommonOptions):
     features: str = positional("feature store (.h5/.hdf5/.zarr) holding features [N,D]", role="input")
     out: str = opt("output labels CSV (id,label; '-' = stdout)", role="output")
-    method: str = opt("algorithm", "kmeans", choices=["kmeans", "rim"])
+    method: str = opt("algorithm: k-means, over-segmented k-means + RIM, or SCAN's neighbour-consistent heads "
+                      "(writes a confidence column)", "kmeans", choices=["kmeans", "rim", "scan"])
     k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100, min=1)
     pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0, min=0)
     whiten: bool = opt("whiten after PCA", False)
@@ -80,6 +81,13 @@ class Options(CommonOptions):
                               "centroid (smaller: assignments follow the distances more)", 0.1, above=0)
     lam: float = opt("RIM weight penalty: larger merges more clusters (about 1e-5 for hundreds)", 1e-3, min=0)
     rim_iter: int = opt("RIM L-BFGS iterations at most", 200, min=1)
+    neighbours: int = opt("scan: nearest neighbours mined per row (cosine, faiss)", 20, min=1)
+    heads: int = opt("scan: clustering heads trained at once; the one with the lowest loss is kept", 5, min=1)
+    scan_steps: int = opt("scan: training steps (mini-batches of 256 rows and a neighbour each)", 1000, min=1)
+    entropy_weight: float = opt("scan: weight of the entropy of the mean prediction (larger: more even clusters; "
+                                "SCAN's 5 splits large categories of imbalanced data)", 2.0, min=0)
+    self_label: float = opt("scan: then train the kept head on rows at least this confident (0 = off; SCAN: 0.99)",
+                            0.0, min=0, max=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
     train_rows: int = opt("k-means and PCA learn from a seeded sample of this many rows when the store has more, "
                           "then every row is assigned to its nearest centroid block by block, so memory does not "
@@ -98,6 +106,7 @@ class ClusterTool(Tool):
     description = ("Cluster a feature store into pseudo-labels (id,label CSV): faiss k-means, or over-segmented "
                    "k-means refined by RIM, which chooses the cluster count K' itself. Logs K' and the loss on stderr.")
     example = ("cluster feats.h5 --out labels.csv --k 25\n"
+               "cluster feats.h5 --out labels.csv --k 25 --method scan --neighbours 20 --heads 5\n"
                "cluster feats.h5 --out labels.csv --method rim --k 1000 --lam 1e-3 --pca 256 --summary sizes")
     Options = Options
 
@@ -107,11 +116,15 @@ class ClusterTool(Tool):
         min_rows = opts.k if opts.method == "kmeans" else 1
         n, d = feature_shape(opts.features, min_rows)
         rows = train_rows(opts, n, d)
+        extra = None
         if rows < n:
             ids, labels = sampled_kmeans(opts, rows, device)
+        elif opts.method == "scan":
+            ids, labels, confidence = cluster_scan(opts, device)
+            extra = {"confidence": [f"{c:.4f}" for c in confidence.tolist()]}
         else:
             ids, labels = cluster_whole(opts, device, min_rows)
-        write_labels(opts.out, ids, labels)
+        write_labels(opts.out, ids, labels, extra)
         if opts.summary:
             write_summary(opts.summary, labels)
         return 0
@@ -134,6 +147,22 @@ def cluster_whole(opts: Options, device: str, min_rows: int) -> tuple[list[str],
     return ids, labels
 
 
+def cluster_scan(opts: Options, device: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """ids, labels 0..K'-1 and each row's confidence, by SCAN heads (see ``scan.py``)."""
+    from .scan import ScanSettings, scan
+
+    ids, x = read_features(opts.features, opts.batch_size, max(opts.k, 2))
+    if opts.pca:
+        x = apply_preprocess(x, fit_pca(x, opts), opts)
+    settings = ScanSettings(neighbours=opts.neighbours, heads=opts.heads, steps=opts.scan_steps,
+                            entropy_weight=opts.entropy_weight, self_label=opts.self_label)
+    assign, confidence, loss = scan(x, opts.k, settings, opts.seed, device)
+    labels = renumber(assign, opts.k, "scan")
+    log.info("scan: K'=%d clusters, loss %.4f, median confidence %.3f", labels.max() + 1, loss,
+             float(np.median(confidence)))
+    return ids, labels, confidence
+
+
 def check_options(opts: Options) -> None:
     if opts.whiten and not opts.pca:
         raise InputError("--whiten needs --pca D")
@@ -144,7 +173,7 @@ def check_options(opts: Options) -> None:
 
 def samples(opts: Options) -> bool:
     """Whether this clustering may learn from a sample: plain k-means, not RIM or Sinkhorn balancing."""
-    return opts.method == "kmeans" and opts.balance == "none"
+    return opts.method == "kmeans" and opts.balance == "none"  # (scan mines neighbours among every row)
 
 
 def train_rows(opts: Options, n: int, d: int) -> int:
