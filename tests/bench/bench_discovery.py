@@ -13,7 +13,10 @@ Data sets (generated here, nothing is downloaded):
 * ``texture25``: toy Texture-25, all 25 classes × 40 images at 64 px (``--classes``,
   ``--per-class``, ``--size`` change it);
 * ``pacs``: the toy PACS (40 studies) through ``extract-keyimages`` at 64 px, truth =
-  each key image's body region (5 regions) from the study's ``regions.csv``;
+  what looks alike, each key image's body region × modality (9 pairs; region alone splits
+  by modality, see the README); the region-only scores are printed beside it (``*_region``);
+* ``archive``: ``toy-data archive`` phantoms (an elliptical body filled with oriented
+  gratings per class), 20 classes × 50 images: a third kind, neither texture nor PACS;
 * ``pretrained``: the paper's setting without downloads: ResNet-18 trained supervised
   on texture families 10–24 (the source) is saved as a weights file, and the loop runs
   on families 0–9 (the target, disjoint) from ``--init weights:FILE``.
@@ -86,6 +89,14 @@ SETTINGS: dict[str, Setting] = {
                                        env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
     "frozen": Setting("train the head only (backbone weights and BatchNorm statistics frozen)",
                       env={"FINETUNE_ARGS": "--freeze-backbone"}),
+    "multiscale": Setting("cluster the multi-scale feature (every stage pooled, L2-normalized, concatenated)",
+                          args=["--layer", "multiscale"]),
+    "scan": Setting("neighbour-consistent clustering (cluster --method scan) on the default feature",
+                    args=["--method", "scan"]),
+    "multiscale+scan": Setting("the multi-scale feature, clustered by cluster --method scan",
+                               args=["--layer", "multiscale", "--method", "scan"]),
+    "avgpool+kmeans": Setting("the previous defaults: the avgpool feature, k-means",
+                              args=["--layer", "avgpool", "--method", "kmeans"]),
     "pca128+jitter": Setting("PCA to 128, jitter 0.3", env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
 }
 
@@ -119,6 +130,7 @@ def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     images, truth = out / "keyimages" / "images.h5", out / "truth.csv"
     if truth.exists():
         return images, truth
+    region_truth = out / "truth-region.csv"
     run([*ldpo(), "toy-data", "pacs", "--out", str(out / "toy"), "--studies", str(studies), "--seed", "0", "--quiet"])
     run([*ldpo(), "extract-keyimages", str(out / "toy" / "dicom"), "--reports", str(out / "toy" / "reports.csv"),
          "--out", str(out / "keyimages"), "--size", str(size), "--quiet"], env=dict(os.environ, LDPO_SALT="bench"))
@@ -127,9 +139,20 @@ def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     accession = {pseudo("report", r["report_id"], length=12): r["accession"]
                  for r in csv.DictReader(open(out / "toy" / "reports.csv"))}
     rows = list(csv.DictReader(open(out / "keyimages" / "manifest.csv")))
-    names = sorted(set(region.values()))
-    write_labels(truth, [r["id"] for r in rows], np.array([names.index(region[accession[r["report_id"]]])
-                                                           for r in rows]))
+    regions = [region[accession[r["report_id"]]] for r in rows]
+    names = sorted(set(regions))
+    write_labels(region_truth, [r["id"] for r in rows], np.array([names.index(x) for x in regions]))
+    pairs = [(x, r["modality"]) for x, r in zip(regions, rows)]
+    names = sorted(set(pairs))
+    write_labels(truth, [r["id"] for r in rows], np.array([names.index(x) for x in pairs]))
+    return images, truth
+
+
+def make_archive(out: Path, classes: int, per_class: int, size: int) -> tuple[Path, Path]:
+    images, truth = out / "images.h5", out / "truth.csv"
+    if not truth.exists():
+        run([*ldpo(), "toy-data", "archive", "--out", str(images), "--truth", str(truth), "--n",
+             str(classes * per_class), "--classes", str(classes), "--size", str(size), "--seed", "0", "--quiet"])
     return images, truth
 
 
@@ -170,6 +193,16 @@ def read_history(work: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def score(labels: Path, truth: Path) -> tuple[float, float]:
+    """Purity and NMI of a labels CSV against a truth CSV."""
+    from ldpo.common.labels import align, read_labels
+    from ldpo.common.metrics import nmi, purity
+
+    t = read_labels(truth)
+    pred = align(read_labels(labels), t.ids, str(truth))
+    return purity(pred, t.labels), nmi(pred, t.labels)
+
+
 def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> tuple[float, float]:
     """Purity and NMI against the truth after re-clustering an iteration's features into k groups."""
     from ldpo.common.labels import align, read_labels
@@ -177,15 +210,13 @@ def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> 
 
     folder = work / f"iter-{iteration:02d}"
     feats = folder / "encoded.h5" if (folder / "encoded.h5").exists() else folder / "features.h5"
-    out = folder / f"labels-at-{k}.csv"
+    out = folder / f"labels-at-{k}-{abs(hash(cluster_args)) % 10**6}.csv"
     run([*ldpo(), "cluster", str(feats), "--out", str(out), "--k", str(k), *cluster_args.split(), "--quiet"])
-    t = read_labels(truth)
-    pred = align(read_labels(out), t.ids, str(truth))
-    return purity(pred, t.labels), nmi(pred, t.labels)
+    return score(out, truth)
 
 
 def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setting: Setting, seed: int,
-            work: Path, opts, extra: list[str]) -> dict:
+            work: Path, opts, extra: list[str], extra_truths: dict[str, Path]) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     k = classes * setting.k_mult
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1",
@@ -205,6 +236,12 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
               "purity0": float(first["purity_truth"]), "nmi0": float(first["nmi_truth"]),
               "purity": float(last["purity_truth"]), "nmi": float(last["nmi_truth"]),
               "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
+    # the baseline the loop must beat: plain k-means (k = classes) on the same iteration-0 features
+    result["kmeans0"], result["kmeans0_nmi"] = at_k(work, 0, classes, truth, "--method kmeans")
+    for name, other in extra_truths.items():
+        result[f"purity0_{name}"], result[f"nmi0_{name}"] = score(work / "iter-00" / "labels.csv", other)
+        result[f"purity_{name}"], result[f"nmi_{name}"] = score(work / f"iter-{int(last['iteration']):02d}"
+                                                                / "labels.csv", other)
     if setting.k_mult > 1:
         args = setting.env.get("CLUSTER_ARGS", "")
         result["purity0@K"], result["nmi0@K"] = at_k(work, 0, classes, truth, args)
@@ -216,8 +253,9 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
 
 
 # -- report ------------------------------------------------------------------------------
-COLUMNS = ["set", "setting", "seed", "k", "purity0", "purity", "nmi0", "nmi", "purity0@K", "purity@K",
-           "nmi0@K", "nmi@K", "iterations", "seconds"]
+COLUMNS = ["set", "setting", "seed", "k", "kmeans0", "purity0", "purity", "kmeans0_nmi", "nmi0", "nmi",
+           "purity0_region", "purity_region", "nmi0_region", "nmi_region",
+           "purity0@K", "purity@K", "nmi0@K", "nmi@K", "iterations", "seconds"]
 
 
 def fmt(value) -> str:
@@ -251,7 +289,7 @@ def medians(results: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sets", default="texture25,pacs,pretrained")
+    p.add_argument("--sets", default="texture25,pacs,archive,pretrained")
     p.add_argument("--settings", default="default", help="comma-separated names, or all (see --list)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--classes", type=int, default=25)
@@ -283,12 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for data in opts.sets.split(","):
         extra: list[str] = []
+        extra_truths: dict[str, Path] = {}
         if data == "texture25":
             images, truth = make_texture25(out / "data-texture25", opts.classes, opts.per_class, opts.size)
             classes = opts.classes
         elif data == "pacs":
             images, truth = make_pacs(out / "data-pacs", 40, opts.size)
-            classes = 5
+            extra_truths = {"region": truth.with_name("truth-region.csv")}
+            classes = 9
+        elif data == "archive":
+            images, truth = make_archive(out / "data-archive", 20, 50, opts.size)
+            classes = 20
         elif data == "pretrained":
             images, truth, weights = make_pretrained(out / "data-pretrained", opts.per_class, opts.size,
                                                      opts.pretrain_epochs, opts.device)
@@ -299,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             for seed in seeds:
                 jobs.append((data, images, truth, classes, name, SETTINGS[name], seed,
-                             out / f"{data}-{name}-s{seed}", opts, extra))
+                             out / f"{data}-{name}-s{seed}", opts, extra, extra_truths))
     print(f"{len(jobs)} runs, {opts.jobs} at a time, {opts.threads} threads each, device {opts.device}",
           file=sys.stderr)
     start = time.perf_counter()
