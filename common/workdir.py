@@ -254,6 +254,7 @@ def trim_history(path: Path, keep_below: int) -> None:
     """Keep the rows of iterations < ``keep_below`` (none: the file goes)."""
     if keep_below <= 0:
         remove(path)
+        remove(path.with_name(path.stem + ".fields.csv"))  # converge --fields' side file
         return
     if not path.is_file():
         return

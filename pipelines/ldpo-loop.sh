@@ -39,7 +39,8 @@ Options (environment default in brackets):
   --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
   --arch NAME           CNN architecture, or timm:NAME (stage default:
                         resnet18 from random init, alexnet from weights) [LDPO_ARCH]
-  --layer NAME          feature layer (avgpool, fc7, conv5, ...; with
+  --layer NAME          feature layer (avgpool, fc7, conv5, multiscale =
+                        every stage pooled and concatenated, ...; with
                         --encode the stage's last conv layer)         [LDPO_LAYER]
   --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
   --method kmeans|rim|scan  clustering (scan: neighbour-consistent heads) [LDPO_METHOD=kmeans]

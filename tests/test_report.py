@@ -303,3 +303,24 @@ def test_header_field_agreement_section(cli, tmp_path):
     (work / "history.fields.csv").write_text("iteration,field\n0,modality\n")
     r = cli("report", work)
     assert r.code == 2 and "history.fields.csv" in r.err and "missing values" in r.err
+
+
+def test_categories_show_the_median_clustering_confidence_when_the_labels_carry_it():
+    import numpy as np
+
+    from ldpo.common.labels import Labels
+    from ldpo.stages.report import gather
+    from ldpo.stages.report.page import category_html
+
+    labels = Labels(["a", "b", "c", "d"], np.array([0, 0, 1, 1]), {"confidence": ["0.9", "0.5", "0.2", "0.4"]})
+    cats = gather(labels, None, None, 2, 1, "none")
+    assert cats[0]["cluster_confidence"] == 0.7 and abs(cats[1]["cluster_confidence"] - 0.3) < 1e-9
+    for cat in cats.values():
+        for im in cat["typical"] + cat["atypical"]:
+            im.update(src=f"thumbs/{im['id']}.png", w=64, h=64)
+    assert "median clustering confidence 0.70" in "".join(category_html(cats[0], 4, 64))
+    plain = gather(Labels(["a", "b"], np.array([0, 1])), None, None, 2, 1, "none")
+    assert plain[0]["cluster_confidence"] is None
+    for im in plain[0]["typical"] + plain[0]["atypical"]:
+        im.update(src="x.png", w=64, h=64)
+    assert "clustering confidence" not in "".join(category_html(plain[0], 2, 64))

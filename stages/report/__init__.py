@@ -307,8 +307,21 @@ def gather(labels, scores: np.ndarray | None, classes_of: list[int] | None, typi
         near = ranked[:typical]
         far = ranked[typical:][::-1][:atypical]
         out[c] = {"label": c, "size": int(len(rows)), "typical": [{"id": i} for i in near],
-                  "atypical": [{"id": i} for i in far], "confidence": confidence, "space": space}
+                  "atypical": [{"id": i} for i in far], "confidence": confidence, "space": space,
+                  "cluster_confidence": cluster_confidence(labels, rows)}
     return out
+
+
+def cluster_confidence(labels, rows: np.ndarray) -> float | None:
+    """The median of the labels' ``confidence`` column (written by ``cluster --method scan``)
+    over a category's rows; ``None`` without that column or with a value that is not a number."""
+    values = (getattr(labels, "extra", None) or {}).get("confidence")
+    if not values:
+        return None
+    try:
+        return float(np.median([float(values[i]) for i in rows]))
+    except ValueError:
+        return None
 
 
 def place_in_tree(tree: dict | None, label: int) -> str:

@@ -349,6 +349,8 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
            f'({100.0 * cat["size"] / max(total, 1):.1f}%)</span>']
     if cat.get("confidence") is not None:
         out.append(f'<span class="muted">mean probability of its own class {cat["confidence"]:.2f}</span>')
+    if cat.get("cluster_confidence") is not None:
+        out.append(f'<span class="muted">median clustering confidence {cat["cluster_confidence"]:.2f}</span>')
     out.append("</h3>")
     out.append('<div class="form">'
                f'<label>name <input class="name" type="text" data-label="{c}" placeholder="e.g. axial CT liver" '
