@@ -39,11 +39,12 @@ Options (environment default in brackets):
   --manifest CSV        manifest from extract-keyimages             [LDPO_MANIFEST]
   --arch NAME           CNN architecture, or timm:NAME (stage default:
                         resnet18 from random init, alexnet from weights) [LDPO_ARCH]
-  --layer NAME          feature layer (avgpool, fc7, conv5, multiscale =
-                        every stage pooled and concatenated, ...; with
-                        --encode the stage's last conv layer)         [LDPO_LAYER]
+  --layer NAME          feature layer clustered (multiscale = every stage
+                        pooled and concatenated; avgpool, fc7, conv5, ...;
+                        with --encode the stage's last conv layer) [LDPO_LAYER=multiscale]
   --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
-  --method kmeans|rim|scan  clustering (scan: neighbour-consistent heads) [LDPO_METHOD=kmeans]
+  --method scan|kmeans|rim  clustering (scan: neighbour-consistent heads
+                        started from k-means; see the README's Discovery) [LDPO_METHOD=scan]
   --k K                 clusters (rim: the over-segmentation)       [LDPO_K=25]
   --metric nmi|purity   convergence measure                         [LDPO_METRIC=nmi]
   --threshold X         stop when metric(labels_t, labels_t-1) >= X [LDPO_THRESHOLD=0.9]
@@ -106,7 +107,7 @@ manifest=${LDPO_MANIFEST:-}
 arch=${LDPO_ARCH:-}
 layer=${LDPO_LAYER:-}
 encode=${LDPO_ENCODE:-none}
-method=${LDPO_METHOD:-kmeans}
+method=${LDPO_METHOD:-scan}
 k=${LDPO_K:-25}
 metric=${LDPO_METRIC:-nmi}
 threshold=${LDPO_THRESHOLD:-0.9}
@@ -209,8 +210,10 @@ read -r -a keywords_cmd <<< "${KEYWORDS_CMD:-$ldpo keywords}"
 read -r -a report_cmd <<< "${REPORT_CMD:-$ldpo report}"
 
 # Encoding needs a conv layer: `local` asks featurize for the architecture's last one
-# (the paper's Conv5 / Inception-5b). Without encoding, featurize picks the global layer.
+# (the paper's Conv5 / Inception-5b). Without encoding the loop clusters `multiscale`:
+# shallow stages carry texture, deep ones layout (measured in the README's Discovery).
 [[ -z $layer && $encode != none ]] && layer=local
+[[ -z $layer ]] && layer=multiscale
 
 common=(--seed "$seed" --device "$device" --workers "$workers")
 [[ ${LDPO_QUIET:-0} == 1 ]] && common+=(--quiet)

@@ -86,6 +86,8 @@ class Options(CommonOptions):
     scan_steps: int = opt("scan: training steps (mini-batches of 256 rows and a neighbour each)", 1000, min=1)
     entropy_weight: float = opt("scan: weight of the entropy of the mean prediction (larger: more even clusters; "
                                 "SCAN's 5 splits large categories of imbalanced data)", 2.0, min=0)
+    scan_init: str = opt("scan: how each head starts: random, or its own k-means solution (nearest centroid)",
+                         "kmeans", choices=["random", "kmeans"])
     self_label: float = opt("scan: then train the kept head on rows at least this confident (0 = off; SCAN: 0.99)",
                             0.0, min=0, max=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
@@ -155,7 +157,7 @@ def cluster_scan(opts: Options, device: str) -> tuple[list[str], np.ndarray, np.
     if opts.pca:
         x = apply_preprocess(x, fit_pca(x, opts), opts)
     settings = ScanSettings(neighbours=opts.neighbours, heads=opts.heads, steps=opts.scan_steps,
-                            entropy_weight=opts.entropy_weight, self_label=opts.self_label)
+                            entropy_weight=opts.entropy_weight, self_label=opts.self_label, init=opts.scan_init)
     assign, confidence, loss = scan(x, opts.k, settings, opts.seed, device)
     labels = renumber(assign, opts.k, "scan")
     log.info("scan: K'=%d clusters, loss %.4f, median confidence %.3f", labels.max() + 1, loss,

@@ -7,7 +7,8 @@ a trained backbone:
    exact up to :data:`~ldpo.common.features.EXACT_KNN_MAX_ROWS` rows, an inverted-file
    index beyond), in the features as they come (``cluster --pca D`` reduces them first).
 2. **Train heads.** ``heads`` linear heads p(c|x) = softmax(W x + b) on the centred,
-   L2-normalized features, all at once, with SCAN's loss on mini-batches of (row, one of its
+   L2-normalized features, each starting as the nearest-centroid rule of its own k-means
+   (``--scan-init kmeans``, the default; ``random`` is SCAN's start), all at once, with SCAN's loss on mini-batches of (row, one of its
    neighbours drawn at random):
 
        L = - mean_i log <p(x_i), p(x_j)>  -  w * H(mean_i p(x_i))
@@ -29,7 +30,10 @@ dimension as well gains nothing more; PCA-whitening collapses the 226-image toy 
 against 2 on the phantoms; on the imbalanced toy PACS both merge its smallest categories
 (purity 0.91 against k-means' 0.97: the entropy term favours even sizes). Training runs a
 fixed number of steps (``--scan-steps``), not epochs: 100 epochs of a 226-image set are
-only 100 steps and stop short.
+only 100 steps and stop short. Starting each head from a k-means solution rather than at
+random keeps the toy PACS at k-means' 0.97 and gains more elsewhere (purity against k-means
+on the same features, seed 0: textures 0.553 vs 0.470, phantoms 0.729 vs 0.619; random
+starts: 0.540, 0.715 and 0.912 on the PACS).
 
 Memory: SCAN holds every row (like RIM), N x D float32 twice; reduce wide features with
 ``--pca 256`` first at archive scale.
@@ -60,6 +64,7 @@ class ScanSettings:
     lr: float = 1e-2
     entropy_weight: float = 2.0
     self_label: float = 0.0  # 0 = off; else the confidence threshold
+    init: str = "kmeans"  # random | kmeans (each head starts as the nearest-centroid rule of its own k-means)
     chunk: int = 4096
 
 
@@ -116,6 +121,8 @@ def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int) -> list:
 
     n, d = inputs.shape
     heads = make_heads(d, k, settings.heads, seed, inputs.device)
+    if settings.init == "kmeans":
+        start_from_kmeans(heads, inputs, k, seed)
     params = [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -130,6 +137,26 @@ def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int) -> list:
         loss.backward()
         optimizer.step()
     return heads
+
+
+#: temperature of a k-means start: logits (2 c.x - |c|^2) / (2 T) on unit-length rows
+KMEANS_START_TEMPERATURE = 0.05
+
+
+def start_from_kmeans(heads: list, inputs, k: int, seed: int) -> None:
+    """Head h starts as the nearest-centroid rule of k-means (seed ``seed * 1000 + h``) on the heads'
+    input, softened by :data:`KMEANS_START_TEMPERATURE`: training starts where k-means ends."""
+    import torch
+
+    from ldpo.common.features import kmeans
+
+    x = inputs.cpu().numpy()
+    for h, head in enumerate(heads):
+        centroids, _, _ = kmeans(x, k, 20, seed * 1000 + h, "cpu")
+        c = torch.from_numpy(centroids).to(inputs.device)
+        with torch.no_grad():
+            head.weight.copy_(c / KMEANS_START_TEMPERATURE)
+            head.bias.copy_(-0.5 * (c * c).sum(dim=1) / KMEANS_START_TEMPERATURE)
 
 
 def predict(head, inputs, chunk: int):
