@@ -464,6 +464,8 @@ class Built:
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel input statistics (imagenet and timm normalization)
     std: tuple[float, ...] = IMAGENET_STD
     head: str = "linear"  # linear | mlp
+    target: str = "single"  # a checkpoint's target kind: single (softmax) | multi (one sigmoid per class)
+    thresholds: list[float] | None = None  # multi: the per-class decision thresholds
 
 
 def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> str:
@@ -531,9 +533,12 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
     if filt not in INPUT_FILTERS:
         raise InputError(f"--input-filter {filt}: use one of {', '.join(INPUT_FILTERS)}")
     attach_input_filter(model, filt, arch)
+    kept = ckpt is not None and classes == [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
     return Built(model, arch, init, classes, size, norm, transform_input, filt, origin,
                  file_checksum(init.path) if init.path else None,
-                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch))
+                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch),
+                 str(ckpt.get("target", "single")) if kept else "single",
+                 [float(t) for t in ckpt["thresholds"]] if kept and "thresholds" in ckpt else None)
 
 
 def norm_stats(arch: str, norm: str, ckpt: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -726,9 +731,10 @@ class Extractor(nn.Module):
     ``multiscale`` (every stage pooled and L2-normalized, concatenated: shallow stages carry
     texture, deep ones layout; from random init one deep layer throws the first away)."""
 
-    def __init__(self, model: nn.Module, arch: str, layer: str):
+    def __init__(self, model: nn.Module, arch: str, layer: str, target: str = "single"):
         super().__init__()
         self.model = model
+        self.target = target  # probs: softmax, or one sigmoid per class for a multi-label checkpoint
         self.layer = check_layer(arch, layer)
         self.timm = is_timm(arch)
         if self.layer.kind == "probs" and num_outputs(model, arch) == 0:
@@ -764,7 +770,8 @@ class Extractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "probs":
-            return torch.softmax(self.model(x).float(), dim=1)
+            logits = self.model(x).float()
+            return torch.sigmoid(logits) if self.target == "multi" else torch.softmax(logits, dim=1)
         if self.timm:
             return self.timm_layer(x)
         self._stages = []
