@@ -30,7 +30,8 @@ Outputs (rank 0 writes, atomically):
   ``val_macro_ap``, ``val_exact``; ``final`` ``val_*``/``test_*`` ``macro_ap``,
   ``macro_auc``, ``macro_f1``, ``micro_f1``, ``exact`` at the chosen thresholds, and
   ``val``/``test`` with every figure per class (AP, AUC, F1, threshold). ``--balanced``
-  draws each label combination about equally often;
+  draws each label combination about equally often; use ``--crop-scale 1`` (or close to it):
+  a random crop can cut a labelled part out (a warning says so below 0.8);
 * ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler and RNG
   state), removed at the end; ``--resume`` continues from it.
 
@@ -119,7 +120,7 @@ class FinetuneTool(Tool):
                    "metrics (OUT.pt → OUT.metrics.json).")
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
-               "finetune ml/images.h5 ml/truth.csv --out model.pt --init random --multi-label --epochs 12\n"
+               "finetune ml/images.h5 ml/truth.csv --out model.pt --init random --multi-label --crop-scale 1\n"
                "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
                "--freeze-backbone\n"
                "torchrun --nproc_per_node 4 -m ldpo.stages.finetune images.h5 labels.csv --out model.pt")
@@ -272,6 +273,9 @@ def load_multi(opts: Options, store_ids: list[str], side: int, chunk: int, row_b
     negatives = int((y.sum(axis=1) == 0).sum())
     log.info("finetune --multi-label: %d images, %d classes, %d with several labels, %d with none (true "
              "negatives)", len(rows), len(classes), int((y.sum(axis=1) > 1).sum()), negatives)
+    if opts.crop_scale < 0.8:
+        log.warning("--crop-scale %g with --multi-label: a random crop can cut a labelled part out of the image "
+                    "(its target still says present); --crop-scale 1 keeps the whole image", opts.crop_scale)
     parts = split(opts, rows, combos.reshape(-1).astype(np.int64))
     return Data(classes, side, *parts, chunk, row_bytes, target="multi", truth=truth)
 

@@ -18,7 +18,7 @@ SETS = {"texture25": "texture25", "pacs": "pacs", "archive": "archive", "multila
 
 class ToyDataTool(Tool):
     name = "toy-data"
-    description = ("Generate an embedded toy data set: texture25 (images + truth), pacs (DICOM + reports) or "
+    description = ("Generate an embedded toy data set: texture25 (images + truth), pacs (DICOM + reports), "
                    "archive (a synthetic archive of any size: images + truth) or multilabel (one, two or no body parts per "
                    "image: images + multi-label truth).")
     example = ("toy-data texture25 --out toy/ --per-class 12 --size 64\ntoy-data pacs --out pacs/\n"
