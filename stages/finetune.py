@@ -452,13 +452,13 @@ class MultiLabel:
         return multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
 
     def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        from ldpo.common.metrics import best_thresholds
+        from ldpo.common.metrics import best_thresholds, multilabel_metrics
 
-        thresholds = np.full(len(trainer.data.classes), 0.5)
+        thresholds, val = np.full(len(trainer.data.classes), 0.5), None
         if len(trainer.data.val[0]):
             probs, truth = trainer.collect(trainer.data.val)
             thresholds = best_thresholds(truth, probs)
-        val = self.scores(trainer, trainer.data.val, thresholds)
+            val = multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
         test = self.scores(trainer, trainer.data.test, thresholds)
         final: dict[str, Any] = {"train_loss": last.get("train_loss"), "train_exact": last.get("train_exact")}
         for name, m in (("val", val), ("test", test)):

@@ -207,3 +207,21 @@ def test_relabel_keeps_a_category_in_two_groups(cli, tmp_path):
     (tmp_path / "cycle.csv").write_text("label,name,merge_into\n0,,1;2\n2,,0\n")
     line = one_error_line(cli("relabel", tmp_path / "new.csv", tmp_path / "cycle.csv", "--out", tmp_path / "x.csv"))
     assert "cycle (0 → 2 → 0)" in line
+
+
+def test_finetune_multilabel_bad_input_exits_2_with_one_line(cli, trained, tmp_path):
+    folder, _ = trained
+    ids = read_multilabels(folder / "truth.csv").ids
+    empty = tmp_path / "empty.csv"
+    write_multilabels(empty, ids, [[] for _ in ids])
+    out = tmp_path / "m.pt"
+    assert "every label cell is empty" in one_error_line(
+        cli("finetune", folder / "images.h5", empty, "--multi-label", "--out", out, "-q"))
+    assert "not --multi-label" in one_error_line(
+        cli("finetune", folder / "images.h5", folder / "truth.csv", "--multi-label", "--head-init", "centroids",
+            "--out", out, "-q"))
+    partial = tmp_path / "partial.csv"
+    write_multilabels(partial, ids[:5], [[0]] * 5)
+    assert "have no label cell" in one_error_line(
+        cli("finetune", folder / "images.h5", partial, "--multi-label", "--out", out, "-q"))
+    assert not out.exists()
