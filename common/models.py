@@ -524,21 +524,22 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
         state = _timm_filter(model, arch, ckpt["state_dict"], init.path) if is_timm(arch) else ckpt["state_dict"]
         _load_state(model, state, init.path, arch)
         classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
+    target = str((ckpt or {}).get("target", "single"))
+    thresholds = [float(t) for t in ckpt["thresholds"]] if ckpt and "thresholds" in ckpt else None
     kind = head or head_kind(model, arch)
     if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)
                                     or kind != head_kind(model, arch)):
         set_head(model, arch, num_classes, seed, kind)
         classes = list(range(num_classes))
+        target, thresholds = "single", None  # a new head: the checkpoint's target kind went with the old one
     filt = input_filter or (ckpt or {}).get("input_filter") or "none"
     if filt not in INPUT_FILTERS:
         raise InputError(f"--input-filter {filt}: use one of {', '.join(INPUT_FILTERS)}")
     attach_input_filter(model, filt, arch)
-    kept = ckpt is not None and classes == [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
     return Built(model, arch, init, classes, size, norm, transform_input, filt, origin,
                  file_checksum(init.path) if init.path else None,
                  dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch),
-                 str(ckpt.get("target", "single")) if kept else "single",
-                 [float(t) for t in ckpt["thresholds"]] if kept and "thresholds" in ckpt else None)
+                 target, thresholds)
 
 
 def norm_stats(arch: str, norm: str, ckpt: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
