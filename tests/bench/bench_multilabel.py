@@ -1,7 +1,7 @@
 """Benchmark several labels per image end to end on the toy multi-label set, 3 seeds.
 
     python tests/bench/bench_multilabel.py
-    python tests/bench/bench_multilabel.py --n 600 --size 64 --epochs 10 --seeds 0 1 2 --device cpu
+    python tests/bench/bench_multilabel.py --n 500 --size 64 --epochs 6 --batch-size 16 --seeds 0 1 2 --device cpu
 
 Per seed, through ``ldpo.stages.run`` as the command line does:
 
@@ -87,10 +87,10 @@ def one_seed(args, seed: int, folder: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=600, help="images per seed")
+    parser.add_argument("--n", type=int, default=500, help="images per seed")
     parser.add_argument("--size", type=int, default=64, help="image side (px)")
     parser.add_argument("--input-size", type=int, default=0, help="network input side (default: the image side)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--split", default="70/10/20")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
