@@ -1,7 +1,7 @@
 """Benchmark several labels per image end to end on the toy multi-label set, 3 seeds.
 
     python tests/bench/bench_multilabel.py
-    python tests/bench/bench_multilabel.py --n 500 --size 64 --epochs 6 --batch-size 16 --seeds 0 1 2 --device cpu
+    python tests/bench/bench_multilabel.py --n 500 --size 64 --epochs 8 --batch-size 16 --seeds 0 1 2 --device cpu
 
 Per seed, through ``ldpo.stages.run`` as the command line does:
 
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="images per seed")
     parser.add_argument("--size", type=int, default=64, help="image side (px)")
     parser.add_argument("--input-size", type=int, default=0, help="network input side (default: the image side)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--split", default="70/10/20")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
