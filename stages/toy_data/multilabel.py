@@ -107,7 +107,7 @@ class MultilabelTool(Tool):
                    "(0 head, 1 chest, 2 spine, 3 pelvis), images.h5|zarr and truth.csv (id,label,parts; label "
                    "'0;2' for two parts, empty for none).")
     example = ("toy-data multilabel --out ml/ --n 600 --size 64\n"
-               "finetune ml/images.h5 ml/truth.csv --multi-label --out ml/model.pt --init random --epochs 6 "
+               "finetune ml/images.h5 ml/truth.csv --multi-label --out ml/model.pt --init random --epochs 8 "
                "--batch-size 16 --crop-scale 1")
     Options = Options
 
