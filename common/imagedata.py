@@ -12,8 +12,10 @@ The data path, the same on CPU and CUDA:
    normalize) or :class:`Augment` (training: random resized crop, flip, intensity
    jitter, normalize). :func:`rebatch` cuts the blocks into batches of the asked size.
 
-Preparing: uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float → resized to
-``input_size`` (bilinear, antialiased; square) → normalized: ``imagenet``
+Preparing: uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float → a non-square store's
+images padded to a square with black, centred (:func:`pad_square`, as ``extract-keyimages``
+pads: no anatomy is cropped or stretched) → resized to ``input_size`` (bilinear,
+antialiased) → normalized: ``imagenet``
 (torchvision's mean/std), ``timm`` (the mean/std of timm's pretrained config for the
 model, passed in by the caller: ``Built.mean``/``Built.std``) or ``zscore`` (per
 image, as DeepMCAT does for MR). Gray images are replicated to 3 channels: the one rule
@@ -72,6 +74,16 @@ def channels_first(block: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).float()
 
 
+def pad_square(x: torch.Tensor) -> torch.Tensor:
+    """``[B,C,H,W]`` → ``[B,C,S,S]``, S = max(H, W): black (0) borders, the image centred."""
+    h, w = x.shape[-2:]
+    if h == w:
+        return x
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return F.pad(x, (left, side - w - left, top, side - h - top))
+
+
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (size, size):
         return x
@@ -122,7 +134,7 @@ class Preprocess:
         self.channels_last = channels_last
 
     def __call__(self, block: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = resize(channels_first(block), self.size)  # values 0..255
+        x = resize(pad_square(channels_first(block)), self.size)  # values 0..255
         return finish(x, self.how, self.mean, self.std, 1 / 255, self.channels_last)
 
 
@@ -144,7 +156,7 @@ class Augment:
     def __call__(self, block: torch.Tensor, rows: np.ndarray | torch.Tensor, epoch: int) -> torch.Tensor:
         from torchvision.ops import roi_align
 
-        x = channels_first(block)  # 0..255, on the block's device
+        x = pad_square(channels_first(block))  # 0..255, on the block's device
         h, w = x.shape[-2:]
         u = draws(self.seed, epoch, np.asarray(torch.as_tensor(rows).cpu()), DRAWS)  # rows: on the CPU
         boxes = crop_boxes(u, h, w, self.min_scale)

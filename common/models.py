@@ -464,6 +464,8 @@ class Built:
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel input statistics (imagenet and timm normalization)
     std: tuple[float, ...] = IMAGENET_STD
     head: str = "linear"  # linear | mlp
+    target: str = "single"  # a checkpoint's target kind: single (softmax) | multi (one sigmoid per class)
+    thresholds: list[float] | None = None  # multi: the per-class decision thresholds
 
 
 def resolve_arch(arch: str | None, init: Init, ckpt: dict[str, Any] | None) -> str:
@@ -522,18 +524,22 @@ def build(init: Init, arch: str | None = None, num_classes: int | None = None, s
         state = _timm_filter(model, arch, ckpt["state_dict"], init.path) if is_timm(arch) else ckpt["state_dict"]
         _load_state(model, state, init.path, arch)
         classes = [int(c) for c in ckpt.get("classes", range(int(ckpt["num_classes"])))]
+    target = str((ckpt or {}).get("target", "single"))
+    thresholds = [float(t) for t in ckpt["thresholds"]] if ckpt and "thresholds" in ckpt else None
     kind = head or head_kind(model, arch)
     if num_classes is not None and (new_head or num_classes != num_outputs(model, arch)
                                     or kind != head_kind(model, arch)):
         set_head(model, arch, num_classes, seed, kind)
         classes = list(range(num_classes))
+        target, thresholds = "single", None  # a new head: the checkpoint's target kind went with the old one
     filt = input_filter or (ckpt or {}).get("input_filter") or "none"
     if filt not in INPUT_FILTERS:
         raise InputError(f"--input-filter {filt}: use one of {', '.join(INPUT_FILTERS)}")
     attach_input_filter(model, filt, arch)
     return Built(model, arch, init, classes, size, norm, transform_input, filt, origin,
                  file_checksum(init.path) if init.path else None,
-                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch))
+                 dict((ckpt or {}).get("options", {})), mean, std, head_kind(model, arch),
+                 target, thresholds)
 
 
 def norm_stats(arch: str, norm: str, ckpt: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -726,9 +732,10 @@ class Extractor(nn.Module):
     ``multiscale`` (every stage pooled and L2-normalized, concatenated: shallow stages carry
     texture, deep ones layout; from random init one deep layer throws the first away)."""
 
-    def __init__(self, model: nn.Module, arch: str, layer: str):
+    def __init__(self, model: nn.Module, arch: str, layer: str, target: str = "single"):
         super().__init__()
         self.model = model
+        self.target = target  # probs: softmax, or one sigmoid per class for a multi-label checkpoint
         self.layer = check_layer(arch, layer)
         self.timm = is_timm(arch)
         if self.layer.kind == "probs" and num_outputs(model, arch) == 0:
@@ -764,7 +771,8 @@ class Extractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "probs":
-            return torch.softmax(self.model(x).float(), dim=1)
+            logits = self.model(x).float()
+            return torch.sigmoid(logits) if self.target == "multi" else torch.softmax(logits, dim=1)
         if self.timm:
             return self.timm_layer(x)
         self._stages = []

@@ -3,6 +3,11 @@
 One row per category: ``label`` (the category's label value), ``name`` (free text,
 may be empty) and ``merge_into`` (another category's label value, or empty). Read by
 ``relabel`` (merges and names) and ``export-folders`` (names).
+
+A category can be kept in two groups: ``merge_into`` may list several labels joined by
+``;`` (the multi-label separator of :mod:`ldpo.common.labels`), e.g. ``5;8`` (the
+category's images join both 5 and 8) or ``3;8`` on category 3 (it stays itself and its
+images join 8 too). ``relabel`` then writes a multi-label file.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from ldpo.common.errors import InputError
+from ldpo.common.labels import SEPARATOR
 from ldpo.common.tables import csv_rows
 
 COLUMNS = ("label", "name", "merge_into")
@@ -20,7 +26,7 @@ COLUMNS = ("label", "name", "merge_into")
 @dataclass
 class Review:
     names: dict[int, str] = field(default_factory=dict)   # label -> name ("" = unnamed)
-    merge_into: dict[int, int] = field(default_factory=dict)  # label -> label it merges into
+    merge_into: dict[int, tuple[int, ...]] = field(default_factory=dict)  # label -> the labels it joins
     source: str = "review.csv"
 
     @property
@@ -29,21 +35,41 @@ class Review:
 
     def resolve(self) -> dict[int, int]:
         """Every reviewed label → the label it ends up in, following merges transitively
-        (a target the review does not list ends the chain).
+        (a target the review does not list ends the chain). A review that keeps a category in
+        two groups has no single answer: use :meth:`resolve_sets`."""
+        sets = self.resolve_sets()
+        several = next((c for c, s in sets.items() if len(s) != 1), None)
+        if several is not None:
+            raise InputError(f"{self.source}: category {several} is kept in {len(sets[several])} groups; "
+                             "this command takes one group per category")
+        return {c: s[0] for c, s in sets.items()}
+
+    def resolve_sets(self) -> dict[int, tuple[int, ...]]:
+        """Every reviewed label → the labels it ends up in (sorted), following merges
+        transitively: a category listed in its own ``merge_into`` stays, and joins the others.
 
         A chain that comes back to itself (3 → 5 → 3) is an input error naming the file.
         """
-        final: dict[int, int] = {}
-        for start in self.labels:
-            path, node = [start], start
-            while node in self.merge_into:
-                node = self.merge_into[node]
-                if node in path:
-                    cycle = " → ".join(str(x) for x in path[path.index(node):] + [node])
+        final: dict[int, tuple[int, ...]] = {}
+
+        def visit(node: int, path: list[int]) -> tuple[int, ...]:
+            if node in final:
+                return final[node]
+            ends: set[int] = set()
+            for target in self.merge_into.get(node, (node,)):
+                if target == node:
+                    ends.add(node)
+                    continue
+                if target in path:
+                    cycle = " → ".join(str(x) for x in path[path.index(target):] + [target])
                     raise InputError(f"{self.source}: merges form a cycle ({cycle}): one category of it must "
                                      "keep merge_into empty")
-                path.append(node)
-            final[start] = node
+                ends.update(visit(target, path + [target]) if target in self.names else (target,))
+            final[node] = tuple(sorted(ends))
+            return final[node]
+
+        for start in self.labels:
+            visit(start, [start])
         return final
 
     def group_name(self, root: int, members: list[int]) -> str:
@@ -80,11 +106,10 @@ def read_review(path: str | os.PathLike) -> Review:
         if label in review.names:
             raise InputError(f"{name}: line {line}: label {label} is reviewed twice")
         review.names[label] = " ".join(row.get("name", "").split())
-        target = row.get("merge_into", "").strip()
-        if target:
-            target_label = _label(target, "merge_into", name, line)
-            if target_label != label:
-                review.merge_into[label] = target_label
+        targets = [t for t in row.get("merge_into", "").split(SEPARATOR) if t.strip()]
+        into = tuple(dict.fromkeys(_label(t, "merge_into", name, line) for t in targets))
+        if into and into != (label,):
+            review.merge_into[label] = into
     if not review.names:
         raise InputError(f"{name}: no rows")
     return review

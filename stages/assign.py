@@ -18,6 +18,14 @@ softmax probability. Label values are the checkpoint's ``classes``.
 
 Writes OUT: ``id,label,probability,runner_up,runner_up_probability,unsure``
 (``nearest_distance`` and ``nearest_radius`` too with the distance rule).
+
+A multi-label checkpoint (``finetune --multi-label``: one sigmoid per class) gives each
+image its label set instead: every class whose probability reaches the class's threshold
+(chosen by finetune on its validation split). OUT is then a multi-label file
+(:mod:`ldpo.common.labels`): ``id,label,p_C…,unsure_C…,unsure`` with ``label`` the set
+(``0;2``; empty: none of the classes), ``p_C`` each class's probability, ``unsure_C`` = 1
+when that probability is within ``--margin`` of the class's threshold, and ``unsure`` = 1
+when any class is. The distance rule is for single-label checkpoints.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ class Options(CommonOptions):
     radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
                                  "centroid", 0.95)
     batch_size: int = opt("images per batch", 64)
+    margin: float = opt("multi-label checkpoints: a class's decision is unsure when its probability is within "
+                        "this of the class's threshold", 0.1, min=0, max=1)
 
 
 class AssignTool(Tool):
@@ -57,7 +67,8 @@ class AssignTool(Tool):
                    "penultimate features, than that class's --radius-quantile of its own reference images.")
     example = ("assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv\n"
                "assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv --min-confidence 0.6 \\\n"
-               "    --reference-labels runs/a/final/labels.csv --reference-images images.h5")
+               "    --reference-labels runs/a/final/labels.csv --reference-images images.h5\n"
+               "assign new.h5 --model ml/model.pt --out new-sets.csv --margin 0.15   # a --multi-label checkpoint")
     Options = Options
 
     def main(self, opts: Options) -> int:
@@ -82,12 +93,17 @@ class AssignTool(Tool):
         init = models.parse_init(f"checkpoint:{opts.model}")
         built = models.build(init, seed=opts.seed)
         check_classes(built.classes, models.num_outputs(built.model, built.arch), opts.model)
+        if built.target == "multi" and opts.reference_labels:
+            raise InputError(f"--reference-labels: {opts.model} is a multi-label checkpoint; the distance rule "
+                             "is for single-label ones")
         net = Network(built, device)
         with open_store(opts.images, expect="images") as store:
             ids = store.ids
         if not ids:
             raise InputError(f"{opts.images}: no images")
         probs, feats = net.run(opts.images, opts.batch_size, "assign")
+        if built.target == "multi":
+            return assign_sets(opts, built, ids, probs)
         classes = np.asarray(built.classes, dtype=np.int64)
         order = np.argsort(-probs, axis=1, kind="stable")
         top, second = order[:, 0], order[:, 1] if probs.shape[1] > 1 else order[:, 0]
@@ -125,6 +141,27 @@ class AssignTool(Tool):
         write_labels(opts.out, ids, classes[top], extra)
         log.info("assigned %d images to %d classes; %d unsure", len(ids), len(set(top.tolist())), int(unsure.sum()))
         return 0
+
+
+def assign_sets(opts: Options, built, ids: list[str], probs: np.ndarray) -> int:
+    """A multi-label checkpoint: each image's label set, per-class probabilities and unsure flags."""
+    from ldpo.common.labels import write_multilabels
+
+    classes = list(built.classes)
+    thresholds = np.asarray(built.thresholds if built.thresholds is not None else [0.5] * len(classes))
+    if thresholds.shape != (len(classes),) or not np.all((thresholds >= 0) & (thresholds <= 1)):
+        raise InputError(f"{opts.model}: its `thresholds` do not give one threshold in [0, 1] per class")
+    chosen = probs >= thresholds[None, :]
+    near = np.abs(probs - thresholds[None, :]) < opts.margin
+    sets = [[c for c, keep in zip(classes, row) if keep] for row in chosen]
+    extra: dict[str, list] = {f"p_{c}": [f"{p:.6f}" for p in probs[:, k]] for k, c in enumerate(classes)}
+    extra.update({f"unsure_{c}": near[:, k].astype(int).tolist() for k, c in enumerate(classes)})
+    extra["unsure"] = near.any(axis=1).astype(int).tolist()
+    write_multilabels(opts.out, ids, sets, extra)
+    sizes = np.bincount(chosen.sum(axis=1), minlength=3)
+    log.info("assigned %d images: %d to no class, %d to one, %d to several; %d unsure", len(ids), sizes[0],
+             sizes[1], int(sizes[2:].sum()), int(near.any(axis=1).sum()))
+    return 0
 
 
 def check_classes(classes: list[int], outputs: int, path: str) -> None:
@@ -169,7 +206,8 @@ def distances(x: np.ndarray, centroids: np.ndarray, block: int = 4096) -> np.nda
 
 
 class Network:
-    """The checkpoint's model: softmax probabilities and penultimate features in one pass."""
+    """The checkpoint's model: probabilities (softmax; one sigmoid per class for a multi-label
+    checkpoint) and penultimate features in one pass."""
 
     def __init__(self, built, device: str):
         from ldpo.common import models
@@ -198,7 +236,9 @@ class Network:
         with torch.inference_mode(), progress(total=n, desc=what, unit="img") as bar:
             for x, _, _ in imagedata.rebatch(blocks, batch):
                 logits = self.model(prep(x))
-                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                logits = logits.float()
+                multi = built.target == "multi"
+                probs.append((torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)).cpu().numpy())
                 feats.append(self._captured.flatten(1).float().cpu().numpy())
                 bar.update(len(x))
         return np.concatenate(probs), np.concatenate(feats)

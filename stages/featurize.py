@@ -5,7 +5,8 @@ Global layers (``fc7``, ``avgpool``, …) write ``features`` float32 ``[N,D]``; 
 ``multiscale`` writes ``features`` float32: every stage of the network (ResNet's layer1–4,
 AlexNet's and VGG's conv stages, GoogLeNet's conv3/inception3b/4e/5b, a timm model's
 ``forward_intermediates``) globally average-pooled, each L2-normalized, concatenated;
-``probs`` writes the softmax ``features`` float32 ``[N,K]`` with the class list in the
+``probs`` writes the softmax ``features`` float32 ``[N,K]`` (one sigmoid per class, and the attributes
+``target`` = multi and ``thresholds``, for a ``finetune --multi-label`` checkpoint) with the class list in the
 attribute ``classes``. ``ids`` are the images store's, in its order.
 
 ``--shard i/n`` fills part of a store made by a first call with ``--create-only`` (same
@@ -93,7 +94,7 @@ class FeaturizeTool(Tool):
         built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize,
                              input_filter=opts.input_filter, store_side=side)
         layer = models.resolve_layer(built.arch, opts.layer)
-        extractor = models.Extractor(built.model, built.arch, layer).eval().to(device)
+        extractor = models.Extractor(built.model, built.arch, layer, built.target).eval().to(device)
         shape = extractor.output_shape(built.input_size, device)
         name, dtype = ("local", "float16") if extractor.layer.kind == "local" else ("features", "float32")
         attrs = {"stage": "featurize", "arch": built.arch, "layer": layer, "init": str(init),
@@ -103,6 +104,8 @@ class FeaturizeTool(Tool):
             attrs.update(mean=list(built.mean), std=list(built.std))
         if extractor.layer.kind == "probs":
             attrs["classes"] = built.classes
+            if built.target == "multi":  # one sigmoid per class, and the thresholds that decide them
+                attrs.update(target="multi", thresholds=built.thresholds)
         log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,
                  "x".join(map(str, shape)), n, built.input_size, device)
         spec = {name: (shape, dtype)}

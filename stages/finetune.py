@@ -19,6 +19,19 @@ Outputs (rank 0 writes, atomically):
   ``train_top1``, ``val_top1``, ``val_top5``, ``test_top1``, ``test_top5``; ``null`` where
   the split has no such part). ``train_*`` are running figures over the last epoch's
   augmented batches;
+* ``--multi-label`` (target kind ``multi``; the default is ``single``): the labels CSV may
+  give an id several labels (``0;2``) or none (an empty cell: a true negative, an image
+  of none of the classes; see :mod:`ldpo.common.labels`). One sigmoid per class
+  (one-vs-all), binary cross-entropy with class-balanced positive weights (negatives /
+  positives of the class in the training split), and per class the decision threshold
+  that maximizes its F1 on the validation split (0.5 without one). The checkpoint adds
+  ``target`` (``single`` | ``multi``) and ``thresholds``; ``featurize --layer probs`` then
+  writes sigmoids and ``assign`` label sets. Metrics: per epoch ``train_exact``,
+  ``val_macro_ap``, ``val_exact``; ``final`` ``val_*``/``test_*`` ``macro_ap``,
+  ``macro_auc``, ``macro_f1``, ``micro_f1``, ``exact`` at the chosen thresholds, and
+  ``val``/``test`` with every figure per class (AP, AUC, F1, threshold). ``--balanced``
+  draws each label combination about equally often; use ``--crop-scale 1`` (or close to it):
+  a random crop can cut a labelled part out (a warning says so below 0.8);
 * ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler and RNG
   state), removed at the end; ``--resume`` continues from it.
 
@@ -89,6 +102,9 @@ class Options(CommonOptions, InputOptions):
                          "a new clustering's cluster numbers mean new classes)", False)
     head: Optional[str] = opt("classifier head: linear, or mlp (Linear, ReLU, Linear with 512 hidden units) "
                               "(default: the checkpoint's, else linear)", None, choices=["linear", "mlp"])
+    multi_label: bool = opt("several labels per image (label cells like 0;2, an empty cell = none of the "
+                            "classes): one sigmoid per class, binary cross-entropy with class-balanced "
+                            "positive weights, per-class thresholds chosen on the validation split", False)
     freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
                                 "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
                                 "pretrained backbone)", False)
@@ -104,6 +120,7 @@ class FinetuneTool(Tool):
                    "metrics (OUT.pt → OUT.metrics.json).")
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
+               "finetune ml/images.h5 ml/truth.csv --out model.pt --init random --multi-label --crop-scale 1\n"
                "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
                "--freeze-backbone\n"
                "torchrun --nproc_per_node 4 -m ldpo.stages.finetune images.h5 labels.csv --out model.pt")
@@ -148,6 +165,8 @@ def check_options(opts: Options) -> None:
     parse_split(opts.split)
     if opts.head == "mlp" and opts.head_init == "centroids":
         raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
+    if opts.multi_label and opts.head_init == "centroids":
+        raise InputError("--head-init centroids: needs one label per image (not --multi-label)")
 
 
 def check_writable(out: str) -> None:
@@ -194,6 +213,8 @@ class Data:
     test: tuple[np.ndarray, np.ndarray]
     chunk: int = 1  # rows per chunk of the store's images
     row_bytes: int = 1  # bytes per image
+    target: str = "single"  # the target kind: single (one label, softmax) | multi (label sets, sigmoids)
+    truth: np.ndarray | None = None  # multi: float32 [store rows, K], 1 where the row has the class
 
 
 
@@ -207,6 +228,8 @@ def load_data(opts: Options) -> Data:
     with open_store(opts.images, expect="images") as store:
         store_ids, shape = store.ids, store.shape("images")
     side, chunk, row_bytes = max(shape[1:3]), chunk_rows(opts.images), int(np.prod(shape[1:]))
+    if opts.multi_label:
+        return load_multi(opts, store_ids, side, chunk, row_bytes)
     per_row = align(read_labels(opts.labels), store_ids, opts.images, allow_missing=opts.allow_missing)
     rows = np.flatnonzero(per_row >= 0)
     if len(rows) == 0:
@@ -217,17 +240,44 @@ def load_data(opts: Options) -> Data:
     skipped = len(store_ids) - len(rows)
     log.info("finetune: %d labelled images in %d classes%s", len(rows), len(classes),
              f" ({skipped} without a label skipped)" if skipped else "")
+    return Data(classes, side, *split(opts, rows, targets), chunk, row_bytes)
+
+
+def split(opts: Options, rows: np.ndarray, targets: np.ndarray):
+    """``(train, val, test)`` parts of (store rows, targets): a seeded permutation cut at --split."""
     fractions = parse_split(opts.split)
     if fractions is None:
         empty = (rows[:0], targets[:0])
-        return Data(classes, side, (rows, targets), empty, empty, chunk, row_bytes)
+        return (rows, targets), empty, empty
     perm = np.random.default_rng(opts.seed).permutation(len(rows))
     n_train = max(1, round(fractions[0] * len(rows)))
     n_val = min(len(rows) - n_train, round(fractions[1] * len(rows)))
     parts = np.split(perm, [n_train, n_train + n_val])
-    train, val, test = ((rows[p], targets[p]) for p in parts)
     log.info("split %s: %d train, %d val, %d test", opts.split, len(parts[0]), len(parts[1]), len(parts[2]))
-    return Data(classes, side, train, val, test, chunk, row_bytes)
+    return tuple((rows[p], targets[p]) for p in parts)
+
+
+def load_multi(opts: Options, store_ids: list[str], side: int, chunk: int, row_bytes: int) -> Data:
+    """--multi-label: label sets joined to the store by id; ``truth`` holds them per store row,
+    and a part's targets are the number of each row's label combination (for --balanced)."""
+    from ldpo.common.labels import align_multi, read_multilabels
+
+    labels = read_multilabels(opts.labels)
+    classes = labels.classes
+    if not classes:
+        raise InputError(f"{opts.labels}: no image has a label (every label cell is empty)")
+    rows, y = align_multi(labels, store_ids, classes, opts.images, allow_missing=opts.allow_missing)
+    truth = np.zeros((len(store_ids), len(classes)), dtype=np.float32)
+    truth[rows] = y
+    _, combos = np.unique(y, axis=0, return_inverse=True)
+    negatives = int((y.sum(axis=1) == 0).sum())
+    log.info("finetune --multi-label: %d images, %d classes, %d with several labels, %d with none (true "
+             "negatives)", len(rows), len(classes), int((y.sum(axis=1) > 1).sum()), negatives)
+    if opts.crop_scale < 0.8:
+        log.warning("--crop-scale %g with --multi-label: a random crop can cut a labelled part out of the image "
+                    "(its target still says present); --crop-scale 1 keeps the whole image", opts.crop_scale)
+    parts = split(opts, rows, combos.reshape(-1).astype(np.int64))
+    return Data(classes, side, *parts, chunk, row_bytes, target="multi", truth=truth)
 
 
 # -- settings and resume --------------------------------------------------------------
@@ -325,6 +375,108 @@ def all_sum(values: list[float], world: int, device: str) -> list[float]:
     return t.tolist()
 
 
+# -- target kinds ---------------------------------------------------------------------
+# What the head predicts and how it is scored; the checkpoint records the kind (``target``)
+# so that featurize and assign read the outputs right. A new kind (e.g. a regression
+# target) is one more class here and one more entry of TARGETS.
+class SingleLabel:
+    """``single``: one label per image; softmax, cross-entropy, top-1/top-5 accuracy."""
+
+    kind = "single"
+
+    def __init__(self, data: Data, device: str):
+        pass
+
+    def loss(self, out, y, rows):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out, y)
+
+    def hits(self, out, y, rows):
+        """Training images predicted right (the running figure of an epoch)."""
+        return (out.argmax(1) == y).sum()
+
+    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+        val = trainer.evaluate(trainer.data.val)
+        return {"train_top1": hits, "val_top1": val[0], "val_top5": val[1]}
+
+    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(metrics: ``final`` and beside it, checkpoint entries)."""
+        test = trainer.evaluate(trainer.data.test)
+        if test[0] is not None:
+            log.info("test top-1 %.3f top-5 %.3f", test[0], test[1])
+        return {"final": {"train_loss": last.get("train_loss"), "train_top1": last.get("train_top1"),
+                          "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"),
+                          "test_top1": test[0], "test_top5": test[1]}}, {}
+
+
+class MultiLabel:
+    """``multi``: a set of labels per image (maybe none); one sigmoid per class, binary
+    cross-entropy with class-balanced positive weights, per-class thresholds from the
+    validation split."""
+
+    kind = "multi"
+
+    def __init__(self, data: Data, device: str):
+        import torch
+
+        self.truth = torch.from_numpy(data.truth).to(device)
+        train = data.truth[data.train[0]]
+        pos = train.sum(axis=0)
+        # negatives / positives per class: each class's positives weigh as much as its negatives
+        self.pos_weight = torch.from_numpy((len(train) - pos) / np.maximum(pos, 1)).float().to(device)
+        self.device = device
+
+    def targets(self, rows):
+        return self.truth[rows.to(self.device)]
+
+    def loss(self, out, y, rows):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(out, self.targets(rows), pos_weight=self.pos_weight)
+
+    def hits(self, out, y, rows):
+        """Training images whose whole label set is right at threshold 0.5 (exact match)."""
+        return ((out > 0) == (self.targets(rows) > 0.5)).all(dim=1).sum()
+
+    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+        val = self.scores(trainer, trainer.data.val, 0.5)
+        return {"train_exact": hits, "val_macro_ap": val and val["macro_ap"], "val_exact": val and val["exact_match"]}
+
+    def scores(self, trainer: "Trainer", part, thresholds) -> dict[str, Any] | None:
+        from ldpo.common.metrics import multilabel_metrics
+
+        if len(part[0]) == 0:
+            return None
+        probs, truth = trainer.collect(part)
+        return multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
+
+    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        from ldpo.common.metrics import best_thresholds, multilabel_metrics
+
+        thresholds, val = np.full(len(trainer.data.classes), 0.5), None
+        if len(trainer.data.val[0]):
+            probs, truth = trainer.collect(trainer.data.val)
+            thresholds = best_thresholds(truth, probs)
+            val = multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
+        test = self.scores(trainer, trainer.data.test, thresholds)
+        final: dict[str, Any] = {"train_loss": last.get("train_loss"), "train_exact": last.get("train_exact")}
+        for name, m in (("val", val), ("test", test)):
+            for key in ("macro_ap", "macro_auc", "macro_f1", "micro_f1"):
+                final[f"{name}_{key}"] = m and m[key]
+            final[f"{name}_exact"] = m and m["exact_match"]
+        if test is not None:
+            log.info("test: macro AP %.3f, macro F1 %.3f, micro F1 %.3f, exact match %.3f", test["macro_ap"] or 0,
+                     test["macro_f1"], test["micro_f1"], test["exact_match"])
+        log.info("thresholds per class (%s on the validation split): %s",
+                 "F1-best" if len(trainer.data.val[0]) else "0.5: no", np.round(thresholds, 3).tolist())
+        return ({"final": final, "thresholds": thresholds.tolist(), "val": val, "test": test},
+                {"thresholds": [float(t) for t in thresholds]})
+
+
+TARGETS = {"single": SingleLabel, "multi": MultiLabel}
+
+
 # -- training -------------------------------------------------------------------------
 class Trainer:
     def __init__(self, opts: Options, built, data: Data, settings: dict[str, Any], rank: int, world: int,
@@ -360,6 +512,7 @@ class Trainer:
 
             self.model = DistributedDataParallel(model, device_ids=[device] if self.kind == "cuda" else None)
         self.net = model  # unwrapped, for state_dicts
+        self.target = TARGETS[data.target](data, device)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -419,18 +572,16 @@ class Trainer:
                     partial_path(self.opts.out).unlink(missing_ok=True)
                 raise
             self.scheduler.step()
-            val = self.evaluate(self.data.val)
-            self.history.append({"epoch": epoch + 1, "train_loss": loss, "train_top1": top1,
-                                 "val_top1": val[0], "val_top5": val[1],
+            figures = self.target.epoch_figures(self, top1)
+            self.history.append({"epoch": epoch + 1, "train_loss": loss, **figures,
                                  "lr": self.optimizer.param_groups[0]["lr"],
                                  "seconds": round(time.perf_counter() - start, 2)})
-            log.info("epoch %d/%d: train loss %.4f top-1 %.3f%s", epoch + 1, self.opts.epochs, loss, top1,
-                     "" if val[0] is None else f", val top-1 {val[0]:.3f} top-5 {val[1]:.3f}")
+            log.info("epoch %d/%d: train loss %.4f, %s", epoch + 1, self.opts.epochs, loss,
+                     ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in figures.items() if v is not None))
             self.save_partial(epoch + 1)
             if stop_after and epoch + 1 == stop_after and epoch + 1 < self.opts.epochs:
                 raise KeyboardInterrupt  # LDPO_STOP_AFTER_EPOCH: a simulated kill, for tests
-        test = self.evaluate(self.data.test)
-        self.finish(test)
+        self.finish()
 
     def head_from_centroids(self) -> None:
         """--head-init centroids: the head starts as the nearest-centroid classifier of the
@@ -456,7 +607,6 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         import torch
-        import torch.nn.functional as F
 
         from ldpo.common.accel import autocast
 
@@ -471,12 +621,12 @@ class Trainer:
             x = augment(x, rows, epoch)
             with autocast(self.device, self.opts.amp):
                 out = self.model(x)
-                loss = F.cross_entropy(out.float(), y)
+                loss = self.target.loss(out.float(), y, rows)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
+            correct += self.target.hits(out, y, rows)
             count += len(y)
             bar.update(len(y))
         bar.close()
@@ -528,6 +678,23 @@ class Trainer:
         top1, top5, count = all_sum([top1, top5, count], self.world, self.device)
         return top1 / count, top5 / count
 
+    def collect(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """--multi-label: sigmoid probabilities [n,K] and truth [n,K] of a whole split part (every
+        process scores all of it: average precision needs every image's score)."""
+        import torch
+
+        from ldpo.common.accel import autocast
+
+        self.model.eval()
+        prep, probs, truth = self.preprocess(), [], []
+        with torch.inference_mode():
+            for x, rows, _ in self.batches(self.part_items(part, share=False)):
+                with autocast(self.device, self.opts.amp):
+                    logits = self.net(prep(x))
+                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                truth.append(self.data.truth[rows.numpy()])
+        return np.concatenate(probs), np.concatenate(truth)
+
     # -- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
@@ -571,20 +738,17 @@ class Trainer:
         self.start_epoch = int(state["epochs_done"])
         log.info("--resume: continuing %s after epoch %d", path, self.start_epoch)
 
-    def finish(self, test: tuple[float | None, float | None]) -> None:
+    def finish(self) -> None:
         last = self.history[-1] if self.history else {}
-        metrics = {"epochs": self.history, "classes": len(self.data.classes),
-                   "final": {"train_loss": last.get("train_loss"), "train_top1": last.get("train_top1"),
-                             "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"),
-                             "test_top1": test[0], "test_top5": test[1],
-                             "n_train": len(self.data.train[0]), "n_val": len(self.data.val[0]),
-                             "n_test": len(self.data.test[0])}}
-        if test[0] is not None:
-            log.info("test top-1 %.3f top-5 %.3f", test[0], test[1])
+        scored, extra = self.target.final(self, last)
+        metrics = {"epochs": self.history, "classes": len(self.data.classes), "target": self.target.kind, **scored}
+        metrics["final"].update(n_train=len(self.data.train[0]), n_val=len(self.data.val[0]),
+                                n_test=len(self.data.test[0]))
         if self.rank:
             return
         torch_save(Path(self.opts.out), {
-            "format": FORMAT, "arch": self.built.arch, "num_classes": len(self.data.classes),
+            "format": FORMAT, "target": self.target.kind, **extra,
+            "arch": self.built.arch, "num_classes": len(self.data.classes),
             "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
             "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
             "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
