@@ -95,6 +95,12 @@ def test_name_merge_download_and_relabel(browser, cli, tmp_path_factory, tmp_pat
     time.sleep(0.5)
     assert not list(browser.downloads.iterdir())
     merge.clear()
+    merge.send_keys(f"{first};999")  # one of two groups unknown: flagged too
+    assert "unknown category" in browser.find_element(By.ID, "status").text
+    merge.clear()
+    merge.send_keys(f"{first};{second}")  # keep it in two groups: accepted
+    assert "unknown category" not in browser.find_element(By.ID, "status").text
+    merge.clear()
     merge.send_keys(str(first))
     assert "merged" in browser.find_element(By.ID, f"cat-{second}").get_attribute("class")
     browser.find_element(By.ID, "download").click()

@@ -91,7 +91,9 @@ JS = r"""
     var bad = [], named = 0, merged = 0;
     Object.keys(labels).forEach(function (l) {
       var f = fields(l), m = f.merge.value.trim();
-      var ok = m === "" || (Object.prototype.hasOwnProperty.call(labels, m));
+      // "5" merges into 5; "5;8" keeps the category in both groups (relabel writes several labels per id)
+      var ok = m === "" || m.split(";").every(function (t) {
+        return Object.prototype.hasOwnProperty.call(labels, t.trim()); });
       f.merge.classList.toggle("bad", !ok);
       labels[l].classList.toggle("merged", ok && m !== "" && m !== l);
       if (!ok) bad.push(l);
@@ -355,7 +357,8 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
     out.append('<div class="form">'
                f'<label>name <input class="name" type="text" data-label="{c}" placeholder="e.g. axial CT liver" '
                f'aria-label="name of category {c}"></label>'
-               f'<label>merge into category <input class="merge" type="text" inputmode="numeric" list="labels" '
+               f'<label>merge into category <input class="merge" type="text" list="labels" '
+               f'title="one category, or several joined by ; to keep it in each" '
                f'data-label="{c}" aria-label="merge category {c} into"></label></div>')
     place = cat.get("place")
     if place:
