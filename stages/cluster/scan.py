@@ -85,10 +85,10 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
     inputs = torch.from_numpy(head_input(x)).to(device)
     nb = torch.from_numpy(neighbours).to(device)
     heads = train_heads(inputs, nb, k, settings, seed)
-    losses = [head_loss(h, inputs, nb, settings) for h in heads]
+    losses = head_losses(heads, inputs, nb, k, settings)
     best = int(np.argmin(losses))
     log.info("scan: head losses %s; kept head %d", " ".join(f"{v:.4f}" for v in losses), best)
-    head = heads[best]
+    head = one_head(heads, best, k)
     if settings.self_label:
         self_label(head, inputs, settings, seed)
     probs = predict(head, inputs, settings.chunk)
@@ -97,42 +97,55 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
 
 
 def make_heads(d: int, k: int, count: int, seed: int, device):
+    """``count`` linear heads of ``k`` outputs as one layer of ``count x k`` outputs (head h: rows h*k..)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return [torch.nn.Linear(d, k).to(device) for _ in range(count)]
+        return torch.nn.Linear(d, count * k).to(device)
+
+
+def one_head(heads, h: int, k: int):
+    """Head ``h`` of the stacked layer as a layer of its own."""
+    import torch
+
+    head = torch.nn.Linear(heads.in_features, k).to(heads.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(heads.weight[h * k:(h + 1) * k])
+        head.bias.copy_(heads.bias[h * k:(h + 1) * k])
+    return head
 
 
 def scan_loss(logits_a, logits_n, weight: float):
-    """SCAN's loss for a batch: neighbour consistency minus ``weight`` x the entropy of the mean."""
+    """SCAN's loss for a batch, per head (logits ``[B, H, K]``): neighbour consistency minus
+    ``weight`` x the entropy of the mean prediction; returns ``[H]``."""
     import torch
 
-    pa, pn = torch.softmax(logits_a, dim=1), torch.softmax(logits_n, dim=1)
-    consistency = -torch.log((pa * pn).sum(dim=1).clamp_min(1e-8)).mean()
+    pa, pn = torch.softmax(logits_a, dim=2), torch.softmax(logits_n, dim=2)
+    consistency = -torch.log((pa * pn).sum(dim=2).clamp_min(1e-8)).mean(dim=0)
     mean = pa.mean(dim=0)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum()
+    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum(dim=1)
     return consistency - weight * entropy
 
 
-def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int) -> list:
-    """``settings.heads`` linear heads trained together, each on the same seeded batches."""
+def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int):
+    """``settings.heads`` linear heads (one stacked layer) trained together on the same seeded batches."""
     import torch
 
     n, d = inputs.shape
     heads = make_heads(d, k, settings.heads, seed, inputs.device)
     if settings.init == "kmeans":
-        start_from_kmeans(heads, inputs, k, seed)
-    params = [p for h in heads for p in h.parameters()]
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=1e-4)
+        start_from_kmeans(heads, inputs, k, settings.heads, seed)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=settings.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     batch = min(settings.batch, n)
     for _ in progress(range(settings.steps), desc="scan heads"):
         rows = torch.randint(n, (batch,), generator=gen)
         pick = torch.randint(nb.shape[1], (batch,), generator=gen)
         rows, pick = rows.to(inputs.device), pick.to(inputs.device)
-        a, m = inputs[rows], inputs[nb[rows, pick]]
-        loss = sum(scan_loss(h(a), h(m), settings.entropy_weight) for h in heads)
+        a = heads(inputs[rows]).view(batch, settings.heads, k)
+        m = heads(inputs[nb[rows, pick]]).view(batch, settings.heads, k)
+        loss = scan_loss(a, m, settings.entropy_weight).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -143,7 +156,7 @@ def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int) -> list:
 KMEANS_START_TEMPERATURE = 0.05
 
 
-def start_from_kmeans(heads: list, inputs, k: int, seed: int) -> None:
+def start_from_kmeans(heads, inputs, k: int, count: int, seed: int) -> None:
     """Head h starts as the nearest-centroid rule of k-means (seed ``seed * 1000 + h``) on the heads'
     input, softened by :data:`KMEANS_START_TEMPERATURE`: training starts where k-means ends."""
     import torch
@@ -151,12 +164,12 @@ def start_from_kmeans(heads: list, inputs, k: int, seed: int) -> None:
     from ldpo.common.features import kmeans
 
     x = inputs.cpu().numpy()
-    for h, head in enumerate(heads):
+    for h in range(count):
         centroids, _, _ = kmeans(x, k, 20, seed * 1000 + h, "cpu")
         c = torch.from_numpy(centroids).to(inputs.device)
         with torch.no_grad():
-            head.weight.copy_(c / KMEANS_START_TEMPERATURE)
-            head.bias.copy_(-0.5 * (c * c).sum(dim=1) / KMEANS_START_TEMPERATURE)
+            heads.weight[h * k:(h + 1) * k] = c / KMEANS_START_TEMPERATURE
+            heads.bias[h * k:(h + 1) * k] = -0.5 * (c * c).sum(dim=1) / KMEANS_START_TEMPERATURE
 
 
 def predict(head, inputs, chunk: int):
@@ -166,19 +179,22 @@ def predict(head, inputs, chunk: int):
         return torch.cat([torch.softmax(head(inputs[lo:lo + chunk]), dim=1) for lo in range(0, len(inputs), chunk)])
 
 
-def head_loss(head, inputs, nb, settings: ScanSettings) -> float:
-    """The SCAN loss of a head over every row and every one of its neighbours (in row chunks)."""
+def head_losses(heads, inputs, nb, k: int, settings: ScanSettings) -> list[float]:
+    """The SCAN loss of each head over every row and every one of its neighbours (in row chunks)."""
     import torch
 
-    probs = predict(head, inputs, settings.chunk)
-    total = 0.0
+    count = heads.out_features // k
     with torch.no_grad():
+        probs = torch.cat([torch.softmax(heads(inputs[lo:lo + settings.chunk]).view(-1, count, k), dim=2)
+                           for lo in range(0, len(inputs), settings.chunk)])  # [N, H, K]
+        total = torch.zeros(count, dtype=torch.float64, device=probs.device)
         for lo in range(0, len(probs), settings.chunk):
-            p, q = probs[lo:lo + settings.chunk], probs[nb[lo:lo + settings.chunk]]  # [b,K], [b,nn,K]
-            total += float(-torch.log((p[:, None, :] * q).sum(dim=2).clamp_min(1e-8)).sum()) / nb.shape[1]
-        mean = probs.mean(dim=0)
-        entropy = float(-(mean * torch.log(mean.clamp_min(1e-8))).sum())
-    return total / len(probs) - settings.entropy_weight * entropy
+            p, q = probs[lo:lo + settings.chunk], probs[nb[lo:lo + settings.chunk]]  # [b,H,K], [b,nn,H,K]
+            agree = (p[:, None] * q).sum(dim=3).clamp_min(1e-8)  # [b, nn, H]
+            total -= torch.log(agree).sum(dim=(0, 1)).double() / nb.shape[1]
+        mean = probs.mean(dim=0)  # [H, K]
+        entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum(dim=1).double()
+    return (total / len(probs) - settings.entropy_weight * entropy).cpu().tolist()
 
 
 def self_label(head, inputs, settings: ScanSettings, seed: int) -> None:
