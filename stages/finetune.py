@@ -102,6 +102,9 @@ class Options(CommonOptions, InputOptions):
                          "a new clustering's cluster numbers mean new classes)", False)
     head: Optional[str] = opt("classifier head: linear, or mlp (Linear, ReLU, Linear with 512 hidden units) "
                               "(default: the checkpoint's, else linear)", None, choices=["linear", "mlp"])
+    min_confidence: float = opt("train only on images whose labels CSV `confidence` (cluster --method scan "
+                                "writes one) is at least this; the rest are left out like unlabelled images "
+                                "(0 = every image)", 0.0, min=0, max=1)
     multi_label: bool = opt("several labels per image (label cells like 0;2, an empty cell = none of the "
                             "classes): one sigmoid per class, binary cross-entropy with class-balanced "
                             "positive weights, per-class thresholds chosen on the validation split", False)
@@ -167,6 +170,8 @@ def check_options(opts: Options) -> None:
         raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
     if opts.multi_label and opts.head_init == "centroids":
         raise InputError("--head-init centroids: needs one label per image (not --multi-label)")
+    if opts.multi_label and opts.min_confidence:
+        raise InputError("--min-confidence: needs one label per image (not --multi-label)")
 
 
 def check_writable(out: str) -> None:
@@ -230,7 +235,10 @@ def load_data(opts: Options) -> Data:
     side, chunk, row_bytes = max(shape[1:3]), chunk_rows(opts.images), int(np.prod(shape[1:]))
     if opts.multi_label:
         return load_multi(opts, store_ids, side, chunk, row_bytes)
-    per_row = align(read_labels(opts.labels), store_ids, opts.images, allow_missing=opts.allow_missing)
+    labels = read_labels(opts.labels)
+    per_row = align(labels, store_ids, opts.images, allow_missing=opts.allow_missing)
+    if opts.min_confidence:
+        per_row = drop_unconfident(labels, per_row, store_ids, opts.min_confidence, opts.labels)
     rows = np.flatnonzero(per_row >= 0)
     if len(rows) == 0:
         raise InputError(f"{opts.labels}: no image of {opts.images} has a label")
@@ -241,6 +249,23 @@ def load_data(opts: Options) -> Data:
     log.info("finetune: %d labelled images in %d classes%s", len(rows), len(classes),
              f" ({skipped} without a label skipped)" if skipped else "")
     return Data(classes, side, *split(opts, rows, targets), chunk, row_bytes)
+
+
+def drop_unconfident(labels, per_row: np.ndarray, store_ids: list[str], threshold: float, path: str) -> np.ndarray:
+    """``per_row`` with -1 (no label) where the labels' ``confidence`` is below ``threshold``."""
+    values = labels.extra.get("confidence")
+    if values is None:
+        raise InputError(f"{path}: no confidence column for --min-confidence (cluster --method scan writes one)")
+    try:
+        confidence = {i: float(v) for i, v in zip(labels.ids, values)}
+    except ValueError as err:
+        raise InputError(f"{path}: a confidence that is not a number ({err})") from None
+    out = per_row.copy()
+    low = np.array([confidence.get(i, 1.0) < threshold for i in store_ids])
+    out[low & (out >= 0)] = -1
+    log.info("finetune: %d of %d labelled images below confidence %g left out", int((low & (per_row >= 0)).sum()),
+             int((per_row >= 0).sum()), threshold)
+    return out
 
 
 def split(opts: Options, rows: np.ndarray, targets: np.ndarray):

@@ -187,3 +187,19 @@ def test_freeze_backbone_trains_the_head_only_and_keeps_batchnorm_statistics(cli
     assert any("running_mean" in k for k in backbone)
     assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BatchNorm statistics
     assert after[head + "weight"].shape == (5, 512) and load(out)["options"]["freeze_backbone"] is True
+
+
+def test_min_confidence_trains_on_the_confident_rows_only(cli, small, tmp_path):
+    images, labels = small
+    lab = read_labels(labels)
+    # class 4's rows are all unsure: it drops out of training, and 4 classes remain
+    confidence = ["0.2" if c == 4 else "0.9" for c in lab.labels.tolist()]
+    write_labels(tmp_path / "scored.csv", lab.ids, lab.labels, {"confidence": confidence})
+    out = tmp_path / "m.pt"
+    r = cli("finetune", images, tmp_path / "scored.csv", "--out", out, "--epochs", "1", "--split", "none",
+            "--min-confidence", "0.5", *TINY)
+    assert r.code == 0, r.err
+    assert "4 of 20 labelled images below confidence 0.5 left out" in r.err
+    assert load(out)["classes"] == [0, 1, 2, 3]
+    r = cli("finetune", images, labels, "--out", tmp_path / "n.pt", "--epochs", "1", "--min-confidence", "0.5", *TINY)
+    assert r.code == 2 and "no confidence column" in r.err and str(labels) in r.err
