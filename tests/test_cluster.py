@@ -336,3 +336,14 @@ def test_bench_scan_ends_with_the_comparison_line(tmp_path, capsys):
     name, km, sc = last.split()
     assert name == "scan:" and km.startswith("kmeans=") and sc.startswith("scan=")
     assert float(km.split("=")[1]) >= 0.9 and float(sc.split("=")[1]) >= 0.9
+
+
+def test_scan_on_a_tiny_set_mines_fewer_neighbours_than_a_cluster_holds(cli, tmp_path):
+    # 12 rows in 3 blobs: 20 neighbours would be every other row, pulling the blobs together
+    x, truth = blobs(12, k=3, d=8, spread=0.2, seed=7)
+    ids = feature_store(tmp_path / "f.h5", x)
+    r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "l.csv", "--k", "3", "--method", "scan",
+            "--scan-steps", "200")
+    assert r.code == 0, r.err
+    assert "3 neighbours per row instead of 20" in r.err
+    assert purity(labels_of(tmp_path / "l.csv", ids), truth) == 1.0

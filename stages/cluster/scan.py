@@ -79,7 +79,8 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
     import torch
 
     x = np.asarray(x, dtype=np.float32)
-    neighbours = nearest_neighbours(x, settings.neighbours, device, seed=seed)
+    count = neighbour_count(len(x), k, settings.neighbours)
+    neighbours = nearest_neighbours(x, count, device, seed=seed)
     log.info("scan: %d nearest neighbours per row mined; %d heads, %d steps", neighbours.shape[1], settings.heads,
              settings.steps)
     inputs = torch.from_numpy(head_input(x)).to(device)
@@ -94,6 +95,15 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
     probs = predict(head, inputs, settings.chunk)
     confidence, assign = probs.max(dim=1)
     return assign.cpu().numpy().astype(np.int64), confidence.cpu().numpy().astype(np.float32), losses[best]
+
+
+def neighbour_count(n: int, k: int, wanted: int) -> int:
+    """``wanted`` neighbours, but fewer than an average cluster holds (N/k - 1): on a small set,
+    neighbours beyond a cluster's size must come from other clusters and pull them together."""
+    cap = max(1, n // max(k, 1) - 1)
+    if cap < wanted:
+        log.info("scan: %d neighbours per row instead of %d (%d rows in %d clusters)", cap, wanted, n, k)
+    return min(wanted, cap)
 
 
 def make_heads(d: int, k: int, count: int, seed: int, device):
