@@ -1,4 +1,8 @@
-"""``cluster``: feature store → pseudo-labels, by k-means or by over-segmented k-means + RIM.
+"""``cluster``: feature store → pseudo-labels, by k-means, over-segmented k-means + RIM, or SCAN.
+
+``--method scan`` (the loop's default): neighbour-consistent heads on the fixed features,
+each started from k-means; see ``scan.py`` for the recipe and why. It writes a
+``confidence`` column (each row's probability of its cluster) beside the labels.
 
 Preprocessing follows DeepCluster: optional PCA (``--pca D``, optional ``--whiten``),
 then row L2 normalization (on unless ``--no-l2``).
@@ -105,8 +109,9 @@ class ClusterTool(Tool):
         return super().outputs(opts) + extra
 
     name = "cluster"
-    description = ("Cluster a feature store into pseudo-labels (id,label CSV): faiss k-means, or over-segmented "
-                   "k-means refined by RIM, which chooses the cluster count K' itself. Logs K' and the loss on stderr.")
+    description = ("Cluster a feature store into pseudo-labels (id,label CSV): faiss k-means, over-segmented "
+                   "k-means refined by RIM (which chooses the cluster count K' itself), or SCAN's neighbour-consistent "
+                   "heads (adds a confidence column). Logs K' and the loss on stderr.")
     example = ("cluster feats.h5 --out labels.csv --k 25\n"
                "cluster feats.h5 --out labels.csv --k 25 --method scan --neighbours 20 --heads 5\n"
                "cluster feats.h5 --out labels.csv --method rim --k 1000 --lam 1e-3 --pca 256 --summary sizes")
