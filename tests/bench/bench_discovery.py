@@ -209,12 +209,12 @@ def score(labels: Path, truth: Path) -> tuple[float, float]:
 
 def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> tuple[float, float]:
     """Purity and NMI against the truth after re-clustering an iteration's features into k groups."""
-    from ldpo.common.labels import align, read_labels
-    from ldpo.common.metrics import nmi, purity
+    import re
 
     folder = work / f"iter-{iteration:02d}"
     feats = folder / "encoded.h5" if (folder / "encoded.h5").exists() else folder / "features.h5"
-    out = folder / f"labels-at-{k}-{abs(hash(cluster_args)) % 10**6}.csv"
+    tag = re.sub(r"[^A-Za-z0-9.]+", "_", cluster_args).strip("_")  # the options, readable in the file name
+    out = folder / f"labels-at-{k}{'-' + tag if tag else ''}.csv"
     run([*ldpo(), "cluster", str(feats), "--out", str(out), "--k", str(k), *cluster_args.split(), "--quiet"])
     return score(out, truth)
 
