@@ -141,6 +141,9 @@ class Tool:
     description: str = ""
     example: str = ""
     Options: type = CommonOptions
+    #: groups of options (field names) that are given all together or not at all, e.g.
+    #: ``together = (("reference_labels", "reference_images"),)``: checked with the bounds
+    together: tuple[tuple[str, ...], ...] = ()
 
     # -- to implement -------------------------------------------------------------
     def main(self, opts: Any) -> int | None:  # pragma: no cover - abstract
@@ -183,8 +186,10 @@ class Tool:
         return _paths(opts, "output-folder")
 
     def check(self, opts: Any) -> None:
-        """Bounds of every numeric option, then outputs vs inputs, folders and special files."""
+        """Bounds of every numeric option, options that go together, then outputs vs inputs,
+        folders and special files."""
         check_bounds(opts)
+        check_together(opts, self.together)
         check_paths(self.inputs(opts), self.outputs(opts), self.output_folders(opts))
 
     def parse(self, argv: list[str] | None) -> Any:
@@ -285,6 +290,15 @@ def check_bounds(opts: Any) -> None:
             raise InputError(f"{flag_of(f)} {value}: {problem}")
 
 
+def check_together(opts: Any, groups: tuple[tuple[str, ...], ...]) -> None:
+    """Refuse a group of options given in part (``--a and --b go together``); unset means ``None``."""
+    fields = {f.name: f for f in dataclasses.fields(opts)}
+    for group in groups:
+        given = [getattr(opts, name) is not None for name in group]
+        if any(given) and not all(given):
+            raise InputError(" and ".join(flag_of(fields[name]) for name in group) + " go together")
+
+
 def _out_of_bounds(value: float, meta: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
@@ -326,6 +340,11 @@ def _identity(path: str) -> tuple[str, tuple[int, int] | None]:
 
 def _same(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (``./x.h5`` and ``x.h5``, a link and its target)."""
+    return _same(_identity(a), _identity(b))
 
 
 def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],

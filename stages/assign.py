@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device, same_file
 from ldpo.common.errors import InputError
 
 log = logging.getLogger("ldpo")
@@ -48,13 +48,13 @@ class Options(CommonOptions):
     model: str = opt("finetune checkpoint (e.g. WORK/iter-NN/model.pt, the last iteration's)", role="input")
     out: str = opt("output CSV: id,label,probability,runner_up,runner_up_probability,unsure; - for stdout",
                    role="output")
-    min_confidence: float = opt("unsure when the top probability is below this", 0.5)
+    min_confidence: float = opt("unsure when the top probability is below this", 0.5, min=0, max=1)
     reference_labels: Optional[str] = opt("labels the model was trained on (WORK/final/labels.csv): enables the "
                                           "distance rule", None, role="input")
     reference_images: Optional[str] = opt("images store holding the reference labels' ids", None, role="input")
     radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
-                                 "centroid", 0.95)
-    batch_size: int = opt("images per batch", 64)
+                                 "centroid", 0.95, above=0, max=1)
+    batch_size: int = opt("images per batch", 64, min=1)
     margin: float = opt("multi-label checkpoints: a class's decision is unsure when its probability is within "
                         "this of the class's threshold", 0.1, min=0, max=1)
 
@@ -70,6 +70,7 @@ class AssignTool(Tool):
                "    --reference-labels runs/a/final/labels.csv --reference-images images.h5\n"
                "assign new.h5 --model ml/model.pt --out new-sets.csv --margin 0.15   # a --multi-label checkpoint")
     Options = Options
+    together = (("reference_labels", "reference_images"),)
 
     def main(self, opts: Options) -> int:
         import torch
@@ -78,14 +79,6 @@ class AssignTool(Tool):
         from ldpo.common.labels import align, read_labels, write_labels
         from ldpo.common.stores import open_store
 
-        if not 0.0 <= opts.min_confidence <= 1.0:
-            raise InputError(f"--min-confidence {opts.min_confidence}: must be in [0, 1]")
-        if not 0.0 < opts.radius_quantile <= 1.0:
-            raise InputError(f"--radius-quantile {opts.radius_quantile}: must be in (0, 1]")
-        if opts.batch_size < 1:
-            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
-        if (opts.reference_labels is None) != (opts.reference_images is None):
-            raise InputError("--reference-labels and --reference-images go together")
         device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
         if device == "cpu":
@@ -122,7 +115,7 @@ class AssignTool(Tool):
             strange = sorted(set(lab.labels.tolist()) - known)
             if strange:
                 raise InputError(f"{opts.reference_labels}: label {strange[0]} is not a class of {opts.model}")
-            if opts.reference_images == opts.images:
+            if same_file(opts.reference_images, opts.images):
                 ref_feats = feats
             else:
                 ref_feats = net.run(opts.reference_images, opts.batch_size, "reference")[1]

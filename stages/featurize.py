@@ -71,8 +71,6 @@ class FeaturizeTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        if opts.batch_size < 1:  # the options first: before torch is imported and a model loaded
-            raise InputError(f"--batch-size {opts.batch_size}: must be at least 1")
         shard = parse_shard(opts.shard)
 
         import torch

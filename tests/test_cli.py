@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
@@ -261,3 +262,35 @@ def test_the_traceback_hint_follows_the_exception_type_not_the_word(capsys):
         assert "unexpected" in err and "-v for the traceback" not in err, err
     assert Echo().run(["boom"]) == 2
     assert capsys.readouterr().err.endswith("(-v for the traceback)\n")
+
+
+@dataclass(kw_only=True)
+class PairOptions(CommonOptions):
+    left: Optional[str] = opt("one half", None)
+    right: Optional[str] = opt("the other half", None)
+
+
+class Pair(Tool):
+    name = "pair-test"
+    Options = PairOptions
+    together = (("left", "right"),)
+
+    def main(self, opts):
+        print(opts.left, opts.right)
+
+
+def test_options_declared_together_are_refused_in_part(capsys):
+    assert Pair().run([]) == 0 and Pair().run(["--left", "a", "--right", "b"]) == 0
+    assert Pair().run(["--right", "b"]) == 2
+    assert capsys.readouterr().err.endswith("pair-test: error: --left and --right go together\n")
+
+
+def test_same_file_sees_through_spellings_and_links(tmp_path, monkeypatch):
+    from ldpo.common.cli import same_file
+
+    (tmp_path / "x.csv").write_text("id\n")
+    (tmp_path / "y.csv").write_text("id\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "x.csv")
+    monkeypatch.chdir(tmp_path)
+    assert same_file("./x.csv", "x.csv") and same_file("link.csv", str(tmp_path / "x.csv"))
+    assert not same_file("x.csv", "y.csv")
