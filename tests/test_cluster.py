@@ -347,3 +347,15 @@ def test_scan_on_a_tiny_set_mines_fewer_neighbours_than_a_cluster_holds(cli, tmp
     assert r.code == 0, r.err
     assert "3 neighbours per row instead of 20" in r.err
     assert purity(labels_of(tmp_path / "l.csv", ids), truth) == 1.0
+
+
+def test_cluster_store_is_callable_from_python_with_plain_settings(tmp_path):
+    from ldpo.stages.cluster import ScanSettings, Settings, cluster_store
+
+    x, truth = blobs(300, k=4, d=8, seed=5)
+    feature_store(tmp_path / "f.h5", x)
+    ids, labels, confidence = cluster_store(str(tmp_path / "f.h5"), Settings(k=4, seed=1))
+    assert confidence is None and purity(labels, truth) == 1.0
+    ids2, labels2, confidence = cluster_store(str(tmp_path / "f.h5"), Settings(
+        method="scan", k=4, scan=ScanSettings(steps=100)))
+    assert ids2 == ids and len(confidence) == 300 and purity(labels2, truth) == 1.0

@@ -42,7 +42,7 @@ chooses are pruned and the rest renumbered 0..K'-1, K' printed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ from ldpo.common.features import PCA, NearestCentroid, kmeans, l2_normalize
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
+
+from .scan import ScanSettings, scan
 
 log = logging.getLogger("ldpo")
 
@@ -118,77 +120,104 @@ class ClusterTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        check_options(opts)
-        device = resolve_device(opts.device)
-        min_rows = opts.k if opts.method == "kmeans" else 1
-        n, d = feature_shape(opts.features, min_rows)
-        rows = train_rows(opts, n, d)
-        extra = None
-        if rows < n:
-            ids, labels = sampled_kmeans(opts, rows, device)
-        elif opts.method == "scan":
-            ids, labels, confidence = cluster_scan(opts, device)
-            extra = {"confidence": [f"{c:.4f}" for c in confidence.tolist()]}
-        else:
-            ids, labels = cluster_whole(opts, device, min_rows)
+        if opts.whiten and not opts.pca:
+            raise InputError("--whiten needs --pca D")
+        settings = settings_from(opts)
+        if opts.train_rows and not samples(settings):
+            raise InputError(f"--train-rows {opts.train_rows}: only plain k-means learns from a sample "
+                             "(RIM and --balance sinkhorn use every row)")
+        ids, labels, confidence = cluster_store(opts.features, settings, resolve_device(opts.device))
+        extra = None if confidence is None else {"confidence": [f"{c:.4f}" for c in confidence.tolist()]}
         write_labels(opts.out, ids, labels, extra)
         if opts.summary:
             write_summary(opts.summary, labels)
         return 0
 
 
-def cluster_whole(opts: Options, device: str, min_rows: int) -> tuple[list[str], np.ndarray]:
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What a clustering needs, as plain values (``cluster_store(path, Settings(k=10))`` from Python);
+    the defaults are the command's."""
+    method: str = "kmeans"
+    k: int = 100
+    pca: int = 0
+    whiten: bool = False
+    l2: bool = True
+    niter: int = 20
+    nredo: int = 3
+    init: str = "kmeans++"
+    balance: str = "none"
+    balance_temp: float = 0.1
+    lam: float = 1e-3
+    rim_iter: int = 200
+    scan: ScanSettings = field(default_factory=ScanSettings)
+    batch_size: int = 8192
+    train_rows: int = 0
+    seed: int = 0
+
+
+def settings_from(opts: Options) -> Settings:
+    scan = ScanSettings(neighbours=opts.neighbours, heads=opts.heads, steps=opts.scan_steps,
+                        entropy_weight=opts.entropy_weight, self_label=opts.self_label, init=opts.scan_init)
+    return Settings(method=opts.method, k=opts.k, pca=opts.pca, whiten=opts.whiten, l2=not opts.no_l2,
+                    niter=opts.niter, nredo=opts.nredo, init=opts.init, balance=opts.balance,
+                    balance_temp=opts.balance_temp, lam=opts.lam, rim_iter=opts.rim_iter, scan=scan,
+                    batch_size=opts.batch_size, train_rows=opts.train_rows, seed=opts.seed)
+
+
+def cluster_store(path: str, s: Settings, device: str = "cpu"
+                  ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """ids, labels 0..K'-1 and (scan only, else None) each row's confidence for a feature store."""
+    min_rows = s.k if s.method == "kmeans" else 1
+    n, d = feature_shape(path, min_rows)
+    rows = train_rows(s, n, d)
+    if rows < n:
+        return (*sampled_kmeans(path, s, rows, device), None)
+    if s.method == "scan":
+        return cluster_scan(path, s, device)
+    return (*cluster_whole(path, s, device, min_rows), None)
+
+
+def cluster_whole(path: str, s: Settings, device: str, min_rows: int) -> tuple[list[str], np.ndarray]:
     """ids and labels 0..K'-1, clustering the whole feature matrix held in memory."""
-    ids, x = read_features(opts.features, opts.batch_size, min_rows)
-    x = preprocess(x, opts)
-    if opts.method == "kmeans":
-        centroids, assign, loss = kmeans(x, opts.k, opts.niter, opts.seed, device, nredo=opts.nredo, init=opts.init)
-        if opts.balance == "sinkhorn":
-            assign = sinkhorn_assign(x, centroids, opts.balance_temp, device)
-        labels = renumber(assign, opts.k, "k-means")
+    ids, x = read_features(path, s.batch_size, min_rows)
+    x = preprocess(x, s)
+    if s.method == "kmeans":
+        centroids, assign, loss = kmeans(x, s.k, s.niter, s.seed, device, nredo=s.nredo, init=s.init)
+        if s.balance == "sinkhorn":
+            assign = sinkhorn_assign(x, centroids, s.balance_temp, device)
+        labels = renumber(assign, s.k, "k-means")
         log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances)", labels.max() + 1, loss)
     else:
-        labels, loss, mi = rim(x, opts.k, opts.lam, opts.niter, opts.rim_iter, opts.seed, device, opts.nredo)
+        labels, loss, mi = rim(x, s.k, s.lam, s.niter, s.rim_iter, s.seed, device, s.nredo)
         log.info("RIM: K'=%d clusters (from k=%d, lam=%g), loss %.6g, mutual information %.4f nats",
-                 labels.max() + 1, min(opts.k, rim_cap(len(x))), opts.lam, loss, mi)
+                 labels.max() + 1, min(s.k, rim_cap(len(x))), s.lam, loss, mi)
     return ids, labels
 
 
-def cluster_scan(opts: Options, device: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def cluster_scan(path: str, s: Settings, device: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """ids, labels 0..K'-1 and each row's confidence, by SCAN heads (see ``scan.py``)."""
-    from .scan import ScanSettings, scan
-
-    ids, x = read_features(opts.features, opts.batch_size, max(opts.k, 2))
-    if opts.pca:
-        x = apply_preprocess(x, fit_pca(x, opts), opts)
-    settings = ScanSettings(neighbours=opts.neighbours, heads=opts.heads, steps=opts.scan_steps,
-                            entropy_weight=opts.entropy_weight, self_label=opts.self_label, init=opts.scan_init)
-    assign, confidence, loss = scan(x, opts.k, settings, opts.seed, device)
-    labels = renumber(assign, opts.k, "scan")
+    ids, x = read_features(path, s.batch_size, max(s.k, 2))
+    if s.pca:
+        x = apply_preprocess(x, fit_pca(x, s), s)
+    assign, confidence, loss = scan(x, s.k, s.scan, s.seed, device)
+    labels = renumber(assign, s.k, "scan")
     log.info("scan: K'=%d clusters, loss %.4f, median confidence %.3f", labels.max() + 1, loss,
              float(np.median(confidence)))
     return ids, labels, confidence
 
 
-def check_options(opts: Options) -> None:
-    if opts.whiten and not opts.pca:
-        raise InputError("--whiten needs --pca D")
-    if opts.train_rows and not samples(opts):
-        raise InputError(f"--train-rows {opts.train_rows}: only plain k-means learns from a sample "
-                         "(RIM and --balance sinkhorn use every row)")
-
-
-def samples(opts: Options) -> bool:
+def samples(s: Settings) -> bool:
     """Whether this clustering may learn from a sample: plain k-means, not RIM or Sinkhorn balancing."""
-    return opts.method == "kmeans" and opts.balance == "none"  # (scan mines neighbours among every row)
+    return s.method == "kmeans" and s.balance == "none"  # (scan mines neighbours among every row)
 
 
-def train_rows(opts: Options, n: int, d: int) -> int:
+def train_rows(s: Settings, n: int, d: int) -> int:
     """How many rows k-means learns from: ``n`` (all), or fewer for a large store (see the module doc)."""
-    if not samples(opts):
+    if not samples(s):
         return n
-    cap = opts.train_rows or max(TRAIN_ROWS_PER_CLUSTER * opts.k, TRAIN_BYTES // (4 * max(d, 1)))
-    return min(n, max(cap, opts.k))
+    cap = s.train_rows or max(TRAIN_ROWS_PER_CLUSTER * s.k, TRAIN_BYTES // (4 * max(d, 1)))
+    return min(n, max(cap, s.k))
 
 
 def check_store(store, path: str, min_rows: int) -> tuple[int, int]:
@@ -229,65 +258,64 @@ def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], 
     return ids, x
 
 
-def preprocess(x: np.ndarray, opts: Options) -> np.ndarray:
+def preprocess(x: np.ndarray, s: Settings) -> np.ndarray:
     """PCA (optional, whitened optionally), then row L2 normalization (default on)."""
-    return apply_preprocess(x, fit_pca(x, opts), opts)
+    return apply_preprocess(x, fit_pca(x, s), s)
 
 
-def fit_pca(x: np.ndarray, opts: Options) -> PCA | None:
-    if not opts.pca:
+def fit_pca(x: np.ndarray, s: Settings) -> PCA | None:
+    if not s.pca:
         return None
-    pca = PCA(opts.pca, opts.whiten, opts.seed).fit(x)
-    log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if opts.whiten else "")
+    pca = PCA(s.pca, s.whiten, s.seed).fit(x)
+    log.info("PCA to %d dimensions%s", pca.dim, " (whitened)" if s.whiten else "")
     return pca
 
 
-def apply_preprocess(x: np.ndarray, pca: PCA | None, opts: Options) -> np.ndarray:
+def apply_preprocess(x: np.ndarray, pca: PCA | None, s: Settings) -> np.ndarray:
     """``pca`` (if any) applied batch by batch, then L2 normalization (in place on ``x`` without PCA)."""
     if pca is not None:
         y = np.empty((len(x), pca.dim), dtype=np.float32)
-        for lo in range(0, len(x), opts.batch_size):
-            y[lo:lo + opts.batch_size] = pca.transform(x[lo:lo + opts.batch_size])
+        for lo in range(0, len(x), s.batch_size):
+            y[lo:lo + s.batch_size] = pca.transform(x[lo:lo + s.batch_size])
         x = y
-    if not opts.no_l2:
+    if s.l2:
         l2_normalize(x, inplace=True)
     return x
 
 
-def sampled_kmeans(opts: Options, rows: int, device: str) -> tuple[list[str], np.ndarray]:
+def sampled_kmeans(path: str, s: Settings, rows: int, device: str) -> tuple[list[str], np.ndarray]:
     """k-means for a store larger than ``rows``: PCA and k-means learn from a seeded sample of ``rows``
     rows, then every row is read block by block and given its nearest centroid. Returns the ids and
     labels 0..K'-1; logs the loss (sum of squared distances) over all rows."""
-    with open_store(opts.features) as store:
+    with open_store(path) as store:
         n, _ = store.shape("features")
-        chosen = np.sort(np.random.default_rng(opts.seed).choice(n, rows, replace=False))
-        sample = read_sample(store, chosen, opts)
+        chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False))
+        sample = read_sample(store, chosen, path, s.batch_size)
         log.info("k-means learns from %d of %d rows (a seeded sample), then assigns every row", rows, n)
-        pca = fit_pca(sample, opts)
-        centroids, _, _ = kmeans(apply_preprocess(sample, pca, opts), opts.k, opts.niter, opts.seed, device,
-                                 nredo=opts.nredo, init=opts.init)
+        pca = fit_pca(sample, s)
+        centroids, _, _ = kmeans(apply_preprocess(sample, pca, s), s.k, s.niter, s.seed, device,
+                                 nredo=s.nredo, init=s.init)
         del sample
         nearest = NearestCentroid(centroids, device)
         assign, loss = np.empty(n, dtype=np.int64), 0.0
-        batches = store.batches("features", opts.batch_size)
-        for lo, hi, block in progress(batches, desc="assigning", total=-(-n // opts.batch_size)):
-            assign[lo:hi], dist = nearest(apply_preprocess(block, pca, opts))
+        batches = store.batches("features", s.batch_size)
+        for lo, hi, block in progress(batches, desc="assigning", total=-(-n // s.batch_size)):
+            assign[lo:hi], dist = nearest(apply_preprocess(block, pca, s))
             loss += float(dist.sum(dtype=np.float64))
         ids = store.ids
-    labels = renumber(assign, opts.k, "k-means")
+    labels = renumber(assign, s.k, "k-means")
     log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances over all %d rows)", labels.max() + 1,
              loss, n)
     return ids, labels
 
 
-def read_sample(store, chosen: np.ndarray, opts: Options) -> np.ndarray:
+def read_sample(store, chosen: np.ndarray, path: str, batch: int) -> np.ndarray:
     """Rows ``chosen`` (sorted) of the features, gathered in one pass of sequential blocks (fast in
     both formats, unlike a point selection of many rows), checking every row is finite on the way."""
     n, d = store.shape("features")
     sample = np.empty((len(chosen), d), dtype=np.float32)
-    batches = store.batches("features", opts.batch_size)
-    for lo, hi, block in progress(batches, desc="sampling", total=-(-n // opts.batch_size)):
-        check_finite(block, np.arange(lo, hi), store, opts.features)
+    for lo, hi, block in progress(store.batches("features", batch), desc="sampling", total=-(-n // batch)):
+        check_finite(block, np.arange(lo, hi), store, path)
         first, last = np.searchsorted(chosen, [lo, hi])
         sample[first:last] = block[chosen[first:last] - lo]
     return sample
