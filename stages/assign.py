@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device, same_file
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device, same_file
 from ldpo.common.errors import InputError
 
 log = logging.getLogger("ldpo")
@@ -55,6 +55,8 @@ class Options(CommonOptions):
     radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
                                  "centroid", 0.95, above=0, max=1)
     batch_size: int = opt("images per batch", 64, min=1)
+    amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
+                    "autotuning (as featurize --amp)", False)
     margin: float = opt("multi-label checkpoints: a class's decision is unsure when its probability is within "
                         "this of the class's threshold", 0.1, min=0, max=1)
 
@@ -94,7 +96,7 @@ class AssignTool(Tool):
             ids = store.ids
         if not ids:
             raise InputError(f"{opts.images}: no images")
-        probs, feats = net.run(opts.images, opts.batch_size, "assign")
+        probs, feats = net.run(opts.images, opts.batch_size, "assign", opts.workers, opts.amp)
         if built.target == "multi":
             return assign_sets(opts, built, ids, probs)
         classes = np.asarray(built.classes, dtype=np.int64)
@@ -118,7 +120,7 @@ class AssignTool(Tool):
             if same_file(opts.reference_images, opts.images):
                 ref_feats = feats
             else:
-                ref_feats = net.run(opts.reference_images, opts.batch_size, "reference")[1]
+                ref_feats = net.run(opts.reference_images, opts.batch_size, "reference", opts.workers, opts.amp)[1]
             centroids, radius = class_radii(ref_feats[ref_labels >= 0], ref_labels[ref_labels >= 0], classes,
                                             opts.radius_quantile)
             dist = distances(feats, centroids)  # [N, K]
@@ -213,27 +215,24 @@ class Network:
     def _keep(self, module, inputs) -> None:
         self._captured = inputs[0]  # what the head sees: the default global layer, for every arch
 
-    def run(self, path: str, batch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, path: str, batch: int, what: str, workers: int = 0, amp: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         from ldpo.common import imagedata
-        from ldpo.common.stores import open_store
+        from ldpo.common.accel import tune
+        from ldpo.common.inference import infer, store_items
 
-        with open_store(path, expect="images") as store:
-            n = len(store)
         built = self.built
-        prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std)
-        items = imagedata.range_items(0, n, imagedata.read_rows(path, batch))
-        blocks = imagedata.on_device(imagedata.loader(path, items, 0, self.device), self.device)
+        fast = tune(self.model, self.device, amp)
+        prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std, channels_last=fast)
         probs, feats = [], []
-        with torch.inference_mode(), progress(total=n, desc=what, unit="img") as bar:
-            for x, _, _ in imagedata.rebatch(blocks, batch):
-                logits = self.model(prep(x))
-                logits = logits.float()
-                multi = built.target == "multi"
-                probs.append((torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)).cpu().numpy())
-                feats.append(self._captured.flatten(1).float().cpu().numpy())
-                bar.update(len(x))
+        for _, _, logits in infer(self.model, path, store_items(path, batch), prep, batch=batch, workers=workers,
+                                  device=self.device, amp=amp, desc=what):
+            logits = logits.float()
+            multi = built.target == "multi"
+            probs.append((torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)).cpu().numpy())
+            feats.append(self._captured.flatten(1).float().cpu().numpy())
         return np.concatenate(probs), np.concatenate(feats)
 
 

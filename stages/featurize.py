@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device
 from ldpo.common.errors import InputError
 from ldpo.common.input_options import InputOptions
 
@@ -114,7 +114,8 @@ class FeaturizeTool(Tool):
         from ldpo.common.stores import create_store
 
         with create_store(opts.out, n=n, arrays=spec, ids=ids, attrs=attrs) as store:
-            extract(opts, extractor, built, store, name, 0, n, device)
+            extract(extractor, built, store, name, opts.images, 0, n, batch=opts.batch_size, workers=opts.workers,
+                    device=device, amp=opts.amp, init=opts.init)
         return 0
 
     def fill_shard(self, opts, extractor, built, name, attrs, shard, n, ids, device) -> int:
@@ -128,7 +129,8 @@ class FeaturizeTool(Tool):
                 raise InputError(f"{opts.out}: not made by --create-only with these options ({what})")
             lo, hi = shard_rows(shard, n, int(store.array(name).chunks[0]))
             log.info("shard %d/%d: rows %d..%d", shard[0], shard[1], lo, hi)
-            extract(opts, extractor, built, store, name, lo, hi, device)
+            extract(extractor, built, store, name, opts.images, lo, hi, batch=opts.batch_size, workers=opts.workers,
+                    device=device, amp=opts.amp, init=opts.init)
         return 0
 
 
@@ -167,30 +169,27 @@ def shard_rows(shard: tuple[int, int], n: int, chunk: int = 1) -> tuple[int, int
     return bound(i), bound(i + 1)
 
 
-def extract(opts: Options, extractor, built, store, name: str, lo: int, hi: int, device: str) -> None:
-    """Stream rows ``[lo, hi)`` of the images through the extractor into ``store[name]``:
-    whole-chunk uint8 reads in the workers, resized and normalized on the device in batches
-    (common/imagedata.py), written as float32 (float16 for local features)."""
+def extract(extractor, built, store, name: str, images: str, lo: int, hi: int, *, batch: int, workers: int = 0,
+            device: str = "cpu", amp: bool = False, init: str = "") -> None:
+    """Stream rows ``[lo, hi)`` of ``images`` through the extractor into ``store[name]``
+    (common/inference.py), written as float32 (float16 for local features)."""
     import torch
 
     from ldpo.common import imagedata
-    from ldpo.common.accel import autocast, tune
+    from ldpo.common.accel import tune
+    from ldpo.common.inference import infer, store_items
 
-    fast = tune(extractor, device, opts.amp)
+    fast = tune(extractor, device, amp)
     prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std, channels_last=fast)
-    items = imagedata.range_items(lo, hi, imagedata.read_rows(opts.images, opts.batch_size))
-    blocks = imagedata.on_device(imagedata.loader(opts.images, items, opts.workers, device), device)
-    start, row = time.perf_counter(), lo
-    with torch.inference_mode(), progress(total=hi - lo, desc="featurize", unit="img") as bar:
-        for x, _, _ in imagedata.rebatch(blocks, opts.batch_size):
-            with autocast(device, opts.amp):
-                out = extractor(prep(x))
-            if not torch.isfinite(out).all():
-                raise InputError(f"{opts.init}: gives non-finite features for rows {row}..{row + len(x) - 1} of "
-                                 f"{opts.images}; nothing written (a diverged checkpoint?)")
-            store.write(name, row, out.float().cpu().numpy())
-            row += len(x)
-            bar.update(len(x))
+    start = time.perf_counter()
+    items = store_items(images, batch, lo, hi)
+    for rows, _, out in infer(extractor, images, items, prep, batch=batch, workers=workers, device=device, amp=amp,
+                              desc="featurize"):
+        first = int(rows[0])
+        if not torch.isfinite(out).all():
+            raise InputError(f"{init}: gives non-finite features for rows {first}..{first + len(out) - 1} of "
+                             f"{images}; nothing written (a diverged checkpoint?)")
+        store.write(name, first, out.float().cpu().numpy())
     seconds = time.perf_counter() - start
     log.info("featurize: %d images in %.1f s (%.1f img/s)", hi - lo, seconds, (hi - lo) / max(seconds, 1e-9))
 

@@ -91,3 +91,17 @@ def test_deterministic_and_bad_input(cli, work, tmp_path):
             "--reference-labels", work / "final/labels.csv")
     assert r.code == 2 and "go together" in r.err
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_workers_give_the_same_file_and_amp_nearly_the_same_labels(cli, work, tmp_path):
+    images, model = images_of(work), last_model(work)
+    base = ["--device", "cpu", "--batch-size", "16"]
+    assert cli("assign", images, "--model", model, "--out", tmp_path / "a.csv", *base).code == 0
+    assert cli("assign", images, "--model", model, "--out", tmp_path / "w.csv", *base, "--workers", "2").code == 0
+    assert (tmp_path / "w.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
+    assert cli("assign", images, "--model", model, "--out", tmp_path / "b.csv", *base, "--amp").code == 0
+    plain, fast = rows(tmp_path / "a.csv"), rows(tmp_path / "b.csv")
+    same = np.mean([p["label"] == f["label"] for p, f in zip(plain, fast)])
+    assert same >= 0.9, same
+    gap = max(abs(float(p["probability"]) - float(f["probability"])) for p, f in zip(plain, fast))
+    assert gap < 0.1, gap
