@@ -222,18 +222,18 @@ class ArchiveTool(Tool):
     Options = Options
 
     def outputs(self, opts: Options) -> list[tuple[str, str]]:
-        return super().outputs(opts) + ([] if opts.truth else [("--out (truth)", str(truth_path(opts)))])
+        return super().outputs(opts) + ([] if opts.truth else [("--out (truth)", str(truth_path(opts.out)))])
 
     def main(self, opts: Options) -> int:
         store_format(opts.out)  # a bad suffix is an error before any work
         chunk = opts.chunk_rows or chunk_rows_for(opts.size)
-        truth = truth_path(opts)
-        check_disk(opts, truth)  # before anything is built in memory
+        truth = truth_path(opts.out, opts.truth)
+        check_disk(opts.out, truth, opts.n, opts.size, opts.classes)  # before anything is built in memory
         start = time.perf_counter()
         labels = labels_for(opts.n, opts.classes, opts.seed)
         with atomic_path(truth) as tmp_truth:
             write_labels(tmp_truth, ids_for(0, opts.n, opts.n), labels)
-            write_archive(opts, chunk)
+            write_archive(opts.out, opts.n, opts.size, opts.classes, opts.seed, chunk, opts.workers)
         seconds = time.perf_counter() - start
         rate = opts.n / max(seconds, 1e-9)
         log.info("wrote %s (%d images of %d px, %d classes, %d rows per chunk) and %s", opts.out, opts.n,
@@ -242,16 +242,16 @@ class ArchiveTool(Tool):
         return 0
 
 
-def truth_path(opts: Options) -> Path:
-    return Path(opts.truth) if opts.truth else side_file(opts.out, "truth.csv")
+def truth_path(out: str, truth: str | None = None) -> Path:
+    return Path(truth) if truth else side_file(out, "truth.csv")
 
 
-def check_disk(opts: Options, truth: Path) -> None:
+def check_disk(out: str, truth: Path, n: int, size: int, classes: int) -> None:
     """Refuse an archive that the disk cannot hold: the raw image bytes (noise barely
     compresses), the ids and the truth CSV, against the free space of the disk each goes to."""
-    width = len(ids_for(max(opts.n - 1, 0), opts.n, opts.n)[0])
-    parts = [(Path(opts.out), opts.n * (opts.size ** 2 + width + 8), f"{opts.n} images of {opts.size} px"),
-             (truth, opts.n * (width + len(str(opts.classes)) + 2), "the truth labels")]
+    width = len(ids_for(max(n - 1, 0), n, n)[0])
+    parts = [(Path(out), n * (size ** 2 + width + 8), f"{n} images of {size} px"),
+             (truth, n * (width + len(str(classes)) + 2), "the truth labels")]
     disks: dict[int, list] = {}
     for path, size, what in parts:
         folder = next((p for p in (path.absolute().parent, *path.absolute().parents) if p.exists()), Path("."))
@@ -266,21 +266,20 @@ def check_disk(opts: Options, truth: Path) -> None:
                              "another disk")
 
 
-def write_archive(opts: Options, chunk: int) -> None:
-    """Generate row ranges in ``--workers`` threads (a bounded window ahead) and write them in order."""
-    n, size = opts.n, opts.size
-    params = class_params(opts.classes)
+def write_archive(out: str, n: int, size: int, classes: int, seed: int, chunk: int, workers: int = 0) -> None:
+    """Generate row ranges in ``workers`` threads (a bounded window ahead) and write them in order."""
+    params = class_params(classes)
     unit = max(chunk, GEN_BLOCK) // GEN_BLOCK * GEN_BLOCK  # whole blocks; chunk-aligned when chunk is a power of two
-    attrs = {"stage": "toy-data archive", "generator": "phantoms of two oriented gratings", "classes": opts.classes,
-             "seed": opts.seed, "size": size}
+    attrs = {"stage": "toy-data archive", "generator": "phantoms of two oriented gratings", "classes": classes,
+             "seed": seed, "size": size}
 
     def make(lo: int) -> np.ndarray:
         hi = min(lo + unit, n)
         blocks = range(lo // GEN_BLOCK, -(-hi // GEN_BLOCK))
-        return np.concatenate([generate_block(opts.seed, b, opts.classes, size, params) for b in blocks])[:hi - lo]
+        return np.concatenate([generate_block(seed, b, classes, size, params) for b in blocks])[:hi - lo]
 
-    threads = max(1, opts.workers)
-    with create_store(opts.out, n=n, arrays={"images": ((size, size), "uint8")}, ids=ids_for(0, n, n),
+    threads = max(1, workers)
+    with create_store(out, n=n, arrays={"images": ((size, size), "uint8")}, ids=ids_for(0, n, n),
                       attrs=attrs, chunk_rows=chunk) as store, \
             ThreadPoolExecutor(threads) as pool, progress(total=n, desc="archive", unit="img") as bar:
         starts = iter(range(0, n, unit))
