@@ -98,7 +98,7 @@ class AssignTool(Tool):
             raise InputError(f"{opts.images}: no images")
         probs, feats = net.run(opts.images, opts.batch_size, "assign", opts.workers, opts.amp)
         if built.target == "multi":
-            return assign_sets(opts, built, ids, probs)
+            return assign_sets(built, ids, probs, opts.margin, opts.out, opts.model)
         classes = np.asarray(built.classes, dtype=np.int64)
         order = np.argsort(-probs, axis=1, kind="stable")
         top, second = order[:, 0], order[:, 1] if probs.shape[1] > 1 else order[:, 0]
@@ -138,21 +138,21 @@ class AssignTool(Tool):
         return 0
 
 
-def assign_sets(opts: Options, built, ids: list[str], probs: np.ndarray) -> int:
+def assign_sets(built, ids: list[str], probs: np.ndarray, margin: float, out: str, model: str = "") -> int:
     """A multi-label checkpoint: each image's label set, per-class probabilities and unsure flags."""
     from ldpo.common.labels import write_multilabels
 
     classes = list(built.classes)
     thresholds = np.asarray(built.thresholds if built.thresholds is not None else [0.5] * len(classes))
     if thresholds.shape != (len(classes),) or not np.all((thresholds >= 0) & (thresholds <= 1)):
-        raise InputError(f"{opts.model}: its `thresholds` do not give one threshold in [0, 1] per class")
+        raise InputError(f"{model}: its `thresholds` do not give one threshold in [0, 1] per class")
     chosen = probs >= thresholds[None, :]
-    near = np.abs(probs - thresholds[None, :]) < opts.margin
+    near = np.abs(probs - thresholds[None, :]) < margin
     sets = [[c for c, keep in zip(classes, row) if keep] for row in chosen]
     extra: dict[str, list] = {f"p_{c}": [f"{p:.6f}" for p in probs[:, k]] for k, c in enumerate(classes)}
     extra.update({f"unsure_{c}": near[:, k].astype(int).tolist() for k, c in enumerate(classes)})
     extra["unsure"] = near.any(axis=1).astype(int).tolist()
-    write_multilabels(opts.out, ids, sets, extra)
+    write_multilabels(out, ids, sets, extra)
     sizes = np.bincount(chosen.sum(axis=1), minlength=3)
     log.info("assigned %d images: %d to no class, %d to one, %d to several; %d unsure", len(ids), sizes[0],
              sizes[1], int(sizes[2:].sum()), int(near.any(axis=1).sum()))
