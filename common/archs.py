@@ -81,7 +81,8 @@ class Arch:
     its own random initialisation (the caller seeds torch). ``head`` is the dotted name of
     the classifier module (``None``: the model names it, timm's ``pretrained_cfg``).
     ``finish`` turns a constructed model into this architecture (``alexnet_bn``: add the
-    BatchNorms); weights of the ``base`` layout (those holding ``base_key``) load before it. ``family`` ``timm`` reads layers through ``forward_features``/``forward_head`` and
+    BatchNorms); weights of the ``base`` layout (those holding ``base_key``) load before
+    it. ``family`` ``timm`` reads layers through ``forward_features``/``forward_head`` and
     replaces heads with ``reset_classifier``; ``torchvision`` (any plain ``nn.Module``)
     reads layers with forward hooks.
     """

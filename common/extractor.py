@@ -111,7 +111,8 @@ class Extractor(nn.Module):
             with torch.inference_mode():
                 out = self(torch.zeros(1, 3, input_size, input_size, device=device))
         except RuntimeError as err:
-            raise InputError(f"--input-size {input_size}: too small for this network ({str(err).splitlines()[0]})") from None
+            raise InputError(f"--input-size {input_size}: too small for this network "
+                             f"({str(err).splitlines()[0]})") from None
         finally:
             self.train(was_training)
         return tuple(out.shape[1:])
