@@ -314,6 +314,21 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def names_text() -> str:
+    """The architectures, for an ``--arch`` help text (so a new record needs no help edit)."""
+    return ", ".join(REGISTRY) + ", or timm:NAME, any timm model"
+
+
+def layers_text() -> str:
+    """The named layers, for a ``--layer`` help text: ``alexnet/alexnet_bn conv5|fc6|fc7, …, timm:*
+    pooled|last`` (``probs`` and ``multiscale``, which every architecture has, left out)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for record in (*REGISTRY.values(), timm_record(TIMM + "*")):
+        own = tuple(name for name in record.layers if name not in ("probs", "multiscale"))
+        groups.setdefault(own, []).append(record.name)
+    return ", ".join(f"{'/'.join(archs)} {'|'.join(own)}" for own, archs in groups.items())
+
+
 def check_arch(arch: str) -> str:
     """``arch`` if it names a known architecture (a registered one, or ``timm:NAME``), else an input error."""
     if arch in REGISTRY:

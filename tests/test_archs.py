@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ldpo.common import models
+from ldpo.common import archs, models
 from ldpo.common.archs import Arch, Layer
 from ldpo.common.checkpoint import Checkpoint
 from ldpo.common.errors import InputError
@@ -60,6 +60,7 @@ def test_a_registered_record_is_built_and_featurized_through_the_public_function
         models.build(models.Init("random"), tiny, None, input_size=3)
     with pytest.raises(InputError, match="has layers conv, pool"):
         models.check_layer(tiny, "avgpool")
+    assert tiny in archs.names_text() and f"{tiny} conv|pool" in archs.layers_text()  # --help texts follow
 
 
 def test_its_head_is_replaced_seeded_and_read_where_the_record_says(tiny):
