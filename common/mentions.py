@@ -60,7 +60,8 @@ _SEPARATORS = re.compile(r"[|,]")
 _TERMINATION = [
     "but", "however", "although", "though", "except", "aside from", "apart from", "yet",
     "nevertheless", "still", "which", "otherwise", ";", "there is", "there are", "there has been",
-    "with interval", "whereas", "while", "though there is", "since", "as well as new",
+    "with interval", "whereas", "while", "though there is", "since", "as well as new", "now",
+    "currently",
 ]
 
 _NEGATION = {
@@ -73,7 +74,7 @@ _NEGATION = {
         "no change", "no significant change", "no interval change", "no significant interval change",
         "no definite change", "no increase", "no substantial change", "not changed", "no further",
         "without change", "without interval change", "not only", "gram negative", "not necessarily",
-        "not significantly changed", "no longer", "not certain whether", "not certain if",
+        "not significantly changed", "not certain whether", "not certain if",
         "is not excluded", "are not excluded", "is not ruled out", "are not ruled out", "has not been ruled out",
         "have not been ruled out", "is not entirely excluded", "was not excluded", "were not excluded",
         "was not ruled out", "is not definitely excluded", "not definitely excluded",
@@ -102,7 +103,7 @@ _UNCERTAINTY = {
     "pseudo_negations": [
         # hedge words that, after a negation, do not make a finding uncertain
         "not suspicious for", "not concerning for", "no suspicious", "not suggestive of",
-        "not suggesting", "nor suggestive of", "without suspicious", "no findings to suggest",
+        "not suggesting", "nor suggestive of", "to suggest", "without suspicious", "no findings to suggest",
         "nothing to suggest", "no evidence to suggest", "no possible", "not likely",
         "likely unchanged", "possibly unchanged", "possibly related to", "probably related to",
     ],
@@ -123,12 +124,14 @@ _UNCERTAINTY = {
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded", "is not excluded",
+        "cannot be entirely excluded", "can not be entirely excluded", "cannot be completely excluded",
+        "cannot be definitely excluded",
         "cannot be ruled out", "can not be ruled out", "not ruled out", "not been ruled out",
         "not entirely excluded", "not completely excluded", "is possible", "are possible", "is suspected",
-        "are suspected", "is questioned", "is likely", "are likely", "is favored", "versus", "vs",
-        "vs.", "is not excluded", "not be excluded", "is questionable", "is uncertain",
+        "are suspected", "is questioned", "is likely", "are likely", "is favored", "is not excluded", "not be excluded", "is questionable", "is uncertain",
         "is a consideration", "is considered", "could be considered", "difficult to exclude",
         "would be difficult to exclude", "?", "or not", "not definitely excluded",
+        # "versus"/"vs" after a mention are _ALTERNATIVE (the mention just before only), not here
     ],
     "termination": _TERMINATION,
 }
@@ -275,11 +278,22 @@ def _nearest_cue(negex, doc, span) -> int:
     return len(doc)
 
 
+#: "A versus B": A is uncertain too (only the mention right before the word)
+_ALTERNATIVE = frozenset({"versus", "vs", "vs."})
+
+
+def _before_alternative(doc, span) -> bool:
+    nxt = doc[span.end:span.end + 2]
+    return any(t.lower_ in _ALTERNATIVE for t in nxt)
+
+
 def _resolve(nlp, doc) -> list[str]:
     """Each entity's status; a mention both negated and uncertain takes the nearer cue's status."""
     out = []
     for e in doc.ents:
         status = _status(e)
+        if status == "affirmed" and _before_alternative(doc, e):
+            status = "uncertain"
         if status == "uncertain" and e._.get(_EXT["negated"]):
             neg = _nearest_cue(nlp.get_pipe(_EXT["negated"]), doc, e)
             unc = _nearest_cue(nlp.get_pipe(_EXT["uncertain"]), doc, e)
@@ -364,3 +378,50 @@ def require_coverage(mentions: Iterable[Sequence[Mention]], vocab: Vocabulary, r
     if n == 0:
         raise InputError(f"{vocab.source}: none of its {len(vocab)} terms occurs in any report of {reports}")
     return n
+
+
+# -- evaluation on a labelled sentence set -------------------------------------------------------
+
+
+def read_assertion_set(path: str, part: str | None = None) -> list[tuple[str, str, str]]:
+    """``(sentence, term, status)`` rows of a TSV with a ``sentence<TAB>term<TAB>status[<TAB>part]`` header.
+
+    ``part`` keeps only the rows of that part (4th column) when given."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:3] != ["sentence", "term", "status"]:
+            raise InputError(f"{path}: expected the header sentence<TAB>term<TAB>status")
+        for n, line in enumerate(f, 2):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) not in (3, 4) or parts[2] not in STATUSES:
+                raise InputError(f"{path}: line {n}: expected sentence<TAB>term<TAB>status (one of {STATUSES})")
+            if part is None or (len(parts) == 4 and parts[3] == part):
+                rows.append((parts[0], parts[1].lower(), parts[2]))
+    return rows
+
+
+def predict_statuses(rows: Sequence[tuple[str, str, str]], vocab: Vocabulary) -> list[str]:
+    """For each row, the status found for its term in its sentence ("missed" if no mention of it)."""
+    sentences = list(dict.fromkeys(r[0] for r in rows))
+    found = dict(zip(sentences, find_mentions_many(sentences, vocab)))
+    return [next((m.status for m in found[s] if m.term == term), "missed") for s, term, _ in rows]
+
+
+def assertion_scores(rows: Sequence[tuple[str, str, str]], predicted: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per gold status (a missed mention counts against recall)."""
+    out = {}
+    for status in STATUSES:
+        tp = sum(g == status and p == status for (_, _, g), p in zip(rows, predicted))
+        fp = sum(g != status and p == status for (_, _, g), p in zip(rows, predicted))
+        fn = sum(g == status and p != status for (_, _, g), p in zip(rows, predicted))
+        support = tp + fn
+        if support == 0:
+            continue
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[status] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out
