@@ -36,6 +36,7 @@ this module adds nothing but vocabulary terms.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +46,8 @@ from typing import Iterable, Sequence
 from ldpo.common.errors import InputError
 
 __all__ = ["STATUSES", "Mention", "Vocabulary", "affirmed_terms", "affirmed_text", "affirmed_texts",
-           "find_mentions", "find_mentions_many", "load_vocabulary", "parse_vocabulary", "require_coverage"]
+           "find_mentions", "find_mentions_many", "keep_mentions", "keep_mentions_list", "load_vocabulary",
+           "parse_vocabulary", "require_coverage"]
 
 #: every status a mention can have
 STATUSES = ("affirmed", "negated", "uncertain", "historical")
@@ -378,6 +380,61 @@ def require_coverage(mentions: Iterable[Sequence[Mention]], vocab: Vocabulary, r
     if n == 0:
         raise InputError(f"{vocab.source}: none of its {len(vocab)} terms occurs in any report of {reports}")
     return n
+
+
+
+# -- for the text stages (keywords, topic-label, hierarchy) ---------------------------------------
+
+#: the choices of the stages' ``--mentions`` option
+MENTION_MODES = ("affirmed", "all")
+MENTIONS_HELP = ("which finding mentions the words come from: affirmed (negated and uncertain mentions, "
+                 "with their scope, are removed first: 'no pneumothorax' counts no word) or all")
+VOCABULARY_HELP = ("finding/disease terms, one per line, synonyms separated by | (default: ldpo's list of "
+                   "common radiology findings)")
+
+
+def _mine(texts: Sequence[str], vocab: Vocabulary, drop: frozenset[str]) -> tuple[list[list[Mention]], list[str]]:
+    nlp = _pipeline(vocab)
+    mentions, kept = [], []
+    for doc in _docs(texts, vocab):
+        mentions.append(_doc_mentions(nlp, doc))
+        kept.append(_drop(nlp, doc, drop))
+    return mentions, kept
+
+
+def keep_mentions(texts: dict, mode: str, vocabulary: str | None, source: str) -> dict:
+    """``texts`` (``{id: text}``) as the text stages count them under ``--mentions mode``.
+
+    ``all``: unchanged. ``affirmed``: every text without its negated and uncertain mentions and
+    their scopes (:func:`affirmed_text`); a copy of the same mapping type and attributes (so
+    :class:`ldpo.common.tables.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
+    a given ``vocabulary`` file occurs in any text of ``source`` (with the default list: a warning)."""
+    if mode not in MENTION_MODES:
+        raise InputError(f"--mentions {mode}: expected one of {', '.join(MENTION_MODES)}")
+    if mode == "all":
+        return texts
+    vocab = load_vocabulary(vocabulary or None)
+    keys = list(texts)
+    mentions, kept = _mine([texts[k] for k in keys], vocab, DROPPED)
+    if vocabulary:
+        require_coverage(mentions, vocab, source)
+    elif not any(mentions):
+        logging.getLogger("ldpo").warning("%s: no term of the default vocabulary occurs in any text; nothing is "
+                                          "removed (--vocabulary FILE gives other terms)", source)
+    counts = {s: sum(m.status == s for ms in mentions for m in ms) for s in STATUSES}
+    logging.getLogger("ldpo").info("mentions in %d text(s) of %s: %s", len(keys), source,
+                                   ", ".join(f"{n} {s}" for s, n in counts.items()))
+    out = type(texts)()
+    out.update(zip(keys, kept))
+    if hasattr(texts, "__dict__"):
+        out.__dict__.update(texts.__dict__)
+    return out
+
+
+def keep_mentions_list(texts: Sequence[str], mode: str, vocabulary: str | None, source: str) -> list[str]:
+    """:func:`keep_mentions` for a list of texts."""
+    kept = keep_mentions(dict(enumerate(texts)), mode, vocabulary, source)
+    return [kept[i] for i in range(len(texts))]
 
 
 # -- evaluation on a labelled sentence set -------------------------------------------------------
