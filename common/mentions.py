@@ -418,12 +418,13 @@ def keep_mentions(texts: dict, mode: str, vocabulary: str | None, source: str) -
     mentions, kept = _mine([texts[k] for k in keys], vocab, DROPPED)
     if vocabulary:
         require_coverage(mentions, vocab, source)
-    elif not any(mentions):
-        logging.getLogger("ldpo").warning("%s: no term of the default vocabulary occurs in any text; nothing is "
-                                          "removed (--vocabulary FILE gives other terms)", source)
+    log = logging.getLogger("ldpo")
+    if not vocabulary and not any(mentions):
+        log.debug("%s: no term of the default vocabulary occurs in any text; nothing is removed", source)
     counts = {s: sum(m.status == s for ms in mentions for m in ms) for s in STATUSES}
-    logging.getLogger("ldpo").info("mentions in %d text(s) of %s: %s", len(keys), source,
-                                   ", ".join(f"{n} {s}" for s, n in counts.items()))
+    (log.info if counts["negated"] + counts["uncertain"] else log.debug)(
+        "mentions in %d text(s) of %s: %s (negated and uncertain ones removed)", len(keys), source,
+        ", ".join(f"{n} {s}" for s, n in counts.items()))
     out = type(texts)()
     out.update(zip(keys, kept))
     if hasattr(texts, "__dict__"):
