@@ -107,7 +107,11 @@ def negated_words(inputs: dict[str, Path], vocabulary: str | None) -> dict[int, 
         if ident in labels and rid in reports:
             per_category[labels[ident]].add(rid)
     used = sorted({r for rs in per_category.values() for r in rs})
+    t0 = time.perf_counter()
     mentions = dict(zip(used, find_mentions_many([reports[r] for r in used], vocab)))
+    took = time.perf_counter() - t0
+    print(f"mentions: {len(used)} reports in {took:.1f} s ({len(used) / took:.0f} reports/s), "
+          f"{sum(len(m) for m in mentions.values())} mentions")
     cleaner = Cleaner()
     words = {r: Counter(cleaner.words(reports[r])) for r in used}
     out = {}
