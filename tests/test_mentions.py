@@ -225,3 +225,16 @@ def test_bad_vocabulary_or_reports_exit_2_with_one_line(cli, chest, tmp_path):
 def test_vocabulary_parsing_without_a_file():
     v = parse_vocabulary(["a b|c", "c", "d"], "inline")
     assert v.terms == ("a b", "d")  # 'c' is already a spelling of 'a b'
+
+
+def test_hierarchy_report_words_leave_out_negated_mentions(chest):
+    from ldpo.stages.hierarchy import read_report_words
+
+    labels, manifest, reports, _ = chest
+    ids, row_class = ["i0", "i1", "i2", "i3"], np.array([0, 0, 1, 1])
+    every, _ = read_report_words(str(reports), str(manifest), str(labels), ids, row_class, 2, "all")
+    affirmed, incidence = read_report_words(str(reports), str(manifest), str(labels), ids, row_class, 2)
+    assert incidence.shape == (2, 4)
+    # 'pneumothorax' (4 reports) and 'exclude' (1) are counted only with all mentions
+    assert every.shape[1] - affirmed.shape[1] == 2
+    assert every.sum() - affirmed.sum() == 5
