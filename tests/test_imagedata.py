@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ldpo.common import imagedata
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.stores import write_store
 
 
 def gray(n=12, side=40, seed=0):

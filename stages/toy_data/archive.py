@@ -173,7 +173,10 @@ def body_mask(d: dict, t: np.ndarray, size: int) -> np.ndarray:
 def render(d: dict, size: int, rng: np.random.Generator, out: np.ndarray) -> None:
     """Pixels of the images whose parameters are ``d`` into uint8 ``out [B,S,S]``."""
     t = np.linspace(-1, 1, size, dtype=np.float32)
-    col = (lambda a: a[:, None, None])
+
+    def col(a: np.ndarray) -> np.ndarray:
+        return a[:, None, None]
+
     img = texture(d, t)
     img *= col(d["contrast"])
     img += col(d["level"] - d["background"])

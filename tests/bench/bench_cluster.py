@@ -52,7 +52,7 @@ def bench_kmeans(n: int, d: int, k: int, centres: int, seed: int, noise: float) 
     runs = {"sklearn default (k-means++, <=300 it)": KMeans(k, n_init=1, random_state=seed),
             "sklearn max_iter=20": KMeans(k, n_init=1, max_iter=20, random_state=seed)}
     for name, model in runs.items():
-        fitted, t = timed(lambda: model.fit(x))
+        fitted, t = timed(lambda model=model: model.fit(x))
         print(f"  {name:<27} {t:7.2f} s  loss {fitted.inertia_:10.2f}  NMI vs blobs {nmi(fitted.labels_, y):.3f}"
               f"  iterations {fitted.n_iter_}  -> faiss {t / t_faiss:5.1f}x faster")
 
@@ -66,7 +66,7 @@ def bench_rim(n: int, d: int, k: int, centres: int, lams: list[float], seed: int
     x = l2_normalize(x)
     print(f"RIM on {n} x {d} (L2-normalized, {centres} planted blobs) from k={k}, CPU")
     for lam in lams:
-        (labels, loss, mi), t = timed(lambda: rim(x, k, lam, 20, 200, seed, "cpu"))
+        (labels, loss, mi), t = timed(lambda lam=lam: rim(x, k, lam, 20, 200, seed, "cpu"))
         print(f"  lam={lam:<8g} {t:7.1f} s  K'={labels.max() + 1:<5d} MI {mi:.3f} nats  loss {loss:.4f}"
               f"  NMI vs blobs {nmi(labels, y):.3f}")
 
