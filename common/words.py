@@ -71,16 +71,12 @@ def phrase_table(vocab) -> dict[tuple[str, ...], str]:
 
 
 def vocabulary_forms(vocab) -> list[tuple[str, str]]:
-    """``(surface form, canonical term)`` of every term and synonym of ``vocab``."""
-    forms = [(t, t) for t in vocab.terms]
-    synonyms = getattr(vocab, "synonyms", None) or {}
-    if isinstance(synonyms, dict):
-        for key, value in synonyms.items():
-            if isinstance(value, str):  # synonym -> canonical
-                forms.append((key, value))
-            else:  # canonical -> [synonyms]
-                forms.extend((s, key) for s in value)
-    return forms
+    """``(surface form, canonical term)`` of every spelling of ``vocab``'s terms and their simple plurals
+    (the forms :mod:`ldpo.common.mentions` matches)."""
+    from ldpo.common.mentions import _plural_forms
+
+    forms = [(t, t) for t in vocab.terms] + list(vocab.spellings)
+    return forms + [(p, c) for s, c in forms for p in sorted(_plural_forms(s))]
 
 
 def keep_token(token: str) -> bool:
