@@ -36,6 +36,7 @@ this module adds nothing but vocabulary terms.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +46,8 @@ from typing import Iterable, Sequence
 from ldpo.common.errors import InputError
 
 __all__ = ["STATUSES", "Mention", "Vocabulary", "affirmed_terms", "affirmed_text", "affirmed_texts",
-           "find_mentions", "find_mentions_many", "load_vocabulary", "parse_vocabulary", "require_coverage"]
+           "find_mentions", "find_mentions_many", "keep_mentions", "keep_mentions_list", "load_vocabulary",
+           "parse_vocabulary", "require_coverage"]
 
 #: every status a mention can have
 STATUSES = ("affirmed", "negated", "uncertain", "historical")
@@ -60,7 +62,8 @@ _SEPARATORS = re.compile(r"[|,]")
 _TERMINATION = [
     "but", "however", "although", "though", "except", "aside from", "apart from", "yet",
     "nevertheless", "still", "which", "otherwise", ";", "there is", "there are", "there has been",
-    "with interval", "whereas", "while", "though there is", "since", "as well as new",
+    "with interval", "whereas", "while", "though there is", "since", "as well as new", "now",
+    "currently",
 ]
 
 _NEGATION = {
@@ -73,7 +76,7 @@ _NEGATION = {
         "no change", "no significant change", "no interval change", "no significant interval change",
         "no definite change", "no increase", "no substantial change", "not changed", "no further",
         "without change", "without interval change", "not only", "gram negative", "not necessarily",
-        "not significantly changed", "no longer", "not certain whether", "not certain if",
+        "not significantly changed", "not certain whether", "not certain if",
         "is not excluded", "are not excluded", "is not ruled out", "are not ruled out", "has not been ruled out",
         "have not been ruled out", "is not entirely excluded", "was not excluded", "were not excluded",
         "was not ruled out", "is not definitely excluded", "not definitely excluded",
@@ -102,7 +105,7 @@ _UNCERTAINTY = {
     "pseudo_negations": [
         # hedge words that, after a negation, do not make a finding uncertain
         "not suspicious for", "not concerning for", "no suspicious", "not suggestive of",
-        "not suggesting", "nor suggestive of", "without suspicious", "no findings to suggest",
+        "not suggesting", "nor suggestive of", "to suggest", "without suspicious", "no findings to suggest",
         "nothing to suggest", "no evidence to suggest", "no possible", "not likely",
         "likely unchanged", "possibly unchanged", "possibly related to", "probably related to",
     ],
@@ -123,12 +126,14 @@ _UNCERTAINTY = {
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded", "is not excluded",
+        "cannot be entirely excluded", "can not be entirely excluded", "cannot be completely excluded",
+        "cannot be definitely excluded",
         "cannot be ruled out", "can not be ruled out", "not ruled out", "not been ruled out",
         "not entirely excluded", "not completely excluded", "is possible", "are possible", "is suspected",
-        "are suspected", "is questioned", "is likely", "are likely", "is favored", "versus", "vs",
-        "vs.", "is not excluded", "not be excluded", "is questionable", "is uncertain",
+        "are suspected", "is questioned", "is likely", "are likely", "is favored", "is not excluded", "not be excluded", "is questionable", "is uncertain",
         "is a consideration", "is considered", "could be considered", "difficult to exclude",
         "would be difficult to exclude", "?", "or not", "not definitely excluded",
+        # "versus"/"vs" after a mention are _ALTERNATIVE (the mention just before only), not here
     ],
     "termination": _TERMINATION,
 }
@@ -275,11 +280,22 @@ def _nearest_cue(negex, doc, span) -> int:
     return len(doc)
 
 
+#: "A versus B": A is uncertain too (only the mention right before the word)
+_ALTERNATIVE = frozenset({"versus", "vs", "vs."})
+
+
+def _before_alternative(doc, span) -> bool:
+    nxt = doc[span.end:span.end + 2]
+    return any(t.lower_ in _ALTERNATIVE for t in nxt)
+
+
 def _resolve(nlp, doc) -> list[str]:
     """Each entity's status; a mention both negated and uncertain takes the nearer cue's status."""
     out = []
     for e in doc.ents:
         status = _status(e)
+        if status == "affirmed" and _before_alternative(doc, e):
+            status = "uncertain"
         if status == "uncertain" and e._.get(_EXT["negated"]):
             neg = _nearest_cue(nlp.get_pipe(_EXT["negated"]), doc, e)
             unc = _nearest_cue(nlp.get_pipe(_EXT["uncertain"]), doc, e)
@@ -364,3 +380,106 @@ def require_coverage(mentions: Iterable[Sequence[Mention]], vocab: Vocabulary, r
     if n == 0:
         raise InputError(f"{vocab.source}: none of its {len(vocab)} terms occurs in any report of {reports}")
     return n
+
+
+
+# -- for the text stages (keywords, topic-label, hierarchy) ---------------------------------------
+
+#: the choices of the stages' ``--mentions`` option
+MENTION_MODES = ("affirmed", "all")
+MENTIONS_HELP = ("which finding mentions the words come from: affirmed (negated and uncertain mentions, "
+                 "with their scope, are removed first: 'no pneumothorax' counts no word) or all")
+VOCABULARY_HELP = ("finding/disease terms, one per line, synonyms separated by | (default: ldpo's list of "
+                   "common radiology findings)")
+
+
+def _mine(texts: Sequence[str], vocab: Vocabulary, drop: frozenset[str]) -> tuple[list[list[Mention]], list[str]]:
+    nlp = _pipeline(vocab)
+    mentions, kept = [], []
+    for doc in _docs(texts, vocab):
+        mentions.append(_doc_mentions(nlp, doc))
+        kept.append(_drop(nlp, doc, drop))
+    return mentions, kept
+
+
+def keep_mentions(texts: dict, mode: str, vocabulary: str | None, source: str) -> dict:
+    """``texts`` (``{id: text}``) as the text stages count them under ``--mentions mode``.
+
+    ``all``: unchanged. ``affirmed``: every text without its negated and uncertain mentions and
+    their scopes (:func:`affirmed_text`); a copy of the same mapping type and attributes (so
+    :class:`ldpo.common.tables.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
+    a given ``vocabulary`` file occurs in any text of ``source`` (with the default list: a warning)."""
+    if mode not in MENTION_MODES:
+        raise InputError(f"--mentions {mode}: expected one of {', '.join(MENTION_MODES)}")
+    if mode == "all":
+        return texts
+    vocab = load_vocabulary(vocabulary or None)
+    keys = list(texts)
+    mentions, kept = _mine([texts[k] for k in keys], vocab, DROPPED)
+    if vocabulary:
+        require_coverage(mentions, vocab, source)
+    log = logging.getLogger("ldpo")
+    if not vocabulary and not any(mentions):
+        log.debug("%s: no term of the default vocabulary occurs in any text; nothing is removed", source)
+    counts = {s: sum(m.status == s for ms in mentions for m in ms) for s in STATUSES}
+    (log.info if counts["negated"] + counts["uncertain"] else log.debug)(
+        "mentions in %d text(s) of %s: %s (negated and uncertain ones removed)", len(keys), source,
+        ", ".join(f"{n} {s}" for s, n in counts.items()))
+    out = type(texts)()
+    out.update(zip(keys, kept))
+    if hasattr(texts, "__dict__"):
+        out.__dict__.update(texts.__dict__)
+    return out
+
+
+def keep_mentions_list(texts: Sequence[str], mode: str, vocabulary: str | None, source: str) -> list[str]:
+    """:func:`keep_mentions` for a list of texts."""
+    kept = keep_mentions(dict(enumerate(texts)), mode, vocabulary, source)
+    return [kept[i] for i in range(len(texts))]
+
+
+# -- evaluation on a labelled sentence set -------------------------------------------------------
+
+
+def read_assertion_set(path: str, part: str | None = None) -> list[tuple[str, str, str]]:
+    """``(sentence, term, status)`` rows of a TSV with a ``sentence<TAB>term<TAB>status[<TAB>part]`` header.
+
+    ``part`` keeps only the rows of that part (4th column) when given."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:3] != ["sentence", "term", "status"]:
+            raise InputError(f"{path}: expected the header sentence<TAB>term<TAB>status")
+        for n, line in enumerate(f, 2):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) not in (3, 4) or parts[2] not in STATUSES:
+                raise InputError(f"{path}: line {n}: expected sentence<TAB>term<TAB>status (one of {STATUSES})")
+            if part is None or (len(parts) == 4 and parts[3] == part):
+                rows.append((parts[0], parts[1].lower(), parts[2]))
+    return rows
+
+
+def predict_statuses(rows: Sequence[tuple[str, str, str]], vocab: Vocabulary) -> list[str]:
+    """For each row, the status found for its term in its sentence ("missed" if no mention of it)."""
+    sentences = list(dict.fromkeys(r[0] for r in rows))
+    found = dict(zip(sentences, find_mentions_many(sentences, vocab)))
+    return [next((m.status for m in found[s] if m.term == term), "missed") for s, term, _ in rows]
+
+
+def assertion_scores(rows: Sequence[tuple[str, str, str]], predicted: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per gold status (a missed mention counts against recall)."""
+    out = {}
+    for status in STATUSES:
+        tp = sum(g == status and p == status for (_, _, g), p in zip(rows, predicted))
+        fp = sum(g != status and p == status for (_, _, g), p in zip(rows, predicted))
+        fn = sum(g == status and p != status for (_, _, g), p in zip(rows, predicted))
+        support = tp + fn
+        if support == 0:
+            continue
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[status] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out

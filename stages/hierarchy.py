@@ -32,7 +32,9 @@ do not beat lift, so the default stays ``lift``.
 ``--manifest``, as ``keywords`` takes them; every labelled image must have its report):
 a group's words are counted over the distinct reports of its images (cleaned as
 ``keywords`` cleans them), weighted by their inverse document frequency over all those
-reports (TF-IDF), and A is the cosine of two groups' word vectors. On an archive with
+reports (TF-IDF), and A is the cosine of two groups' word vectors; with ``--mentions
+affirmed`` (the default) the words of negated and uncertain finding mentions are left out
+first (:mod:`ldpo.common.mentions`, terms from ``--vocabulary``). On an archive with
 reports this is the affinity that follows the body region (README, "The category tree").
 
 Each level merges the groups of the level below by scikit-learn's affinity
@@ -78,6 +80,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
+from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import write_csv
@@ -108,6 +111,8 @@ class Options(CommonOptions):
                        "(CSV report_id,text or a folder of .txt) are scrubbed by pattern on reading", "",
                        role="input")
     manifest: str = opt("key-image manifest CSV (id,report_id,…) joining images to --reports", "", role="input")
+    mentions: str = opt(MENTIONS_HELP + " (--affinity reports)", "affirmed", choices=list(MENTION_MODES))
+    vocabulary: str = opt(VOCABULARY_HELP + " (--affinity reports)", "", role="input")
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
@@ -146,7 +151,8 @@ class HierarchyTool(Tool):
         if opts.affinity == "reports" and not (opts.reports and opts.manifest):
             raise InputError("--affinity reports needs --reports (the reports) and --manifest (the manifest that "
                              "joins images to them)")
-        for flag, value in (("--reports", opts.reports), ("--manifest", opts.manifest)):
+        for flag, value in (("--reports", opts.reports), ("--manifest", opts.manifest),
+                            ("--vocabulary", opts.vocabulary)):
             if value and opts.affinity != "reports":
                 raise InputError(f"{flag} {value}: only --affinity reports uses it (--affinity is {opts.affinity})")
         ids, row_class, classes, sums, counts = read_scores(opts.probs, opts.labels, opts.batch_size)
@@ -160,7 +166,7 @@ class HierarchyTool(Tool):
             affinity_of = lambda members: centroid_affinity(feature_sums, counts, members)  # noqa: E731
         elif opts.affinity == "reports":
             words, incidence = read_report_words(opts.reports, opts.manifest, opts.labels, ids, row_class,
-                                                 len(classes))
+                                                 len(classes), opts.mentions, opts.vocabulary or None)
             affinity_of = lambda members: report_affinity(words, incidence, members)  # noqa: E731
         else:
             affinity_of = lambda members: affinity(sums, counts, members, opts.affinity)  # noqa: E731
@@ -238,9 +244,10 @@ def read_feature_sums(path: str, ids: list[str], row_class: np.ndarray, k: int, 
 
 
 def read_report_words(reports_path: str, manifest_path: str, labels_path: str, ids: list[str],
-                      row_class: np.ndarray, k: int):
+                      row_class: np.ndarray, k: int, mentions: str = "affirmed", vocabulary: str | None = None):
     """The cleaned word counts of every report of a labelled image (sparse [R, V]), and which
-    reports each class's images come from (0/1, sparse [K, R])."""
+    reports each class's images come from (0/1, sparse [K, R]). With ``mentions="affirmed"``
+    the words of negated and uncertain finding mentions are not counted (:mod:`ldpo.common.mentions`)."""
     from scipy import sparse
 
     from ldpo.common.text import Cleaner, read_manifest, read_reports
@@ -257,6 +264,7 @@ def read_report_words(reports_path: str, manifest_path: str, labels_path: str, i
         raise InputError(f"{manifest_path}: {len(orphans)} labelled id(s) refer to no report in {reports_path}, "
                          f"e.g. {orphans[0]!r}")
     used = list(dict.fromkeys(report_of))  # each report once, in first-use order
+    reports = keep_mentions({r: reports[r] for r in used}, mentions, vocabulary, reports_path)
     column = {r: j for j, r in enumerate(used)}
     cleaner, vocab = Cleaner(), {}
     cells: dict[tuple[int, int], int] = {}

@@ -6,6 +6,9 @@ cluster (``--scope report``), or each distinct manifest sentence once per cluste
 numbers, dates, tokens shorter than ``--min-length`` dropped; ``--stem`` shows each
 stem as its most frequent word). A word found in at least ``--common-fraction`` of the
 clusters is dropped from every cluster (the paper's rule; 1.0 = found in all of them).
+With ``--mentions affirmed`` (the default) the counted text first loses every negated or
+uncertain finding mention and its scope (:mod:`ldpo.common.mentions`, terms from
+``--vocabulary``): "no pneumothorax" makes no keyword; ``--mentions all`` counts every word.
 
 Reports are ``extract-keyimages``' ``OUT/reports.csv`` (report ids as in the manifest,
 text scrubbed of patient identifiers with the DICOM headers of each patient's studies).
@@ -36,6 +39,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import read_labels
+from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
 from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import write_csv
@@ -62,6 +66,8 @@ class Options(CommonOptions):
     min_length: int = opt("drop words shorter than this", 3, min=1)
     stem: bool = opt("count Porter stems (shown as their most frequent word)", False)
     examples: int = opt("example sentences per cluster on the review sheet", 3, min=0)
+    mentions: str = opt(MENTIONS_HELP, "affirmed", choices=list(MENTION_MODES))
+    vocabulary: str = opt(VOCABULARY_HELP, "", role="input")
     allow_missing: bool = opt("allow label ids without manifest rows or reports (and manifest rows without labels)",
                               False)
 
@@ -86,6 +92,14 @@ def cluster_texts(labels: dict[str, int], manifest: Manifest, reports: dict[str,
             sentence = manifest.rows[row].get("sentence", "")
             seen[cluster].setdefault((rid, sentence), sentence)
     return {c: list(texts.values()) for c, texts in seen.items()}
+
+
+def mined_texts(texts: dict[int, list[str]], opts: Options) -> dict[int, list[str]]:
+    """Each cluster's texts as counted: under ``--mentions affirmed``, without negated/uncertain mentions."""
+    flat = {(c, i): t for c, ts in texts.items() for i, t in enumerate(ts)}
+    source = opts.reports if opts.scope == "report" else opts.manifest
+    kept = keep_mentions(flat, opts.mentions, opts.vocabulary or None, source)
+    return {c: [kept[(c, i)] for i in range(len(ts))] for c, ts in texts.items()}
 
 
 def count_words(texts: dict[int, list[str]], cleaner: Cleaner) -> dict[int, Counter]:
@@ -202,7 +216,8 @@ class KeywordsTool(Tool):
               store, row_of: dict[str, int]) -> None:
         cleaner = Cleaner(stem=opts.stem, min_length=opts.min_length)
         texts = cluster_texts(labels, manifest, reports, opts.scope)
-        counts, common = drop_common(count_words(texts, cleaner), opts.common_fraction)
+        counted = count_words(mined_texts(texts, opts), cleaner)
+        counts, common = drop_common(counted, opts.common_fraction)
         if common:
             log.info("dropped %d word(s) found in >= %.0f%% of the clusters", len(common), opts.common_fraction * 100)
         members: dict[int, list[str]] = {}
@@ -224,7 +239,8 @@ class KeywordsTool(Tool):
                 })
             write_keywords(tmp / "keywords.csv", sections)
             sources = [("labels", opts.labels), ("manifest", opts.manifest), ("reports", opts.reports),
-                       ("images", opts.images), ("scope", opts.scope)]
+                       ("images", opts.images), ("scope", opts.scope), ("mentions", opts.mentions),
+                       ("vocabulary", opts.vocabulary or "default")]
             (tmp / "index.html").write_text(page("ldpo keywords: categories and their words", sources, sections),
                                             encoding="utf-8")
         log.info("wrote keywords of %d cluster(s) to %s", len(sections), out)

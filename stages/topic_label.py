@@ -14,6 +14,11 @@ image of the manifest gets the dominant topic of its text: its whole report
 that image (the model's θ inferred on that text; an image whose text has no usable
 word falls back to its report's topic).
 
+With ``--mentions affirmed`` (the default) every report and manifest text first loses its
+negated and uncertain finding mentions and their scope (:mod:`ldpo.common.mentions`, terms
+from ``--vocabulary``), so "no pneumothorax" adds no word to any topic; ``--mentions all``
+models every word.
+
 With a grid (``--topics 10,20,40,80``) K is chosen by document-completion perplexity
 on an 80/20 split of the reports: fit on 80 %; for each held-out report infer θ from
 a random half of its words and score the other half under θ·φ. The chosen K is the
@@ -58,6 +63,7 @@ import numpy as np
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
+from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions, keep_mentions_list
 from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
 from ldpo.common.plots import pyplot
 from ldpo.common.stores import atomic_paths
@@ -90,6 +96,8 @@ class Options(CommonOptions):
     model_dir: str = opt("folder to save the gensim model and dictionary in", "", role="output-folder")
     allow_missing: bool = opt("skip (instead of failing on) images whose report is missing or has no usable words",
                               False)
+    mentions: str = opt(MENTIONS_HELP, "affirmed", choices=list(MENTION_MODES))
+    vocabulary: str = opt(VOCABULARY_HELP, "", role="input")
 
 
 def check_topics(opts: Options, grid: list[int], documents: int, vocabulary: int) -> None:
@@ -276,6 +284,7 @@ class TopicLabelTool(Tool):
         reports = read_reports(opts.reports)
         need = () if opts.scope == "report" else (opts.scope,)
         manifest = read_manifest(opts.manifest, need=need)
+        reports = keep_mentions(reports, opts.mentions, opts.vocabulary or None, opts.reports)
         report_ids = list(reports)
         docs = [cleaner.words(reports[r]) for r in report_ids]
 
@@ -344,7 +353,8 @@ class TopicLabelTool(Tool):
         ids = [manifest.ids[i] for i in keep]
         dist = np.asarray([theta[manifest.rows[i]["report_id"]] for i in keep])
         if opts.scope != "report":
-            texts = [manifest.rows[i][opts.scope] for i in keep]
+            texts = keep_mentions_list([manifest.rows[i][opts.scope] for i in keep], opts.mentions,
+                                       opts.vocabulary or None, opts.manifest)
             bows = [dictionary.doc2bow(cleaner.words(t)) for t in texts]
             has_words = np.array([bool(b) for b in bows])
             if has_words.any():

@@ -230,6 +230,53 @@ VOCAB = {
                        "Fracture of the {side} pubic ramus of the pelvis."],
     },
 }
+# Sentences that name findings without affirming them (negated, uncertain), and findings written with
+# synonyms or as pairs of diseases, so that negation-aware mining (ldpo.common.mentions) has something
+# to rule out: without it "no pneumothorax" makes "pneumothorax" a keyword of every normal chest study.
+# Some regions negate findings of others (a trauma abdomen CT names the lung bases).
+HEDGED = {
+    "head": {
+        "negated": ["No skull fracture.", "No hydrocephalus.", "There is no evidence of acute infarct.",
+                    "No subarachnoid hemorrhage.", "No extra-axial collection or midline shift.",
+                    "Negative for acute territorial infarct."],
+        "uncertain": ["A small acute infarct cannot be excluded; MRI is more sensitive.",
+                      "Possible early cerebral edema in the {side} {lobe} lobe.",
+                      "Questionable subtle subarachnoid hemorrhage in the {side} sylvian fissure."],
+        "synonyms": ["Acute bleed with surrounding vasogenic edema in the {side} {lobe} lobe.",
+                     "Ventriculomegaly with periventricular white matter disease."],
+    },
+    "chest": {
+        "negated": ["No pneumothorax.", "Negative for pulmonary embolism.",
+                    "The lungs are clear of focal airspace disease.", "Without evidence of acute infiltrate.",
+                    "No pneumothorax or pericardial effusion.", "There is no aortic dissection."],
+        "uncertain": ["Cannot exclude a small {side} pneumothorax.", "Cannot exclude ascending aortic aneurysm.",
+                      "Apical scarring may represent prior tuberculosis.",
+                      "Interstitial thickening suggesting lymphangitic metastases."],
+        "synonyms": ["Bilateral hydrothorax with compressive atelectasis.",
+                     "Lung nodules with mediastinal adenopathy."],
+    },
+    "abdomen": {
+        "negated": ["No ascites.", "No bowel obstruction.", "No pneumothorax at the imaged lung bases.",
+                    "No evidence of appendicitis.", "Negative for free air.", "No abscess."],
+        "uncertain": ["Cannot exclude early appendicitis.", "Nodular liver contour may represent cirrhosis.",
+                      "Dilated small bowel loops, concern for early small bowel obstruction."],
+        "synonyms": ["Kidney stone with hydronephrosis of the {side} kidney.", "Fatty liver with hepatomegaly."],
+    },
+    "spine": {
+        "negated": ["No acute fracture.", "No epidural hematoma.", "No evidence of osteomyelitis.",
+                    "No abscess in the paraspinal muscles.", "No pneumothorax at the imaged lung apices."],
+        "uncertain": ["Cannot exclude osteomyelitis at L{level}.",
+                      "Marrow signal change may represent metastatic disease.", "Possible small epidural abscess."],
+        "synonyms": ["Disk protrusion with canal stenosis at L{level}-L{next}."],
+    },
+    "pelvis": {
+        "negated": ["No hydronephrosis.", "No ascites in the pelvis.", "No hip fracture or dislocation.",
+                    "No pelvic abscess.", "No evidence of osteomyelitis."],
+        "uncertain": ["Cannot exclude a small pelvic abscess.", "Sclerotic focus may represent a metastasis.",
+                      "Findings could represent early appendicitis."],
+        "synonyms": ["Enlarged pelvic lymph nodes with a lytic lesion of the {side} iliac bone."],
+    },
+}
 FILLER = ["Clinical correlation is recommended.", "No other significant abnormality.",
           "Comparison is made with the prior examination dated {date}.",
           "Findings were discussed with the referring physician on {date} at {time}.",
@@ -486,6 +533,17 @@ def identifier_lines(study: Study, seed: int) -> tuple[list[str], list[str]]:
     return head, tail
 
 
+def hedged_sentences(region: str, rng: np.random.Generator) -> list[str]:
+    """1-3 negated, 0-1 uncertain and 0-1 synonym sentences of :data:`HEDGED` for one report."""
+    table = HEDGED[region]
+    picked = [str(t) for t in rng.permutation(table["negated"])[: int(rng.integers(1, 4))]]
+    if rng.random() < 0.5:
+        picked.append(str(rng.choice(table["uncertain"])))
+    if rng.random() < 0.5:
+        picked.append(str(rng.choice(table["synonyms"])))
+    return [_fill(t, rng) for t in picked]
+
+
 def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
     vocab = VOCAB[study.region]
     contrast = rng.choice(["WITHOUT CONTRAST", "WITH CONTRAST", "WITH AND WITHOUT CONTRAST"])
@@ -513,6 +571,9 @@ def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
         sentences.append(f"Compare image {study.series[0].instances[0]}.")
     for normal in rng.permutation(vocab["normal"])[: int(rng.integers(1, 4))]:
         sentences.insert(int(rng.integers(0, len(sentences) + 1)), str(normal))
+    hedged = np.random.default_rng([seed, study.index, 19])  # its own stream: the text above stays as it was
+    for sentence in hedged_sentences(study.region, hedged):
+        sentences.insert(int(hedged.integers(0, len(sentences) + 1)), sentence)
     sentences += [_fill(str(f), rng) for f in rng.permutation(FILLER)[: int(rng.integers(1, 3))]]
     lines.append(" ".join(sentences))
     lines += ["", "IMPRESSION:"]

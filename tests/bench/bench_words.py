@@ -1,0 +1,186 @@
+"""Benchmark for words from reports (issue 19): assertion status, negated keywords, image → words.
+
+* ``f1_affirmed``, ``f1_negated``, ``f1_uncertain``: :mod:`ldpo.common.mentions` on the shipped
+  sentence set ``tests/data/assertion_sentences.tsv`` (every part; ``--part dev|heldout`` for one).
+* ``negated_share``: on the toy PACS (``toy-data pacs`` → ``extract-keyimages``; categories = the
+  studies' body regions, the truth, so the figure does not depend on a clustering run) or on a real
+  export (``--labels --manifest --reports --images``), ``keywords --top 10`` is run with
+  ``--mentions all`` and ``--mentions affirmed``. A keyword is a *negated or uncertain term* of its
+  category when it is a word of the vocabulary mentions in that category's reports (each report
+  once per category, as ``keywords`` counts them) and more than half of those mentions are negated
+  or uncertain. The share is flagged keywords / all keywords, over all categories.
+* ``recall5``, ``freq_baseline``, ``keyword_baseline``: image → words recall@5 and its baselines
+  (:func:`recall_scores`; ``nan`` until the image → words model exists).
+
+Run:
+  .venv/bin/python tests/bench/bench_words.py --studies 150
+  .venv/bin/python tests/bench/bench_words.py --labels L.csv --manifest M.csv --reports R.csv --images I.h5
+The last line is ``words: f1_affirmed=A f1_negated=N f1_uncertain=U negated_share=S recall5=R
+freq_baseline=F keyword_baseline=K`` (negated_share with ``--mentions affirmed``; the line before gives
+``--mentions all``). Prints figures, asserts nothing (not collected by pytest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from ldpo.common.mentions import (assertion_scores as score_rows, find_mentions_many, load_vocabulary,
+                                  predict_statuses, read_assertion_set)
+
+SENTENCES = Path(__file__).resolve().parents[1] / "data" / "assertion_sentences.tsv"
+
+
+def assertion_scores(path: str | Path = SENTENCES, vocabulary: str | None = None,
+                     part: str | None = None) -> dict[str, dict[str, float]]:
+    """Per-status precision, recall, F1, support on the labelled sentence set."""
+    vocab = load_vocabulary(vocabulary)
+    rows = read_assertion_set(str(path), part)
+    return score_rows(rows, predict_statuses(rows, vocab))
+
+
+def _cli(*argv) -> None:
+    from ldpo.stages import tool
+
+    name, *rest = [str(a) for a in argv]
+    code = tool(name)().run(rest + ["-q"])
+    if code != 0:
+        raise SystemExit(f"{name} exited {code}")
+
+
+def toy_pacs(work: Path, studies: int, size: int, seed: int) -> dict[str, Path]:
+    """toy-data pacs → extract-keyimages; labels = each key image's body region (the truth)."""
+    from ldpo.common.labels import write_labels
+    from ldpo.stages.extract_keyimages.phi import Pseudonyms
+
+    pacs, keys = work / "pacs", work / "keys"
+    _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed)
+    _cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", size,
+         "--salt", "bench")
+    key = Pseudonyms("bench")
+    with open(pacs / "reports.csv", newline="") as f:
+        accession = {key("report", r["report_id"], length=12): r["accession"] for r in csv.DictReader(f)}
+    with open(pacs / "regions.csv", newline="") as f:
+        region_of = {r["accession"]: r["region"] for r in csv.DictReader(f)}
+    with open(keys / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    regions = sorted(set(region_of.values()))
+    ids = [r["id"] for r in rows]
+    labels = [regions.index(region_of[accession[r["report_id"]]]) for r in rows]
+    write_labels(work / "regions.csv", ids, labels)
+    print(f"toy PACS: {studies} studies, {len(ids)} key images, categories = regions {regions}")
+    return {"labels": work / "regions.csv", "manifest": keys / "manifest.csv", "reports": keys / "reports.csv",
+            "images": keys / "images.h5"}
+
+
+def keyword_table(inputs: dict[str, Path], out: Path, mentions: str, vocabulary: str | None,
+                  top: int = 10) -> dict[int, list[str]]:
+    """``keywords --mentions MENTIONS``: each category's top words."""
+    extra = ["--vocabulary", vocabulary] if vocabulary else []
+    _cli("keywords", inputs["labels"], "--manifest", inputs["manifest"], "--reports", inputs["reports"],
+         "--images", inputs["images"], "--out", out, "--top", top, "--mentions", mentions, "--allow-missing", *extra)
+    table: dict[int, list[str]] = defaultdict(list)
+    with open(out / "keywords.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            table[int(row["cluster"])].append(row["word"])
+    return dict(table)
+
+
+def negated_words(inputs: dict[str, Path], vocabulary: str | None) -> dict[int, set[str]]:
+    """Per category, the words of vocabulary mentions that are negated or uncertain more than half the time."""
+    from ldpo.common.labels import read_labels
+    from ldpo.common.text import Cleaner, read_manifest, read_reports
+
+    vocab = load_vocabulary(vocabulary)
+    labels = read_labels(str(inputs["labels"])).mapping()
+    manifest = read_manifest(str(inputs["manifest"]))
+    reports = read_reports(str(inputs["reports"]))
+    per_category: dict[int, set[str]] = defaultdict(set)
+    for ident, rid in zip(manifest.ids, (r["report_id"] for r in manifest.rows)):
+        if ident in labels and rid in reports:
+            per_category[labels[ident]].add(rid)
+    used = sorted({r for rs in per_category.values() for r in rs})
+    mentions = dict(zip(used, find_mentions_many([reports[r] for r in used], vocab)))
+    cleaner = Cleaner()
+    out = {}
+    for category, rids in per_category.items():
+        hedged, total = Counter(), Counter()
+        for rid in rids:
+            for m in mentions[rid]:
+                for word in set(cleaner.words(m.text)):
+                    total[word] += 1
+                    hedged[word] += m.status in ("negated", "uncertain")
+        out[category] = {w for w in total if hedged[w] / total[w] > 0.5}
+    return out
+
+
+def negated_share(keywords: dict[int, list[str]], flagged: dict[int, set[str]], show: bool = False) -> float:
+    """Flagged keywords / all keywords, over all categories."""
+    hits = {c: [w for w in ws if w in flagged.get(c, set())] for c, ws in keywords.items()}
+    if show:
+        for c, ws in sorted(keywords.items()):
+            print(f"  category {c}: {', '.join(ws)}" + (f"   [negated/uncertain: {', '.join(hits[c])}]" if hits[c]
+                                                        else ""))
+    n = sum(len(ws) for ws in keywords.values())
+    return sum(len(h) for h in hits.values()) / n if n else math.nan
+
+
+def recall_scores(inputs: dict[str, Path] | None = None, **kwargs) -> tuple[float, float, float]:
+    """recall@5 of each held-out image's affirmed report terms among its predicted words, and the same
+    for two baselines (the most frequent terms; the image's category keywords). Not built yet: nan."""
+    return math.nan, math.nan, math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sentences", default=str(SENTENCES), help="labelled sentence set (TSV)")
+    ap.add_argument("--part", default=None, help="only this part of the sentence set (dev, heldout)")
+    ap.add_argument("--vocabulary", default=None, help="vocabulary file (default: ldpo's list)")
+    ap.add_argument("--studies", type=int, default=150, help="toy PACS studies")
+    ap.add_argument("--size", type=int, default=32, help="toy PACS image size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labels", help="a real export: labels CSV (categories)")
+    ap.add_argument("--manifest", help="a real export: extract-keyimages' manifest.csv")
+    ap.add_argument("--reports", help="a real export: extract-keyimages' reports.csv")
+    ap.add_argument("--images", help="a real export: extract-keyimages' images store")
+    ap.add_argument("--work", help="keep the intermediate files here (default: a temporary folder)")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    scores = assertion_scores(args.sentences, args.vocabulary, args.part)
+    for status, s in scores.items():
+        print(f"assertion {status:>10}: precision {s['precision']:.3f} recall {s['recall']:.3f} "
+              f"F1 {s['f1']:.3f} (n={s['support']})")
+    print(f"assertion scoring: {time.perf_counter() - t0:.1f} s")
+
+    with tempfile.TemporaryDirectory(prefix="ldpo-bench-words-") as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        real = [args.labels, args.manifest, args.reports, args.images]
+        if any(real) and not all(real):
+            raise SystemExit("a real export needs --labels, --manifest, --reports and --images")
+        inputs = ({"labels": Path(args.labels), "manifest": Path(args.manifest), "reports": Path(args.reports),
+                   "images": Path(args.images)} if all(real) else toy_pacs(work, args.studies, args.size, args.seed))
+        flagged = negated_words(inputs, args.vocabulary)
+        shares = {}
+        for mode in ("all", "affirmed"):
+            t0 = time.perf_counter()
+            table = keyword_table(inputs, work / f"keywords-{mode}", mode, args.vocabulary)
+            print(f"keywords --mentions {mode} ({time.perf_counter() - t0:.1f} s):")
+            shares[mode] = negated_share(table, flagged, show=True)
+            print(f"  negated/uncertain terms among the top-10 keywords: {shares[mode]:.1%}")
+        recall5, freq, kw = recall_scores(inputs)
+    print(f"negated_share: --mentions all {shares['all']:.4f}, affirmed {shares['affirmed']:.4f}")
+    f1 = {s: scores.get(s, {}).get("f1", math.nan) for s in ("affirmed", "negated", "uncertain")}
+    print(f"words: f1_affirmed={f1['affirmed']:.3f} f1_negated={f1['negated']:.3f} "
+          f"f1_uncertain={f1['uncertain']:.3f} negated_share={shares['affirmed']:.4f} recall5={recall5:.3f} "
+          f"freq_baseline={freq:.3f} keyword_baseline={kw:.3f}")
+
+
+if __name__ == "__main__":
+    main()
