@@ -36,7 +36,8 @@ Outputs (rank 0 writes, atomically):
   words-target CSV (``id,term_a,term_b``, one row per bi-gram: an image is trained once per
   bi-gram; :mod:`ldpo.common.words`). The head has 2·DIM sigmoids (512 for 256-d vectors)
   regressing the bi-gram's two word vectors, each dimension min-max scaled into [0, 1] over
-  the vectors file, with sigmoid cross-entropy; the split is by image. The checkpoint adds
+  the vectors file, with sigmoid cross-entropy (summed over the units, averaged over the
+  batch, as Caffe's); the split is by image. The checkpoint adds
   ``target`` ``words`` and ``words``: ``vectors_checksum`` (SHA-256 of VECTORS), ``dim``,
   ``scaling`` (``kind``, per-dimension ``lo``/``hi``) and ``terms`` (the target file's
   terms: what ``describe`` may say). Metrics: per epoch ``train_hit`` (both halves'
@@ -602,9 +603,12 @@ class Words:
         self.term_b = torch.from_numpy(info.term_b).to(device)
 
     def loss(self, out, y, rows):
+        """Sigmoid cross-entropy summed over the 2·dim units, averaged over the batch (Caffe's
+        SigmoidCrossEntropyLoss, which Shin et al. used): a mean over the units too would shrink
+        each unit's gradient 2·dim times."""
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(out, self.table[y])
+        return F.binary_cross_entropy_with_logits(out, self.table[y], reduction="sum") / len(y)
 
     def nearest_terms(self, out):
         """Each half's nearest target-file term (numbers), by cosine after unscaling."""
