@@ -106,6 +106,7 @@ def test_regular_install_ships_both_namespaces(tmp_path):
     for module in available().values():
         assert f"ldpo/stages/{module}.py" in names or f"ldpo/stages/{module}/__init__.py" in names, module
     assert "ldpo/common/stores.py" in names
+    assert "ldpo/common/data/findings.txt" in names  # the default vocabulary (package_data)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert all(f"{cmd} = " in text for cmd in available())

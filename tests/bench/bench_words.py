@@ -6,9 +6,10 @@
   studies' body regions, the truth, so the figure does not depend on a clustering run) or on a real
   export (``--labels --manifest --reports --images``), ``keywords --top 10`` is run with
   ``--mentions all`` and ``--mentions affirmed``. A keyword is a *negated or uncertain term* of its
-  category when it is a word of the vocabulary mentions in that category's reports (each report
-  once per category, as ``keywords`` counts them) and more than half of those mentions are negated
-  or uncertain. The share is flagged keywords / all keywords, over all categories.
+  category when more than half of its occurrences in that category's reports (each report once per
+  category, as ``keywords`` counts them) are inside negated or uncertain vocabulary mentions (as
+  :mod:`ldpo.common.mentions` finds them). The share is flagged keywords / all keywords, over all
+  categories.
 * ``recall5``, ``freq_baseline``, ``keyword_baseline``: image → words recall@5 on held-out reports'
   key images and its two baselines (:func:`recall_scores` says how).
 
@@ -92,7 +93,8 @@ def keyword_table(inputs: dict[str, Path], out: Path, mentions: str, vocabulary:
 
 
 def negated_words(inputs: dict[str, Path], vocabulary: str | None) -> dict[int, set[str]]:
-    """Per category, the words of vocabulary mentions that are negated or uncertain more than half the time."""
+    """Per category, the words that occur there more often inside negated or uncertain vocabulary
+    mentions than anywhere else (each report counted once per category, as ``keywords`` counts)."""
     from ldpo.common.labels import read_labels
     from ldpo.common.text import Cleaner, read_manifest, read_reports
 
@@ -107,15 +109,16 @@ def negated_words(inputs: dict[str, Path], vocabulary: str | None) -> dict[int, 
     used = sorted({r for rs in per_category.values() for r in rs})
     mentions = dict(zip(used, find_mentions_many([reports[r] for r in used], vocab)))
     cleaner = Cleaner()
+    words = {r: Counter(cleaner.words(reports[r])) for r in used}
     out = {}
     for category, rids in per_category.items():
         hedged, total = Counter(), Counter()
         for rid in rids:
+            total.update(words[rid])
             for m in mentions[rid]:
-                for word in set(cleaner.words(m.text)):
-                    total[word] += 1
-                    hedged[word] += m.status in ("negated", "uncertain")
-        out[category] = {w for w in total if hedged[w] / total[w] > 0.5}
+                if m.status in ("negated", "uncertain"):
+                    hedged.update(cleaner.words(m.text))
+        out[category] = {w for w, n in hedged.items() if n / max(total[w], n) > 0.5}
     return out
 
 
