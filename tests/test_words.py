@@ -66,6 +66,24 @@ def test_word_vectors_format_and_determinism(cli, keys, tmp_path):
     assert other.code == 0 and (tmp_path / "c.txt").read_bytes() != outs[0]
 
 
+def test_word_vectors_same_across_processes(keys, tmp_path):
+    """The same bytes from two processes with different string hashing (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for h in ("1", "2"):
+        out = tmp_path / f"v{h}.txt"
+        code = ("import sys; from ldpo.stages import run; "
+                f"sys.exit(run(['word-vectors', {str(keys / 'reports.csv')!r}, '--out', {str(out)!r}, '--dim', '8', "
+                "'-q']))")
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONHASHSEED": h},
+                       stdout=subprocess.DEVNULL)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def test_tokens_join_terms_and_synonyms_and_drop_numbers():
     from ldpo.common.mentions import parse_vocabulary
     from ldpo.common.words import corpus, phrase_table
