@@ -242,8 +242,9 @@ class Data:
     chunk: int = 1  # rows per chunk of the store's images
     row_bytes: int = 1  # bytes per image
     target: str = "single"  # the target kind: single (one label, softmax) | multi (label sets, sigmoids)
-    truth: np.ndarray | None = None  # multi: float32 [store rows, K], 1 where the row has the class
-    # words: float32 [bi-grams, 2·dim] scaled targets (targets index it)
+    # multi: float32 [store rows, K], 1 where the row has the class; words: float32 [bi-grams, 2·dim], the
+    # scaled targets (a part's targets number its bi-grams)
+    truth: np.ndarray | None = None
     words: Any = None  # words: what the Words target needs besides (WordsData)
 
 
@@ -596,8 +597,11 @@ class Words:
         self.dim = info.vectors.dim
         self.lo = torch.from_numpy(info.scaling.lo).to(device)
         self.span = torch.from_numpy(info.scaling.span()).to(device)
-        unit = info.vectors.lookup(info.terms)
+        terms = info.vectors.lookup(info.terms)
+        centre = terms.mean(axis=0) if len(terms) > 1 else np.zeros(terms.shape[1], np.float32)
+        unit = terms - centre  # centred, as describe compares (ldpo.common.words.nearest)
         unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        self.centre = torch.from_numpy(centre.astype(np.float32)).to(device)
         self.unit = torch.from_numpy(unit.astype(np.float32)).to(device)
         self.term_a = torch.from_numpy(info.term_a).to(device)
         self.term_b = torch.from_numpy(info.term_b).to(device)
@@ -611,12 +615,12 @@ class Words:
         return F.binary_cross_entropy_with_logits(out, self.table[y], reduction="sum") / len(y)
 
     def nearest_terms(self, out):
-        """Each half's nearest target-file term (numbers), by cosine after unscaling."""
+        """Each half's nearest target-file term (numbers), by centred cosine after unscaling."""
         import torch
 
         halves = []
         for k in (0, 1):
-            v = self.lo + torch.sigmoid(out[:, k * self.dim:(k + 1) * self.dim].float()) * self.span
+            v = self.lo + torch.sigmoid(out[:, k * self.dim:(k + 1) * self.dim].float()) * self.span - self.centre
             halves.append((v @ self.unit.T).argmax(dim=1))
         return halves
 
