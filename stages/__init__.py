@@ -27,6 +27,8 @@ COMMANDS = {
     "relabel": "relabel",
     "assign": "assign",
     "export-folders": "export_folders",
+    "word-vectors": "word_vectors",
+    "describe": "describe",
 }
 
 

@@ -32,6 +32,17 @@ Outputs (rank 0 writes, atomically):
   ``val``/``test`` with every figure per class (AP, AUC, F1, threshold). ``--balanced``
   draws each label combination about equally often; use ``--crop-scale 1`` (or close to it):
   a random crop can cut a labelled part out (a warning says so below 0.8);
+* ``--vectors VECTORS`` (target kind ``words``, image → words, Shin et al. §5): LABELS is a
+  words-target CSV (``id,term_a,term_b``, one row per bi-gram: an image is trained once per
+  bi-gram; :mod:`ldpo.common.words`). The head has 2·DIM sigmoids (512 for 256-d vectors)
+  regressing the bi-gram's two word vectors, each dimension min-max scaled into [0, 1] over
+  the vectors file, with sigmoid cross-entropy (summed over the units, averaged over the
+  batch, as Caffe's); the split is by image. The checkpoint adds
+  ``target`` ``words`` and ``words``: ``vectors_checksum`` (SHA-256 of VECTORS), ``dim``,
+  ``scaling`` (``kind``, per-dimension ``lo``/``hi``) and ``terms`` (the target file's
+  terms: what ``describe`` may say). Metrics: per epoch ``train_hit`` (both halves'
+  nearest term right), ``val_recall5``; ``final`` ``test_recall5`` (per image, the share of
+  its terms among the 5 words ``describe`` gives);
 * ``CHECKPOINT.partial`` after every epoch (model, optimizer, scheduler and RNG
   state), removed at the end; ``--resume`` continues from it.
 
@@ -108,6 +119,10 @@ class Options(CommonOptions, InputOptions):
     multi_label: bool = opt("several labels per image (label cells like 0;2, an empty cell = none of the "
                             "classes): one sigmoid per class, binary cross-entropy with class-balanced "
                             "positive weights, per-class thresholds chosen on the validation split", False)
+    vectors: Optional[str] = opt("image → words (target kind words): LABELS is a words-target CSV (id,term_a,"
+                                 "term_b, one row per bi-gram; word-vectors --targets writes it) and this the "
+                                 "word vectors file; the head regresses each bi-gram's two scaled vectors with "
+                                 "2·DIM sigmoids and sigmoid cross-entropy", None, role="input")
     freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
                                 "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
                                 "pretrained backbone)", False)
@@ -124,6 +139,7 @@ class FinetuneTool(Tool):
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
                "finetune ml/images.h5 ml/truth.csv --out model.pt --init random --multi-label --crop-scale 1\n"
+               "finetune keys/images.h5 words.csv --vectors vectors.txt --out words.pt --init checkpoint:topics.pt\n"
                "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
                "--freeze-backbone\n"
                "torchrun --nproc_per_node 4 -m ldpo.stages.finetune images.h5 labels.csv --out model.pt")
@@ -150,6 +166,8 @@ class FinetuneTool(Tool):
                                  new_head=opts.new_head, input_filter=opts.input_filter, store_side=data.side,
                                  head=opts.head)
             settings = resolve_settings(opts, built, world)
+            if data.words is not None:  # the vectors by content: another file under the same name trains anew
+                settings.update(vectors=str(Path(opts.vectors).resolve()), vectors_checksum=data.words.vectors.checksum)
             if opts.resume and finished(opts.out, settings, rank):
                 log.info("%s: already done with these options (--resume)", opts.out)
                 return 0
@@ -172,6 +190,11 @@ def check_options(opts: Options) -> None:
         raise InputError("--head-init centroids: needs one label per image (not --multi-label)")
     if opts.multi_label and opts.min_confidence:
         raise InputError("--min-confidence: needs one label per image (not --multi-label)")
+    if opts.vectors is not None:
+        for flag, given in (("--multi-label", opts.multi_label), ("--head-init centroids", opts.head_init == "centroids"),
+                            ("--min-confidence", bool(opts.min_confidence)), ("--balanced", opts.balanced)):
+            if given:
+                raise InputError(f"{flag}: needs class labels (not --vectors, a words target)")
 
 
 def check_writable(out: str) -> None:
@@ -219,7 +242,10 @@ class Data:
     chunk: int = 1  # rows per chunk of the store's images
     row_bytes: int = 1  # bytes per image
     target: str = "single"  # the target kind: single (one label, softmax) | multi (label sets, sigmoids)
-    truth: np.ndarray | None = None  # multi: float32 [store rows, K], 1 where the row has the class
+    # multi: float32 [store rows, K], 1 where the row has the class; words: float32 [bi-grams, 2·dim], the
+    # scaled targets (a part's targets number its bi-grams)
+    truth: np.ndarray | None = None
+    words: Any = None  # words: what the Words target needs besides (WordsData)
 
 
 
@@ -235,6 +261,8 @@ def load_data(opts: Options) -> Data:
     side, chunk, row_bytes = max(shape[1:3]), chunk_rows(opts.images), int(np.prod(shape[1:]))
     if opts.multi_label:
         return load_multi(opts, store_ids, side, chunk, row_bytes)
+    if opts.vectors is not None:
+        return load_words(opts, store_ids, side, chunk, row_bytes)
     labels = read_labels(opts.labels)
     per_row = align(labels, store_ids, opts.images, allow_missing=opts.allow_missing)
     if opts.min_confidence:
@@ -303,6 +331,58 @@ def load_multi(opts: Options, store_ids: list[str], side: int, chunk: int, row_b
                     "(its target still says present); --crop-scale 1 keeps the whole image", opts.crop_scale)
     parts = split(opts, rows, combos.reshape(-1).astype(np.int64))
     return Data(classes, side, *parts, chunk, row_bytes, target="multi", truth=truth)
+
+
+@dataclass
+class WordsData:
+    """--vectors: the vectors, their scaling, the bi-grams' term numbers, the candidate terms."""
+
+    vectors: Any  # ldpo.common.words.Vectors
+    scaling: Any  # ldpo.common.words.Scaling
+    terms: list[str]  # every term of the words-target file: the words describe may give
+    term_a: np.ndarray  # per bi-gram, its terms' numbers in ``terms``
+    term_b: np.ndarray
+    image_terms: dict[int, list[str]]  # store row -> its terms (the truth of recall@5)
+
+
+def load_words(opts: Options, store_ids: list[str], side: int, chunk: int, row_bytes: int) -> Data:
+    """--vectors: bi-grams joined to the store by id. The split is by image (an image's
+    bi-grams stay in one part); a part's targets number its bi-grams (rows repeat: an image
+    with several bi-grams is trained once per bi-gram)."""
+    from ldpo.common import words
+
+    vectors = words.read_vectors(opts.vectors)
+    target = words.read_words_target(opts.labels, vectors)
+    at = {ident: row for row, ident in enumerate(store_ids)}
+    unknown = [i for i in dict.fromkeys(target.ids) if i not in at]
+    if unknown and not opts.allow_missing:
+        raise InputError(f"{opts.labels}: {len(unknown)} ids are not images of {opts.images} (first: "
+                         f"{unknown[0]!r}); --allow-missing skips them")
+    keep = [k for k, i in enumerate(target.ids) if i in at]
+    if not keep:
+        raise InputError(f"{opts.labels}: no image of {opts.images} has a bi-gram")
+    target = words.WordsTarget([target.ids[k] for k in keep], [target.term_a[k] for k in keep],
+                               [target.term_b[k] for k in keep], target.path)
+    scaling = words.Scaling.fit(vectors.matrix)
+    table = words.target_matrix(target, vectors, scaling)
+    terms = target.terms()
+    number = {t: k for k, t in enumerate(terms)}
+    rows_of = np.array([at[i] for i in target.ids], dtype=np.int64)
+    image_terms: dict[int, list[str]] = {}
+    for row, a, b in zip(rows_of.tolist(), target.term_a, target.term_b):
+        image_terms.setdefault(row, [])
+        image_terms[row] += [t for t in (a, b) if t not in image_terms[row]]
+    images = np.array(sorted(image_terms), dtype=np.int64)
+    parts = []
+    for rows, _ in split(opts, images, np.zeros(len(images), np.int64)):
+        mine = np.flatnonzero(np.isin(rows_of, rows))
+        parts.append((rows_of[mine], mine.astype(np.int64)))
+    log.info("finetune --vectors: %d bi-grams of %d images, %d terms, %d-d vectors (%s)", len(table), len(images),
+             len(terms), vectors.dim, vectors.checksum[:12])
+    info = WordsData(vectors, scaling, terms, np.array([number[t] for t in target.term_a]),
+                     np.array([number[t] for t in target.term_b]), image_terms)
+    return Data(list(range(2 * vectors.dim)), side, *parts, chunk, row_bytes, target="words", truth=table,
+                words=info)
 
 
 # -- settings and resume --------------------------------------------------------------
@@ -499,7 +579,82 @@ class MultiLabel:
                 {"thresholds": [float(t) for t in thresholds]})
 
 
-TARGETS = {"single": SingleLabel, "multi": MultiLabel}
+class Words:
+    """``words``: image → words (Shin et al. §5). The head's 2·dim sigmoids regress a bi-gram's
+    two word vectors, scaled per dimension into [0, 1] (:class:`ldpo.common.words.Scaling`),
+    with sigmoid cross-entropy. Figures: ``train_hit`` (both halves' nearest term right,
+    among the target file's terms), ``val_recall5``/``test_recall5`` (per image, the share
+    of its terms among the 5 words :func:`ldpo.common.words.describe` gives)."""
+
+    kind = "words"
+
+    def __init__(self, data: Data, device: str):
+        import torch
+
+        info = data.words
+        self.info, self.device = info, device
+        self.table = torch.from_numpy(data.truth).to(device)
+        self.dim = info.vectors.dim
+        self.lo = torch.from_numpy(info.scaling.lo).to(device)
+        self.span = torch.from_numpy(info.scaling.span()).to(device)
+        terms = info.vectors.lookup(info.terms)
+        centre = terms.mean(axis=0) if len(terms) > 1 else np.zeros(terms.shape[1], np.float32)
+        unit = terms - centre  # centred, as describe compares (ldpo.common.words.nearest)
+        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        self.centre = torch.from_numpy(centre.astype(np.float32)).to(device)
+        self.unit = torch.from_numpy(unit.astype(np.float32)).to(device)
+        self.term_a = torch.from_numpy(info.term_a).to(device)
+        self.term_b = torch.from_numpy(info.term_b).to(device)
+
+    def loss(self, out, y, rows):
+        """Sigmoid cross-entropy summed over the 2·dim units, averaged over the batch (Caffe's
+        SigmoidCrossEntropyLoss, which Shin et al. used): a mean over the units too would shrink
+        each unit's gradient 2·dim times."""
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(out, self.table[y], reduction="sum") / len(y)
+
+    def nearest_terms(self, out):
+        """Each half's nearest target-file term (numbers), by centred cosine after unscaling."""
+        import torch
+
+        halves = []
+        for k in (0, 1):
+            v = self.lo + torch.sigmoid(out[:, k * self.dim:(k + 1) * self.dim].float()) * self.span - self.centre
+            halves.append((v @ self.unit.T).argmax(dim=1))
+        return halves
+
+    def hits(self, out, y, rows):
+        a, b = self.nearest_terms(out.detach())
+        return ((a == self.term_a[y]) & (b == self.term_b[y])).sum()
+
+    def recall(self, trainer: "Trainer", part) -> float | None:
+        from ldpo.common import words
+
+        images = np.unique(part[0])
+        if len(images) == 0:
+            return None
+        outputs = words.predict(trainer.net, trainer.opts.images, images, trainer.preprocess(),
+                                trainer.opts.batch_size, trainer.opts.workers, trainer.device, trainer.opts.amp,
+                                bar=trainer.rank == 0 and not trainer.opts.no_progress)
+        found = words.describe(outputs, self.info.vectors, self.info.scaling, self.info.terms, 5)
+        return words.recall_at([[w for w, _ in f] for f in found], [self.info.image_terms[int(r)] for r in images], 5)
+
+    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+        return {"train_hit": hits, "val_recall5": self.recall(trainer, trainer.data.val)}
+
+    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        test = self.recall(trainer, trainer.data.test)
+        if test is not None:
+            log.info("test recall@5 %.3f", test)
+        info = self.info
+        return ({"final": {"train_loss": last.get("train_loss"), "train_hit": last.get("train_hit"),
+                           "val_recall5": last.get("val_recall5"), "test_recall5": test}},
+                {"words": {"vectors_checksum": info.vectors.checksum, "dim": info.vectors.dim,
+                           "scaling": info.scaling.state(), "terms": list(info.terms)}})
+
+
+TARGETS = {"single": SingleLabel, "multi": MultiLabel, "words": Words}
 
 
 # -- training -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Reads the loop's work folder WORK:
 * ``final/labels.csv`` (the categories), ``final/probs.h5`` (the final model's softmax,
   where "typical" is measured; without it the last iteration's ``features.h5``),
   ``final/tree/tree.json`` and ``tree.png``, ``final/keywords/keywords.csv`` when
-  reports were given;
+  reports were given; with ``--words``, ``describe``'s WORDS.csv (each category's most frequent
+  predicted words, shown beside its keywords);
 * the images store named in ``run.json`` (``--images`` overrides it).
 
 Writes OUT (default ``WORK/report``), replaced as a whole when complete:
@@ -62,6 +63,8 @@ class Options(CommonOptions):
     thumb: int = opt("thumbnail side in pixels", 96)
     title: Optional[str] = opt("page title (default: 'ldpo run: WORK')", None)
     batch_size: int = opt("images read per batch", 256, min=1, aliases=["--batch"])
+    words: Optional[str] = opt("describe's WORDS.csv (id,rank,word,score): each category shows its images' most "
+                               "frequent predicted words beside its report keywords", None, role="input")
 
 
 class ReportTool(Tool):
@@ -103,6 +106,8 @@ class ReportTool(Tool):
         for c, cat in categories.items():
             cat["keywords"] = keywords.get(c, [])
             cat["place"] = place_in_tree(tree, c)
+        if opts.words:
+            add_predicted_words(categories, labels, opts.words)
         models = sorted(work.glob("iter-*/model.pt"))
         usage = usage_lines(work, models[-1] if models else None, images)
         run_key = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
@@ -251,6 +256,24 @@ def read_keywords(path: Path) -> dict[int, list[tuple[str, int]]]:
             except (KeyError, ValueError):
                 raise InputError(f"{path}: not a keywords CSV (cluster,rank,word,count)") from None
     return found
+
+
+def add_predicted_words(categories: dict[int, dict], labels, path: str, top: int = 10) -> None:
+    """``predicted_words`` of each category: the words ``describe`` gave its images, ``top`` most frequent
+    first (an image counts each of its words once)."""
+    from collections import Counter
+
+    per_image: dict[str, set[str]] = {}
+    for _, row in csv_rows(path, "describe words CSV", ["id", "word"]):
+        per_image.setdefault(row["id"].strip(), set()).add(row["word"].strip())
+    counts: dict[int, Counter] = {}
+    for ident, label in zip(labels.ids, labels.labels.tolist()):
+        counts.setdefault(int(label), Counter()).update(per_image.get(ident, ()))
+    if not any(counts.values()):
+        raise InputError(f"{path}: no id of it is an image of the run's labels (words of another store?)")
+    for c, cat in categories.items():
+        found = counts.get(c, Counter())
+        cat["predicted_words"] = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
 
 
 def copy_if(src: Path, dst: Path) -> str | None:

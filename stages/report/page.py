@@ -343,6 +343,15 @@ def gallery(images: list[dict], side: int) -> str:
     return f'<div class="gallery" style="--side:{side}px">' + "".join(items) + "</div>"
 
 
+def predicted_words_html(cat: dict) -> list[str]:
+    """The words an image → words model predicted for the category's images (report --words), with
+    how many of its images got each."""
+    if not cat.get("predicted_words"):
+        return []
+    return ['<p class="kw">Predicted words: ' + "".join(f"<span>{e(w.replace('_', ' '))} ({n})</span>"
+                                                        for w, n in cat["predicted_words"]) + "</p>"]
+
+
 def category_html(cat: dict, total: int, side: int) -> list[str]:
     c = cat["label"]
     words = " ".join(w for w, _ in cat.get("keywords", []))
@@ -366,6 +375,7 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
     if cat.get("keywords"):
         out.append('<p class="kw">Keywords: ' + "".join(f"<span>{e(w)} ({n})</span>" for w, n in cat["keywords"])
                    + "</p>")
+    out.extend(predicted_words_html(cat))
     out.append(f'<div class="muted">Most typical (nearest the category\'s centroid in {e(cat["space"])}):</div>')
     out.append(gallery(cat["typical"], side))
     if cat["atypical"]:

@@ -10,15 +10,17 @@
   category, as ``keywords`` counts them) are inside negated or uncertain vocabulary mentions (as
   :mod:`ldpo.common.mentions` finds them). The share is flagged keywords / all keywords, over all
   categories.
-* ``recall5``, ``freq_baseline``, ``keyword_baseline``: image → words recall@5 and its baselines
-  (:func:`recall_scores`; ``nan`` until the image → words model exists).
+* ``recall5``, ``freq_baseline``, ``keyword_baseline``: image → words recall@5 on held-out reports'
+  key images and its two baselines (:func:`recall_scores` says how).
 
 Run:
   .venv/bin/python tests/bench/bench_words.py --studies 150
   .venv/bin/python tests/bench/bench_words.py --labels L.csv --manifest M.csv --reports R.csv --images I.h5
 The last line is ``words: f1_affirmed=A f1_negated=N f1_uncertain=U negated_share=S recall5=R
 freq_baseline=F keyword_baseline=K`` (negated_share with ``--mentions affirmed``; the line before gives
-``--mentions all``). Prints figures, asserts nothing (not collected by pytest).
+``--mentions all``). The recall part trains two resnet18 models (``--topic-epochs``, ``--word-epochs``,
+``--size``): 5–6 min of CPU on the 2-core machine for the toy's 150 studies. Prints figures, asserts
+nothing (not collected by pytest).
 """
 
 from __future__ import annotations
@@ -137,10 +139,114 @@ def negated_share(keywords: dict[int, list[str]], flagged: dict[int, set[str]], 
     return sum(len(h) for h in hits.values()) / n if n else math.nan
 
 
-def recall_scores(inputs: dict[str, Path] | None = None, **kwargs) -> tuple[float, float, float]:
+def split_by_report(manifest, heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Manifest row numbers of the training and held-out images: whole reports held out (seeded), so no
+    sentence of a held-out image was trained on."""
+    import numpy as np
+
+    rids = sorted(set(manifest.column("report_id")))
+    n_test = max(1, round(heldout * len(rids)))
+    test = set(np.random.default_rng(seed).permutation(rids)[:n_test].tolist())
+    rows = range(len(manifest.ids))
+    return ([i for i in rows if manifest.rows[i]["report_id"] not in test],
+            [i for i in rows if manifest.rows[i]["report_id"] in test])
+
+
+def top_terms(images: list[list[str]], k: int = 5) -> list[str]:
+    """The ``k`` terms most images have (ties by term)."""
+    counts = Counter(t for terms in images for t in set(terms))
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def category_keywords(categories: dict[str, int], ids: list[str], terms: dict[str, list[str]],
+                      k: int = 5) -> dict[int, list[str]]:
+    """Per category, the ``k`` affirmed vocabulary terms most of its (training) images have: the
+    category's keywords restricted to the vocabulary, so they can match an image's terms."""
+    members: dict[int, list[list[str]]] = defaultdict(list)
+    for ident in ids:
+        if ident in categories:
+            members[categories[ident]].append(terms[ident])
+    return {c: top_terms(m, k) for c, m in members.items()}
+
+
+def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = None, vocabulary: str | None = None,
+                  seed: int = 0, size: int = 32, topic_epochs: int = 4, word_epochs: int = 8, k: int = 5,
+                  heldout: float = 0.2, w2v_epochs: int = 20) -> tuple[float, float, float]:
     """recall@5 of each held-out image's affirmed report terms among its predicted words, and the same
-    for two baselines (the most frequent terms; the image's category keywords). Not built yet: nan."""
-    return math.nan, math.nan, math.nan
+    for two baselines: the 5 most frequent terms, and the image's category keywords. A held-out
+    image's terms: the affirmed vocabulary terms of its sentence and the two around it (the words
+    target's rule). Held out: 20% of the reports, whole (``split_by_report``). On the other 80%:
+    ``word-vectors`` (and the words targets), ``topic-label`` → ``finetune`` (resnet18 from random
+    init at ``size`` px: the topic model) → ``finetune --vectors --init checkpoint:topics`` (the
+    words model), then ``describe`` on every image. Categories: ``cluster --k K`` (k-means) on the
+    topic model's avgpool features (``featurize``) of every image, as one LDPO iteration makes them;
+    their keywords are the vocabulary terms most of their training images have (:func:`category_keywords`).
+    The line ``keyword baseline, given categories`` does the same with ``inputs["labels"]`` (on the toy
+    PACS the true body regions)."""
+    from ldpo.common.labels import read_labels
+    from ldpo.common.mentions import find_mentions_many
+    from ldpo.common.tables import write_csv
+    from ldpo.common.text import read_manifest, read_reports
+    from ldpo.common.words import recall_at, term_token
+
+    work = Path(work or tempfile.mkdtemp(prefix="ldpo-recall-"))
+    work.mkdir(parents=True, exist_ok=True)
+    vocab = load_vocabulary(vocabulary)
+    manifest = read_manifest(str(inputs["manifest"]))
+    reports = read_reports(str(inputs["reports"]))
+    train, test = split_by_report(manifest, heldout, seed)
+    texts = [r.get("context") or r.get("sentence", "") for r in manifest.rows]
+    found = find_mentions_many(texts, vocab)
+    terms = {ident: list(dict.fromkeys(term_token(m.term) for m in ms if m.status == "affirmed"))
+             for ident, ms in zip(manifest.ids, found)}
+    train_ids, test_ids = [manifest.ids[i] for i in train], [manifest.ids[i] for i in test]
+    columns = list(manifest.rows[0])
+    write_csv(work / "train-manifest.csv", columns, ([manifest.rows[i].get(c, "") for c in columns] for i in train))
+    train_reports = sorted({manifest.rows[i]["report_id"] for i in train} & set(reports))
+    from ldpo.common.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
+
+    mark = SCRUBBED_MARK if reports.scrubbed else ""  # extract-keyimages' text stays marked as scrubbed
+    write_csv(work / "train-reports.csv", ["report_id", "text", SCRUBBED_COLUMN],
+              ((r, reports[r], mark) for r in train_reports))
+    print(f"recall: {len(train_ids)} training images ({len(train_reports)} reports), {len(test_ids)} held out; "
+          f"{sum(1 for i in test_ids if terms[i])} held-out images with an affirmed term")
+    voc = ["--vocabulary", vocabulary] if vocabulary else []
+    t0 = time.perf_counter()
+    _cli("word-vectors", work / "train-reports.csv", "--out", work / "vectors.txt", "--manifest",
+         work / "train-manifest.csv", "--targets", work / "words-target.csv", "--seed", seed, "--epochs",
+         w2v_epochs, *voc)
+    _cli("topic-label", work / "train-reports.csv", "--manifest", work / "train-manifest.csv", "--out",
+         work / "topics.csv", "--topics", "10", "--seed", seed, "--no-progress", *voc)
+    common = ["--input-size", size, "--batch-size", 32, "--seed", seed, "--no-progress", "--allow-missing",
+              "--split", "90/10/0"]  # the held-out reports are the test split
+    _cli("finetune", inputs["images"], work / "topics.csv", "--out", work / "topics.pt", "--init", "random",
+         "--arch", "resnet18", "--epochs", topic_epochs, *common)
+    _cli("finetune", inputs["images"], work / "words-target.csv", "--vectors", work / "vectors.txt", "--out",
+         work / "words.pt", "--init", f"checkpoint:{work / 'topics.pt'}", "--epochs", word_epochs, *common)
+    _cli("describe", inputs["images"], "--model", work / "words.pt", "--vectors", work / "vectors.txt", "--out",
+         work / "words.csv", "--no-progress", *voc)
+    _cli("featurize", inputs["images"], "--out", work / "features.h5", "--init", f"checkpoint:{work / 'topics.pt'}",
+         "--layer", "avgpool", "--no-progress")
+    _cli("cluster", work / "features.h5", "--out", work / "clusters.csv", "--k", k, "--seed", seed)
+    print(f"recall: models and categories in {time.perf_counter() - t0:.0f} s")
+    predicted: dict[str, list[str]] = defaultdict(list)
+    with open(work / "words.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            predicted[row["id"]].append(row["word"])
+    truth = [terms[i] for i in test_ids]
+    recall5 = recall_at([predicted[i] for i in test_ids], truth, 5)
+    frequent = top_terms([terms[i] for i in train_ids], 5)
+    freq = recall_at([frequent] * len(test_ids), truth, 5)
+    clusters = read_labels(str(work / "clusters.csv")).mapping()
+    kw_of = category_keywords(clusters, train_ids, terms)
+    keyword = recall_at([kw_of.get(clusters.get(i, -1), []) for i in test_ids], truth, 5)
+    given = read_labels(str(inputs["labels"])).mapping()
+    kw_given = category_keywords(given, train_ids, terms)
+    keyword_given = recall_at([kw_given.get(given.get(i, -1), []) for i in test_ids], truth, 5)
+    print(f"recall@5 held out: image → words {recall5:.3f}; most frequent terms ({', '.join(frequent)}) {freq:.3f}; "
+          f"category keywords (cluster --k {k} on the topic model's features) {keyword:.3f}; keyword baseline, "
+          f"given categories ({inputs['labels']}) {keyword_given:.3f}")
+    return recall5, freq, keyword
 
 
 def main() -> None:
@@ -155,6 +261,11 @@ def main() -> None:
     ap.add_argument("--manifest", help="a real export: extract-keyimages' manifest.csv")
     ap.add_argument("--reports", help="a real export: extract-keyimages' reports.csv")
     ap.add_argument("--images", help="a real export: extract-keyimages' images store")
+    ap.add_argument("--w2v-epochs", type=int, default=20, help="image → words: word2vec epochs (the toy's few "
+                    "reports need more than word2vec's 5)")
+    ap.add_argument("--topic-epochs", type=int, default=4, help="image → words: epochs of the topic model")
+    ap.add_argument("--word-epochs", type=int, default=8, help="image → words: epochs of the words model")
+    ap.add_argument("--k", type=int, default=5, help="image → words: categories (cluster --k) of the keyword baseline")
     ap.add_argument("--work", help="keep the intermediate files here (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -181,7 +292,8 @@ def main() -> None:
             print(f"keywords --mentions {mode} ({time.perf_counter() - t0:.1f} s):")
             shares[mode] = negated_share(table, flagged, show=True)
             print(f"  negated/uncertain terms among the top-10 keywords: {shares[mode]:.1%}")
-        recall5, freq, kw = recall_scores(inputs)
+        recall5, freq, kw = recall_scores(inputs, work / "recall", args.vocabulary, args.seed, args.size,
+                                          args.topic_epochs, args.word_epochs, args.k, w2v_epochs=args.w2v_epochs)
     print(f"negated_share: --mentions all {shares['all']:.4f}, affirmed {shares['affirmed']:.4f}")
     f1 = {s: scores.get(s, {}).get("f1", math.nan) for s in ("affirmed", "negated", "uncertain")}
     print(f"words: f1_affirmed={f1['affirmed']:.3f} f1_negated={f1['negated']:.3f} "
