@@ -30,8 +30,9 @@ class Checkpoint:
     num_classes: int
     state_dict: dict[str, Any]  # name -> tensor
     classes: list[int] = field(default_factory=list)  # the original label values, index = output unit
-    target: str = "single"  # single (softmax) | multi (one sigmoid per class)
+    target: str = "single"  # single (softmax) | multi (one sigmoid per class) | words (2 x DIM sigmoids)
     thresholds: list[float] | None = None  # multi: the per-class decision thresholds
+    words: dict[str, Any] | None = None  # words: the vectors' checksum and dim, the scaling, the terms trained on
     options: dict[str, Any] = field(default_factory=dict)  # finetune's resolved options
     metrics: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None
@@ -75,6 +76,8 @@ class Checkpoint:
         head = {"format": self.format, "target": self.target}
         if self.thresholds is not None:
             head["thresholds"] = self.thresholds
+        if self.words is not None:
+            head["words"] = self.words
         body = {"arch": self.arch, "num_classes": self.num_classes, "classes": self.classes,
                 "state_dict": self.state_dict, "options": self.options, "metrics": self.metrics,
                 "input_size": self.input_size, "normalize": self.normalize,

@@ -16,6 +16,9 @@ from ldpo.common.archs import arch_record, check_layer
 from ldpo.common.errors import InputError
 from ldpo.common.heads import Captured, num_outputs
 
+#: checkpoint targets whose outputs are independent sigmoids, not one softmax
+SIGMOID_TARGETS = ("multi", "words")
+
 
 # -- reading a layer ------------------------------------------------------------------
 def pooled_stage(output: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,7 @@ class Extractor(nn.Module):
     def __init__(self, model: nn.Module, arch: str, layer: str, target: str = "single"):
         super().__init__()
         self.model = model
-        self.target = target  # probs: softmax, or one sigmoid per class for a multi-label checkpoint
+        self.target = target  # probs: softmax, or one sigmoid per output (multi-label, words)
         self.layer = check_layer(arch, layer)
         self.timm = arch_record(arch).is_timm
         if self.layer.kind == "probs" and num_outputs(model, arch) == 0:
@@ -69,7 +72,7 @@ class Extractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "probs":
             logits = self.model(x).float()
-            return torch.sigmoid(logits) if self.target == "multi" else torch.softmax(logits, dim=1)
+            return torch.sigmoid(logits) if self.target in SIGMOID_TARGETS else torch.softmax(logits, dim=1)
         if self.timm:
             return self.timm_layer(x)
         self._stages = []

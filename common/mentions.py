@@ -207,7 +207,7 @@ def load_vocabulary(path: str | None = None) -> Vocabulary:
     return parse_vocabulary(text.splitlines(), str(path))
 
 
-def _plural_forms(spelling: str) -> set[str]:
+def plural_forms(spelling: str) -> set[str]:
     """The spelling and simple plural/singular forms of its last word (cyst/cysts, opacity/opacities)."""
     head, _, last = spelling.rpartition(" ")
     forms = {last, last + "s", last + "es"}
@@ -237,7 +237,7 @@ def _pipeline(vocab: Vocabulary):
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
     patterns, seen = [], set()
     for spelling, canonical in vocab.spellings:
-        for form in sorted(_plural_forms(spelling)):
+        for form in sorted(plural_forms(spelling)):
             if form not in seen:
                 seen.add(form)
                 patterns.append({"label": "FINDING", "pattern": form, "id": canonical})

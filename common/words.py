@@ -73,10 +73,10 @@ def phrase_table(vocab) -> dict[tuple[str, ...], str]:
 def vocabulary_forms(vocab) -> list[tuple[str, str]]:
     """``(surface form, canonical term)`` of every spelling of ``vocab``'s terms and their simple plurals
     (the forms :mod:`ldpo.common.mentions` matches)."""
-    from ldpo.common.mentions import _plural_forms
+    from ldpo.common.mentions import plural_forms
 
     forms = [(t, t) for t in vocab.terms] + list(vocab.spellings)
-    return forms + [(p, c) for s, c in forms for p in sorted(_plural_forms(s))]
+    return forms + [(p, c) for s, c in forms for p in sorted(plural_forms(s))]
 
 
 def keep_token(token: str) -> bool:

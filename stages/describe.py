@@ -59,10 +59,10 @@ class DescribeTool(Tool):
         from ldpo.common.tables import write_csv
 
         ckpt = models.load_checkpoint(opts.model)
-        if ckpt.get("target") != "words" or "words" not in ckpt:
-            raise InputError(f"{opts.model}: not an image → words checkpoint (target {ckpt.get('target', 'single')!r};"
+        if ckpt.target != "words" or ckpt.words is None:
+            raise InputError(f"{opts.model}: not an image → words checkpoint (target {ckpt.target!r};"
                              " train one with finetune --vectors)")
-        meta = ckpt["words"]
+        meta = ckpt.words
         vectors = words.read_vectors(opts.vectors)
         if vectors.checksum != meta["vectors_checksum"]:
             raise InputError(f"{opts.vectors}: not the vectors {opts.model} was trained with (SHA-256 "

@@ -8,11 +8,8 @@ random`` the default is a BatchNorm network (resnet18) at LR 0.01 with no head b
 
 Outputs (rank 0 writes, atomically):
 
-* ``CHECKPOINT``: ``torch.save`` dict of tensors and plain types (loads with
-  ``weights_only=True``): ``format``, ``arch``, ``num_classes``, ``classes`` (original
-  label values, index = output unit), ``state_dict``, ``options`` (resolved),
-  ``metrics``, ``input_size``, ``normalize`` (and its per-channel ``mean``/``std``),
-  ``transform_input``, ``input_filter``, ``origin``, ``head`` (linear | mlp), ``init``;
+* ``CHECKPOINT``: a :class:`ldpo.common.checkpoint.Checkpoint` (its one owner: the keys,
+  the format tag, reading and writing);
 * ``CHECKPOINT``'s metrics beside it, named from it (``model.pt`` → ``model.metrics.json``,
   so two checkpoints in one folder keep their own): ``epochs`` (per epoch ``train_loss``,
   ``train_top1``, ``val_top1``, ``val_top5``, ``seconds``) and ``final`` (``train_loss``,
@@ -70,7 +67,6 @@ from ldpo.common.input_options import InputOptions
 
 log = logging.getLogger("ldpo")
 
-FORMAT = "ldpo-checkpoint-1"
 PARTIAL_FORMAT = "ldpo-finetune-partial-1"
 #: options that do not change the result (left out of the resume signature)
 NOT_IN_SIGNATURE = {"verbose", "quiet", "no_progress", "resume", "workers", "device", "out"}
@@ -416,16 +412,16 @@ def metrics_path(out: str) -> Path:
 
 def finished(out: str, settings: dict[str, Any], rank: int = 0) -> bool:
     """True when ``out`` is a finished checkpoint made with the same options."""
-    from ldpo.common.models import load_file
+    from ldpo.common.checkpoint import Checkpoint
 
     if not Path(out).is_file():
         return False
-    ckpt = load_file(out, "finetune checkpoint")
-    if ckpt.get("options") != settings:
+    ckpt = Checkpoint.load(out)
+    if ckpt.options != settings:
         log.warning("%s exists but was made with other options: training again", out)
         return False
     if rank == 0:
-        write_json(metrics_path(out), ckpt.get("metrics", {}))
+        write_json(metrics_path(out), ckpt.metrics)
     return True
 
 
@@ -926,14 +922,14 @@ class Trainer:
                                 n_test=len(self.data.test[0]))
         if self.rank:
             return
-        torch_save(Path(self.opts.out), {
-            "format": FORMAT, "target": self.target.kind, **extra,
-            "arch": self.built.arch, "num_classes": len(self.data.classes),
-            "classes": self.data.classes, "state_dict": self.state_dict(), "options": self.settings,
-            "metrics": metrics, "input_size": self.built.input_size, "normalize": self.built.normalize,
-            "transform_input": self.built.transform_input, "input_filter": self.built.input_filter,
-            "origin": self.built.origin, "head": self.built.head, "mean": list(self.built.mean), "std": list(self.built.std),
-            "init": str(self.built.init)})
+        from ldpo.common.checkpoint import Checkpoint
+
+        Checkpoint(arch=self.built.arch, num_classes=len(self.data.classes), classes=self.data.classes,
+                   state_dict=self.state_dict(), target=self.target.kind, options=self.settings, metrics=metrics,
+                   input_size=self.built.input_size, normalize=self.built.normalize,
+                   transform_input=self.built.transform_input, input_filter=self.built.input_filter,
+                   origin=self.built.origin, head=self.built.head, mean=list(self.built.mean),
+                   std=list(self.built.std), init=str(self.built.init), **extra).save(self.opts.out)
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)
         log.info("wrote %s and %s", self.opts.out, metrics_path(self.opts.out))
