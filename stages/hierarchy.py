@@ -97,7 +97,7 @@ class Options(CommonOptions):
                             role="input")
     labels: str = positional("labels CSV (id,label) the model was trained on", role="input")
     out: str = opt("output folder for tree.json, levels.csv, tree.png", role="output-folder")
-    damping: float = opt("affinity propagation damping, in [0.5, 1)", 0.7)
+    damping: float = opt("affinity propagation damping", 0.7, min=0.5, below=1)
     preference: float = opt("affinity propagation's preference, as a quantile of the off-diagonal affinities "
                             "(0.5 = the median, the paper's; higher = smaller groups per level, more levels)", 0.5,
                             min=0, max=1)
@@ -113,7 +113,7 @@ class Options(CommonOptions):
     manifest: str = opt("key-image manifest CSV (id,report_id,…) joining images to --reports", "", role="input")
     mentions: str = opt(MENTIONS_HELP + " (--affinity reports)", "affirmed", choices=list(MENTION_MODES))
     vocabulary: str = opt(VOCABULARY_HELP + " (--affinity reports)", "", role="input")
-    max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20)
+    max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20, min=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
 
@@ -138,10 +138,6 @@ class HierarchyTool(Tool):
         return super().outputs(opts) + [("--out", str(Path(opts.out) / name)) for name in OUTPUT_NAMES]
 
     def main(self, opts: Options) -> int:
-        if not 0.5 <= opts.damping < 1.0:
-            raise InputError(f"--damping {opts.damping}: must be in [0.5, 1)")
-        if opts.max_levels < 1:
-            raise InputError("--max-levels must be >= 1")
         if opts.affinity == "centroids" and not opts.features:
             raise InputError("--affinity centroids needs --features STORE (the final model's feature store, e.g. "
                              "the last iteration's features.h5)")

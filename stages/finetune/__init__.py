@@ -181,11 +181,7 @@ class FinetuneTool(Tool):
 
 
 def check_options(opts: Options) -> None:
-    for name in ("epochs", "batch_size"):
-        if getattr(opts, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be at least 1")
-    if not 0 < opts.crop_scale <= 1:
-        raise InputError(f"--crop-scale {opts.crop_scale}: must be in (0, 1]")
+    """What the declarations (bounds, roles) cannot say: options that exclude each other."""
     parse_split(opts.split)
     if opts.head == "mlp" and opts.head_init == "centroids":
         raise InputError("--head-init centroids: needs a linear head (not --head mlp)")
