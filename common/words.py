@@ -331,27 +331,23 @@ def describe(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: lis
 def predict(model, images: str, rows: np.ndarray, preprocess, batch_size: int, workers: int, device: str,
             amp: bool = False, bar: bool = True) -> np.ndarray:
     """The model's sigmoid outputs [len(rows), units] for store ``rows`` (any order; returned in that order),
-    through the common data path (:mod:`ldpo.common.imagedata`)."""
+    through the one inference loop (:mod:`ldpo.common.inference`)."""
     import torch
 
     from ldpo.common import imagedata
-    from ldpo.common.accel import autocast
-    from ldpo.common.cli import progress
+    from ldpo.common.inference import infer
 
     rows = np.asarray(rows, dtype=np.int64)
     order = np.arange(len(rows))
     items = imagedata.subset_items(rows, order, imagedata.read_rows(images, batch_size), imagedata.chunk_rows(images))
     out: np.ndarray | None = None
     model.eval()
-    blocks = imagedata.on_device(imagedata.loader(images, items, workers, device), device)
-    with torch.inference_mode(), progress(total=len(rows), desc="predict", unit="img", disable=not bar) as pbar:
-        for x, _, where in imagedata.rebatch(blocks, batch_size):
-            with autocast(device, amp):
-                y = torch.sigmoid(model(preprocess(x)).float()).cpu().numpy()
-            if out is None:
-                out = np.empty((len(rows), y.shape[1]), dtype=np.float32)
-            out[where.cpu().numpy()] = y
-            pbar.update(len(y))
+    for _, where, logits in infer(model, images, items, preprocess, batch=batch_size, workers=workers, device=device,
+                                  amp=amp, desc="predict", show=bar):
+        y = torch.sigmoid(logits.float()).cpu().numpy()
+        if out is None:
+            out = np.empty((len(rows), y.shape[1]), dtype=np.float32)
+        out[where.cpu().numpy()] = y
     return out if out is not None else np.zeros((0, 0), np.float32)
 
 

@@ -182,6 +182,13 @@ class Trainer:
         blocks = imagedata.loader(self.opts.images, items, self.opts.workers, self.device)
         return imagedata.rebatch(imagedata.on_device(blocks, self.device), self.opts.batch_size, limit)
 
+    def infer(self, items):
+        """``(rows, targets, outputs)`` of the network in evaluation mode (common/inference.py)."""
+        from ldpo.common.inference import infer
+
+        return infer(self.net, self.opts.images, items, self.preprocess(), batch=self.opts.batch_size,
+                     workers=self.opts.workers, device=self.device, amp=self.opts.amp, show=False)
+
     def part_items(self, part: tuple[np.ndarray, np.ndarray], share: bool = True):
         """A split part's reads; with ``share`` this process's strided share (every image counted once)."""
         from ldpo.common import imagedata
@@ -295,23 +302,18 @@ class Trainer:
 
     def evaluate(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:
         """Top-1 and top-5 (top-min(5,K)) accuracy on a split part; (None, None) when it is empty."""
-        import torch
 
-        from ldpo.common.accel import autocast
 
         if len(part[0]) == 0:
             return None, None
         self.model.eval()
         k = min(5, len(self.data.classes))
         top1 = top5 = count = 0.0
-        prep = self.preprocess()
-        with torch.inference_mode():
-            for x, _, y in self.batches(self.part_items(part)):
-                with autocast(self.device, self.opts.amp):
-                    best = self.net(prep(x)).topk(k, dim=1).indices
-                top1 += (best[:, 0] == y).sum().item()
-                top5 += (best == y[:, None]).any(dim=1).sum().item()
-                count += len(y)
+        for _, y, out in self.infer(self.part_items(part)):
+            best = out.topk(k, dim=1).indices
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(dim=1).sum().item()
+            count += len(y)
         top1, top5, count = all_sum([top1, top5, count], self.world, self.device)
         return top1 / count, top5 / count
 
@@ -320,16 +322,12 @@ class Trainer:
         process scores all of it: average precision needs every image's score)."""
         import torch
 
-        from ldpo.common.accel import autocast
 
         self.model.eval()
-        prep, probs, truth = self.preprocess(), [], []
-        with torch.inference_mode():
-            for x, rows, _ in self.batches(self.part_items(part, share=False)):
-                with autocast(self.device, self.opts.amp):
-                    logits = self.net(prep(x))
-                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-                truth.append(self.data.truth[rows.numpy()])
+        probs, truth = [], []
+        for rows, _, logits in self.infer(self.part_items(part, share=False)):
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            truth.append(self.data.truth[rows.numpy()])
         return np.concatenate(probs), np.concatenate(truth)
 
     # -- checkpoints ------------------------------------------------------------------
