@@ -14,12 +14,14 @@ Reads the loop's work folder WORK:
 
 Writes OUT (default ``WORK/report``), replaced as a whole when complete:
 
-* ``index.html``: settings, the per-iteration table and plot, the agreement with the
-  DICOM header fields (NMI and purity per iteration and field), the category tree as
-  collapsible levels, and one section per category: size, its most typical images
-  (nearest its centroid), its least typical ones, keywords, its place in the tree, and
-  a name and "merge into" field; a button downloads ``review.csv``
-  (``label,name,merge_into``) for ``relabel``;
+* ``index.html``: first what a reviewer came for: the category tree as collapsible
+  levels, and one section per category: size, its most typical images (nearest its
+  centroid), its least typical ones, keywords, its place in the tree, and a name and
+  "merge into" field; a button downloads ``review.csv`` (``label,name,merge_into``) for
+  ``relabel``. Then the per-iteration table and plot, the agreement with the DICOM header
+  fields (NMI and purity per iteration and field), and, folded away, the run's settings:
+  the values the stages used (from the final model's checkpoint and the feature stores)
+  beside the requested ones where they differ;
 * ``thumbs/*.png`` (small thumbnails, loaded lazily), ``history.png``, ``tree.png``.
 
 The page needs no server and no network: open ``OUT/index.html`` from any disk.
@@ -46,6 +48,7 @@ from ldpo.common.labels import align, read_labels
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
+from ldpo.common.workdir import final_labels_iteration, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -103,8 +106,9 @@ class ReportTool(Tool):
         for c, cat in categories.items():
             cat["keywords"] = keywords.get(c, [])
             cat["place"] = place_in_tree(tree, c)
-        models = sorted(work.glob("iter-*/model.pt"))
-        usage = usage_lines(work, models[-1] if models else None, images)
+        model = final_model(work)
+        usage = usage_lines(work, model, images)
+        used = used_settings(work, model)
         run_key = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
         title = opts.title or f"ldpo run: {work.resolve().name}"
         with open_store(images, expect="images") as store:
@@ -121,7 +125,8 @@ class ReportTool(Tool):
                 from ldpo.stages.report.page import render
 
                 text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
-                              categories, len(labels), opts.thumb, notes, __version__, usage, fields)
+                              categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
+                              final_iteration(history))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -138,6 +143,39 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
         lines.insert(1, f"assign NEW_IMAGES.h5 --model {model} --out new-labels.csv "
                         f"--reference-labels {labels} --reference-images {images}")
     return lines
+
+
+def final_iteration(history: list[dict]) -> int | None:
+    """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.workdir`)."""
+    iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
+    return final_labels_iteration(max(iterations)) if iterations else None
+
+
+def used_settings(work: Path, model: Path | None) -> dict[str, object]:
+    """The values the stages actually used, read from the final model's checkpoint (architecture, learning rate,
+    input size, normalization, ...) and the last iteration's feature store (the layer clustered)."""
+    used: dict[str, object] = {}
+    if model is not None:
+        from ldpo.common.models import load_checkpoint
+
+        try:
+            ckpt = load_checkpoint(str(model))
+        except InputError as err:
+            log.warning("%s", err)
+            ckpt = {}
+        options = ckpt.get("options") if isinstance(ckpt.get("options"), dict) else {}
+        used.update({key: ckpt[key] for key in ("arch", "input_size", "normalize", "input_filter") if key in ckpt})
+        used.update({key: options[key] for key in ("lr", "epochs", "batch_size", "split", "balanced")
+                     if key in options})
+    features = sorted(work.glob("iter-*/features.h5"))
+    if features:
+        try:
+            with open_store(features[-1]) as store:
+                if store.attrs.get("layer"):
+                    used["layer"] = store.attrs["layer"]
+        except InputError as err:
+            log.warning("%s", err)
+    return used
 
 
 def check_out(out: Path) -> None:
@@ -212,10 +250,10 @@ def _whole(value) -> bool:
 
 
 def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [dict(r) for r in csv.DictReader(fh)]
+    """converge's history (schema: :mod:`ldpo.common.history`); [] without the file."""
+    from ldpo.common.history import read_history as read
+
+    return read(path)
 
 
 def read_fields(path: Path, history: list[dict]) -> list[dict]:
