@@ -4,8 +4,10 @@ in a dataclass), each with an environment default ``LDPO_NAME`` (``--max-iter`` 
 Defaults are stated once. An option the user did not set (on the command line or in its
 ``LDPO_*`` variable) is not passed to the stages, whose own defaults then apply; only where the
 loop's default differs from a stage's is it declared here (``passed=True``: ``--k``,
-``--method``, and ``--layer``, which the loop chooses from ``--encode``). The run record keeps
-what the user set (``""`` for what the stages decided) and the loop's own settings.
+``--method``, and ``--layer``, which the loop chooses from ``--encode``). ``stage=(NAME, OPTION)``
+names the stage option an option is passed to: the run record keeps what the user set, else
+that stage's declared default (``""`` where the stage decides from its inputs), and the loop's
+own settings.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ldpo.common.cli import CommonOptions, Tool, flag_of, opt
 from ldpo.common.errors import InputError
@@ -60,7 +62,7 @@ class LoopOptions(CommonOptions):
     reports: str = opt("extract-keyimages' OUT/reports.csv (scrubbed report text), with --manifest", "", role="input")
     manifest: str = opt("manifest CSV from extract-keyimages, with --reports", "", role="input")
     arch: Optional[str] = opt("CNN architecture, or timm:NAME (stage default: resnet18 from random init, alexnet "
-                              "from weights)", None)
+                              "from weights)", None, stage=("featurize", "arch"))
     layer: Optional[str] = opt("feature layer clustered (default: multiscale = every stage pooled and "
                                "concatenated; with --encode: local = the architecture's last conv layer)", None,
                                passed=True)
@@ -70,33 +72,41 @@ class LoopOptions(CommonOptions):
     method: str = opt("clustering (scan: neighbour-consistent heads started from k-means)", "scan",
                       choices=["scan", "kmeans", "rim"], passed=True)
     k: int = opt("clusters (rim: the over-segmentation)", 25, min=1, passed=True)
-    metric: Optional[str] = opt("convergence measure (stage default: converge's)", None, choices=["nmi", "purity"])
+    metric: Optional[str] = opt("convergence measure (stage default: converge's)", None, choices=["nmi", "purity"],
+                                stage=("converge", "metric"))
     threshold: Optional[float] = opt("stop when metric(labels_t, labels_t-1) reaches this (stage default: "
-                                     "converge's)", None, min=0, max=1)
+                                     "converge's)", None, min=0, max=1, stage=("converge", "threshold"))
     max_iter: int = opt("at most this many fine-tuning iterations", 6, min=0, says="not a whole number")
     no_early_stop: bool = opt("run all --max-iter iterations (DeepMCAT)", False)
     init: str = opt("random | weights:PATH | checkpoint:PATH", "random")
     init_labels: str = opt("start from these labels (e.g. topic-label's) instead of clustering iteration 0", "",
                            role="input")
-    epochs: Optional[int] = opt("fine-tuning epochs per iteration (stage default)", None, min=1)
-    lr: Optional[float] = opt("fine-tuning learning rate (stage default)", None, above=0)
+    epochs: Optional[int] = opt("fine-tuning epochs per iteration (stage default)", None, min=1,
+                                stage=("finetune", "epochs"))
+    lr: Optional[float] = opt("fine-tuning learning rate (stage default)", None, above=0, stage=("finetune", "lr"))
     balanced: bool = opt("class-balanced sampling in finetune", False)
-    split: Optional[str] = opt("finetune's train/val/test split, e.g. 70/10/20, or none (stage default)", None)
+    split: Optional[str] = opt("finetune's train/val/test split, e.g. 70/10/20, or none (stage default)", None,
+                               stage=("finetune", "split"))
     input_size: Optional[int] = opt("CNN input side in pixels (stage default: the store's side up to 224 from "
-                                    "random init, else 224)", None, min=1, max=4096)
+                                    "random init, else 224)", None, min=1, max=4096,
+                                    stage=("featurize", "input_size"))
     normalize: Optional[str] = opt("input normalization (stage default: zscore from random init, else imagenet, "
                                    "timm for timm:*)", None, choices=["imagenet", "zscore", "timm"],
-                                   says="imagenet, zscore or timm")
+                                   says="imagenet, zscore or timm", stage=("featurize", "normalize"))
     input_filter: Optional[str] = opt("fixed filter before the CNN, kept in its checkpoints (stage default: none)",
-                                      None, choices=["none", "sobel", "gray-sobel"])
+                                      None, choices=["none", "sobel", "gray-sobel"],
+                                      stage=("featurize", "input_filter"))
     tree_affinity: Optional[str] = opt("the category tree's affinity (hierarchy --affinity; centroids passes the "
                                        "final model's features, reports needs --reports and --manifest)", None,
                                        choices=["lift", "confusion", "centroids", "reports"],
-                                       says="one of lift, confusion, centroids, reports")
+                                       says="one of lift, confusion, centroids, reports",
+                                       stage=("hierarchy", "affinity"))
     tree_preference: Optional[float] = opt("hierarchy --preference: affinity propagation's preference quantile "
                                            "(0.5 = the paper's median; higher = smaller groups per level)", None,
-                                           min=0, max=1, says="a quantile between 0 and 1")
-    batch_size: Optional[int] = opt("images per batch in featurize and finetune (stage default)", None, min=1)
+                                           min=0, max=1, says="a quantile between 0 and 1",
+                                           stage=("hierarchy", "preference"))
+    batch_size: Optional[int] = opt("images per batch in featurize and finetune (stage default)", None, min=1,
+                                    stage=("featurize", "batch_size"))
     amp: bool = opt("speed over bit-reproducibility in finetune and featurize: bfloat16, channels-last, cuDNN "
                     "autotuning", False)
     restart_from: Optional[str] = opt("keep iterations < N, recompute the rest with these settings (iter-N)", None,
@@ -115,19 +125,25 @@ class Parsed:
     opts: LoopOptions
     given: set[str]
     raw: dict[str, str]  # the text the user gave for each option set
+    #: ``(stage, option) -> default``: the default a stage declares (ldpo.stages.stage_default); None: unknown
+    defaults: Callable[[str, str], Any] | None = None
 
     def passed(self, name: str) -> bool:
         """True when the loop passes this option to the stages: the user set it, or the loop declares its default."""
         return name in self.given or bool(_field(name).metadata.get("passed"))
 
     def text(self, name: str) -> str:
-        """The setting as the run record keeps it: the user's text, the loop's default, or "" (the stages decide)."""
+        """The setting as the run record keeps it: the user's text, else the loop's default, else the default of
+        the stage it is passed to, as that stage declares it ("" where the stage decides from its inputs)."""
         value = getattr(self.opts, name)
         if isinstance(value, bool):
             return "1" if value else "0"
         if name in self.raw:
             return self.raw[name]
-        return "" if value is None else str(value)  # a loop's own setting, or seed (ldpo's one default)
+        stage = _field(name).metadata.get("stage")
+        if stage and not self.passed(name):
+            value = self.defaults(*stage) if self.defaults else None
+        return "" if value is None else str(value)
 
 
 def env_name(f: dataclasses.Field) -> str:

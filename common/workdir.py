@@ -123,11 +123,9 @@ SETTINGS = ("images", "truth", "reports", "manifest", "init_labels", "init", "ar
 PATHS = ("images", "truth", "reports", "manifest", "init_labels")
 STAGES = ("featurize", "finetune", "encode", "cluster", "converge", "hierarchy", "keywords", "report")
 EXTRA_ARGS = (("F", "FEATURIZE_ARGS"), ("T", "FINETUNE_ARGS"), ("E", "ENCODE_ARGS"), ("C", "CLUSTER_ARGS"))
-#: what loops before ldpo-run-2 recorded for options the user did not set, which they passed to the
-#: stages with these values; since ldpo-run-2 such options are not passed (the stages' defaults, the
-#: same values) and recorded as ""
-RUN_1_DEFAULTS = {"epochs": "3", "split": "70/10/20", "batch_size": "64", "metric": "nmi", "threshold": "0.9",
-                  "input_filter": "none", "tree_affinity": "lift", "tree_preference": "0.5"}
+#: what loops before ldpo-run-2 recorded for options the user did not set that ldpo-run-2 records as the
+#: stage's declared default (featurize and finetune: --input-filter from the checkpoint, else none)
+RUN_1_DEFAULTS = {"input_filter": "none"}
 
 
 @dataclass
@@ -160,14 +158,15 @@ class RunRecord:
 def upgrade(record: dict) -> dict:
     """A record of an older format as this one writes it (settings it left to the stages as "")."""
     if record.get("format") != "ldpo-run-1":
-        return record
+        return record  # (a record of a newer format differs by its format: refused, not misread)
     settings = {k: ("" if RUN_1_DEFAULTS.get(k) == v else v) for k, v in (record.get("settings") or {}).items()}
     return {**record, "format": RUN_FORMAT, "settings": settings}
 
 
 def build_record(parsed, environ: dict[str, str] | None = None) -> RunRecord:
     """The run record of these loop options (:class:`ldpo.common.loop_options.Parsed`): settings as the user gave
-    them (paths made absolute), the stage commands, and each input's SHA-256 (:func:`ldpo.common.stores.file_checksum`)."""
+    them (paths made absolute), the stage commands, and each input's SHA-256
+    (:func:`ldpo.common.stores.file_checksum`)."""
     from ldpo.common.loop_options import layer
     from ldpo.common.stores import file_checksum
 
@@ -552,11 +551,11 @@ def shell(**values: str | int | list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], defaults=None) -> int:
     """``ldpo _workdir …`` (see the module's text); errors are one ``ldpo-loop: error:`` line, exit 2
-    (a newline in a path is written ``\\n``)."""
+    (a newline in a path is written ``\\n``). ``defaults(stage, option)``: a stage's declared default."""
     try:
-        return _main(argv)
+        return _main(argv, defaults)
     except InputError as err:
         message = str(err)
     except OSError as err:
@@ -565,7 +564,7 @@ def main(argv: list[str]) -> int:
     return 2
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], defaults=None) -> int:
     from ldpo.common import loop_plan
     from ldpo.common.loop_options import help_text, parse
 
@@ -585,6 +584,7 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write(f"echo {shlex.quote('ldpo ' + __version__)}\nexit 0\n")
         return 0
     parsed = parse(loop_args)
+    parsed.defaults = defaults
     layout = Layout(parsed.opts.work)
     numbers = [int(a) for a in command[1:] if a.isdigit()]
     if len(numbers) != len(command) - 1 or not command:

@@ -147,17 +147,32 @@ def test_the_record_holds_strings_and_the_one_checksum(inputs, monkeypatch):
     assert all(isinstance(v, str) for section in ("settings", "commands", "inputs") for v in data[section].values())
 
 
-def test_a_record_of_the_older_format_resumes_as_the_same(inputs):
+def test_unset_settings_are_recorded_as_the_stages_declare_them(inputs):
+    from ldpo.stages import stage_default
+
     parsed = opts(inputs, "--k", "3")
+    parsed.defaults = stage_default
+    settings = workdir.build_record(parsed, {}).settings
+    assert (settings["epochs"], settings["split"], settings["batch_size"]) == ("3", "70/10/20", "64")
+    assert (settings["metric"], settings["threshold"]) == ("nmi", "0.9")
+    assert (settings["tree_affinity"], settings["tree_preference"]) == ("lift", "0.5")
+    assert settings["arch"] == settings["lr"] == settings["input_filter"] == ""  # decided from the init
+    assert "--epochs" not in loop_plan.iteration(parsed, Layout("w"), 1)["finetune"]  # and not passed
+
+
+def test_a_record_of_the_older_format_resumes_as_the_same(inputs):
+    from ldpo.stages import stage_default
+
+    parsed = opts(inputs, "--k", "3")
+    parsed.defaults = stage_default
     new = workdir.build_record(parsed, {}).as_dict()
     old = json.loads(json.dumps(new))
     old["format"] = "ldpo-run-1"
     old.pop("ldpo_version")
-    old["settings"].update(epochs="3", split="70/10/20", batch_size="64", metric="nmi", threshold="0.9",
-                           input_filter="none", tree_affinity="lift", tree_preference="0.5")
+    old["settings"]["input_filter"] = "none"  # what ldpo-run-1 loops recorded for no --input-filter
     assert workdir.difference(workdir.upgrade(old), new) == ("", "")
     old["settings"]["epochs"] = "5"
-    assert workdir.difference(workdir.upgrade(old), new) == ("settings", 'epochs: "5" -> ""')
+    assert workdir.difference(workdir.upgrade(old), new) == ("settings", 'epochs: "5" -> "3"')
     assert workdir.difference({**new, "ldpo_version": "0.0.1"}, new) == ("", "")  # the version is not a setting
 
 
