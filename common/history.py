@@ -35,6 +35,16 @@ SUMMARY = [("iteration", "iter", ""), ("k", "K", ""), ("top1", "top1", ""), ("nm
            ("purity_prev", "purity", "(prev)"), ("nmi_truth", "nmi_truth", ""), ("purity_truth", "purity", "(truth)")]
 
 
+FIELDS_TAIL = "fields.csv"  # converge --fields' side file of the history: history.csv -> history.fields.csv
+
+
+def fields_path(history: str | os.PathLike) -> Path:
+    """Where converge --fields writes the agreement with the header fields beside ``history``."""
+    from ldpo.common.tables import side_file
+
+    return side_file(history, FIELDS_TAIL)
+
+
 def read_history(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of an existing history CSV, each with every column of :data:`COLUMNS` (none when the
     file does not exist or is empty); an :class:`InputError` naming the file when it is no history."""
@@ -72,11 +82,9 @@ def has_row(path: str | os.PathLike, iteration: int) -> bool:
 def keep_before(path: str | os.PathLike, keep_below: int) -> None:
     """Keep the rows of iterations < ``keep_below``, the file's own columns and text as they are
     (no rows kept: the file goes, with converge --fields' side file)."""
-    from ldpo.common.tables import side_file
-
     path = Path(path)
     if keep_below <= 0:
-        for p in (path, side_file(path, "fields.csv")):
+        for p in (path, fields_path(path)):
             if p.is_file() or p.is_symlink():
                 p.unlink()
         return

@@ -32,7 +32,6 @@ LAST``; and for tests, ``forget WORK FROM WHY``.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import json
 import os

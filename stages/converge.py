@@ -49,10 +49,10 @@ import numpy as np
 from ldpo.common import metrics
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
-from ldpo.common.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, read_history, write_history
+from ldpo.common.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, fields_path, read_history, write_history
 from ldpo.common.labels import Labels, align, read_labels
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.tables import csv_rows, side_file, write_csv
+from ldpo.common.tables import csv_rows, write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -60,7 +60,6 @@ HISTORY_COLUMNS = COLUMNS  # the history's schema is ldpo.common.history's
 TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes `top1`
 FIELD_COLUMNS = ["iteration", "field", "values", "coverage", "nmi", "purity"]
 DEFAULT_FIELDS = "modality,body_part,view,orientation,series_words"
-FIELDS_TAIL = "fields.csv"  # the side file of --history: history.csv -> history.fields.csv
 
 
 @dataclass(kw_only=True)
@@ -172,11 +171,6 @@ def versus_truth(curr: Labels, truth: Labels) -> dict[str, float]:
     m = metrics.all_metrics(curr.labels, truth_aligned)
     return check_finite({"purity_truth": m["purity"], "nmi_truth": m["nmi"], "ari_truth": m["ari"],
                          "hungarian_truth": m["hungarian"]})
-
-
-def fields_path(history: str) -> Path:
-    """Where the field agreement of ``history`` goes: ``history.csv`` → ``history.fields.csv``."""
-    return side_file(history, FIELDS_TAIL)
 
 
 def read_fields(path: str) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -46,9 +46,10 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
 from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.history import fields_path
 from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
-from ldpo.common.workdir import final_labels_iteration, final_model
+from ldpo.common.workdir import Layout, final_labels_iteration, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -79,7 +80,8 @@ class ReportTool(Tool):
 
     def main(self, opts: Options) -> int:
         work = Path(opts.work)
-        out = Path(opts.out) if opts.out else work / "report"
+        layout = Layout(str(work))
+        out = Path(opts.out) if opts.out else Path(layout.report())
         if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16:
             raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16")
         if work.exists() and not work.is_dir():
@@ -87,21 +89,21 @@ class ReportTool(Tool):
         if not work.is_dir():
             raise InputError(f"{work}: no such work folder")
         check_out(out)
-        run = read_run(work / "run.json")
+        run = read_run(Path(layout.record))
         images = opts.images or ((run or {}).get("settings") or {}).get("images")
         if not images:
             raise InputError(f"{work / 'run.json'}: names no images store (settings unknown): give --images STORE")
         if run is None:
-            log.warning("%s: no run record; the page says 'settings unknown'", work / "run.json")
-        labels_path = work / "final" / "labels.csv"
+            log.warning("%s: no run record; the page says 'settings unknown'", layout.record)
+        labels_path = Path(layout.final("labels.csv"))
         if not labels_path.is_file():
             raise InputError(f"{labels_path}: missing: the loop has not finished (rerun it to the end)")
         labels = read_labels(labels_path)
         space, scores, classes_of, notes = typicality_space(work, labels)
-        history = read_history(work / "history.csv")
-        fields = read_fields(work / "history.fields.csv", history)
-        tree = read_tree(work / "final" / "tree" / "tree.json")
-        keywords = read_keywords(work / "final" / "keywords" / "keywords.csv")
+        history = read_history(Path(layout.history))
+        fields = read_fields(fields_path(layout.history), history)
+        tree = read_tree(Path(layout.final("tree/tree.json")))
+        keywords = read_keywords(Path(layout.final("keywords/keywords.csv")))
         categories = gather(labels, scores, classes_of, opts.typical, opts.atypical, space)
         for c, cat in categories.items():
             cat["keywords"] = keywords.get(c, [])
@@ -120,11 +122,11 @@ class ReportTool(Tool):
             with atomic_path(out) as tmp:
                 tmp.mkdir()
                 write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch_size)
-                history_png = copy_if(work / "history.png", tmp / "history.png")
-                tree_png = copy_if(work / "final" / "tree" / "tree.png", tmp / "tree.png")
+                history_png = copy_if(Path(layout.history_plot), tmp / "history.png")
+                tree_png = copy_if(Path(layout.final("tree/tree.png")), tmp / "tree.png")
                 from ldpo.stages.report.page import render
 
-                text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
+                text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
                               final_iteration(history))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
@@ -136,7 +138,7 @@ class ReportTool(Tool):
 
 def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
     """Commands that use this run's result (shown on the page, to copy)."""
-    labels = work / "final" / "labels.csv"
+    labels = Layout(str(work)).final("labels.csv")
     lines = [f"relabel {labels} review.csv --out reviewed.csv",
              f"export-folders {labels} {images} --out categories/ --names review.csv"]
     if model is not None:
@@ -167,7 +169,8 @@ def used_settings(work: Path, model: Path | None) -> dict[str, object]:
         used.update({key: ckpt[key] for key in ("arch", "input_size", "normalize", "input_filter") if key in ckpt})
         used.update({key: options[key] for key in ("lr", "epochs", "batch_size", "split", "balanced")
                      if key in options})
-    features = sorted(work.glob("iter-*/features.h5"))
+    layout = Layout(str(work))
+    features = [p for p in (Path(layout.iteration(t, "features.h5")) for t in layout.iterations()) if p.exists()]
     if features:
         try:
             with open_store(features[-1]) as store:
@@ -301,8 +304,9 @@ def copy_if(src: Path, dst: Path) -> str | None:
 def typicality_space(work: Path, labels) -> tuple[str, np.ndarray | None, list[int] | None, list[str]]:
     """The vectors "typical" is measured in: the final softmax, else the last iteration's features."""
     notes: list[str] = []
-    candidates = [(work / "final" / "probs.h5", "the final model's class probabilities")]
-    iters = sorted((p for p in work.glob("iter-*") if p.is_dir()), reverse=True)
+    layout = Layout(str(work))
+    candidates = [(Path(layout.final("probs.h5")), "the final model's class probabilities")]
+    iters = [Path(layout.iteration(t)) for t in reversed(layout.iterations())]
     candidates += [(p / "features.h5", f"{p.name}'s features") for p in iters]
     for path, what in candidates:
         if not path.exists():
