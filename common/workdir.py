@@ -402,8 +402,8 @@ def forget(work: Path, start: str, why: str) -> None:
 # -- the loop's decisions ------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    if os.environ.get("LDPO_QUIET", "0") != "1":
+def log(message: str, quiet: bool = False) -> None:
+    if not quiet:
         print(f"ldpo-loop: {message}", file=sys.stderr)
 
 
@@ -417,13 +417,17 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
     layout = Layout(opts.work)
     work = Path(opts.work)
     record = build_record(parsed, environ)
+
+    def say(message: str) -> None:
+        log(message, opts.quiet)
+
     restart = opts.restart_from
     run_json = layout.record
     if os.path.isdir(run_json):
         raise InputError(f"{run_json}: a folder, not a run record")
     same = False
     if opts.fresh:
-        log(f"--fresh: starting over in {opts.work}")
+        say(f"--fresh: starting over in {opts.work}")
         forget(work, "0", "--fresh")
     elif os.path.lexists(run_json):
         try:
@@ -432,12 +436,12 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
             if not restart:
                 raise InputError(f"{err}; the settings of this work folder are unknown: add --fresh (start over) or "
                                  "--restart-from iter-N (keep iterations < N)") from None
-            log(f"{err}; --restart-from {restart} keeps the iterations before it as they are")
+            say(f"{err}; --restart-from {restart} keeps the iterations before it as they are")
         else:
             kind, shown = difference(upgrade(old or {}), record.as_dict())
             same = not kind
             if kind == "tree":  # the iterations stand; the tree and the report that shows it are made again
-                log(f"the tree's settings differ ({shown}): recomputing final/tree and the report")
+                say(f"the tree's settings differ ({shown}): recomputing final/tree and the report")
                 forget(work, "tree", "a change of the tree's settings")
             elif kind and not restart:
                 raise InputError(f"{run_json}: this work folder was made with other settings or inputs ({shown}); "
@@ -452,7 +456,7 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
     if n is not None:
         if n > 0 and not os.path.exists(layout.iteration(n - 1, "labels.csv")):
             raise InputError(f"--restart-from {restart}: {layout.iteration(n - 1)} has no labels.csv to start from")
-        log(f"--restart-from {restart}: recomputing iterations >= {n}")
+        say(f"--restart-from {restart}: recomputing iterations >= {n}")
         forget(work, str(n), f"--restart-from {restart}")
     if not same:
         record.write(run_json)
