@@ -11,6 +11,7 @@
 # Example:
 #   pipelines/ldpo-loop.sh --images toy/images.h5 --work runs/t25 --truth toy/truth.csv \
 #       --k 25 --max-iter 6 --epochs 3
+# shellcheck disable=SC2154  # (variables assigned by `plan`: the eval of ldpo _workdir's assignments)
 set -Eeuo pipefail
 
 # One line, whatever a path in it holds: a newline is written as \n.
