@@ -1,45 +1,211 @@
-"""The loop's work folder: its run record, and what of it the loop may delete.
+"""The loop's work folder: its layout, its run record, what of it the loop may delete, and its
+bookkeeping, exposed to ``pipelines/ldpo-loop.sh`` as plumbing (like git's): ``ldpo _workdir COMMAND
+… -- LOOP-ARGUMENTS`` (not a user command, not listed by ``ldpo --help``). The loop parses no JSON
+and no CSV: every command below prints shell assignments that the loop ``eval``s, or one error
+line ``ldpo-loop: error: …`` and exits 2. Each reads the loop's own arguments (after ``--``) with
+:mod:`ldpo.common.loop_options`.
 
-``pipelines/ldpo-loop.sh`` keeps its bookkeeping here, in Python, where a path holding a tab,
-a newline, a quote or a backslash is a string like any other. The loop calls it as
-``ldpo _workdir COMMAND …`` (plumbing: not a user command, not listed by ``ldpo --help``):
+The layout of ``WORK`` (:class:`Layout`)::
 
-* ``record OUT KEY=VALUE…``: write the run record ``OUT`` (JSON, atomically). ``KEY`` is
-  ``section.name`` (``settings.k=4``) or a top-level name (``format=ldpo-run-1``); every value
-  is a string, as records have always held them.
-* ``diff OLD NEW``: exit 0 when the two records hold the same values (whatever their layout);
-  else exit 1 and print ``KIND<TAB>name: old -> new, …`` on one line, where ``KIND`` is
-  ``inputs`` (an input or its checksum differs), ``settings``, or ``tree`` (only the category
-  tree's settings differ). Exit 2 with one line when a record is not valid.
-* ``forget WORK FROM WHY``: delete what the loop wrote for iterations >= ``FROM`` (their
-  folders, the final results, the report, the plot, the history's rows >= ``FROM``), or with
-  ``FROM`` = ``tree`` the category tree and the report only. Files the loop did not write are
-  never deleted: a folder holding one is refused (exit 2, one line naming the file, and nothing
-  is deleted). ``WHY`` (``--fresh``) is named in that line.
+    run.json            the run record (:class:`RunRecord`)
+    history.csv         converge's rows (schema: ldpo.common.history), history.png, history.fields.csv
+    iter-NN/            features.h5, [encoded.h5], labels.csv, clusters.*, converge.txt; from
+                        iteration 1 on model.pt (finetune on iter-(NN-1)/labels.csv), model.metrics.json
+    final/              model.pt, labels.csv, probs.h5, levels.txt, tree/, keywords/
+    report/             report's page
 
-:func:`read_record` is shared with ``report``, so both say the same of a broken record.
+**The final model and labels.** ``final/model.pt`` is a copy of the last iteration's
+``model.pt``; ``final/labels.csv`` is a copy of the labels that model was trained on, the
+previous iteration's clustering (with no fine-tuning iteration, iteration 0's): the model's
+classes, the tree's leaves and the keywords' categories are then one set. The last row of
+the history is the clustering of the final model's features, one iteration later: the
+summary marks the row of ``final/labels.csv`` with ``*`` and the report says which it is
+(:func:`final_labels_iteration`).
+
+Commands: ``options`` (``--help``, or the settings the loop needs), ``begin`` (the run record:
+resume, ``--restart-from``, ``--fresh``, or refuse), ``iteration T`` (paths and stage command
+lines of iteration ``T``), ``check T`` (a verdict an earlier run recorded, else converge's
+command line), ``verdict T STATUS`` (converge's verdict from what it printed), ``final LAST``
+(the final model and labels, and the command lines of the steps after the loop), ``summary
+LAST``; and for tests, ``forget WORK FROM WHY``.
 """
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldpo.common import __version__
 from ldpo.common.errors import InputError
 
-SECTIONS = ("settings", "commands", "inputs")
+# -- the layout --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the loop's files are in ``work`` (paths as the user gave ``--work``)."""
+
+    work: str
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.work, *parts)
+
+    @property
+    def record(self) -> str:
+        return self.path("run.json")
+
+    @property
+    def history(self) -> str:
+        return self.path("history.csv")
+
+    @property
+    def history_plot(self) -> str:
+        return self.path("history.png")
+
+    @property
+    def lock(self) -> str:
+        return self.path(".ldpo-loop.lock")
+
+    @staticmethod
+    def iteration_name(t: int) -> str:
+        return f"iter-{t:02d}"
+
+    def iteration(self, t: int, name: str = "") -> str:
+        return self.path(self.iteration_name(t), name) if name else self.path(self.iteration_name(t))
+
+    def final(self, name: str = "") -> str:
+        return self.path("final", name) if name else self.path("final")
+
+    def report(self, name: str = "") -> str:
+        return self.path("report", name) if name else self.path("report")
+
+    def iterations(self) -> list[int]:
+        """The iteration folders there are, in order."""
+        if not os.path.isdir(self.work):
+            return []
+        return sorted(int(e[len("iter-"):]) for e in os.listdir(self.work)
+                      if ITERATION.match(e) and os.path.isdir(self.path(e)))
+
+
+def final_labels_iteration(last: int) -> int:
+    """The iteration whose clustering ``final/labels.csv`` is, when ``last`` is the last iteration run:
+    the labels the final model was trained on (``last - 1``), or iteration 0's when no fine-tuning ran."""
+    return max(last - 1, 0)
+
+
+def final_model(work: str | os.PathLike) -> Path | None:
+    """The run's final model, ``final/model.pt`` (None when no fine-tuning iteration ran)."""
+    path = Path(Layout(str(work)).final("model.pt"))
+    return path if path.is_file() else None
+
 
 # -- the run record ------------------------------------------------------------------------------
+
+RUN_FORMAT = "ldpo-run-2"
+SECTIONS = ("settings", "commands", "inputs")
+#: settings of a run record that are not compared (they change nothing that is computed)
+NOT_COMPARED = ("ldpo_version",)
+#: the record's settings, in order; every value is a string ("" = left to the stages)
+SETTINGS = ("images", "truth", "reports", "manifest", "init_labels", "init", "arch", "layer", "encode", "method",
+            "k", "metric", "threshold", "max_iter", "no_early_stop", "epochs", "lr", "balanced", "amp", "split",
+            "input_size", "normalize", "input_filter", "batch_size", "seed", "tree_affinity", "tree_preference")
+PATHS = ("images", "truth", "reports", "manifest", "init_labels")
+STAGES = ("featurize", "finetune", "encode", "cluster", "converge", "hierarchy", "keywords", "report")
+EXTRA_ARGS = (("F", "FEATURIZE_ARGS"), ("T", "FINETUNE_ARGS"), ("E", "ENCODE_ARGS"), ("C", "CLUSTER_ARGS"))
+#: what loops before ldpo-run-2 recorded for options the user did not set that ldpo-run-2 records as the
+#: stage's declared default (featurize and finetune: --input-filter from the checkpoint, else none)
+RUN_1_DEFAULTS = {"input_filter": "none"}
+
+
+@dataclass
+class RunRecord:
+    """``WORK/run.json``: the settings (strings), the stage commands, the inputs' SHA-256."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    format: str = RUN_FORMAT
+    ldpo_version: str = __version__
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "settings": self.settings, "commands": self.commands, "inputs": self.inputs,
+                "ldpo_version": self.ldpo_version}
+
+    def text(self) -> str:
+        data = self.as_dict()
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a path that is not UTF-8: escaped, so the file stays UTF-8 JSON
+            text = json.dumps(data, indent=2) + "\n"
+        return text
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_atomically(Path(path), self.text())
+
+
+def upgrade(record: dict) -> dict:
+    """A record of an older format as this one writes it (settings it left to the stages as "")."""
+    if record.get("format") != "ldpo-run-1":
+        return record  # (a record of a newer format differs by its format: refused, not misread)
+    settings = {k: ("" if RUN_1_DEFAULTS.get(k) == v else v) for k, v in (record.get("settings") or {}).items()}
+    return {**record, "format": RUN_FORMAT, "settings": settings}
+
+
+def build_record(parsed, environ: dict[str, str] | None = None) -> RunRecord:
+    """The run record of these loop options (:class:`ldpo.common.loop_options.Parsed`): settings as the user gave
+    them (paths made absolute), the stage commands, and each input's SHA-256
+    (:func:`ldpo.common.stores.file_checksum`)."""
+    from ldpo.common.loop_options import layer
+    from ldpo.common.stores import file_checksum
+
+    environ = os.environ if environ is None else environ
+    opts = parsed.opts
+    settings: dict[str, str] = {}
+    for name in SETTINGS:
+        if name in PATHS:
+            settings[name] = absolute(getattr(opts, name))
+        elif name == "init":
+            kind, sep, path = opts.init.partition(":")
+            settings[name] = f"{kind}:{absolute(path)}" if sep and kind in ("weights", "checkpoint") else opts.init
+        elif name == "layer":
+            settings[name] = layer(opts)
+        else:
+            settings[name] = parsed.text(name)
+    settings["extra_args"] = " ".join(f"{tag}[{environ.get(var, '')}]" for tag, var in EXTRA_ARGS)
+    commands = {f"{name}_cmd": " ".join(stage_command(name, environ)) for name in STAGES}
+    commands["ldpo_bin"] = environ.get("LDPO_BIN") or "ldpo"
+    inputs = {}
+    for name in (*PATHS, "init"):
+        path = init_file(opts.init) if name == "init" else getattr(opts, name)
+        inputs[f"{name}_sha256"] = file_checksum(path) if path and os.path.exists(path) else ""
+    return RunRecord(settings, commands, inputs)
+
+
+def absolute(path: str) -> str:
+    return os.path.realpath(path) if path else ""
+
+
+def init_file(init: str) -> str:
+    kind, sep, path = init.partition(":")
+    return path if sep and kind in ("weights", "checkpoint") else ""
+
+
+def stage_command(name: str, environ: dict[str, str] | None = None) -> list[str]:
+    """A stage's command words: ``NAME_CMD`` (word-split, like the shell's), else ``LDPO_BIN NAME``."""
+    environ = os.environ if environ is None else environ
+    words = environ.get(f"{name.upper()}_CMD", "").split()
+    return words or [*(environ.get("LDPO_BIN") or "ldpo").split(), name]
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
@@ -90,8 +256,8 @@ def record_problem(data: Any) -> str:
 
 def flatten(record: dict) -> dict[str, Any]:
     """One ``name: value`` per setting, command and input (names are unique across sections),
-    and the record's top-level values (``format``)."""
-    flat = {key: value for key, value in record.items() if key not in SECTIONS}
+    and the record's top-level values (``format``; not ``ldpo_version``)."""
+    flat = {key: value for key, value in record.items() if key not in SECTIONS and key not in NOT_COMPARED}
     for section in SECTIONS:
         flat.update(record.get(section) or {})
     return flat
@@ -101,7 +267,8 @@ INPUT_KEYS = re.compile(r"^(images|truth|reports|manifest|init|init_labels|[a-z_
 
 
 def difference(old: dict, new: dict) -> tuple[str, str]:
-    """``(kind, "name: old -> new, …")`` of two records; ``("", "")`` when they hold the same values."""
+    """``(kind, "name: old -> new, …")`` of two records; ``("", "")`` when they hold the same values.
+    ``kind`` is ``inputs`` (an input or its checksum differs), ``tree`` (only the tree's settings) or ``settings``."""
     a, b = flatten(old), flatten(new)
     keys = [k for k in b if a.get(k, _MISSING) != b[k]] + [k for k in a if k not in b]
     if not keys:
@@ -121,26 +288,6 @@ _MISSING = object()
 
 def _show(value: Any) -> str:
     return "(none)" if value is _MISSING else json.dumps(value, ensure_ascii=False)
-
-
-def record_text(pairs: list[str]) -> str:
-    """The record's JSON from ``KEY=VALUE`` arguments, in the order given."""
-    record: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"record: {pair!r} is not KEY=VALUE")
-        section, dot, name = key.partition(".")
-        if dot:
-            record.setdefault(section, {})[name] = value
-        else:
-            record[key] = value
-    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a path that is not UTF-8: escaped, so the file stays UTF-8 JSON
-        text = json.dumps(record, indent=2) + "\n"
-    return text
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -247,39 +394,171 @@ def forget(work: Path, start: str, why: str) -> None:
     for path, _ in targets:
         remove(path)
     if keep_below is not None:
-        trim_history(work / "history.csv", keep_below)
+        from ldpo.common.history import keep_before
+
+        keep_before(work / "history.csv", keep_below)
 
 
-def trim_history(path: Path, keep_below: int) -> None:
-    """Keep the rows of iterations < ``keep_below`` (none: the file goes)."""
-    if keep_below <= 0:
-        remove(path)
-        remove(path.with_name(path.stem + ".fields.csv"))  # converge --fields' side file
+# -- the loop's decisions ------------------------------------------------------------------------
+
+
+def log(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"ldpo-loop: {message}", file=sys.stderr)
+
+
+def begin(parsed, environ: dict[str, str] | None = None) -> None:
+    """Compare this run's record with ``run.json``: resume (the same record, kept as it is), remake the tree
+    (only its settings differ), ``--restart-from``/``--fresh`` (delete what they recompute), or refuse
+    (an :class:`InputError`, nothing deleted). Then write the record."""
+    from ldpo.common.loop_options import restart_iteration
+
+    opts = parsed.opts
+    layout = Layout(opts.work)
+    work = Path(opts.work)
+    record = build_record(parsed, environ)
+
+    def say(message: str) -> None:
+        log(message, opts.quiet)
+
+    restart = opts.restart_from
+    run_json = layout.record
+    if os.path.isdir(run_json):
+        raise InputError(f"{run_json}: a folder, not a run record")
+    same = False
+    if opts.fresh:
+        say(f"--fresh: starting over in {opts.work}")
+        forget(work, "0", "--fresh")
+    elif os.path.lexists(run_json):
+        try:
+            old = read_record(run_json)
+        except InputError as err:
+            if not restart:
+                raise InputError(f"{err}; the settings of this work folder are unknown: add --fresh (start over) or "
+                                 "--restart-from iter-N (keep iterations < N)") from None
+            say(f"{err}; --restart-from {restart} keeps the iterations before it as they are")
+        else:
+            kind, shown = difference(upgrade(old or {}), record.as_dict())
+            same = not kind
+            if kind == "tree":  # the iterations stand; the tree and the report that shows it are made again
+                say(f"the tree's settings differ ({shown}): recomputing final/tree and the report")
+                forget(work, "tree", "a change of the tree's settings")
+            elif kind and not restart:
+                raise InputError(f"{run_json}: this work folder was made with other settings or inputs ({shown}); "
+                                 "rerun with the same ones, or add --restart-from iter-N or --fresh")
+            if kind == "inputs" and restart != "iter-0":
+                raise InputError(f"{run_json}: the inputs differ ({shown}): earlier iterations cannot be kept; "
+                                 "use --fresh")
+    elif layout.iterations() and not restart:
+        raise InputError(f"{run_json}: missing, and {opts.work} holds iterations made with unknown settings; add "
+                         "--fresh (start over) or --restart-from iter-N (keep iterations < N)")
+    n = restart_iteration(opts)
+    if n is not None:
+        if n > 0 and not os.path.exists(layout.iteration(n - 1, "labels.csv")):
+            raise InputError(f"--restart-from {restart}: {layout.iteration(n - 1)} has no labels.csv to start from")
+        say(f"--restart-from {restart}: recomputing iterations >= {n}")
+        forget(work, str(n), f"--restart-from {restart}")
+    if not same:
+        record.write(run_json)
+
+
+def recorded_verdict(layout: Layout, t: int) -> str | None:
+    """converge's verdict for iteration ``t`` as an earlier run recorded it, when it stands: in
+    ``converge.txt``, newer than the labels it compared, and the iteration has its history row."""
+    from ldpo.common.history import has_row
+
+    said = layout.iteration(t, "converge.txt")
+    compared = [layout.iteration(t, "labels.csv")] + ([layout.iteration(t - 1, "labels.csv")] if t > 0 else [])
+    try:
+        when = os.stat(said).st_mtime_ns
+        if not stat.S_ISREG(os.stat(said).st_mode) or any(when <= os.stat(p).st_mtime_ns for p in compared):
+            return None
+    except OSError:
+        return None
+    if not has_row(layout.history, t):
+        return None
+    return printed_verdict(said)
+
+
+def printed_verdict(path: str) -> str | None:
+    """The last ``converged=0|1`` line of what converge printed, or None."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line for line in lines if line in ("converged=0", "converged=1")]
+    return found[-1].removeprefix("converged=") if found else None
+
+
+def verdict(layout: Layout, t: int, status: int) -> str:
+    """converge's verdict for iteration ``t`` after it ran with exit ``status``: what it printed, never the status
+    alone (a Python that dies before converge runs also exits 1, which must not read as "go on")."""
+    if status > 1:
+        raise InputError(f"converge failed with exit status {status} at iteration {t}; stopping")
+    said = layout.iteration(t, "converge.txt")
+    found = printed_verdict(said)
+    if found is None:
+        raise InputError(f"{said}: converge printed no converged=0|1 verdict (exit status {status})")
+    return found
+
+
+def make_final(layout: Layout, last: int) -> None:
+    """``final/labels.csv`` and ``final/model.pt`` (see the module's text), each copied once."""
+    os.makedirs(layout.final(), exist_ok=True)
+    labels = layout.final("labels.csv")
+    if last == 0:  # no fine-tuning iteration ran: iteration 0's labels, no model
+        shutil.copyfile(layout.iteration(0, "labels.csv"), labels)
         return
-    if not path.is_file():
-        return
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and r[0].strip().isdigit() and int(r[0]) < keep_below]
-    if kept == rows:
-        return
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(kept)
-    write_atomically(path, buffer.getvalue())
+    if not os.path.exists(labels):
+        shutil.copyfile(layout.iteration(final_labels_iteration(last), "labels.csv"), labels)
+    if not os.path.exists(layout.final("model.pt")):
+        shutil.copyfile(layout.iteration(last, "model.pt"), layout.final("model.pt"))
+
+
+def summary_text(layout: Layout, last: int) -> str:
+    from ldpo.common.history import read_history, summary
+
+    final = final_labels_iteration(last)
+    lines = [summary(read_history(layout.history), final),
+             f"* final/labels.csv is iteration {final}'s clustering"
+             + (" (the classes the final model was trained on)" if last > 0 else ""),
+             f"history: {layout.history}  plot: {layout.history_plot}"]
+    if os.path.exists(layout.final("tree/tree.png")):
+        levels = Path(layout.final("levels.txt")).read_text(encoding="utf-8").replace("\n", " ") \
+            if os.path.isfile(layout.final("levels.txt")) else ""
+        lines.append(f"tree: {layout.final('tree/tree.png')} ({levels})")
+    if os.path.exists(layout.final("keywords/index.html")):
+        lines.append(f"review sheet: {layout.final('keywords/index.html')}")
+    lines.append(f"final labels: {layout.final('labels.csv')}")
+    if os.path.exists(layout.final("model.pt")):
+        lines.append(f"final model: {layout.final('model.pt')} (assign new images with: ldpo assign IMAGES --model "
+                     f"{layout.final('model.pt')} --out LABELS.csv)")
+    lines.append(f"report: {layout.report('index.html')}")
+    return "\n".join(lines)
 
 
 # -- the command line ----------------------------------------------------------------------------
 
-USAGE = "usage: ldpo _workdir record OUT KEY=VALUE… | diff OLD NEW | forget WORK FROM WHY"
+USAGE = ("usage: ldpo _workdir options|begin|iteration T|check T|verdict T STATUS|final LAST|summary LAST "
+         "-- LOOP-ARGUMENTS | forget WORK FROM WHY")
 
 
-def main(argv: list[str]) -> int:
+def shell(**values: str | int | list[str]) -> str:
+    """Shell assignments of ``values`` (a list becomes an array), quoted for ``eval``."""
+    lines = []
+    for name, value in values.items():
+        if isinstance(value, list):
+            lines.append(f"{name}=(" + " ".join(shlex.quote(str(v)) for v in value) + ")")
+        else:
+            lines.append(f"{name}={shlex.quote(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str], defaults=None) -> int:
     """``ldpo _workdir …`` (see the module's text); errors are one ``ldpo-loop: error:`` line, exit 2
-    (a newline in a path is written ``\\n``)."""
+    (a newline in a path is written ``\\n``). ``defaults(stage, option)``: a stage's declared default."""
     try:
-        return _main(argv)
+        return _main(argv, defaults)
     except InputError as err:
         message = str(err)
     except OSError as err:
@@ -288,23 +567,53 @@ def main(argv: list[str]) -> int:
     return 2
 
 
-def _main(argv: list[str]) -> int:
-    if len(argv) >= 2 and argv[0] == "record":
-        write_atomically(Path(argv[1]), record_text(argv[2:]))
-        return 0
-    if len(argv) == 3 and argv[0] == "diff":
-        old, new = read_record(argv[1]), read_record(argv[2])
-        kind, shown = difference(old or {}, new or {})
-        if not kind:
-            return 0
-        print(f"{kind}\t{shown}")
-        return 1
+def _main(argv: list[str], defaults=None) -> int:
+    from ldpo.common import loop_plan
+    from ldpo.common.loop_options import help_text, parse
+
     if len(argv) == 4 and argv[0] == "forget":
         if argv[2] != "tree" and not argv[2].isdigit():
             raise InputError(f"forget: {argv[2]!r} is not an iteration number or 'tree'")
         forget(Path(argv[1]), argv[2], argv[3])
         return 0
-    raise InputError(USAGE)
+    if "--" not in argv:
+        raise InputError(USAGE)
+    cut = argv.index("--")
+    command, loop_args = argv[:cut], argv[cut + 1:]
+    if command == ["options"] and any(a in ("-h", "--help") for a in loop_args):
+        sys.stdout.write(f"printf '%s\\n' {shlex.quote(help_text())}\nexit 0\n")
+        return 0
+    if command == ["options"] and "--version" in loop_args:
+        sys.stdout.write(f"echo {shlex.quote('ldpo ' + __version__)}\nexit 0\n")
+        return 0
+    parsed = parse(loop_args)
+    parsed.defaults = defaults
+    layout = Layout(parsed.opts.work)
+    numbers = [int(a) for a in command[1:] if a.isdigit()]
+    if len(numbers) != len(command) - 1 or not command:
+        raise InputError(USAGE)
+    name = command[0]
+    if name == "options" and not numbers:
+        sys.stdout.write(shell(**loop_plan.loop_settings(parsed, layout)))
+    elif name == "begin" and not numbers:
+        begin(parsed)
+    elif name == "iteration" and len(numbers) == 1:
+        sys.stdout.write(shell(**loop_plan.iteration(parsed, layout, numbers[0])))
+    elif name == "check" and len(numbers) == 1:
+        found = recorded_verdict(layout, numbers[0])
+        plan = {"converged": found} if found is not None else \
+            {"converged": "", "converge": loop_plan.converge(parsed, layout, numbers[0])}
+        sys.stdout.write(shell(**plan))
+    elif name == "verdict" and len(numbers) == 2:
+        sys.stdout.write(shell(converged=verdict(layout, *numbers)))
+    elif name == "final" and len(numbers) == 1:
+        make_final(layout, numbers[0])
+        sys.stdout.write(shell(**loop_plan.final(parsed, layout, numbers[0])))
+    elif name == "summary" and len(numbers) == 1:
+        print(summary_text(layout, numbers[0]))
+    else:
+        raise InputError(USAGE)
+    return 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ def tool(command: str):
     return module.TOOL
 
 
+def stage_default(command: str, option: str):
+    """The default a command declares for an option (None when it declares none): the loop's run record
+    states a setting the user left to a stage as that stage's own default."""
+    import dataclasses
+
+    for f in dataclasses.fields(tool(command).Options):
+        if f.name == option:
+            return None if f.default is dataclasses.MISSING else f.default
+    return None
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = available()
@@ -55,7 +66,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"ldpo {__version__}")
         return 0
     if argv[0] == "_workdir":  # the loop's bookkeeping (ldpo.common.workdir): plumbing, not a command
-        return importlib.import_module("ldpo.common.workdir").main(argv[1:])
+        return importlib.import_module("ldpo.common.workdir").main(argv[1:], stage_default)
     if argv[0] not in commands:
         print(f"ldpo: error: unknown command {argv[0]!r} (one of: {', '.join(commands)})", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """``assign``: put new images into the categories a finetune checkpoint was trained on.
 
 Each image of IMAGES goes through MODEL (a ``finetune`` checkpoint, e.g. the loop's
-last ``iter-NN/model.pt``) exactly as ``featurize --layer probs`` does (the
+``WORK/final/model.pt``, a copy of its last iteration's) exactly as ``featurize --layer probs`` does (the
 checkpoint's input size and normalization), and gets the class with the highest
 softmax probability. Label values are the checkpoint's ``classes``.
 
@@ -45,7 +45,7 @@ log = logging.getLogger("ldpo")
 @dataclass(kw_only=True)
 class Options(CommonOptions):
     images: str = positional("images store (.h5/.zarr) of the images to assign", role="input")
-    model: str = opt("finetune checkpoint (e.g. WORK/iter-NN/model.pt, the last iteration's)", role="input")
+    model: str = opt("finetune checkpoint (e.g. the loop's WORK/final/model.pt)", role="input")
     out: str = opt("output CSV: id,label,probability,runner_up,runner_up_probability,unsure; - for stdout",
                    role="output")
     min_confidence: float = opt("unsure when the top probability is below this", 0.5, min=0, max=1)
@@ -67,8 +67,8 @@ class AssignTool(Tool):
                    "`unsure` = 1 when the top probability is below --min-confidence or (with --reference-labels "
                    "and --reference-images) the image is farther from every class centroid, in the model's "
                    "penultimate features, than that class's --radius-quantile of its own reference images.")
-    example = ("assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv\n"
-               "assign new.h5 --model runs/a/iter-03/model.pt --out new-labels.csv --min-confidence 0.6 \\\n"
+    example = ("assign new.h5 --model runs/a/final/model.pt --out new-labels.csv\n"
+               "assign new.h5 --model runs/a/final/model.pt --out new-labels.csv --min-confidence 0.6 \\\n"
                "    --reference-labels runs/a/final/labels.csv --reference-images images.h5\n"
                "assign new.h5 --model ml/model.pt --out new-sets.csv --margin 0.15   # a --multi-label checkpoint")
     Options = Options

@@ -19,7 +19,7 @@ labeling is shared by the other. With ``--truth``: purity, NMI, ARI and Hungaria
 accuracy of CURR against the truth (cluster and class counts may differ).
 
 The history CSV gets one row per iteration (a re-run of the same iteration replaces its
-row), always with the columns of :data:`HISTORY_COLUMNS`, empty where not applicable.
+row), always with the columns of :data:`ldpo.common.history.COLUMNS`, empty where not applicable.
 
 A quality signal without labels (``--fields MANIFEST``): how far this iteration's
 categories follow non-identifying DICOM header fields of ``extract-keyimages``' manifest
@@ -37,8 +37,6 @@ replaced), so the history's own columns never change; they are logged on stderr 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -51,19 +49,17 @@ import numpy as np
 from ldpo.common import metrics
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
+from ldpo.common.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, fields_path, read_history, write_history
 from ldpo.common.labels import Labels, align, read_labels
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.tables import csv_rows, read_text, side_file, write_csv
+from ldpo.common.tables import csv_rows, write_csv
 
 log = logging.getLogger("ldpo")
 
-PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
-TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
-HISTORY_COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp"]
+HISTORY_COLUMNS = COLUMNS  # the history's schema is ldpo.common.history's
 TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes `top1`
 FIELD_COLUMNS = ["iteration", "field", "values", "coverage", "nmi", "purity"]
 DEFAULT_FIELDS = "modality,body_part,view,orientation,series_words"
-FIELDS_TAIL = "fields.csv"  # the side file of --history: history.csv -> history.fields.csv
 
 
 @dataclass(kw_only=True)
@@ -175,11 +171,6 @@ def versus_truth(curr: Labels, truth: Labels) -> dict[str, float]:
     m = metrics.all_metrics(curr.labels, truth_aligned)
     return check_finite({"purity_truth": m["purity"], "nmi_truth": m["nmi"], "ari_truth": m["ari"],
                          "hungarian_truth": m["hungarian"]})
-
-
-def fields_path(history: str) -> Path:
-    """Where the field agreement of ``history`` goes: ``history.csv`` → ``history.fields.csv``."""
-    return side_file(history, FIELDS_TAIL)
 
 
 def read_fields(path: str) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -294,27 +285,6 @@ def read_top1(path: str) -> float:
 
 # -- history -----------------------------------------------------------------------------
 
-def read_history(path: str) -> list[dict[str, str]]:
-    """Rows of an existing history CSV (none if the file does not exist yet)."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    text = read_text(p, "history")
-    if not text.strip():
-        return []
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "iteration" not in reader.fieldnames:
-        raise InputError(f"{path}: not a converge history (no 'iteration' column)")
-    rows = []
-    for line_no, raw in enumerate(reader, start=2):
-        try:
-            int(raw["iteration"])
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: line {line_no}: iteration {raw['iteration']!r} is not an integer") from None
-        rows.append({c: raw.get(c) or "" for c in HISTORY_COLUMNS})
-    return rows
-
-
 def next_iteration(history: list[dict]) -> int:
     return max((int(r["iteration"]) for r in history), default=-1) + 1
 
@@ -324,10 +294,6 @@ def merge_row(history: list[dict], row: dict) -> list[dict]:
     new = {c: fmt(row.get(c, "")) for c in HISTORY_COLUMNS}
     kept = [r for r in history if int(r["iteration"]) != int(row["iteration"])]
     return sorted(kept + [new], key=lambda r: int(r["iteration"]))
-
-
-def write_history(path: str, rows: list[dict]) -> None:
-    write_csv(path, HISTORY_COLUMNS, ([r.get(c, "") for c in HISTORY_COLUMNS] for r in rows))
 
 
 def fmt(value: object) -> str:

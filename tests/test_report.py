@@ -97,7 +97,9 @@ def test_report_of_a_real_loop(cli, loop_run, tmp_path):
     text = " ".join(page.text)
     assert "Run settings" in text and "Settings unknown" not in text
     assert "purity vs truth" in text  # the loop had --truth: the table shows agreement with it
-    assert f"--model {sorted(work.glob('iter-*/model.pt'))[-1]}" in text  # how to assign new images
+    assert f"--model {work / 'final/model.pt'}" in text  # how to assign new images: the final model
+    last = sorted(work.glob('iter-*/model.pt'))[-1]  # (a copy of the last iteration's)
+    assert (work / "final/model.pt").read_bytes() == last.read_bytes()
     rows = (work / "history.csv").read_text().strip().splitlines()[1:]
     assert (out / "history.png").is_file() and (out / "tree.png").is_file()
     html = (out / "index.html").read_text()

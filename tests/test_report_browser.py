@@ -146,3 +146,33 @@ def test_a_270_category_page_opens_fast(browser, cli, tmp_path_factory, tmp_path
     browser.find_element(By.ID, "find").send_keys("269")
     visible = [s for s in browser.find_elements(By.CSS_SELECTOR, "section.cat") if s.is_displayed()]
     assert [s.get_attribute("data-label") for s in visible] == ["269"]
+
+
+def test_the_first_screen_shows_the_tree_and_the_categories(browser, cli, tmp_path_factory, tmp_path):
+    """Issue 23 item 6: opened as a user would, the page leads with the category tree and the categories;
+    the settings are folded away and show the values the stages used (from the final model's checkpoint)."""
+    from selenium.webdriver.common.by import By
+
+    work = loop_work(tmp_path_factory)
+    out = tmp_path / "report"
+    assert cli("report", work, "--out", out, "-q").code == 0
+    browser.get((out / "index.html").as_uri())
+    height = browser.execute_script("return window.innerHeight")
+
+    def top(selector: str) -> float:
+        return browser.execute_script(
+            "return document.querySelector(arguments[0]).getBoundingClientRect().top", selector)
+
+    assert top("#tree") < height and top("section.cat") < height  # both on the first screen
+    assert top("#tree") < top("#categories") < top("#history") < top("#settings")
+    settings = browser.find_element(By.ID, "settings")
+    assert settings.get_attribute("open") is None  # folded away
+    used = browser.find_element(By.CSS_SELECTOR, "#settings table.used")
+    assert not used.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "#settings > summary").click()
+    assert used.is_displayed()
+    rows = {r.find_elements(By.TAG_NAME, "td")[0].text: [c.text for c in r.find_elements(By.TAG_NAME, "td")[1:]]
+            for r in used.find_elements(By.TAG_NAME, "tr")[1:]}
+    # the loop passed no --arch, --lr or --normalize: the page shows what finetune chose, and that it chose it
+    assert rows["arch"] == ["resnet18", "(stage default)"] and rows["lr"] == ["0.01", "(stage default)"]
+    assert rows["normalize"] == ["zscore", "(stage default)"] and rows["input_size"] == ["48", ""]  # as requested

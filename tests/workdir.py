@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -34,11 +33,7 @@ def loop_work(tmp_path_factory) -> Path:
          "--batch-size", "32", "--device", "cpu", "--split", "none"],
         env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    if not (work / "run.json").exists():  # loops from before run records: write a minimal one
-        (work / "run.json").write_text(json.dumps({
-            "format": "ldpo-run-1", "settings": {"images": str(base / "toy/images.h5"),
-                                                 "truth": str(base / "toy/truth.csv"), "k": 4, "max_iter": 2},
-            "commands": {}, "inputs": {}, "ldpo_version": "test"}))
+    assert (work / "run.json").is_file()  # the loop wrote its run record
     return work
 
 
@@ -46,6 +41,7 @@ def synthetic_work(tmp_path_factory, k: int = 270, per_class: int = 6, blocks: i
     """``k`` categories with planted confusion blocks; tree from the real ``hierarchy`` stage."""
     from ldpo.common.labels import write_labels
     from ldpo.common.stores import write_store
+    from ldpo.common.workdir import RunRecord
     from ldpo.stages import run
 
     base = tmp_path_factory.getbasetemp() / f"report-synthetic-{k}"
@@ -83,10 +79,8 @@ def synthetic_work(tmp_path_factory, k: int = 270, per_class: int = 6, blocks: i
         "hungarian_truth,top1,converged,timestamp\n"
         f"0,{k},,,,,,,,,,0,2026-01-01T00:00:00\n1,{k},0.61,0.6,0.8,0.5,,,,,0.7,0,2026-01-01T01:00:00\n"
         f"2,{k},0.93,0.92,0.95,0.9,,,,,0.8,1,2026-01-01T02:00:00\n")
-    (work / "run.json").write_text(json.dumps({
-        "format": "ldpo-run-1", "settings": {"images": str(base / "images.h5"), "truth": "", "k": k,
-                                             "method": "kmeans", "arch": "resnet18", "seed": 0},
-        "commands": {"featurize": "ldpo featurize"}, "inputs": {"images": {"path": str(base / "images.h5"),
-                                                                           "sha256": "0" * 64}},
-        "ldpo_version": "test"}))
+    RunRecord(settings={"images": str(base / "images.h5"), "truth": "", "k": str(k), "method": "kmeans",
+                        "arch": "resnet18", "seed": "0"},
+              commands={"featurize_cmd": "ldpo featurize"}, inputs={"images_sha256": "0" * 64},
+              ldpo_version="test").write(work / "run.json")
     return work

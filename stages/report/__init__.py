@@ -15,12 +15,14 @@ Reads the loop's work folder WORK:
 
 Writes OUT (default ``WORK/report``), replaced as a whole when complete:
 
-* ``index.html``: settings, the per-iteration table and plot, the agreement with the
-  DICOM header fields (NMI and purity per iteration and field), the category tree as
-  collapsible levels, and one section per category: size, its most typical images
-  (nearest its centroid), its least typical ones, keywords, its place in the tree, and
-  a name and "merge into" field; a button downloads ``review.csv``
-  (``label,name,merge_into``) for ``relabel``;
+* ``index.html``: first what a reviewer came for: the category tree as collapsible
+  levels, and one section per category: size, its most typical images (nearest its
+  centroid), its least typical ones, keywords, its place in the tree, and a name and
+  "merge into" field; a button downloads ``review.csv`` (``label,name,merge_into``) for
+  ``relabel``. Then the per-iteration table and plot, the agreement with the DICOM header
+  fields (NMI and purity per iteration and field), and, folded away, the run's settings:
+  the values the stages used (from the final model's checkpoint and the feature stores)
+  beside the requested ones where they differ;
 * ``thumbs/*.png`` (small thumbnails, loaded lazily), ``history.png``, ``tree.png``.
 
 The page needs no server and no network: open ``OUT/index.html`` from any disk.
@@ -45,8 +47,10 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
 from ldpo.common.labels import align, read_labels
 from ldpo.common.stores import atomic_path, open_store
+from ldpo.common.history import fields_path
 from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
+from ldpo.common.workdir import Layout, final_labels_iteration, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -79,7 +83,8 @@ class ReportTool(Tool):
 
     def main(self, opts: Options) -> int:
         work = Path(opts.work)
-        out = Path(opts.out) if opts.out else work / "report"
+        layout = Layout(str(work))
+        out = Path(opts.out) if opts.out else Path(layout.report())
         if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16:
             raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16")
         if work.exists() and not work.is_dir():
@@ -87,29 +92,30 @@ class ReportTool(Tool):
         if not work.is_dir():
             raise InputError(f"{work}: no such work folder")
         check_out(out)
-        run = read_run(work / "run.json")
+        run = read_run(Path(layout.record))
         images = opts.images or ((run or {}).get("settings") or {}).get("images")
         if not images:
             raise InputError(f"{work / 'run.json'}: names no images store (settings unknown): give --images STORE")
         if run is None:
-            log.warning("%s: no run record; the page says 'settings unknown'", work / "run.json")
-        labels_path = work / "final" / "labels.csv"
+            log.warning("%s: no run record; the page says 'settings unknown'", layout.record)
+        labels_path = Path(layout.final("labels.csv"))
         if not labels_path.is_file():
             raise InputError(f"{labels_path}: missing: the loop has not finished (rerun it to the end)")
         labels = read_labels(labels_path)
         space, scores, classes_of, notes = typicality_space(work, labels)
-        history = read_history(work / "history.csv")
-        fields = read_fields(work / "history.fields.csv", history)
-        tree = read_tree(work / "final" / "tree" / "tree.json")
-        keywords = read_keywords(work / "final" / "keywords" / "keywords.csv")
+        history = read_history(Path(layout.history))
+        fields = read_fields(fields_path(layout.history), history)
+        tree = read_tree(Path(layout.final("tree/tree.json")))
+        keywords = read_keywords(Path(layout.final("keywords/keywords.csv")))
         categories = gather(labels, scores, classes_of, opts.typical, opts.atypical, space)
         for c, cat in categories.items():
             cat["keywords"] = keywords.get(c, [])
             cat["place"] = place_in_tree(tree, c)
         if opts.words:
             add_predicted_words(categories, labels, opts.words)
-        models = sorted(work.glob("iter-*/model.pt"))
-        usage = usage_lines(work, models[-1] if models else None, images)
+        model = final_model(work)
+        usage = usage_lines(work, model, images)
+        used = used_settings(work, model)
         run_key = hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
         title = opts.title or f"ldpo run: {work.resolve().name}"
         with open_store(images, expect="images") as store:
@@ -121,12 +127,13 @@ class ReportTool(Tool):
             with atomic_path(out) as tmp:
                 tmp.mkdir()
                 write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch_size)
-                history_png = copy_if(work / "history.png", tmp / "history.png")
-                tree_png = copy_if(work / "final" / "tree" / "tree.png", tmp / "tree.png")
+                history_png = copy_if(Path(layout.history_plot), tmp / "history.png")
+                tree_png = copy_if(Path(layout.final("tree/tree.png")), tmp / "tree.png")
                 from ldpo.stages.report.page import render
 
-                text = render(title, run_key, run, str(work / "run.json"), history, history_png, tree, tree_png,
-                              categories, len(labels), opts.thumb, notes, __version__, usage, fields)
+                text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
+                              categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
+                              final_iteration(history))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -136,13 +143,49 @@ class ReportTool(Tool):
 
 def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
     """Commands that use this run's result (shown on the page, to copy)."""
-    labels = work / "final" / "labels.csv"
+    labels = Layout(str(work)).final("labels.csv")
     lines = [f"relabel {labels} review.csv --out reviewed.csv",
              f"export-folders {labels} {images} --out categories/ --names review.csv"]
     if model is not None:
         lines.insert(1, f"assign NEW_IMAGES.h5 --model {model} --out new-labels.csv "
                         f"--reference-labels {labels} --reference-images {images}")
     return lines
+
+
+def final_iteration(history: list[dict]) -> int | None:
+    """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.workdir`)."""
+    iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
+    return final_labels_iteration(max(iterations)) if iterations else None
+
+
+def used_settings(work: Path, model: Path | None) -> dict[str, object]:
+    """The values the stages actually used, read from the final model's checkpoint (architecture, learning rate,
+    input size, normalization, ...) and the last iteration's feature store (the layer clustered)."""
+    used: dict[str, object] = {}
+    if model is not None:
+        from ldpo.common.checkpoint import Checkpoint
+
+        try:
+            ckpt = Checkpoint.load(model)
+        except InputError as err:
+            log.warning("%s", err)
+            ckpt = None
+        if ckpt is not None:
+            used.update({key: getattr(ckpt, key) for key in ("arch", "input_size", "normalize", "input_filter")
+                         if getattr(ckpt, key) is not None})
+            options = ckpt.options if isinstance(ckpt.options, dict) else {}
+            used.update({key: options[key] for key in ("lr", "epochs", "batch_size", "split", "balanced")
+                         if key in options})
+    layout = Layout(str(work))
+    features = [p for p in (Path(layout.iteration(t, "features.h5")) for t in layout.iterations()) if p.exists()]
+    if features:
+        try:
+            with open_store(features[-1]) as store:
+                if store.attrs.get("layer"):
+                    used["layer"] = store.attrs["layer"]
+        except InputError as err:
+            log.warning("%s", err)
+    return used
 
 
 def check_out(out: Path) -> None:
@@ -217,10 +260,10 @@ def _whole(value) -> bool:
 
 
 def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [dict(r) for r in csv.DictReader(fh)]
+    """converge's history (schema: :mod:`ldpo.common.history`); [] without the file."""
+    from ldpo.common.history import read_history as read
+
+    return read(path)
 
 
 def read_fields(path: Path, history: list[dict]) -> list[dict]:
@@ -286,8 +329,9 @@ def copy_if(src: Path, dst: Path) -> str | None:
 def typicality_space(work: Path, labels) -> tuple[str, np.ndarray | None, list[int] | None, list[str]]:
     """The vectors "typical" is measured in: the final softmax, else the last iteration's features."""
     notes: list[str] = []
-    candidates = [(work / "final" / "probs.h5", "the final model's class probabilities")]
-    iters = sorted((p for p in work.glob("iter-*") if p.is_dir()), reverse=True)
+    layout = Layout(str(work))
+    candidates = [(Path(layout.final("probs.h5")), "the final model's class probabilities")]
+    iters = [Path(layout.iteration(t)) for t in reversed(layout.iterations())]
     candidates += [(p / "features.h5", f"{p.name}'s features") for p in iters]
     for path, what in candidates:
         if not path.exists():

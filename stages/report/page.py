@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import json
 
+from ldpo.common.workdir import PATHS
+
 e = html.escape
 
 CSS = """
@@ -23,7 +25,9 @@ header.top nav a { margin-right: 10px; }
 header.top .review { margin-left: auto; display: flex; gap: 8px; align-items: center; }
 main { padding: 0 16px 40px; max-width: 1400px; }
 h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 28px; }
-h2, section.cat { scroll-margin-top: 64px; }
+h2, section.cat, details#settings { scroll-margin-top: 64px; }
+details#settings > summary { cursor: pointer; margin-top: 28px; }
+details#settings > summary h2 { display: inline; border: 0; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: var(--bg); }
@@ -184,17 +188,39 @@ def input_item(key: str, value, settings: dict) -> dict:
     return {"name": name, "path": path, "sha256": str(value or "")}
 
 
-def settings_html(run: dict | None, run_path: str) -> list[str]:
-    out = ['<h2 id="settings">Run settings</h2>']
+#: the settings whose used value the report reads (checkpoint, feature store), in the table's order
+USED_FIRST = ("arch", "layer", "lr", "epochs", "batch_size", "split", "balanced", "input_size", "normalize",
+              "input_filter")
+
+
+def same_value(requested, used) -> bool:
+    try:
+        return float(requested) == float(used)
+    except (TypeError, ValueError):
+        shown = {True: "1", False: "0"}.get(used, used) if isinstance(used, bool) else used
+        return str(requested) == str(shown)
+
+
+def settings_html(run: dict | None, run_path: str, used: dict | None = None) -> list[str]:
+    """The run's settings, folded away: per setting the value the stages used (where the report could read it)
+    and the requested one beside it where they differ ("stage default" where the loop passed nothing)."""
+    used = used or {}
+    out = ['<details id="settings"><summary><h2>Run settings</h2> <span class="muted">(the values the stages '
+           "used, and what was requested where it differs)</span></summary>"]
     if run is None:
         out.append(f'<p class="warn">Settings unknown: no run record ({e(run_path)}) in this work folder '
                    "(a run from before run records).</p>")
+        out += _used_table(used, {})
+        out.append("</details>")
         return out
     settings = run.get("settings") or {}
+    out += _used_table(used, settings)
     out.append("<table><tr><th>setting</th><th>value</th></tr>")
-    for key in sorted(settings):
+    for key in sorted(k for k in settings if k not in used):
         value = settings[key]
         shown = json.dumps(value) if isinstance(value, (dict, list)) else ("" if value is None else str(value))
+        if not shown:
+            shown = "(none)" if key in PATHS else "(stage default)"
         out.append(f"<tr><td>{e(str(key))}</td><td>{e(shown)}</td></tr>")
     out.append("</table>")
     inputs = run.get("inputs") or {}
@@ -214,29 +240,48 @@ def settings_html(run: dict | None, run_path: str) -> list[str]:
         out.append(f'<p class="muted">Stage commands: {e(shown)}</p>')
     if run.get("ldpo_version"):
         out.append(f'<p class="muted">ldpo {e(str(run["ldpo_version"]))}</p>')
+    out.append("</details>")
     return out
 
 
-HISTORY_COLUMNS = [("iteration", "iteration"), ("k", "K"), ("top1", "top-1 (finetune)"),
-                   ("nmi_prev", "NMI vs previous"), ("purity_prev", "purity vs previous"),
-                   ("inverse_purity_prev", "inverse purity vs previous"), ("ari_prev", "ARI vs previous"),
-                   ("purity_truth", "purity vs truth"), ("nmi_truth", "NMI vs truth"),
-                   ("ari_truth", "ARI vs truth"), ("hungarian_truth", "accuracy vs truth (Hungarian)"),
-                   ("converged", "converged")]
+def _used_table(used: dict, settings: dict) -> list[str]:
+    if not used:
+        return []
+    out = ['<table class="used"><tr><th>setting</th><th>used</th><th>requested</th></tr>']
+    for key in [k for k in USED_FIRST if k in used] + sorted(k for k in used if k not in USED_FIRST):
+        value = used[key]
+        requested = settings.get(key, "")
+        shown = "" if requested in ("", None) or same_value(requested, value) else str(requested)
+        if requested in ("", None) and key in settings:
+            shown = "(stage default)"
+        out.append(f'<tr><td>{e(str(key))}</td><td>{e(str(value))}</td><td class="muted">{e(shown)}</td></tr>')
+    out.append("</table>")
+    return out
 
 
-def history_html(rows: list[dict], plot: str | None) -> list[str]:
+def history_html(rows: list[dict], plot: str | None, final_row: int | None = None) -> list[str]:
+    from ldpo.common.history import TITLES
+
     out = ['<h2 id="history">Iterations</h2>']
     if not rows:
         out.append('<p class="warn">No history.csv in this work folder.</p>')
         return out
-    shown = [(key, title) for key, title in HISTORY_COLUMNS if any(r.get(key, "") != "" for r in rows)]
+    shown = [(key, title) for key, title in TITLES.items() if any(r.get(key, "") != "" for r in rows)]
     out.append("<table><tr>" + "".join(f"<th>{e(t)}</th>" for _, t in shown) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f'<td class="num">{e(fmt(r.get(k, "")))}</td>' for k, _ in shown) + "</tr>")
+        cells = []
+        for k, _ in shown:
+            text = fmt(r.get(k, ""))
+            if k == "iteration" and final_row is not None and str(r.get(k, "")).strip() == str(final_row):
+                text += " *"
+            cells.append(f'<td class="num">{e(text)}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     out.append('<p class="muted">"vs previous": agreement of this iteration\'s clusters with the previous '
-               'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.</p>')
+               'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.'
+               + (f" * The categories on this page (final/labels.csv) are iteration {final_row}'s clustering: the "
+                  "classes the final model was trained on; the last row clusters that model's features."
+                  if final_row is not None and len(rows) > 1 else "") + "</p>")
     if plot:
         out.append(f'<p><img class="plot" src="{e(plot)}" alt="history plot" loading="lazy"></p>')
     return out
@@ -387,15 +432,18 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
-           notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None) -> str:
+           notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None,
+           used: dict | None = None, final_row: int | None = None) -> str:
+    """The page: first what a reviewer came for (the tree, the categories), then the iterations, the header
+    fields, and the settings folded away."""
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>",
            f'<body data-run="{e(run_key)}">',
            '<header class="top">', f"<h1>{e(title)}</h1>",
-           '<nav><a href="#settings">settings</a><a href="#history">iterations</a>'
+           '<nav><a href="#tree">tree</a><a href="#categories">categories</a><a href="#history">iterations</a>'
            + ('<a href="#fields">header fields</a>' if fields else "")
-           + '<a href="#tree">tree</a><a href="#categories">categories</a></nav>',
+           + '<a href="#settings">settings</a></nav>',
            '<div class="review"><input id="find" type="search" placeholder="find category, name, keyword" '
            'aria-label="find a category">'
            '<button id="download" type="button">Download review.csv</button>'
@@ -407,17 +455,17 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
                '<code>--init-labels reviewed.csv</code>. Entries are kept in this browser until cleared.</p>')
     for note in notes:
         out.append(f'<p class="warn">{e(note)}</p>')
-    if usage:
-        out.append('<details><summary>Use this run: apply the review, assign new images, export folders</summary>'
-                   '<pre>' + "\n".join(e(line) for line in usage) + "</pre></details>")
-    out += settings_html(run, run_path)
-    out += history_html(history, history_png)
-    out += fields_html(fields or [])
     out += tree_html(tree, categories, tree_png)
     out.append('<h2 id="categories">Categories</h2>')
     out.append('<datalist id="labels">' + "".join(f'<option value="{c}">' for c in sorted(categories)) + "</datalist>")
     for c in sorted(categories):
         out += category_html(categories[c], total, side)
+    out += history_html(history, history_png, final_row)
+    out += fields_html(fields or [])
+    out += settings_html(run, run_path, used)
+    if usage:
+        out.append('<details><summary>Use this run: apply the review, assign new images, export folders</summary>'
+                   '<pre>' + "\n".join(e(line) for line in usage) + "</pre></details>")
     out.append(f'<p class="muted">Made by ldpo {e(version)} <code>report</code>.</p>')
     out += ["</main>", f"<script>{JS}</script>", "</body>", "</html>", ""]
     return "\n".join(out)

@@ -1,0 +1,313 @@
+"""The loop's bookkeeping without running a loop (ldpo.common.workdir, loop_options, loop_plan,
+history): options and their LDPO_* defaults, what each stage is passed, the run record, the
+resume/restart/fresh decisions, the verdict, the final model and labels, the summary. One test
+runs the real loop with every stage swapped for a stub that records its command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldpo.common import loop_plan, workdir
+from ldpo.common.errors import InputError
+from ldpo.common.history import COLUMNS, keep_before, read_history, summary, write_history
+from ldpo.common.loop_options import help_text, parse
+from ldpo.common.workdir import Layout
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    for var in [v for v in os.environ if v.startswith("LDPO_") or v.endswith(("_CMD", "_ARGS"))]:
+        monkeypatch.delenv(var)
+    (tmp_path / "images.h5").write_bytes(b"images")
+    (tmp_path / "truth.csv").write_text("id,label\na,0\n")
+    return tmp_path
+
+
+def opts(inputs: Path, *extra: str, env: dict | None = None):
+    return parse(["--images", str(inputs / "images.h5"), "--work", str(inputs / "w"), *extra], env or {})
+
+
+def test_options_take_environment_defaults_and_the_command_line_wins(inputs):
+    parsed = opts(inputs, "--epochs", "4", env={"LDPO_EPOCHS": "2", "LDPO_K": "7", "LDPO_BALANCED": "1"})
+    assert parsed.opts.epochs == 4 and parsed.opts.k == 7 and parsed.opts.balanced
+    assert {"epochs", "k", "balanced"} <= parsed.given and "threshold" not in parsed.given
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--k"], "--k needs a value (see --help)"),
+    (["--bogus"], "unknown option --bogus (see --help)"),
+    (["--k", "x"], "--k x: not a whole number"),
+    (["--k", "0"], "--k 0: must be at least 1"),
+    (["--max-iter", "-1"], "--max-iter -1: not a whole number"),
+    (["--encode", "pca"], "--encode pca: one of none, fv, vlad, avg, max, patches"),
+    (["--tree-affinity", "nearest"], "--tree-affinity nearest: one of lift, confusion, centroids, reports"),
+    (["--tree-preference", "2"], "--tree-preference 2: a quantile between 0 and 1"),
+    (["--tree-affinity", "reports"], "--tree-affinity reports needs --reports and --manifest"),
+    (["--normalize", "x"], "--normalize x: imagenet, zscore or timm"),
+    (["--restart-from", "2"], "--restart-from 2: use iter-N, e.g. iter-2"),
+    (["--truth", "/no/such.csv"], "/no/such.csv: no such truth file"),
+])
+def test_bad_options_are_one_line(inputs, args, says):
+    with pytest.raises(InputError) as err:
+        opts(inputs, *args)
+    assert str(err.value) == says
+
+
+def test_help_comes_from_the_declarations():
+    text = help_text()
+    assert "--restart-from" in text and "[LDPO_MAX_ITER]" in text and "(default: 25)" in text
+    assert "--encode {none,fv,vlad,avg,max,patches}" in text
+
+
+def test_stages_get_only_what_the_user_set(inputs):
+    layout = Layout(str(inputs / "w"))
+    plan = loop_plan.iteration(opts(inputs), layout, 0)
+    featurize = plan["featurize"]
+    assert featurize[:2] == ["ldpo", "featurize"] and "--layer" in featurize and "multiscale" in featurize
+    for flag in ("--batch-size", "--epochs", "--input-filter", "--seed", "--device", "--arch"):
+        assert flag not in featurize
+    assert plan["cluster"][plan["cluster"].index("--k") + 1] == "25"  # the loop's k, not cluster's 100
+    assert plan["cluster"][plan["cluster"].index("--method") + 1] == "scan"
+    assert plan["finetune"] == [] and plan["encode"] == []
+    converge = loop_plan.converge(opts(inputs), layout, 0)
+    assert "--metric" not in converge and "--threshold" not in converge and "--prev" not in converge
+    set_ = opts(inputs, "--batch-size", "16", "--input-filter", "sobel", "--seed", "3", "--threshold", "0.8")
+    featurize = loop_plan.iteration(set_, layout, 0)["featurize"]
+    assert featurize[featurize.index("--batch-size") + 1] == "16" and "sobel" in featurize and "3" in featurize
+    assert loop_plan.converge(set_, layout, 0)[-5:-3] == ["--threshold", "0.8"]
+
+
+def test_finetune_from_init_then_from_checkpoints(inputs):
+    layout = Layout(str(inputs / "w"))
+    parsed = opts(inputs, "--input-filter", "sobel", "--input-size", "48", "--lr", "0.02", "--balanced")
+    first = loop_plan.iteration(parsed, layout, 1)
+    tune = first["finetune"]
+    assert tune[2:4] == [str(inputs / "images.h5"), layout.iteration(0, "labels.csv")]
+    assert tune[tune.index("--init") + 1] == "random" and "--input-filter" in tune and "--new-head" not in tune
+    assert {"--resume", "--balanced", "--lr"} <= set(tune)
+    assert first["featurize"][first["featurize"].index("--init") + 1] == "checkpoint:" + layout.iteration(1, "model.pt")
+    assert "--input-size" not in first["featurize"] and "--input-filter" not in first["featurize"]  # the checkpoint's
+    second = loop_plan.iteration(parsed, layout, 2)["finetune"]
+    assert second[second.index("--init") + 1] == "checkpoint:" + layout.iteration(1, "model.pt")
+    assert "--new-head" in second and "--input-filter" not in second and "--input-size" in second
+
+
+def test_encode_methods_and_patches(inputs):
+    layout = Layout(str(inputs / "w"))
+    vlad = loop_plan.iteration(opts(inputs, "--encode", "vlad"), layout, 1)
+    assert vlad["encode"][2:] == [vlad["features"], "--out", vlad["encoded"], "--method", "vlad"]
+    assert vlad["cluster"][2] == vlad["encoded"] and "local" in vlad["featurize"]
+    patches = opts(inputs, "--encode", "patches", "--init", "weights:" + str(inputs / "images.h5"))
+    zero = loop_plan.iteration(patches, layout, 0)
+    assert zero["featurize"] == []
+    assert zero["encode"][2:] == [str(inputs / "images.h5"), "--out", zero["encoded"], "--method", "patches",
+                                  "--model", "weights:" + str(inputs / "images.h5")]  # no labels at iteration 0
+    one = loop_plan.iteration(patches, layout, 1)
+    assert one["encode"][-4:] == ["--model", "checkpoint:" + layout.iteration(1, "model.pt"),
+                                  "--labels", layout.iteration(0, "labels.csv")]
+
+
+def test_initial_labels_stand_for_iteration_0(inputs):
+    plan = loop_plan.iteration(opts(inputs, "--init-labels", str(inputs / "truth.csv")), Layout("w"), 0)
+    assert plan["featurize"] == plan["encode"] == plan["cluster"] == []
+
+
+def test_swapped_commands_and_extra_arguments(inputs, monkeypatch):
+    monkeypatch.setenv("CLUSTER_CMD", "python3 my_cluster.py")
+    monkeypatch.setenv("CLUSTER_ARGS", "--lam 1e-5")
+    monkeypatch.setenv("LDPO_BIN", "/opt/ldpo")
+    plan = loop_plan.iteration(opts(inputs), Layout("w"), 0)
+    assert plan["cluster"][:2] == ["python3", "my_cluster.py"] and plan["cluster"][-2:] == ["--lam", "1e-5"]
+    assert plan["featurize"][:2] == ["/opt/ldpo", "featurize"]
+
+
+def test_the_record_holds_strings_and_the_one_checksum(inputs, monkeypatch):
+    from ldpo.common.stores import file_checksum
+
+    store = inputs / "images.zarr"
+    (store / "images").mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (store / "images" / "c0").write_bytes(b"chunk")
+    parsed = parse(["--images", str(store), "--work", str(inputs / "w"), "--k", "3", "--epochs", "2"], {})
+    record = workdir.build_record(parsed, {})
+    assert record.settings["k"] == "3" and record.settings["epochs"] == "2" and record.settings["lr"] == ""
+    assert record.settings["images"] == os.path.realpath(store) and record.settings["max_iter"] == "6"
+    assert record.inputs["images_sha256"] == file_checksum(store)  # a Zarr folder: the stores' function
+    data = json.loads(record.text())
+    assert data["format"] == workdir.RUN_FORMAT and data["ldpo_version"]
+    assert all(isinstance(v, str) for section in ("settings", "commands", "inputs") for v in data[section].values())
+
+
+def test_unset_settings_are_recorded_as_the_stages_declare_them(inputs):
+    from ldpo.stages import stage_default
+
+    parsed = opts(inputs, "--k", "3")
+    parsed.defaults = stage_default
+    settings = workdir.build_record(parsed, {}).settings
+    assert (settings["epochs"], settings["split"], settings["batch_size"]) == ("3", "70/10/20", "64")
+    assert (settings["metric"], settings["threshold"]) == ("nmi", "0.9")
+    assert (settings["tree_affinity"], settings["tree_preference"]) == ("lift", "0.5")
+    assert settings["arch"] == settings["lr"] == settings["input_filter"] == ""  # decided from the init
+    assert "--epochs" not in loop_plan.iteration(parsed, Layout("w"), 1)["finetune"]  # and not passed
+
+
+def test_a_record_of_the_older_format_resumes_as_the_same(inputs):
+    from ldpo.stages import stage_default
+
+    parsed = opts(inputs, "--k", "3")
+    parsed.defaults = stage_default
+    new = workdir.build_record(parsed, {}).as_dict()
+    old = json.loads(json.dumps(new))
+    old["format"] = "ldpo-run-1"
+    old.pop("ldpo_version")
+    old["settings"]["input_filter"] = "none"  # what ldpo-run-1 loops recorded for no --input-filter
+    assert workdir.difference(workdir.upgrade(old), new) == ("", "")
+    old["settings"]["epochs"] = "5"
+    assert workdir.difference(workdir.upgrade(old), new) == ("settings", 'epochs: "5" -> "3"')
+    assert workdir.difference({**new, "ldpo_version": "0.0.1"}, new) == ("", "")  # the version is not a setting
+
+
+def finished(inputs: Path, parsed) -> Path:
+    """A work folder as a finished one-iteration loop leaves it (files only)."""
+    work = Path(parsed.opts.work)
+    work.mkdir()
+    workdir.begin(parsed, {})
+    for name in ("iter-00/labels.csv", "iter-00/converge.txt", "iter-01/model.pt", "iter-01/labels.csv",
+                 "iter-01/converge.txt"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("converged=0\n" if name.endswith(".txt") else name)
+    write_history(work / "history.csv", [{"iteration": "0", "k": "3"}, {"iteration": "1", "k": "3"}])
+    return work
+
+
+def test_begin_resumes_refuses_restarts_and_starts_fresh(inputs):
+    parsed = opts(inputs, "--k", "3")
+    work = finished(inputs, parsed)
+    record = (work / "run.json").read_bytes()
+    workdir.begin(parsed, {})  # the same settings: the record stays as it was
+    assert (work / "run.json").read_bytes() == record
+    with pytest.raises(InputError, match=r'other settings or inputs \(k: "3" -> "2"\)'):
+        workdir.begin(opts(inputs, "--k", "2"), {})
+    workdir.begin(opts(inputs, "--k", "3", "--tree-preference", "0.9"), {})  # the tree alone: kept iterations
+    assert (work / "iter-01/model.pt").exists()
+    assert json.loads((work / "run.json").read_text())["settings"]["tree_preference"] == "0.9"
+    workdir.begin(opts(inputs, "--k", "2", "--tree-preference", "0.9", "--restart-from", "iter-1"), {})
+    assert not (work / "iter-01").exists() and (work / "iter-00/labels.csv").exists()
+    assert [r["iteration"] for r in read_history(work / "history.csv")] == ["0"]
+    with pytest.raises(InputError, match="iter-01 has no labels.csv to start from"):
+        workdir.begin(opts(inputs, "--k", "2", "--tree-preference", "0.9", "--restart-from", "iter-2"), {})
+    workdir.begin(opts(inputs, "--fresh"), {})
+    assert sorted(p.name for p in work.iterdir()) == ["run.json"]
+
+
+def test_begin_refuses_iterations_without_a_record(inputs):
+    parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    (work / "run.json").unlink()
+    with pytest.raises(InputError, match="missing, and .* holds iterations made with unknown settings"):
+        workdir.begin(parsed, {})
+    (work / "run.json").write_text("[1]")
+    with pytest.raises(InputError, match="not a run record .*the settings of this work folder are unknown"):
+        workdir.begin(parsed, {})
+
+
+def test_a_recorded_verdict_stands_only_while_newer_than_what_it_compared(inputs):
+    parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    layout = Layout(str(work))
+    for t in (0, 1):
+        os.utime(layout.iteration(t, "labels.csv"), ns=(10**18, 10**18))
+        os.utime(layout.iteration(t, "converge.txt"), ns=(2 * 10**18, 2 * 10**18))
+    Path(layout.iteration(1, "converge.txt")).write_text("k=3\nconverged=1\n")
+    os.utime(layout.iteration(1, "converge.txt"), ns=(2 * 10**18, 2 * 10**18))
+    assert workdir.recorded_verdict(layout, 1) == "1"
+    os.utime(layout.iteration(0, "labels.csv"), ns=(3 * 10**18, 3 * 10**18))  # the previous labels changed
+    assert workdir.recorded_verdict(layout, 1) is None
+    write_history(work / "history.csv", [{"iteration": "1"}])
+    assert workdir.recorded_verdict(layout, 0) is None  # no history row of iteration 0
+    Path(layout.iteration(1, "converge.txt")).write_text("Traceback\n")
+    with pytest.raises(InputError, match="printed no converged=0|1 verdict \\(exit status 1\\)"):
+        workdir.verdict(layout, 1, 1)
+    with pytest.raises(InputError, match="converge failed with exit status 2 at iteration 1"):
+        workdir.verdict(layout, 1, 2)
+
+
+def test_the_final_model_and_labels(inputs):
+    parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    layout = Layout(str(work))
+    workdir.make_final(layout, 1)
+    assert (work / "final/labels.csv").read_text() == "iter-00/labels.csv"  # what the final model learned
+    assert (work / "final/model.pt").read_text() == "iter-01/model.pt"
+    assert workdir.final_model(work) == work / "final/model.pt" and workdir.final_labels_iteration(1) == 0
+    assert workdir.final_labels_iteration(0) == 0 and workdir.final_labels_iteration(5) == 4
+    text = workdir.summary_text(layout, 1)
+    assert text.splitlines()[2].startswith("0*") and "iteration 0's clustering" in text
+
+
+def test_history_schema_summary_and_trimming(tmp_path):
+    path = tmp_path / "history.csv"
+    write_history(path, [{"iteration": "0", "k": "4", "purity_truth": "0.5"},
+                         {"iteration": "1", "k": "4", "top1": "0.25", "nmi_prev": "0.9"}])
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    lines = summary(read_history(path), 0).splitlines()
+    assert lines[2].split() == ["0*", "4", "-", "-", "-", "-", "0.500"]
+    assert lines[3].split() == ["1", "4", "0.250", "0.900", "-", "-", "-"]
+    keep_before(path, 1)
+    assert [r["iteration"] for r in read_history(path)] == ["0"]
+    keep_before(path, 0)
+    assert not path.exists()
+
+
+STUB = '''
+import json, shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(sys.argv[0] + ".log", "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if "--out" in args:
+    out = Path(args[args.index("--out") + 1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        shutil.copyfile(sys.argv[0] + ".labels", out)
+    elif out.suffix:
+        out.write_bytes(b"stub")
+'''
+
+
+def test_the_loop_passes_patches_encode_the_model_and_the_previous_labels(tmp_path):
+    """--encode patches through pipelines/ldpo-loop.sh, every stage a stub recording its command line."""
+    stub = tmp_path / "stub.py"
+    stub.write_text(STUB)
+    (tmp_path / "stub.py.labels").write_text("id,label\na,0\nb,1\nc,0\n")
+    (tmp_path / "images.h5").write_bytes(b"images")
+    command = f"{sys.executable} {stub}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LDPO_")}
+    env.update(PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1", FEATURIZE_CMD=command, FINETUNE_CMD=command,
+               ENCODE_CMD=command, CLUSTER_CMD=command, HIERARCHY_CMD=command, REPORT_CMD="true")
+    work = tmp_path / "w"
+    proc = subprocess.run(["bash", str(ROOT / "pipelines/ldpo-loop.sh"), "--images", str(tmp_path / "images.h5"),
+                           "--work", str(work), "--encode", "patches", "--max-iter", "2", "--no-early-stop"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in (tmp_path / "stub.py.log").read_text().splitlines()]
+    encodes = [c for c in calls if "--method" in c and "patches" in c]
+    images = str(tmp_path / "images.h5")
+    assert encodes[0] == [images, "--out", f"{work}/iter-00/encoded.h5", "--method", "patches", "--model", "random",
+                          "--quiet"]  # (LDPO_QUIET)
+    for t in (1, 2):
+        assert encodes[t] == [images, "--out", f"{work}/iter-0{t}/encoded.h5", "--method", "patches", "--model",
+                              f"checkpoint:{work}/iter-0{t}/model.pt", "--labels", f"{work}/iter-0{t - 1}/labels.csv",
+                              "--quiet"]
+    assert not [c for c in calls if "--layer" in c and "probs" not in c]  # nothing featurized for clustering
+    assert [r["iteration"] for r in read_history(work / "history.csv")] == ["0", "1", "2"]
+    assert "2 " in proc.stdout and (work / "final/model.pt").read_bytes() == b"stub"
