@@ -61,6 +61,11 @@ class LoopOptions(CommonOptions):
     truth: str = opt("ground-truth labels CSV, for reporting only", "", role="input")
     reports: str = opt("extract-keyimages' OUT/reports.csv (scrubbed report text), with --manifest", "", role="input")
     manifest: str = opt("manifest CSV from extract-keyimages, with --reports", "", role="input")
+    vocabulary: str = opt("findings vocabulary for keywords and the reports tree (one term per line, synonyms "
+                          "after |; default: ldpo's list)", "", role="input")
+    mentions: Optional[str] = opt("which finding mentions keywords and the reports tree count (stage default: "
+                                  "affirmed; all = negated and uncertain ones too)", None, choices=["affirmed", "all"],
+                                  says="affirmed or all", stage=("keywords", "mentions"))
     arch: Optional[str] = opt("CNN architecture, or timm:NAME (stage default: resnet18 from random init, alexnet "
                               "from weights)", None, stage=("featurize", "arch"))
     layer: Optional[str] = opt("feature layer clustered (default: multiscale = every stage pooled and "

@@ -38,6 +38,12 @@ def common(parsed: Parsed) -> list[str]:
     return given(parsed, "seed", "device", "workers", "verbose", "quiet", "no_progress")
 
 
+def words(parsed: Parsed) -> list[str]:
+    """How the report readers (keywords, the reports tree) find findings: the vocabulary and which mentions count."""
+    return [*(["--vocabulary", parsed.opts.vocabulary] if parsed.opts.vocabulary else []),
+            *given(parsed, "mentions")]
+
+
 def model_spec(parsed: Parsed, layout: Layout, t: int) -> str:
     """The model of iteration ``t``: ``--init`` at iteration 0, then finetune's checkpoint of iteration ``t``."""
     return parsed.opts.init if t == 0 else "checkpoint:" + layout.iteration(t, "model.pt")
@@ -128,13 +134,13 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
             feats = "encoded.h5" if opts.encode != "none" else "features.h5"
             tree += ["--features", layout.iteration(last, feats)]
         elif opts.tree_affinity == "reports":
-            tree += ["--reports", opts.reports, "--manifest", opts.manifest]
+            tree += ["--reports", opts.reports, "--manifest", opts.manifest], *words(parsed)
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",
                      layout.final("tree"), *tree, *common(parsed)]
     keywords: list[str] = []
     if opts.reports:
         keywords = [*stage_command("keywords"), layout.final("labels.csv"), "--manifest", opts.manifest,
                     "--reports", opts.reports, "--images", opts.images, "--out", layout.final("keywords"),
-                    *common(parsed)]
+                    *words(parsed), *common(parsed)]
     report = [*stage_command("report"), opts.work, "--out", layout.report(), *common(parsed)]
     return {**out, "probs": probs, "hierarchy": hierarchy, "keywords": keywords, "report": report}

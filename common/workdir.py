@@ -118,8 +118,11 @@ NOT_COMPARED = ("ldpo_version",)
 #: the record's settings, in order; every value is a string ("" = left to the stages)
 SETTINGS = ("images", "truth", "reports", "manifest", "init_labels", "init", "arch", "layer", "encode", "method",
             "k", "metric", "threshold", "max_iter", "no_early_stop", "epochs", "lr", "balanced", "amp", "split",
-            "input_size", "normalize", "input_filter", "batch_size", "seed", "tree_affinity", "tree_preference")
-PATHS = ("images", "truth", "reports", "manifest", "init_labels")
+            "input_size", "normalize", "input_filter", "batch_size", "seed", "tree_affinity", "tree_preference",
+            "vocabulary", "mentions")
+PATHS = ("images", "truth", "reports", "manifest", "init_labels", "vocabulary")
+#: record entries added after ldpo-run-2 began, and what a record without them meant (compared as that value)
+ADDED_LATER = {"vocabulary": "", "mentions": "affirmed", "vocabulary_sha256": ""}
 STAGES = ("featurize", "finetune", "encode", "cluster", "converge", "hierarchy", "keywords", "report")
 EXTRA_ARGS = (("F", "FEATURIZE_ARGS"), ("T", "FINETUNE_ARGS"), ("E", "ENCODE_ARGS"), ("C", "CLUSTER_ARGS"))
 #: what loops before ldpo-run-2 recorded for options the user did not set that ldpo-run-2 records as the
@@ -263,13 +266,14 @@ def flatten(record: dict) -> dict[str, Any]:
     return flat
 
 
-INPUT_KEYS = re.compile(r"^(images|truth|reports|manifest|init|init_labels|[a-z_0-9]+_sha256)$")
+INPUT_KEYS = re.compile(r"^(images|truth|reports|manifest|vocabulary|init|init_labels|[a-z_0-9]+_sha256)$")
 
 
 def difference(old: dict, new: dict) -> tuple[str, str]:
     """``(kind, "name: old -> new, …")`` of two records; ``("", "")`` when they hold the same values.
     ``kind`` is ``inputs`` (an input or its checksum differs), ``tree`` (only the tree's settings) or ``settings``."""
     a, b = flatten(old), flatten(new)
+    a.update({k: v for k, v in ADDED_LATER.items() if k not in a and k in b})
     keys = [k for k in b if a.get(k, _MISSING) != b[k]] + [k for k in a if k not in b]
     if not keys:
         return "", ""

@@ -311,3 +311,33 @@ def test_the_loop_passes_patches_encode_the_model_and_the_previous_labels(tmp_pa
     assert not [c for c in calls if "--layer" in c and "probs" not in c]  # nothing featurized for clustering
     assert [r["iteration"] for r in read_history(work / "history.csv")] == ["0", "1", "2"]
     assert "2 " in proc.stdout and (work / "final/model.pt").read_bytes() == b"stub"
+
+
+def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs):
+    from ldpo.stages import stage_default
+
+    (inputs / "reports.csv").write_text("report_id,text\n")
+    (inputs / "manifest.csv").write_text("id\n")
+    (inputs / "vocab.txt").write_text("nodule\n")
+    base = ["--reports", str(inputs / "reports.csv"), "--manifest", str(inputs / "manifest.csv"),
+            "--tree-affinity", "reports"]
+    plain = opts(inputs, *base)
+    plain.defaults = stage_default
+    final = loop_plan.final(plain, Layout(str(inputs / "w")), 2)
+    assert "--vocabulary" not in final["keywords"] and "--mentions" not in final["hierarchy"]
+    given = opts(inputs, *base, "--vocabulary", str(inputs / "vocab.txt"), "--mentions", "all")
+    given.defaults = stage_default
+    final = loop_plan.final(given, Layout(str(inputs / "w")), 2)
+    for stage in ("keywords", "hierarchy"):
+        words = final[stage]
+        assert words[words.index("--vocabulary") + 1] == str(inputs / "vocab.txt")
+        assert words[words.index("--mentions") + 1] == "all"
+    new = workdir.build_record(plain, {}).as_dict()
+    assert new["settings"]["mentions"] == "affirmed" and new["settings"]["vocabulary"] == ""
+    older = json.loads(json.dumps(new))  # a record written before these settings existed resumes as the same
+    for section, key in (("settings", "vocabulary"), ("settings", "mentions"), ("inputs", "vocabulary_sha256")):
+        older[section].pop(key)
+    assert workdir.difference(older, new) == ("", "")
+    other = workdir.build_record(given, {}).as_dict()
+    kind, shown = workdir.difference(new, other)
+    assert kind == "inputs" and "mentions" in shown and "vocabulary" in shown
