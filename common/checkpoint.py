@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ldpo.common.errors import InputError
+from .errors import InputError
 
 CHECKPOINT_FORMAT = "ldpo-checkpoint-1"
 #: what a file must hold to be a checkpoint at all
@@ -96,8 +96,8 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | Path) -> "Checkpoint":
         """Read ``path`` (``weights_only``); a file that is not a checkpoint is an input error."""
-        from ldpo.common.archs import check_arch
-        from ldpo.common.weights import load_file
+        from .archs import check_arch
+        from .weights import load_file
 
         ckpt = cls.from_dict(load_file(str(path), "finetune checkpoint"), str(path))
         try:
@@ -110,7 +110,7 @@ class Checkpoint:
         """Write atomically (a temporary name, then renamed)."""
         import torch
 
-        from ldpo.common.stores import atomic_path
+        from .stores import atomic_path
 
         with atomic_path(Path(path)) as tmp:
             torch.save(self.to_dict(), tmp)

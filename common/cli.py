@@ -39,8 +39,8 @@ from typing import Any, Iterable
 import argparse_dataclass
 import numpy as np
 
-from ldpo.common import __version__
-from ldpo.common.errors import InputError
+from . import __version__
+from .errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -378,7 +378,7 @@ def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
 def _check_file_output(flag: str, path: str) -> None:
     """A file output may not be a folder (it would be replaced by the file, everything in it
     lost): only a ``.zarr`` output may replace an earlier ldpo Zarr store."""
-    from ldpo.common.stores import ZARR_SUFFIXES, ldpo_store_problem
+    from .stores import ZARR_SUFFIXES, ldpo_store_problem
 
     zarr = os.path.splitext(path.rstrip("/" + os.sep))[1].lower() in ZARR_SUFFIXES
     if zarr:

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldpo.common.archs import arch_record, check_layer
-from ldpo.common.errors import InputError
-from ldpo.common.heads import Captured, num_outputs
+from .archs import arch_record, check_layer
+from .errors import InputError
+from .heads import Captured, num_outputs
 
 #: checkpoint targets whose outputs are independent sigmoids, not one softmax
 SIGMOID_TARGETS = ("multi", "words")

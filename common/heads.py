@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldpo.common.archs import arch_record
-from ldpo.common.errors import InputError
+from .archs import arch_record
+from .errors import InputError
 
 #: classifier heads: linear, or a small MLP (Linear -> ReLU -> Linear) with MLP_HIDDEN units
 HEADS = ("linear", "mlp")

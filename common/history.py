@@ -15,8 +15,8 @@ import io
 import os
 from pathlib import Path
 
-from ldpo.common.errors import InputError
-from ldpo.common.tables import read_text, write_csv
+from .errors import InputError
+from .tables import read_text, write_csv
 
 PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
 TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
@@ -40,7 +40,7 @@ FIELDS_TAIL = "fields.csv"  # converge --fields' side file of the history: histo
 
 def fields_path(history: str | os.PathLike) -> Path:
     """Where converge --fields writes the agreement with the header fields beside ``history``."""
-    from ldpo.common.tables import side_file
+    from .tables import side_file
 
     return side_file(history, FIELDS_TAIL)
 

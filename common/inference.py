@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ldpo.common.cli import progress
+from .cli import progress
 
 
 def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any], Any], *, batch: int,
@@ -22,8 +22,8 @@ def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any]
     """``(rows, targets, fn(prep(x)))`` for every batch of ``batch`` rows of ``items`` (in their order)."""
     import torch
 
-    from ldpo.common import imagedata
-    from ldpo.common.accel import autocast
+    from . import imagedata
+    from .accel import autocast
 
     total = sum(len(item) for item in items)
     blocks = imagedata.on_device(imagedata.loader(path, items, workers, device), device)
@@ -37,8 +37,8 @@ def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any]
 
 def store_items(path: str, batch: int, lo: int = 0, hi: int | None = None) -> list:
     """Items covering rows ``[lo, hi)`` of an images store (all of it by default), in order."""
-    from ldpo.common import imagedata
-    from ldpo.common.stores import open_store
+    from . import imagedata
+    from .stores import open_store
 
     if hi is None:
         with open_store(path, expect="images") as store:

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ldpo.common.errors import InputError
-from ldpo.common.tables import read_cell, read_text, write_csv
+from .errors import InputError
+from .tables import read_cell, read_text, write_csv
 
 #: the largest label a labels CSV may hold (class numbers, not measurements)
 MAX_LABEL = 2**31 - 1

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ldpo.common.cli import CommonOptions, Tool, flag_of, opt
-from ldpo.common.errors import InputError
+from .cli import CommonOptions, Tool, flag_of, opt
+from .errors import InputError
 
 PROG = "ldpo-loop"
 ENCODINGS = ["none", "fv", "vlad", "avg", "max", "patches"]
@@ -243,7 +243,7 @@ def _kind(f: dataclasses.Field):
 
 def check(opts: LoopOptions, raw: dict[str, str]) -> None:
     """What the declarations say (bounds), and what goes together."""
-    from ldpo.common.cli import _out_of_bounds
+    from .cli import _out_of_bounds
 
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from ldpo.common.loop_options import Parsed, layer
-from ldpo.common.workdir import Layout, stage_command
+from .loop_options import Parsed, layer
+from .workdir import Layout, stage_command
 
 
 def given(parsed: Parsed, *names: str) -> list[str]:

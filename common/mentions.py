@@ -43,7 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ldpo.common.errors import InputError
+from .errors import InputError
 
 __all__ = ["STATUSES", "Mention", "Vocabulary", "affirmed_terms", "affirmed_text", "affirmed_texts",
            "find_mentions", "find_mentions_many", "keep_mentions", "keep_mentions_list", "load_vocabulary",

@@ -53,20 +53,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldpo.common.archs import (  # noqa: F401 - the public front re-exports what stages and tests use
+from .archs import (  # noqa: F401 - the public front re-exports what stages and tests use
     DEFAULT_INPUT_SIZE, IMAGENET_CLASSES, INPUT_FILTERS, MAX_INPUT_SIZE, NORMALIZATIONS, RECIPES, REGISTRY, TIMM,
     TIMM_LAYERS, TIMM_MIN_INPUT, Arch, DownloadRefused, Layer, Recipe, RecordField, add_batchnorm, arch_record,
     check_arch, check_input_size, check_layer, default_input_size, import_timm, is_timm, layers, min_input,
     recipe_for, register_arch, resolve_layer, timm_cfg, timm_name, unregister_arch)
-from ldpo.common.checkpoint import CHECKPOINT_FORMAT, Checkpoint  # noqa: F401
-from ldpo.common.errors import InputError
-from ldpo.common.extractor import Extractor, pooled_stage  # noqa: F401
-from ldpo.common.heads import (  # noqa: F401
+from .checkpoint import CHECKPOINT_FORMAT, Checkpoint  # noqa: F401
+from .errors import InputError
+from .extractor import Extractor, pooled_stage  # noqa: F401
+from .heads import (  # noqa: F401
     HEADS, MLP_HIDDEN, head_in_features, head_inputs, head_kind, head_linear, head_module, head_name,
     head_parameters, head_seed, num_outputs, set_head, set_head_to_centroids)
-from ldpo.common.imagedata import IMAGENET_MEAN, IMAGENET_STD
-from ldpo.common.stores import file_checksum
-from ldpo.common.weights import (  # noqa: F401
+from .imagedata import IMAGENET_MEAN, IMAGENET_STD
+from .stores import file_checksum
+from .weights import (  # noqa: F401
     PREFIXES, WRAPPERS, Init, load_file, load_state, load_weights, parse_init, read_weights, strip_prefixes,
     timm_filter)
 

@@ -17,7 +17,7 @@ def pyplot():
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 80) -> None:
     """Write ``fig`` to ``path`` under a temporary name, rename it into place, close it."""
-    from ldpo.common.stores import atomic_path
+    from .stores import atomic_path
 
     try:
         with atomic_path(path) as tmp:

@@ -16,9 +16,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ldpo.common.errors import InputError
-from ldpo.common.labels import SEPARATOR
-from ldpo.common.tables import csv_rows
+from .errors import InputError
+from .labels import SEPARATOR
+from .tables import csv_rows
 
 COLUMNS = ("label", "name", "merge_into")
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ldpo.common.errors import InputError
+from .errors import InputError
 
 H5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ldpo.common.errors import InputError
-from ldpo.common.stores import atomic_path
+from .errors import InputError
+from .stores import atomic_path
 
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -190,7 +190,7 @@ def read_reports(path: str | os.PathLike) -> list[Report]:
     """Reports from a CSV (``report_id``, ``text`` [, ``accession``, ``study_uid``, ``scrubbed``]) or a folder of
     ``.txt``, as written (raw text: only ``extract-keyimages`` reads this; the other stages read
     :func:`report_texts`)."""
-    from ldpo.common.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
+    from .phi import SCRUBBED_COLUMN, SCRUBBED_MARK
 
     path = Path(path)
     if path.is_dir():
@@ -236,7 +236,7 @@ class ReportTexts(dict):
 def report_texts(path: str | os.PathLike) -> ReportTexts:
     """``{report_id: text}`` in file order (see :func:`read_reports`), every text passed through the pattern
     scrubber (:func:`ldpo.common.phi.scrub_text`): no stage after ``extract-keyimages`` sees raw report text."""
-    from ldpo.common.phi import scrub_text
+    from .phi import scrub_text
 
     reports = read_reports(path)
     texts = ReportTexts((r.report_id, scrub_text(r.text)) for r in reports)
@@ -265,7 +265,7 @@ class Manifest:
 def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manifest:
     """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns. The ``sentence`` and
     ``context`` columns (report text) come through the pattern scrubber, as :func:`report_texts`' do."""
-    from ldpo.common.phi import scrub_text
+    from .phi import scrub_text
 
     path = Path(path)
     ids: list[str] = []

@@ -24,8 +24,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ldpo.common.phi import PLACEHOLDER
-from ldpo.common.tables import Manifest, missing_reports, read_manifest, report_texts
+from .phi import PLACEHOLDER
+from .tables import Manifest, missing_reports, read_manifest, report_texts
 
 __all__ = ["Cleaner", "Manifest", "is_date_like", "is_number", "missing_reports", "read_manifest", "read_reports",
            "stop_words", "tokenize"]

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldpo.common.archs import arch_record
-from ldpo.common.checkpoint import Checkpoint
-from ldpo.common.errors import InputError
-from ldpo.common.heads import head_linear, head_name
+from .archs import arch_record
+from .checkpoint import Checkpoint
+from .errors import InputError
+from .heads import head_linear, head_name
 
 log = logging.getLogger("ldpo")
 

@@ -40,7 +40,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ldpo.common.errors import InputError
+from .errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -52,7 +52,7 @@ _PARTS = re.compile(r"[./:]")
 # -- tokens ---------------------------------------------------------------------------
 def term_token(term: str) -> str:
     """A vocabulary term as one token: lower case, words joined by ``_`` ("Pleural effusion" → pleural_effusion)."""
-    from ldpo.common.text import tokenize
+    from .text import tokenize
 
     return "_".join(tokenize(term))
 
@@ -60,7 +60,7 @@ def term_token(term: str) -> str:
 def phrase_table(vocab) -> dict[tuple[str, ...], str]:
     """``{surface tokens: canonical token}`` for every term and synonym of a vocabulary
     (:class:`ldpo.common.mentions.Vocabulary`)."""
-    from ldpo.common.text import tokenize
+    from .text import tokenize
 
     table: dict[tuple[str, ...], str] = {}
     for surface, canonical in vocabulary_forms(vocab):
@@ -73,14 +73,14 @@ def phrase_table(vocab) -> dict[tuple[str, ...], str]:
 def vocabulary_forms(vocab) -> list[tuple[str, str]]:
     """``(surface form, canonical term)`` of every spelling of ``vocab``'s terms and their simple plurals
     (the forms :mod:`ldpo.common.mentions` matches)."""
-    from ldpo.common.mentions import plural_forms
+    from .mentions import plural_forms
 
     forms = [(t, t) for t in vocab.terms] + list(vocab.spellings)
     return forms + [(p, c) for s, c in forms for p in sorted(plural_forms(s))]
 
 
 def keep_token(token: str) -> bool:
-    from ldpo.common.text import is_date_like, is_number
+    from .text import is_date_like, is_number
 
     return (not is_number(token) and not is_date_like(token) and any(c.isalpha() for c in token)
             and sum(c.isdigit() for c in token) < 3)
@@ -94,8 +94,8 @@ def sentences(text: str) -> list[str]:
 def sentence_tokens(sentence: str, phrases: dict[tuple[str, ...], str] | None = None,
                     longest: int = 0) -> list[str]:
     """The tokens of one sentence, vocabulary phrases joined (see the module doc)."""
-    from ldpo.common.phi import PLACEHOLDER
-    from ldpo.common.text import tokenize
+    from .phi import PLACEHOLDER
+    from .text import tokenize
 
     raw = []
     for token in tokenize(PLACEHOLDER.sub(" ", sentence)):
@@ -153,7 +153,7 @@ class Vectors:
 
 def write_vectors(path: str, words: list[str], matrix: np.ndarray) -> None:
     """word2vec text format, atomically (see the module doc)."""
-    from ldpo.common.stores import atomic_path
+    from .stores import atomic_path
 
     matrix = np.asarray(matrix, dtype=np.float32)
     with atomic_path(path) as tmp:
@@ -165,8 +165,8 @@ def write_vectors(path: str, words: list[str], matrix: np.ndarray) -> None:
 
 def read_vectors(path: str) -> Vectors:
     """The vectors file (word2vec text format); a bad one is an :class:`InputError` naming it."""
-    from ldpo.common.stores import file_checksum
-    from ldpo.common.tables import read_text
+    from .stores import file_checksum
+    from .tables import read_text
 
     text = read_text(path, "vectors file")
     lines = text.splitlines()
@@ -197,7 +197,7 @@ def nearest(vectors: Vectors, queries: np.ndarray, candidates: list[str], top: i
     first centred on the candidates' mean vector: word2vec vectors share a common direction, and
     without it the cosine favours the terms nearest that direction (measured on the toy PACS, a
     region's mean term vector then found 0.80 of its 5 most frequent terms; centred, 0.88)."""
-    from ldpo.common.features import l2_normalize
+    from .features import l2_normalize
 
     at = vectors.index()
     cand = [c for c in candidates if c in at]
@@ -254,7 +254,7 @@ def bigrams(terms: list[str]) -> list[tuple[str, str]]:
 
 def image_terms(text: str, vocab) -> list[str]:
     """The affirmed vocabulary terms of a key image's text, as tokens, in order of first mention."""
-    from ldpo.common.mentions import affirmed_terms
+    from .mentions import affirmed_terms
 
     return list(dict.fromkeys(term_token(t) for t in affirmed_terms(text, vocab)))
 
@@ -279,14 +279,14 @@ class WordsTarget:
 
 
 def write_words_target(path: str, rows: list[tuple[str, str, str]]) -> None:
-    from ldpo.common.tables import write_csv
+    from .tables import write_csv
 
     write_csv(path, WORDS_TARGET_COLUMNS, rows)
 
 
 def read_words_target(path: str, vectors: Vectors | None = None) -> WordsTarget:
     """Read a words-target file; with ``vectors``, every term must be one of its tokens."""
-    from ldpo.common.tables import csv_rows
+    from .tables import csv_rows
 
     ids, a, b = [], [], []
     known = set(vectors.words) if vectors is not None else None
@@ -334,8 +334,8 @@ def predict(model, images: str, rows: np.ndarray, preprocess, batch_size: int, w
     through the one inference loop (:mod:`ldpo.common.inference`)."""
     import torch
 
-    from ldpo.common import imagedata
-    from ldpo.common.inference import infer
+    from . import imagedata
+    from .inference import infer
 
     rows = np.asarray(rows, dtype=np.int64)
     order = np.arange(len(rows))

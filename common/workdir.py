@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ldpo.common import __version__
-from ldpo.common.errors import InputError
+from . import __version__
+from .errors import InputError
 
 # -- the layout --------------------------------------------------------------------------------
 
@@ -169,8 +169,8 @@ def build_record(parsed, environ: dict[str, str] | None = None) -> RunRecord:
     """The run record of these loop options (:class:`ldpo.common.loop_options.Parsed`): settings as the user gave
     them (paths made absolute), the stage commands, and each input's SHA-256
     (:func:`ldpo.common.stores.file_checksum`)."""
-    from ldpo.common.loop_options import layer
-    from ldpo.common.stores import file_checksum
+    from .loop_options import layer
+    from .stores import file_checksum
 
     environ = os.environ if environ is None else environ
     opts = parsed.opts
@@ -398,7 +398,7 @@ def forget(work: Path, start: str, why: str) -> None:
     for path, _ in targets:
         remove(path)
     if keep_below is not None:
-        from ldpo.common.history import keep_before
+        from .history import keep_before
 
         keep_before(work / "history.csv", keep_below)
 
@@ -415,7 +415,7 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
     """Compare this run's record with ``run.json``: resume (the same record, kept as it is), remake the tree
     (only its settings differ), ``--restart-from``/``--fresh`` (delete what they recompute), or refuse
     (an :class:`InputError`, nothing deleted). Then write the record."""
-    from ldpo.common.loop_options import restart_iteration
+    from .loop_options import restart_iteration
 
     opts = parsed.opts
     layout = Layout(opts.work)
@@ -469,7 +469,7 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
 def recorded_verdict(layout: Layout, t: int) -> str | None:
     """converge's verdict for iteration ``t`` as an earlier run recorded it, when it stands: in
     ``converge.txt``, newer than the labels it compared, and the iteration has its history row."""
-    from ldpo.common.history import has_row
+    from .history import has_row
 
     said = layout.iteration(t, "converge.txt")
     compared = [layout.iteration(t, "labels.csv")] + ([layout.iteration(t - 1, "labels.csv")] if t > 0 else [])
@@ -520,7 +520,7 @@ def make_final(layout: Layout, last: int) -> None:
 
 
 def summary_text(layout: Layout, last: int) -> str:
-    from ldpo.common.history import read_history, summary
+    from .history import read_history, summary
 
     final = final_labels_iteration(last)
     lines = [summary(read_history(layout.history), final),
@@ -572,8 +572,8 @@ def main(argv: list[str], defaults=None) -> int:
 
 
 def _main(argv: list[str], defaults=None) -> int:
-    from ldpo.common import loop_plan
-    from ldpo.common.loop_options import help_text, parse
+    from . import loop_plan
+    from .loop_options import help_text, parse
 
     if len(argv) == 4 and argv[0] == "forget":
         if argv[2] != "tree" and not argv[2].isdigit():

@@ -26,6 +26,8 @@ trap 'on_error $? $LINENO' ERR
 
 args=("$@")
 read -r -a ldpo <<< "${LDPO_BIN:-ldpo}"
+command -v "${ldpo[0]}" >/dev/null ||
+  { echo "ldpo-loop: error: ${ldpo[0]}: command not found (activate ldpo's environment, or set LDPO_BIN)" >&2; exit 2; }
 # `ldpo _workdir WHAT`: the loop's bookkeeping in Python; its shell assignments are evaluated here.
 plan() {
   local text

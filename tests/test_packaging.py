@@ -83,13 +83,21 @@ def test_shell_scripts_are_shellcheck_clean():
 
 
 def test_loop_script_help_and_bad_option():
+    import os
+    import sys
+
     loop = ROOT / "pipelines/ldpo-loop.sh"
-    ok = subprocess.run(["bash", str(loop), "--help"], capture_output=True, text=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    gone = subprocess.run(["bash", str(loop), "--help"], capture_output=True, text=True,
+                          env={**os.environ, "LDPO_BIN": "no-such-ldpo"})
+    assert gone.returncode == 2 and gone.stderr.strip() == ("ldpo-loop: error: no-such-ldpo: command not found "
+                                                            "(activate ldpo's environment, or set LDPO_BIN)")
+    ok = subprocess.run(["bash", str(loop), "--help"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and "--max-iter" in ok.stdout and "CLUSTER_CMD" in ok.stdout
-    bad = subprocess.run(["bash", str(loop), "--bogus"], capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(loop), "--bogus"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.strip() == "ldpo-loop: error: unknown option --bogus (see --help)"
     missing = subprocess.run(["bash", str(loop), "--images", "/nope.h5", "--work", "/tmp/x"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "/nope.h5: no such images store" in missing.stderr
 
 

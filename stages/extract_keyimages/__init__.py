@@ -46,12 +46,12 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
-from ldpo.stages.extract_keyimages.headers import HEADER_COLUMNS
-from ldpo.stages.extract_keyimages.phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
+from .headers import HEADER_COLUMNS
+from .phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
                                                scrubber)
-from ldpo.stages.extract_keyimages.pixels import parse_window
-from ldpo.stages.extract_keyimages.references import mentions
-from ldpo.stages.extract_keyimages.sources import Failure, Job, Record, index_file, read_file, walk
+from .pixels import parse_window
+from .references import mentions
+from .sources import Failure, Job, Record, index_file, read_file, walk
 
 log = logging.getLogger("ldpo")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.stages.extract_keyimages.headers import header_fields, modality
-from ldpo.stages.extract_keyimages.phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
+from .headers import header_fields, modality
+from .phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
                                                WHOLE_PLACE_KEYWORDS, name_parts, place_phrases)
-from ldpo.stages.extract_keyimages.pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
+from .pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

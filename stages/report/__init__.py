@@ -129,7 +129,7 @@ class ReportTool(Tool):
                 write_thumbs(store, row_of, categories, tmp, opts.thumb, opts.batch_size)
                 history_png = copy_if(Path(layout.history_plot), tmp / "history.png")
                 tree_png = copy_if(Path(layout.final("tree/tree.png")), tmp / "tree.png")
-                from ldpo.stages.report.page import render
+                from .page import render
 
                 text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
