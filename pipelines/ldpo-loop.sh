@@ -42,7 +42,9 @@ Options (environment default in brackets):
   --layer NAME          feature layer clustered (multiscale = every stage
                         pooled and concatenated; avgpool, fc7, conv5, ...;
                         with --encode the stage's last conv layer) [LDPO_LAYER=multiscale]
-  --encode fv|vlad|avg|max|none  encode a conv layer                [LDPO_ENCODE=none]
+  --encode fv|vlad|avg|max|patches|none  encode a conv layer, or (patches)
+                        mid-level elements re-mined from image patches
+                        with the previous labels each iteration   [LDPO_ENCODE=none]
   --method scan|kmeans|rim  clustering (scan: neighbour-consistent heads
                         started from k-means; see the README's Discovery) [LDPO_METHOD=scan]
   --k K                 clusters (rim: the over-segmentation)       [LDPO_K=25]
@@ -181,7 +183,7 @@ done
 [[ -z $truth || -f $truth ]] || die "$truth: no such truth file"
 [[ -z $init_labels || -f $init_labels ]] || die "$init_labels: no such labels file"
 [[ $max_iter =~ ^[0-9]+$ ]] || die "--max-iter $max_iter: not a whole number"
-[[ $encode =~ ^(none|fv|vlad|avg|max)$ ]] || die "--encode $encode: one of none, fv, vlad, avg, max"
+[[ $encode =~ ^(none|fv|vlad|avg|max|patches)$ ]] || die "--encode $encode: one of none, fv, vlad, avg, max, patches"
 [[ $tree_affinity =~ ^(lift|confusion|centroids|reports)$ ]] || die "--tree-affinity $tree_affinity: one of lift, confusion, centroids, reports"
 [[ $tree_affinity != reports || -n $reports ]] || die "--tree-affinity reports needs --reports and --manifest"
 [[ $tree_preference =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || die "--tree-preference $tree_preference: a quantile between 0 and 1"
@@ -356,6 +358,22 @@ stage() {
 features_and_labels() {
   local spec=$1 dir=$2 feats
   feats=$dir/features.h5
+  # ---- begin: --encode patches (issue 21, LDPO-PM) ----------------------------------------
+  # The encoder reads the images itself with the current model (SPEC), and the previous
+  # iteration's labels choose its elements (none at iteration 0). Its output is encoded.h5:
+  # featurize and the conv-layer encode below find their output there and skip.
+  if [[ $encode == patches && ! -e $dir/encoded.h5 ]]; then
+    local t_now prev_labels=() patch_args=()
+    t_now=$((10#${dir##*iter-}))
+    (( t_now == 0 )) || prev_labels=(--labels "$(iter_dir $((t_now - 1)))/labels.csv")
+    [[ $spec == checkpoint:* ]] || patch_args=("${input_args[@]}" --input-filter "$input_filter")
+    [[ $layer == local ]] || patch_args+=(--layer "$layer")  # local: the encoder's default (multiscale)
+    log "$(basename "$dir"): encode (patches${prev_labels[*]:+, elements mined from iter-$(printf %02d $((t_now - 1)))})"
+    stage encode "${encode_cmd[@]}" "$images" --out "$dir/encoded.h5" --method patches --model "$spec" \
+      "${prev_labels[@]}" "${patch_args[@]}" "${arch_args[@]}" "${encode_args[@]}" "${common[@]}"
+  fi
+  [[ $encode == patches ]] && feats=$dir/encoded.h5
+  # ---- end: --encode patches ------------------------------------------------------------------
   if [[ ! -e $feats ]]; then
     log "$(basename "$dir"): featurize"
     local size_args=()
