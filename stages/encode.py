@@ -443,7 +443,7 @@ class PatchFeatures:
 
         if enc.mode == "global":
             return self.whole(block).cpu().numpy()
-        feats = self.patches(block)
+        feats = self.patches(block).half().float()  # the precision the fit sample is held in: the same rows
         elements = torch.from_numpy(np.asarray(enc.elements, np.float32)).to(feats.device)
         return (feats @ elements.T).amax(1).cpu().numpy()
 
