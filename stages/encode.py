@@ -1,4 +1,4 @@
-"""``encode``: a conv layer's local descriptors → one orderless vector per image, then PCA.
+"""``encode``: a conv layer's local descriptors (or image patches, ``patches``) → one vector per image, then PCA.
 
 Reads a local feature store (``local`` float16/32 ``[N,S,C]`` + ``ids``, from
 ``featurize --layer conv5|inc5b|layer4``) and writes a features store (``features``
@@ -14,6 +14,22 @@ Methods (``--method``):
   ``[kC, (k+1)C)``); intra-normalization (L2 per word), signed square root; L2.
 * ``avg`` / ``max``: plain pooling over the S positions, C dims (the baseline; no
   normalization).
+
+* ``patches`` (LDPO-PM; reads an **images** store and ``--model``, the CNN as featurize's
+  ``--init``): 50 patches per image at 3 scales (3×3 patches of 1/2 the side, 4×4 of 0.35,
+  5×5 of 1/4, edge to edge), cut and resized to ``--patch-size`` (default half the model's
+  input) by one batched ``roi_align`` on the device, each featurized by ``--layer`` (default
+  ``multiscale``) and L2-normalized (held as float16). Patch clusters: spherical faiss k-means
+  (``--components``, default 128) on at most 100k patches of the fit sample. Elements: with
+  ``--labels`` (the current categories), per category the ``--per-category`` (default 8)
+  clusters of highest *support × confidence* (support = the share of the category's images
+  with a patch in the cluster, confidence = the share of the images with a patch in it that
+  are the category's: Li et al. CVPR 2015's mid-level pattern mining, a cluster standing for
+  a pattern); without labels (``--unlabeled``) the half of the clusters whose max-cosine
+  varies most across images (``spread``, the default: measured better than ``global``, the
+  whole image's features, see docs/scenes.md). An image's encoding: its maximum cosine over
+  its patches to each element. The fit sample's patch features are held in memory (float16,
+  fit images × 50 × D: 5000 × 50 × 960 × 2 B = 480 MB at most); the other images stream.
 
 Then PCA to ``--dim`` (default 4096), fitted on the encodings of the fit sample and
 applied batch by batch. ``--dim`` policy: when left at its default it is capped, with a

@@ -189,7 +189,7 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, path: Path, per_row: i
             axes[r, j + 1].imshow(images[row], cmap="gray", vmin=0, vmax=255)
         for ax in axes[r]:
             ax.axis("off")
-    fig.suptitle("toy scenes: one row per category (its key objects); backgrounds and distractors are shared",
+    fig.suptitle("toy scenes: one row per category (its key objects)",
                  fontsize=7)
     fig.tight_layout(pad=0.2)
     save_png(fig, path)
