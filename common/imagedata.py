@@ -457,3 +457,35 @@ def epoch_items(rows: np.ndarray, targets: np.ndarray, *, seed: int, epoch: int,
     smallest = min(shares)
     batches = smallest // batch if smallest > batch else 1
     return EpochPlan(items, batches, min(shares[rank], batches * batch))
+
+
+# -- patches (encode --method patches) ----------------------------------------------
+def patch_grid(grids: Iterable[tuple[float, int]]) -> np.ndarray:
+    """Square patch boxes as fractions of the (square) image side, ``[P,4]`` float64 (x1, y1, x2, y2):
+    for each ``(scale, n)`` an ``n × n`` grid of patches of side ``scale``, evenly spaced from
+    edge to edge (one centred patch when ``n`` is 1), scale by scale, row by row."""
+    boxes = []
+    for scale, n in grids:
+        starts = np.linspace(0.0, 1.0 - scale, n) if n > 1 else np.array([(1.0 - scale) / 2])
+        for top in starts:
+            for left in starts:
+                boxes.append((left, top, left + scale, top + scale))
+    return np.asarray(boxes, dtype=np.float64)
+
+
+def crop_patches(block: np.ndarray | torch.Tensor, boxes: np.ndarray, size: int, how: str,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """Every patch of ``boxes`` (fractions of the side, :func:`patch_grid`) of every image of a uint8
+    block, as network input ``[B·P,3,size,size]`` on the block's device, image by image (patch p of
+    image b at row b·P + p): the image padded square (:func:`pad_square`), then one ``roi_align``
+    crop-and-resize for the whole batch (bilinear, averaging when shrinking, as :class:`Augment`),
+    then normalized per patch like a whole image (:func:`finish`)."""
+    from torchvision.ops import roi_align
+
+    x = pad_square(channels_first(block))  # 0..255
+    b, side = len(x), x.shape[-1]
+    pixels = torch.as_tensor(boxes, dtype=x.dtype, device=x.device) * side  # [P,4]
+    index = torch.arange(b, dtype=x.dtype, device=x.device).repeat_interleave(len(boxes)).unsqueeze(1)
+    rois = torch.cat([index, pixels.repeat(b, 1)], dim=1)
+    x = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return finish(x, how, tuple(mean), tuple(std), 1 / 255, False)

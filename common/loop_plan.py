@@ -84,7 +84,8 @@ def iteration(parsed: Parsed, layout: Layout, t: int) -> dict:
     if opts.encode == "patches":  # encode makes its own patch features from the images and this model
         featurize = []
         encode = [*stage_command("encode"), opts.images, "--out", out["encoded"], "--method", "patches",
-                  "--model", spec, *(["--labels", prev_labels] if t > 0 else []), *extra("encode"),
+                  "--model", spec, *(["--labels", prev_labels] if t > 0 else []), *inputs,
+                  *(["--layer", opts.layer] if opts.layer else []), *given(parsed, "arch"), *extra("encode"),
                   *common(parsed)]
     elif opts.encode != "none":
         encode = [*stage_command("encode"), out["features"], "--out", out["encoded"], "--method", opts.encode,

@@ -1,4 +1,4 @@
-"""``encode``: a conv layer's local descriptors → one orderless vector per image, then PCA.
+"""``encode``: a conv layer's local descriptors (or image patches, ``patches``) → one vector per image, then PCA.
 
 Reads a local feature store (``local`` float16/32 ``[N,S,C]`` + ``ids``, from
 ``featurize --layer conv5|inc5b|layer4``) and writes a features store (``features``
@@ -14,6 +14,22 @@ Methods (``--method``):
   ``[kC, (k+1)C)``); intra-normalization (L2 per word), signed square root; L2.
 * ``avg`` / ``max``: plain pooling over the S positions, C dims (the baseline; no
   normalization).
+
+* ``patches`` (LDPO-PM; reads an **images** store and ``--model``, the CNN as featurize's
+  ``--init``): 50 patches per image at 3 scales (3×3 patches of 1/2 the side, 4×4 of 0.35,
+  5×5 of 1/4, edge to edge), cut and resized to ``--patch-size`` (default half the model's
+  input) by one batched ``roi_align`` on the device, each featurized by ``--layer`` (default
+  ``multiscale``) and L2-normalized (held as float16). Patch clusters: spherical faiss k-means
+  (``--components``, default 128) on at most 100k patches of the fit sample. Elements: with
+  ``--labels`` (the current categories), per category the ``--per-category`` (default 8)
+  clusters of highest *support × confidence* (support = the share of the category's images
+  with a patch in the cluster, confidence = the share of the images with a patch in it that
+  are the category's: Li et al. CVPR 2015's mid-level pattern mining, a cluster standing for
+  a pattern); without labels (``--unlabeled``) the half of the clusters whose max-cosine
+  varies most across images (``spread``, the default: measured better than ``global``, the
+  whole image's features, see docs/scenes.md). An image's encoding: its maximum cosine over
+  its patches to each element. The fit sample's patch features are held in memory (float16,
+  fit images × 50 × D: 5000 × 50 × 960 × 2 B = 480 MB at most); the other images stream.
 
 Then PCA to ``--dim`` (default 4096), fitted on the encodings of the fit sample and
 applied batch by batch. ``--dim`` policy: when left at its default it is capped, with a
@@ -44,12 +60,15 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
 from ldpo.common.errors import InputError
+from ldpo.common.input_options import InputOptions
 from ldpo.common.features import PCA, kmeans
+from ldpo.common.imagedata import patch_grid
 from ldpo.common.stores import atomic_path, create_store, file_checksum, open_store
 
 log = logging.getLogger("ldpo")
 
-METHODS = ("fv", "vlad", "avg", "max")
+METHODS = ("fv", "vlad", "avg", "max", "patches")
+UNLABELED = ("spread", "global")
 DEFAULT_DIM = 4096
 MODEL_FORMAT = "ldpo-encoder-1"
 
@@ -243,7 +262,7 @@ def fit_gmm(x: np.ndarray, k: int, seed: int, device: str, niter: int = 30, tol:
     means = torch.from_numpy(centroids).to(device)
     weights, _, variances = _m_step(q, x_t, x2, floor, means, torch.ones_like(means))
     previous = -math.inf
-    for it in range(niter):
+    for it in range(niter):  # noqa: B007 - the count is logged after the loop
         logp = gmm_log_joint(x_t, weights, means, variances)
         ll = torch.logsumexp(logp, dim=1)
         q = torch.exp(logp - ll.unsqueeze(1))
@@ -334,24 +353,235 @@ def fit_encoder(store, method: str, k: int, rows: np.ndarray, pca_dim: int | Non
     return enc
 
 
+# -- patches: mid-level elements mined from CNN features of image patches ---------------------
+
+#: the patch grid: (side as a fraction of the image side, patches per row); 9 + 16 + 25 = 50 patches
+PATCH_GRIDS = ((0.5, 3), (0.35, 4), (0.25, 5))
+PATCH_COMPONENTS = 128
+#: patch features held per fit image while fitting: float16 [fit images, P, D] (5000 x 50 x 960 x 2 B = 480 MB)
+KMEANS_PATCH_CAP = 100_000
+
+
+@dataclass
+class PatchEncoder:
+    """What ``--model-out`` saves for ``patches``: the patch geometry, the model's identity, the
+    kept elements (unit-norm patch-cluster centroids) and the PCA; ``mode`` = mined (chosen by
+    labels), spread (no labels) or global (no labels: the whole image's features)."""
+
+    mode: str
+    boxes: np.ndarray                      # [P,4] fractions of the side
+    patch_size: int
+    layer: str
+    model_checksum: str
+    width: int = 0                         # the encoding's dimension before PCA
+    elements: np.ndarray | None = None     # [M,D] float32, unit rows (mined, spread)
+    element_category: np.ndarray | None = None  # [M] the category that chose each element (mined), else -1
+    pca: PCA | None = None
+
+    method = "patches"
+    components = 0
+
+    @property
+    def encoded_dim(self) -> int:
+        return self.width
+
+    @property
+    def dim(self) -> int:
+        return self.pca.dim if self.pca is not None else self.encoded_dim
+
+    def reduce(self, y: np.ndarray) -> np.ndarray:
+        return y if self.pca is None else self.pca.transform(y)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"format": np.array(MODEL_FORMAT), "method": np.array("patches"), "mode": np.array(self.mode),
+               "boxes": self.boxes, "patch_size": np.array(self.patch_size, np.int64),
+               "layer": np.array(self.layer), "model_checksum": np.array(self.model_checksum),
+               "width": np.array(self.width, np.int64)}
+        if self.elements is not None:
+            out["elements"] = self.elements
+            out["element_category"] = self.element_category
+        if self.pca is not None:
+            state = self.pca.state()
+            out.update(pca_dim=np.array(state["dim"], np.int64), pca_whiten=np.array(state["whiten"]),
+                       pca_mean=state["mean"], pca_components=state["components"], pca_scale=state["scale"])
+        return out
+
+    checksum = Encoder.checksum
+    save = Encoder.save
+
+    @classmethod
+    def from_arrays(cls, a: dict) -> "PatchEncoder":
+        pca = None
+        if "pca_dim" in a:
+            pca = PCA.from_state({"dim": a["pca_dim"], "whiten": a["pca_whiten"], "mean": a["pca_mean"],
+                                  "components": a["pca_components"], "scale": a["pca_scale"]})
+        return cls(mode=str(a["mode"]), boxes=a["boxes"], patch_size=int(a["patch_size"]), layer=str(a["layer"]),
+                   model_checksum=str(a["model_checksum"]), width=int(a["width"]), elements=a.get("elements"),
+                   element_category=a.get("element_category"), pca=pca)
+
+
+class PatchFeatures:
+    """The model cut at ``layer``: L2-normalized features of every patch of a uint8 image block
+    (``[B,P,D]``), or of the whole images (``[B,D]``), computed on the device in chunks."""
+
+    def __init__(self, extractor, built, boxes: np.ndarray, patch_size: int, device: str, chunk: int = 1024):
+        self.extractor, self.built, self.boxes = extractor, built, boxes
+        self.patch_size, self.device, self.chunk = patch_size, device, chunk
+
+    def _run(self, x):
+        import torch
+
+        outs = [self.extractor(x[lo:lo + self.chunk]).float() for lo in range(0, len(x), self.chunk)]
+        return torch.nn.functional.normalize(torch.cat(outs), dim=1)
+
+    def patches(self, block: np.ndarray):
+        import torch
+
+        from ldpo.common.imagedata import crop_patches
+
+        with torch.inference_mode():
+            x = crop_patches(torch.from_numpy(np.ascontiguousarray(block)).to(self.device), self.boxes,
+                             self.patch_size, self.built.normalize, self.built.mean, self.built.std)
+            return self._run(x).reshape(len(block), len(self.boxes), -1)
+
+    def whole(self, block: np.ndarray):
+        import torch
+
+        from ldpo.common.imagedata import Preprocess
+
+        prep = Preprocess(self.built.input_size, self.built.normalize, self.built.mean, self.built.std)
+        with torch.inference_mode():
+            return self._run(prep(torch.from_numpy(np.ascontiguousarray(block)).to(self.device)))
+
+    def encode(self, enc: PatchEncoder, block: np.ndarray) -> np.ndarray:
+        """Rows before PCA: max over patches of the cosine to each element, or the whole image's features."""
+        import torch
+
+        if enc.mode == "global":
+            return self.whole(block).cpu().numpy()
+        feats = self.patches(block).half().float()  # the precision the fit sample is held in: the same rows
+        elements = torch.from_numpy(np.asarray(enc.elements, np.float32)).to(feats.device)
+        return (feats @ elements.T).amax(1).cpu().numpy()
+
+
+def mine_elements(assign: np.ndarray, labels: np.ndarray, k: int, per_category: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per category y, the ``per_category`` patch clusters c of highest support × confidence:
+    support = the share of y's images with a patch in c, confidence = the share of the images with
+    a patch in c that are y's (Li et al. 2015's pattern mining, one cluster = one pattern). Ties
+    go to the lower cluster number; a cluster chosen by two categories is kept once (for the
+    first). ``assign`` [F,P] = each patch's cluster. Returns (clusters, their category)."""
+    present = np.zeros((len(assign), k), bool)
+    present[np.arange(len(assign))[:, None], assign] = True
+    classes = np.unique(labels)
+    onehot = (labels[:, None] == classes[None, :]).astype(np.float64)   # [F,Y]
+    both = onehot.T @ present                                           # [Y,K] images of y with c
+    support = both / onehot.sum(0)[:, None]
+    confidence = both / np.maximum(present.sum(0), 1)[None, :]
+    score = support * confidence
+    chosen, category = [], []
+    for y, row in enumerate(score):
+        order = np.lexsort((np.arange(k), -row))
+        for c in order[:per_category]:
+            if row[c] > 0 and c not in chosen:
+                chosen.append(int(c))
+                category.append(int(classes[y]))
+    return np.asarray(chosen, np.int64), np.asarray(category, np.int64)
+
+
+def spread_elements(maxsim: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` clusters whose max-cosine over an image's patches varies most across images
+    (standard deviation; present in some images, absent in others), in cluster order."""
+    spread = maxsim.std(0)
+    order = np.lexsort((np.arange(len(spread)), -spread))
+    return np.sort(order[:keep])
+
+
+def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np.ndarray | None, opts,
+                      pca_dim_for, enc: PatchEncoder) -> tuple[PatchEncoder, np.ndarray]:
+    """Fit on the fit-sample images: patch clusters (spherical faiss k-means on a sample of their
+    patches), elements (mined with labels, else spread or global), PCA. Returns the encoder and
+    the fit images' encodings before PCA (reused when writing)."""
+    batch = opts.batch_size
+    if enc.mode == "global":
+        parts = [feats.whole(images.take("images", rows[lo:lo + batch])).cpu().numpy()
+                 for lo in progress(range(0, len(rows), batch), desc="fit sample (global)")]
+        encoded = np.concatenate(parts)
+    else:
+        held = None
+        for lo in progress(range(0, len(rows), batch), desc="fit sample (patches)"):
+            f = feats.patches(images.take("images", rows[lo:lo + batch])).cpu().numpy()
+            if held is None:
+                held = np.empty((len(rows),) + f.shape[1:], np.float16)
+            held[lo:lo + len(f)] = f
+        f, p, d = held.shape
+        k = opts.components or PATCH_COMPONENTS
+        if k > f * p:
+            raise InputError(f"--components {k}: more than the {f * p} patches of the fit sample")
+        rng = np.random.default_rng(opts.seed + 1)
+        flat = held.reshape(-1, d)
+        pick = np.sort(rng.choice(len(flat), size=min(len(flat), KMEANS_PATCH_CAP), replace=False))
+        log.info("patch clusters: spherical k-means, k=%d, on %d of %d patches of %d images", k, len(pick),
+                 len(flat), f)
+        centroids, _, _ = kmeans(flat[pick].astype(np.float32), k, niter=25, seed=opts.seed,
+                                 device=resolve_device(opts.device), spherical=True)
+        centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        maxsim = np.empty((f, k), np.float32)
+        assign = np.empty((f, p), np.int64)
+        for lo in range(0, f, batch):
+            s = held[lo:lo + batch].astype(np.float32) @ centroids.T           # [b,P,K]
+            maxsim[lo:lo + batch], assign[lo:lo + batch] = s.max(1), s.argmax(2)
+        if labels is not None:
+            chosen, category = mine_elements(assign, labels[rows], k, opts.per_category)
+            log.info("mined %d elements for %d categories (support x confidence, top %d each)", len(chosen),
+                     len(np.unique(labels)), opts.per_category)
+        else:
+            chosen = spread_elements(maxsim, max(1, k // 2))
+            category = np.full(len(chosen), -1, np.int64)
+            log.info("kept %d of %d patch clusters by their spread across images (no labels)", len(chosen), k)
+        enc.elements, enc.element_category = centroids[chosen].astype(np.float32), category
+        encoded = maxsim[:, chosen]
+    enc.width = encoded.shape[1]
+    dim = pca_dim_for(encoded.shape[1], len(rows))
+    if dim is not None:
+        log.info("fitting PCA %d -> %d on %d encodings", encoded.shape[1], dim, len(rows))
+        enc.pca = PCA(dim, whiten=False, seed=opts.seed).fit(encoded)
+    return enc, encoded
+
+
 # -- the command ------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
-class Options(CommonOptions):
-    local: str = positional("local-descriptor store (.h5/.zarr) with `local` [N,S,C] from featurize --layer conv5|inc5b|layer4",
-                            role="input")
+class Options(CommonOptions, InputOptions):
+    local: str = positional("local-descriptor store (.h5/.zarr) with `local` [N,S,C] from featurize --layer "
+                            "conv5|inc5b|layer4; with --method patches an images store", role="input")
     out: str = opt("output feature store (.h5/.zarr): `features` float32 [N,D]", role="output")
-    method: str = opt("encoding: fv (Fisher Vector), vlad, avg or max pooling "
+    method: str = opt("encoding: fv (Fisher Vector), vlad, avg or max pooling of local descriptors, or patches "
+                      "(mid-level elements mined from image patches; needs --model) "
                       "(required unless --model-in, which then sets it)", "", choices=list(METHODS))
-    components: int = opt("GMM components (fv) or codebook words (vlad)", 64, min=1, max=65536)
+    components: Optional[int] = opt("GMM components (fv), codebook words (vlad) or patch clusters (patches) "
+                                    f"(default 64; patches {PATCH_COMPONENTS})", None, min=1, max=65536)
     dim: Optional[int] = opt(f"PCA output dimensions (default {DEFAULT_DIM}, then capped with a warning by the "
                              "encoding's dimension and --fit-sample; an explicit larger value is an error)", None,
                              min=1)
     no_pca: bool = opt("keep the full encoding, no PCA", False)
-    fit_sample: int = opt("images sampled (seeded) to fit the GMM/codebook and the PCA", 5000, min=1)
+    fit_sample: int = opt("images sampled (seeded) to fit the GMM/codebook/patch clusters and the PCA", 5000, min=1)
     model_out: str = opt("save the fitted encoder here (.npz)", "", role="output")
     model_in: str = opt("apply this saved encoder (.npz) instead of fitting one", "", role="input")
     batch_size: int = opt("images encoded per batch", 128, min=1)
+    # patches
+    model: str = opt("patches: the CNN that featurizes the patches, as featurize's --init: random | weights:PATH "
+                     "| checkpoint:PATH", "")
+    labels: str = opt("patches: the current categories (id,label CSV of every image), which choose the elements; "
+                      "without it --unlabeled decides", "", role="input")
+    arch: Optional[str] = opt("patches: architecture (as featurize; default: the checkpoint's, resnet18 from random)",
+                              None)
+    layer: Optional[str] = opt("patches: a global layer of the model per patch (default multiscale: every stage "
+                               "pooled and L2-normalized, concatenated)", None)
+    patch_size: Optional[int] = opt("patches: side each patch is resized to for the CNN (default: half the model's "
+                                    "input size, at least the architecture's minimum)", None, min=8, max=1024)
+    per_category: int = opt("patches with --labels: elements kept per category", 8, min=1)
+    unlabeled: str = opt("patches without --labels: spread (keep the half of the patch clusters that varies most "
+                         "across images) or global (the whole image's features)", "spread", choices=list(UNLABELED))
 
 
 class EncodeTool(Tool):
@@ -359,11 +589,15 @@ class EncodeTool(Tool):
     description = ("Encode a conv layer's local descriptors (Fisher Vector, VLAD, avg/max pooling), "
                    "reduce with PCA, and write a global feature store; streamed, memory flat in N.")
     example = ("encode conv5.h5 --out fv.h5 --method fv --components 64 --dim 4096 --model-out fv.npz\n"
-               "encode new_conv5.h5 --out new_fv.h5 --model-in fv.npz")
+               "encode new_conv5.h5 --out new_fv.h5 --model-in fv.npz\n"
+               "encode images.h5 --out pm.h5 --method patches --model checkpoint:iter-01/model.pt "
+               "--labels iter-00/labels.csv")
     Options = Options
 
     def main(self, opts: Options) -> int:
         check_options(opts)
+        if opts.method == "patches" or (not opts.method and saved_method(opts.model_in) == "patches"):
+            return encode_patches(opts)
         device = resolve_device(opts.device)
         with open_store(opts.local, expect="local") as src:
             n, s, c = src.shape("local")
@@ -374,8 +608,9 @@ class EncodeTool(Tool):
                 enc = load_for(opts, c)
             else:
                 rows = sample_rows(n, opts.fit_sample, opts.seed)
-                pca_dim = choose_dim(opts, encoded_dim(opts.method, opts.components, c), len(rows))
-                enc = fit_encoder(src, opts.method, opts.components, rows, pca_dim, opts.batch_size,
+                k = opts.components or 64
+                pca_dim = choose_dim(opts, encoded_dim(opts.method, k, c), len(rows))
+                enc = fit_encoder(src, opts.method, k, rows, pca_dim, opts.batch_size,
                                   opts.seed, device)
                 log.info("fitted %s encoder in %.1f s", enc.method, time.perf_counter() - started)
             started = time.perf_counter()
@@ -392,9 +627,29 @@ class EncodeTool(Tool):
 
 def check_options(opts: Options) -> None:
     if not opts.model_in and not opts.method:
-        raise InputError("--method is required (fv, vlad, avg or max) unless --model-in is given")
+        raise InputError("--method is required (fv, vlad, avg, max or patches) unless --model-in is given")
     if opts.dim is not None and opts.no_pca:
         raise InputError("--dim and --no-pca exclude each other")
+    patches = opts.method == "patches" or (not opts.method and saved_method(opts.model_in) == "patches")
+    if patches and not opts.model:
+        raise InputError("--method patches needs --model (the CNN: random, weights:PATH or checkpoint:PATH)")
+    given = [flag for flag, value in (("--model", opts.model), ("--labels", opts.labels), ("--arch", opts.arch),
+                                      ("--layer", opts.layer), ("--patch-size", opts.patch_size),
+                                      ("--input-size", opts.input_size), ("--normalize", opts.normalize),
+                                      ("--input-filter", opts.input_filter)) if value]
+    if given and not patches:
+        raise InputError(f"{', '.join(given)}: only for --method patches")
+
+
+def saved_method(path: str) -> str:
+    """The method of a saved encoder (``""`` when there is none or it cannot be read: loading says why)."""
+    if not path or not Path(path).is_file():
+        return ""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["method"]) if "method" in z.files else ""
+    except (OSError, ValueError):
+        return ""
 
 
 def choose_dim(opts: Options, full: int, fit_rows: int) -> int | None:
@@ -441,6 +696,107 @@ def write_features(src, enc: Encoder, opts: Options, device: str, source_checksu
         total = math.ceil(n / opts.batch_size)
         for lo, hi, block in progress(src.batches("local", opts.batch_size), desc="encode", total=total):
             out.write("features", lo, enc.encode(finite(block, src.path, np.arange(lo, hi)), device))
+
+
+# -- the command: patches -----------------------------------------------------------------------
+
+def encode_patches(opts: Options) -> int:
+    """``--method patches``: featurize patches with --model, fit (or load) the elements, stream the images."""
+    import torch
+
+    from ldpo.common import models
+    from ldpo.common.labels import align, read_labels
+
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    init = models.parse_init(opts.model)
+    if opts.arch is not None:
+        models.check_arch(opts.arch)
+    with open_store(opts.local, expect="images") as images:
+        n, ids, side = len(images), images.ids, max(images.shape("images")[1:3])
+        if n == 0:
+            raise InputError(f"{opts.local}: no images")
+        labels = align(read_labels(opts.labels), ids, opts.local) if opts.labels else None
+        built = models.build(init, opts.arch, None, opts.seed, opts.input_size, opts.normalize,
+                             input_filter=opts.input_filter, store_side=side)
+        saved = load_patch_encoder(opts, built) if opts.model_in else None
+        layer = saved.layer if saved else (opts.layer or "multiscale")
+        extractor = models.Extractor(built.model, built.arch, layer, built.target).eval().to(device)
+        if extractor.layer.kind not in ("global", "multiscale"):
+            raise InputError(f"--layer {layer}: patches need one vector per patch (a global layer or multiscale), "
+                             f"not a {extractor.layer.kind} layer")
+        size = saved.patch_size if saved else (opts.patch_size or max(models.min_input(built.arch), built.input_size // 2))
+        models.check_input_size(built.arch, size, "--patch-size")
+        boxes = saved.boxes if saved else patch_grid(PATCH_GRIDS)
+        feats = PatchFeatures(extractor, built, boxes, size, device)
+        started = time.perf_counter()
+        if saved:
+            enc, rows, encoded = saved, np.zeros(0, np.int64), np.zeros((0, saved.width), np.float32)
+        else:
+            mode = "mined" if labels is not None else opts.unlabeled
+            enc = PatchEncoder(mode=mode, boxes=boxes, patch_size=size, layer=layer,
+                               model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}")
+            rows = sample_rows(n, opts.fit_sample, opts.seed)
+            log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s",
+                     built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in PATCH_GRIDS), size,
+                     len(rows), mode)
+            enc, encoded = fit_patch_encoder(images, feats, rows, labels, opts,
+                                             lambda full, fit: choose_dim(opts, full, fit), enc)
+            log.info("fitted the patch encoder in %.1f s", time.perf_counter() - started)
+        started = time.perf_counter()
+        write_patch_features(images, feats, enc, opts, rows, encoded, file_checksum(opts.local, 16))
+        seconds = time.perf_counter() - started
+        log.info("encoded %d images in %.1f s (%.1f ms per image, %d patches each; %d -> %d dims)", n, seconds,
+                 1000 * seconds / n, len(boxes), enc.encoded_dim, enc.dim)
+    if opts.model_out:
+        enc.save(opts.model_out)
+    return 0
+
+
+def load_patch_encoder(opts: Options, built) -> PatchEncoder:
+    """``--model-in`` for patches: saved by --model-out with this --model (the same weights)."""
+    if not Path(opts.model_in).is_file():
+        raise InputError(f"{opts.model_in}: no such encoder model")
+    try:
+        with np.load(opts.model_in, allow_pickle=False) as z:
+            a = {name: z[name] for name in z.files}
+        enc = PatchEncoder.from_arrays(a)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{opts.model_in}: not a patches encoder written by encode --model-out ({err})".splitlines()[0]) from err
+    if str(a.get("format")) != MODEL_FORMAT:
+        raise InputError(f"{opts.model_in}: not an encoder model written by encode --model-out")
+    if built.checksum and enc.model_checksum != built.checksum:
+        raise InputError(f"{opts.model_in}: fitted with another model than --model {opts.model}")
+    if opts.labels:
+        raise InputError("--labels: the elements of --model-in are chosen already; drop --labels")
+    if (opts.no_pca and enc.pca is not None) or (opts.dim is not None and opts.dim != enc.dim):
+        raise InputError(f"{opts.model_in}: the encoder gives {enc.dim} dims; drop --dim/--no-pca")
+    return enc
+
+
+def write_patch_features(images, feats: PatchFeatures, enc: PatchEncoder, opts: Options, fit_rows: np.ndarray,
+                         fit_encoded: np.ndarray, source_checksum: str) -> None:
+    """Stream the images batch by batch: encodings (the fit images' are reused), PCA, rows of the output."""
+    n = len(images)
+    attrs = {"stage": "encode", "method": "patches", "encoding": f"patches-{enc.mode}", "components": 0,
+             "dim": enc.dim, "encoded_dim": enc.encoded_dim, "pca": enc.pca is not None,
+             "patches": len(enc.boxes), "patch_size": enc.patch_size, "layer": enc.layer, "model": opts.model,
+             "labels": opts.labels, "source": str(opts.local), "source_checksum": source_checksum,
+             "encoder": opts.model_in or opts.model_out, "model_checksum": enc.checksum(), "seed": opts.seed}
+    position = np.full(n, -1, np.int64)
+    position[fit_rows] = np.arange(len(fit_rows))
+    with create_store(opts.out, n=n, arrays={"features": ((enc.dim,), "float32")}, ids=images.ids,
+                      attrs=attrs) as out:
+        for lo in progress(range(0, n, opts.batch_size), desc="encode", total=math.ceil(n / opts.batch_size)):
+            hi = min(n, lo + opts.batch_size)
+            y = np.empty((hi - lo, enc.encoded_dim), np.float32)
+            have = position[lo:hi] >= 0
+            y[have] = fit_encoded[position[lo:hi][have]]
+            if not have.all():
+                y[~have] = feats.encode(enc, images.take("images", np.arange(lo, hi)[~have]))
+            out.write("features", lo, enc.reduce(y))
 
 
 TOOL = EncodeTool

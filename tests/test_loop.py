@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ldpo.common.labels import align, read_labels
 from ldpo.common.metrics import purity

@@ -4,6 +4,7 @@
 ``toy-data pacs --out DIR`` — a small fake PACS: DICOM studies + reports.
 ``toy-data archive --n N --size S --out A.zarr`` — a synthetic archive of any size (images + truth).
 ``toy-data multilabel --out DIR`` — images showing one, two or none of four body parts (images + multi-label truth).
+``toy-data scenes --out DIR`` — scenes whose category is which objects appear (images + truth).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import sys
 
 from ldpo.common.cli import Tool
 
-SETS = {"texture25": "texture25", "pacs": "pacs", "archive": "archive", "multilabel": "multilabel"}
+SETS = {"texture25": "texture25", "pacs": "pacs", "archive": "archive", "multilabel": "multilabel", "scenes": "scenes"}
 
 
 class ToyDataTool(Tool):
     name = "toy-data"
     description = ("Generate an embedded toy data set: texture25 (images + truth), pacs (DICOM + reports), "
-                   "archive (a synthetic archive of any size: images + truth) or multilabel (one, two or no body parts per "
-                   "image: images + multi-label truth).")
+                   "archive (a synthetic archive of any size: images + truth), multilabel (one, two or no body parts per "
+                   "image: images + multi-label truth) or scenes (categories by the objects they show: images + truth).")
     example = ("toy-data texture25 --out toy/ --per-class 12 --size 64\ntoy-data pacs --out pacs/\n"
-               "toy-data archive --n 216000 --size 256 --out archive.zarr\ntoy-data multilabel --out ml/ --n 600")
+               "toy-data archive --n 216000 --size 256 --out archive.zarr\ntoy-data multilabel --out ml/ --n 600\n"
+               "toy-data scenes --out scenes/ --classes 10 --per-class 40")
 
     def sets(self) -> dict[str, type[Tool]]:
         found = {}

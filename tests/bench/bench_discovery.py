@@ -17,6 +17,14 @@ Data sets (generated here, nothing is downloaded):
   by modality, see the README); the region-only scores are printed beside it (``*_region``);
 * ``archive``: ``toy-data archive`` phantoms (an elliptical body filled with oriented
   gratings per class), 20 classes × 50 images: a third kind, neither texture nor PACS;
+* ``scenes``: ``toy-data scenes`` (10 categories × 40 images, 64 px; a category = which two or
+  three object kinds appear, over random backgrounds with shared distractors), the loop from
+  ``--init weights:FILE``: a ResNet-18 trained supervised on the isolated objects (the parts,
+  ``toy-data scenes --objects``; the toy stand-in for ImageNet, which knows windows and beds
+  but not the scene categories). Compare ``--settings ldpo_global,ldpo_pm``: its last line is
+  ``scenes: kmeans=P0 ldpo_global=P1 ldpo_pm=P2`` (median final purities; kmeans = k-means on
+  iteration 0's global features), after the cost of ``encode --method patches`` (ms per
+  image, peak RSS at N and 2N);
 * ``pretrained``: the paper's setting without downloads: ResNet-18 trained supervised
   on texture families 10–24 (the source) is saved as a weights file, and the loop runs
   on families 0–9 (the target, disjoint) from ``--init weights:FILE``.
@@ -101,6 +109,9 @@ SETTINGS: dict[str, Setting] = {
                            env={"FINETUNE_ARGS": "--min-confidence 0.8"}),
     "avgpool+kmeans": Setting("the previous defaults: the avgpool feature, k-means",
                               args=["--layer", "avgpool", "--method", "kmeans"]),
+    "ldpo_global": Setting("LDPO with global features (the loop's defaults; named for the scenes set)"),
+    "ldpo_pm": Setting("LDPO-PM: encode --method patches, elements re-mined from the previous labels",
+                       args=["--encode", "patches"]),
     "pca128+jitter": Setting("PCA to 128, jitter 0.3", env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
 }
 
@@ -189,6 +200,67 @@ def make_pretrained(out: Path, per_class: int, size: int, epochs: int, device: s
     state = torch.load(model, map_location="cpu", weights_only=True)["state_dict"]
     torch.save(state, weights)  # a plain state_dict, like torchvision's ImageNet files
     return target, target_truth, weights
+
+
+def make_scenes(out: Path, classes: int, per_class: int, size: int, epochs: int, device: str
+                ) -> tuple[Path, Path, Path]:
+    """Toy scenes, and a ResNet-18 trained on their isolated objects saved as a weights file."""
+    images, truth, weights = out / "images.h5", out / "truth.csv", out / "objects-resnet18.pth"
+    if weights.exists():
+        return images, truth, weights
+    run([*ldpo(), "toy-data", "scenes", "--out", str(out), "--classes", str(classes), "--per-class",
+         str(per_class), "--size", str(size), "--objects", "60", "--seed", "0", "--quiet"])
+    model = out / "objects.pt"
+    run([*ldpo(), "finetune", str(out / "objects" / "images.h5"), str(out / "objects" / "truth.csv"), "--out",
+         str(model), "--init", "random", "--arch", "resnet18", "--epochs", str(epochs), "--input-size",
+         str(max(32, size // 2)), "--normalize", "zscore", "--split", "none", "--lr", "0.05", "--schedule", "cosine",
+         "--device", device, "--quiet"])
+    import torch
+
+    torch.save(torch.load(model, map_location="cpu", weights_only=True)["state_dict"], weights)
+    return images, truth, weights
+
+
+def encode_cost(images: Path, weights: Path, out: Path, device: str, threads: int) -> str:
+    """``encode --method patches`` (no labels) at N and 2N images: ms per image and peak RSS (flat in N?)."""
+
+    from ldpo.common.stores import open_store, write_store
+
+    double = out / "images-2n.h5"
+    if not double.exists():
+        with open_store(images) as store:
+            pixels, ids = store.read("images"), store.ids
+        write_store(double, ids + [f"{i}-copy" for i in ids], {"stage": "bench"},
+                    images=np.concatenate([pixels, pixels]))
+    parts = []
+    for path in (images, double):
+        cmd = [sys.executable, "-c", "import resource, sys; from ldpo.stages import run; code = run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)",
+               "encode", str(path), "--out", str(out / "cost.h5"), "--method", "patches", "--model",
+               f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore", "--input-size", "64",
+               "--device", device, "--quiet", "--no-progress"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        with open_store(path) as store:
+            n = len(store)
+        rss = int(proc.stderr.strip().splitlines()[-1]) / 1024
+        parts.append(f"N={n}: {1000 * seconds / n:.0f} ms/image, peak RSS {rss:.0f} MB")
+    return "encode --method patches (50 patches x 3 scales, ResNet-18 multiscale at 32 px, wall incl. start-up): " + "; ".join(parts)
+
+
+def scenes_line(results: list[dict]) -> str | None:
+    """``scenes: kmeans=P0 ldpo_global=P1 ldpo_pm=P2``: median final purities (kmeans: iteration 0's global features)."""
+    def med(setting: str, column: str) -> str:
+        values = [r[column] for r in results if r["set"] == "scenes" and r["setting"] == setting and column in r]
+        return f"{float(np.median(values)):.3f}" if values else "-"
+
+    if not any(r["set"] == "scenes" for r in results):
+        return None
+    return f"scenes: kmeans={med('ldpo_global', 'kmeans0')} ldpo_global={med('ldpo_global', 'purity')} " \
+           f"ldpo_pm={med('ldpo_pm', 'purity')}"
 
 
 # -- one run -----------------------------------------------------------------------------
@@ -302,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iter", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--scene-classes", type=int, default=10)
+    p.add_argument("--scene-per-class", type=int, default=40)
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
@@ -336,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         elif data == "archive":
             images, truth = make_archive(out / "data-archive", 20, 50, opts.size)
             classes = 20
+        elif data == "scenes":
+            images, truth, weights = make_scenes(out / "data-scenes", opts.scene_classes, opts.scene_per_class,
+                                                 opts.size, opts.pretrain_epochs, opts.device)
+            classes = opts.scene_classes
+            extra = ["--init", f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore"]
+            print(encode_cost(images, weights, out / "data-scenes", opts.device, opts.threads), file=sys.stderr,
+                  flush=True)
         elif data == "pretrained":
             images, truth, weights = make_pretrained(out / "data-pretrained", opts.per_class, opts.size,
                                                      opts.pretrain_epochs, opts.device)
@@ -364,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, "runs")
     print_table(medians(results), "medians over seeds")
     print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; rows in {out / 'results.csv'}")
+    line = scenes_line(results)
+    if line:
+        print(line)
     return 0 if all("error" not in r for r in results) else 1
 
 
