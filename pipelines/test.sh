@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run the test suite (sets up .venv on first use). Extra arguments go to pytest.
+# Lint, then run the test suite (sets up .venv on first use). Extra arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(bash "$root/pipelines/setup-env.sh")
 cd "$root"
+export PATH="$bin:$PATH"   # the loop's tests run `ldpo` and the stage commands
+"$bin/ruff" check common stages tests   # the lint rules in ruff.toml; a finding fails CI like a test
 exec "$bin/python" -m pytest "$@"
