@@ -62,9 +62,9 @@ class Options(CommonOptions):
     work: str = positional("the loop's work folder (run.json, history.csv, final/, iter-NN/)", role="input")
     out: Optional[str] = opt("output folder (default: WORK/report)", None, role="output-folder")
     images: Optional[str] = opt("images store (default: the one in WORK/run.json)", None, role="input")
-    typical: int = opt("most typical images shown per category", 8)
-    atypical: int = opt("least typical images shown per category", 4)
-    thumb: int = opt("thumbnail side in pixels", 96)
+    typical: int = opt("most typical images shown per category", 8, min=1)
+    atypical: int = opt("least typical images shown per category", 4, min=0)
+    thumb: int = opt("thumbnail side in pixels", 96, min=16, max=1024)
     title: Optional[str] = opt("page title (default: 'ldpo run: WORK')", None)
     batch_size: int = opt("images read per batch", 256, min=1, aliases=["--batch"])
     words: Optional[str] = opt("describe's WORDS.csv (id,rank,word,score): each category shows its images' most "
@@ -85,8 +85,6 @@ class ReportTool(Tool):
         work = Path(opts.work)
         layout = Layout(str(work))
         out = Path(opts.out) if opts.out else Path(layout.report())
-        if opts.typical < 1 or opts.atypical < 0 or opts.thumb < 16:
-            raise InputError("--typical must be >= 1, --atypical >= 0, --thumb >= 16")
         if work.exists() and not work.is_dir():
             raise InputError(f"{work}: is a file, not a work folder (give the loop's --work folder)")
         if not work.is_dir():
