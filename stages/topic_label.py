@@ -122,15 +122,28 @@ def parse_grid(text: str) -> list[int]:
 # -- LDA --------------------------------------------------------------------------------
 
 
-def fit_lda(corpus: list, dictionary, k: int, opts: Options):
-    """An LDA model with K topics; deterministic for a seed (with ``--workers`` <= 1)."""
+@dataclass(frozen=True)
+class Lda:
+    """How an LDA model is fitted (plain values: ``fit_lda(corpus, dictionary, 20, Lda(seed=1))``)."""
+    passes: int = 20
+    iterations: int = 100
+    seed: int = 0
+    workers: int = 0
+
+
+def fit_lda(corpus: list, dictionary, k: int, lda: Lda):
+    """An LDA model with K topics; deterministic for a seed (with ``workers`` <= 1)."""
     from gensim.models import LdaModel, LdaMulticore
 
-    common = dict(corpus=corpus, id2word=dictionary, num_topics=k, passes=opts.passes,
-                  iterations=opts.iterations, random_state=opts.seed, chunksize=2000, eval_every=None)
-    if opts.workers > 1:
-        return LdaMulticore(workers=opts.workers, **common)
+    common = dict(corpus=corpus, id2word=dictionary, num_topics=k, passes=lda.passes,
+                  iterations=lda.iterations, random_state=lda.seed, chunksize=2000, eval_every=None)
+    if lda.workers > 1:
+        return LdaMulticore(workers=lda.workers, **common)
     return LdaModel(**common)
+
+
+def lda_of(opts: Options) -> Lda:
+    return Lda(passes=opts.passes, iterations=opts.iterations, seed=opts.seed, workers=opts.workers)
 
 
 def doc_topics(model, bows: list, chunk: int = 2000) -> np.ndarray:
@@ -175,14 +188,15 @@ def choose_k(grid: list[int], perplexity: list[float], flatten: float) -> int:
     return grid[-1]
 
 
-def grid_search(docs: list[list[str]], grid: list[int], opts: Options) -> list[float]:
-    """Completion perplexity of each K on a held-out split of ``docs``."""
+def grid_search(docs: list[list[str]], grid: list[int], lda: Lda, holdout: float, source: str = "reports"
+                ) -> list[float]:
+    """Completion perplexity of each K on a held-out split (``holdout``, a fraction) of ``docs``."""
     from gensim.corpora import Dictionary
 
-    rng = np.random.default_rng(opts.seed)
-    n_test = int(round(len(docs) * opts.holdout))
+    rng = np.random.default_rng(lda.seed)
+    n_test = int(round(len(docs) * holdout))
     if n_test < 1 or len(docs) - n_test < 2:
-        raise InputError(f"{opts.reports}: {len(docs)} reports are too few to choose K by held-out perplexity "
+        raise InputError(f"{source}: {len(docs)} reports are too few to choose K by held-out perplexity "
                          "(give one K)")
     order = rng.permutation(len(docs))
     train = [docs[i] for i in order[n_test:]]
@@ -192,8 +206,8 @@ def grid_search(docs: list[list[str]], grid: list[int], opts: Options) -> list[f
     test_ids = [[dictionary.token2id[w] for w in d if w in dictionary.token2id] for d in test]
     scores = []
     for k in grid:
-        model = fit_lda(corpus, dictionary, k, opts)
-        scores.append(completion_perplexity(model, test_ids, np.random.default_rng([opts.seed, k])))
+        model = fit_lda(corpus, dictionary, k, lda)
+        scores.append(completion_perplexity(model, test_ids, np.random.default_rng([lda.seed, k])))
         log.info("K=%d: held-out completion perplexity %.1f", k, scores[-1])
     return scores
 
@@ -300,11 +314,11 @@ class TopicLabelTool(Tool):
 
         chosen, scores = grid[0], None
         if len(grid) > 1:
-            scores = grid_search([d for d in docs if d], grid, opts)
+            scores = grid_search([d for d in docs if d], grid, lda_of(opts), opts.holdout, opts.reports)
             chosen = choose_k(grid, scores, opts.flatten)
             log.info("chose K=%d (first K whose decrease to the next is below %.0f%%)", chosen, opts.flatten * 100)
         corpus = [dictionary.doc2bow(d) for d in docs]
-        model = fit_lda(corpus, dictionary, chosen, opts)
+        model = fit_lda(corpus, dictionary, chosen, lda_of(opts))
         theta = dict(zip(report_ids, doc_topics(model, corpus)))
 
         ids, labels, weights = self.assign(opts, manifest, theta, skipped, model, dictionary, cleaner)
