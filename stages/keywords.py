@@ -94,11 +94,11 @@ def cluster_texts(labels: dict[str, int], manifest: Manifest, reports: dict[str,
     return {c: list(texts.values()) for c, texts in seen.items()}
 
 
-def mined_texts(texts: dict[int, list[str]], opts: Options) -> dict[int, list[str]]:
-    """Each cluster's texts as counted: under ``--mentions affirmed``, without negated/uncertain mentions."""
+def mined_texts(texts: dict[int, list[str]], mentions: str, vocabulary: str | None, source: str
+                ) -> dict[int, list[str]]:
+    """Each cluster's texts as counted: with ``mentions`` affirmed, without negated/uncertain mentions."""
     flat = {(c, i): t for c, ts in texts.items() for i, t in enumerate(ts)}
-    source = opts.reports if opts.scope == "report" else opts.manifest
-    kept = keep_mentions(flat, opts.mentions, opts.vocabulary or None, source)
+    kept = keep_mentions(flat, mentions, vocabulary, source)
     return {c: [kept[(c, i)] for i in range(len(ts))] for c, ts in texts.items()}
 
 
@@ -216,7 +216,8 @@ class KeywordsTool(Tool):
               store, row_of: dict[str, int]) -> None:
         cleaner = Cleaner(stem=opts.stem, min_length=opts.min_length)
         texts = cluster_texts(labels, manifest, reports, opts.scope)
-        counted = count_words(mined_texts(texts, opts), cleaner)
+        source = opts.reports if opts.scope == "report" else opts.manifest
+        counted = count_words(mined_texts(texts, opts.mentions, opts.vocabulary or None, source), cleaner)
         counts, common = drop_common(counted, opts.common_fraction)
         if common:
             log.info("dropped %d word(s) found in >= %.0f%% of the clusters", len(common), opts.common_fraction * 100)
