@@ -14,7 +14,8 @@
   key images and its two baselines (:func:`recall_scores` says how).
 
 Run:
-  .venv/bin/python tests/bench/bench_words.py --studies 150
+  .venv/bin/python tests/bench/bench_words.py --studies 150   (toy key images show their findings;
+                                                             --plain-images: only their body region)
   .venv/bin/python tests/bench/bench_words.py --labels L.csv --manifest M.csv --reports R.csv --images I.h5
 The last line is ``words: f1_affirmed=A f1_negated=N f1_uncertain=U negated_share=S recall5=R
 freq_baseline=F keyword_baseline=K`` (negated_share with ``--mentions affirmed``; the line before gives
@@ -56,13 +57,15 @@ def _cli(*argv) -> None:
         raise SystemExit(f"{name} exited {code}")
 
 
-def toy_pacs(work: Path, studies: int, size: int, seed: int) -> dict[str, Path]:
-    """toy-data pacs → extract-keyimages; labels = each key image's body region (the truth)."""
+def toy_pacs(work: Path, studies: int, size: int, seed: int, show_findings: bool = True) -> dict[str, Path]:
+    """toy-data pacs [--show-findings] → extract-keyimages; labels = each key image's body region (the truth).
+    The reports are the same with or without ``--show-findings``; only the key images' pixels differ."""
     from ldpo.common.labels import write_labels
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     pacs, keys = work / "pacs", work / "keys"
-    _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed)
+    _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed,
+         *(["--show-findings"] if show_findings else []))
     _cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", size,
          "--salt", "bench")
     key = Pseudonyms("bench")
@@ -76,7 +79,8 @@ def toy_pacs(work: Path, studies: int, size: int, seed: int) -> dict[str, Path]:
     ids = [r["id"] for r in rows]
     labels = [regions.index(region_of[accession[r["report_id"]]]) for r in rows]
     write_labels(work / "regions.csv", ids, labels)
-    print(f"toy PACS: {studies} studies, {len(ids)} key images, categories = regions {regions}")
+    print(f"toy PACS: {studies} studies, {len(ids)} key images{' showing their findings' if show_findings else ''}, "
+          f"categories = regions {regions}")
     return {"labels": work / "regions.csv", "manifest": keys / "manifest.csv", "reports": keys / "reports.csv",
             "images": keys / "images.h5"}
 
@@ -257,6 +261,8 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=150, help="toy PACS studies")
     ap.add_argument("--size", type=int, default=32, help="toy PACS image size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plain-images", action="store_true", help="toy PACS without --show-findings: key images "
+                    "show only their body region, not the findings their sentences name")
     ap.add_argument("--labels", help="a real export: labels CSV (categories)")
     ap.add_argument("--manifest", help="a real export: extract-keyimages' manifest.csv")
     ap.add_argument("--reports", help="a real export: extract-keyimages' reports.csv")
@@ -283,7 +289,8 @@ def main() -> None:
         if any(real) and not all(real):
             raise SystemExit("a real export needs --labels, --manifest, --reports and --images")
         inputs = ({"labels": Path(args.labels), "manifest": Path(args.manifest), "reports": Path(args.reports),
-                   "images": Path(args.images)} if all(real) else toy_pacs(work, args.studies, args.size, args.seed))
+                   "images": Path(args.images)} if all(real) else toy_pacs(work, args.studies, args.size, args.seed,
+                                                     not args.plain_images))
         flagged = negated_words(inputs, args.vocabulary)
         shares = {}
         for mode in ("all", "affirmed"):
