@@ -402,7 +402,8 @@ HEDGED = {
 }
 # What a finding sentence affirms, as kinds of LOOKS drawn on its key images with --show-findings (by template;
 # a sentence's neighbours add theirs). Negated and uncertain sentences, normal sentences and filler show nothing;
-# findings without a vocabulary term (a lymph node, fatty infiltration, an atrophic pancreas) are not drawn.
+# findings without a term in ldpo's default vocabulary (a lymph node, a fibroid, an enlarged prostate, fatty
+# infiltration) are not drawn.
 SHOWN = {
     "There is a {size} mm acute hemorrhage in the {side} {lobe} lobe": ("blob",),
     "A small enhancing lesion is seen in the {side} cerebral hemisphere": ("ring",),
@@ -434,8 +435,6 @@ SHOWN = {
     "Grade 1 spondylolisthesis of L{level} on L{next}": ("step",),
     "Neural foraminal stenosis at L{level}-L{next} on the {side}": ("step",),
     "Disk protrusion with canal stenosis at L{level}-L{next}.": ("step",),
-    "The prostate is enlarged measuring {big} cm": ("enlarged",),
-    "A {size} mm fibroid in the uterus": ("blob",),
     "Ovarian cyst on the {side} measuring {size} mm": ("cyst",),
     "Bladder wall thickening with trabeculation of the urinary bladder": ("ring",),
     "Sclerotic lesion in the {side} iliac bone": ("blob",),
