@@ -175,7 +175,8 @@ def category_keywords(categories: dict[str, int], ids: list[str], terms: dict[st
 
 def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = None, vocabulary: str | None = None,
                   seed: int = 0, size: int = 32, topic_epochs: int = 4, word_epochs: int = 8, k: int = 5,
-                  heldout: float = 0.2, w2v_epochs: int = 20) -> tuple[float, float, float]:
+                  heldout: float = 0.2, w2v_epochs: int = 20,
+                  word_schedule: str = "constant") -> tuple[float, float, float]:
     """recall@5 of each held-out image's affirmed report terms among its predicted words, and the same
     for two baselines: the 5 most frequent terms, and the image's category keywords. A held-out
     image's terms: the affirmed vocabulary terms of its sentence and the two around it (the words
@@ -226,7 +227,7 @@ def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = Non
     _cli("finetune", inputs["images"], work / "topics.csv", "--out", work / "topics.pt", "--init", "random",
          "--arch", "resnet18", "--epochs", topic_epochs, *common)
     _cli("finetune", inputs["images"], work / "words-target.csv", "--vectors", work / "vectors.txt", "--out",
-         work / "words.pt", "--init", f"checkpoint:{work / 'topics.pt'}", "--epochs", word_epochs, *common)
+         work / "words.pt", "--init", f"checkpoint:{work / 'topics.pt'}", "--epochs", word_epochs, "--schedule", word_schedule, *common)
     _cli("describe", inputs["images"], "--model", work / "words.pt", "--vectors", work / "vectors.txt", "--out",
          work / "words.csv", "--no-progress", *voc)
     _cli("featurize", inputs["images"], "--out", work / "features.h5", "--init", f"checkpoint:{work / 'topics.pt'}",
@@ -271,6 +272,8 @@ def main() -> None:
                     "reports need more than word2vec's 5)")
     ap.add_argument("--topic-epochs", type=int, default=4, help="image → words: epochs of the topic model")
     ap.add_argument("--word-epochs", type=int, default=8, help="image → words: epochs of the words model")
+    ap.add_argument("--word-schedule", default="constant", choices=["constant", "cosine"],
+                    help="image → words: finetune --schedule of the words model")
     ap.add_argument("--k", type=int, default=5, help="image → words: categories (cluster --k) of the keyword baseline")
     ap.add_argument("--work", help="keep the intermediate files here (default: a temporary folder)")
     args = ap.parse_args()
@@ -300,7 +303,8 @@ def main() -> None:
             shares[mode] = negated_share(table, flagged, show=True)
             print(f"  negated/uncertain terms among the top-10 keywords: {shares[mode]:.1%}")
         recall5, freq, kw = recall_scores(inputs, work / "recall", args.vocabulary, args.seed, args.size,
-                                          args.topic_epochs, args.word_epochs, args.k, w2v_epochs=args.w2v_epochs)
+                                          args.topic_epochs, args.word_epochs, args.k, w2v_epochs=args.w2v_epochs,
+                                          word_schedule=args.word_schedule)
     print(f"negated_share: --mentions all {shares['all']:.4f}, affirmed {shares['affirmed']:.4f}")
     f1 = {s: scores.get(s, {}).get("f1", math.nan) for s in ("affirmed", "negated", "uncertain")}
     print(f"words: f1_affirmed={f1['affirmed']:.3f} f1_negated={f1['negated']:.3f} "
