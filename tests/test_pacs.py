@@ -182,3 +182,154 @@ def test_header_fields_for_the_quality_signal(pacs):
         assert words - people  # imaging words are always there
         named += bool(words & people)
     assert set(parts) == set(REGIONS) and named > 0
+
+
+# -- --show-findings -------------------------------------------------------------------------------------------
+
+#: sha256 over every file (relative path + bytes) of ``generate(studies=12, size=32, seed=3)``, computed with the
+#: generator as it was before --show-findings existed: without the flag the output must stay byte-identical
+PLAIN_DIGEST = "b5f4b52d8bc8e87c785defe85b5c74dd384133879086a47a4c5134c40405c758"
+
+
+def tree_digest(root: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_without_show_findings_output_is_unchanged(tmp_path):
+    from ldpo.stages.toy_data.pacs import generate
+
+    generate(tmp_path, studies=12, size=32, seed=3, show_progress=False)
+    assert tree_digest(tmp_path) == PLAIN_DIGEST
+
+
+@pytest.fixture(scope="module")
+def with_findings(tmp_path_factory):
+    """The same toy PACS twice, plain and --show-findings, and the tissue masks the drawing changed, in order."""
+    from ldpo.stages.toy_data import pacs as toy
+
+    out = tmp_path_factory.mktemp("findings")
+    toy.generate(out / "plain", studies=10, size=32, seed=3, show_progress=False)
+    drawn = []
+    original = toy.draw_findings
+
+    def recording(tissue, x, y, findings, rng):
+        after = original(tissue, x, y, findings, rng)
+        drawn.append((findings, after != tissue))
+        return after
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(toy, "draw_findings", recording)
+    try:
+        toy.generate(out / "shown", studies=10, size=32, seed=3, show_progress=False, show_findings=True)
+    finally:
+        mp.undo()
+    return out, drawn
+
+
+def pixels(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path).pixel_array.astype(np.int64)
+
+
+def expected_findings(seed: int = 3, studies: int = 10) -> dict[tuple[int, int, int], tuple[str, ...]]:
+    """(study index, series, instance) → kinds drawn, from the plans the generator makes (in writing order)."""
+    from ldpo.stages.toy_data import pacs as toy
+
+    rng = np.random.default_rng([seed, 0])
+    regions = [REGIONS[i % len(REGIONS)] for i in range(studies)]
+    regions = [regions[i] for i in rng.permutation(studies)]
+    plans = [toy.plan_study(i, r, np.random.default_rng([seed, i, 0])) for i, r in enumerate(regions)]
+    toy.plan_patients(plans, seed)
+    out = {}
+    for st in plans:
+        _, shown = toy.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
+        for s in st.series:
+            for i in s.instances:
+                if shown.get((s.number, i)):
+                    out[(st.index, s.number, i)] = shown[(s.number, i)]
+    return out
+
+
+def test_show_findings_changes_key_images_exactly_where_drawn(with_findings):
+    out, drawn = with_findings
+    expected = expected_findings()
+    assert len(drawn) == len(expected) >= 10
+    changed = 0
+    for key, (kinds, mask) in zip(expected, drawn):  # written study by study, series by series, slice by slice
+        index, series, instance = key
+        assert kinds == expected[key]
+        rel = Path("dicom") / f"ST{index + 1:04d}" / f"SE{series:04d}" / f"IM{instance:04d}.dcm"
+        diff = pixels(out / "plain" / rel) != pixels(out / "shown" / rel)
+        assert mask.any(), f"{rel}: {kinds} drew nothing"
+        assert not (diff & ~mask).any(), f"{rel}: pixels changed outside the drawn findings"
+        assert diff.sum() >= 0.5 * mask.sum(), f"{rel}: most drawn pixels must be visible"
+        changed += 1
+    # every other image (not referenced, or its sentences affirm nothing drawable) is byte-identical
+    keys = {(f"ST{i + 1:04d}", f"SE{s:04d}", f"IM{n:04d}.dcm") for i, s, n in expected}
+    for path in sorted((out / "plain" / "dicom").rglob("*")):
+        if path.is_file() and path.relative_to(out / "plain" / "dicom").parts not in keys:
+            assert (out / "shown" / path.relative_to(out / "plain")).read_bytes() == path.read_bytes(), path
+    assert (out / "plain" / "reports.csv").read_bytes() == (out / "shown" / "reports.csv").read_bytes()
+    assert changed == len(expected)
+
+
+def test_drawn_findings_are_the_affirmed_ones():
+    """Every drawing stands for a finding the image's context affirms (as ldpo.common.mentions reads it); an image
+    whose context affirms no finding, only negated or uncertain ones, shows nothing."""
+    from ldpo.common.mentions import find_mentions, load_vocabulary
+    from ldpo.stages.toy_data import pacs as toy
+
+    vocab = load_vocabulary()
+    checked = {"drawn": 0, "hedged only": 0, "affirmed, not drawable": 0}
+    for seed in (3, 4):
+        plans = [toy.plan_study(i, REGIONS[i % 5], np.random.default_rng([seed, i, 0])) for i in range(15)]
+        toy.plan_patients(plans, seed)
+        for st in plans:
+            text, shown = toy.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
+            contexts: dict[tuple[int, int], set[str]] = {}  # image → statuses of its sentences' contexts
+            for m in mentions(text):
+                statuses = {x.status for x in find_mentions(m.context, vocab)}
+                for ref in m.references:
+                    series = ref.series if ref.series is not None else st.series[0].number
+                    for i in ref.images:
+                        contexts.setdefault((series, i), set()).update(statuses)
+            for key, kinds in shown.items():
+                statuses = contexts.get(key, set())
+                if kinds:
+                    assert "affirmed" in statuses, (st.index, key, kinds)
+                    checked["drawn"] += 1
+                elif statuses:
+                    checked["hedged only" if "affirmed" not in statuses else "affirmed, not drawable"] += 1
+            for key, statuses in contexts.items():
+                if statuses and "affirmed" not in statuses:
+                    assert not shown.get(key), (st.index, key)
+    assert checked["drawn"] >= 20 and checked["hedged only"] >= 5, checked
+
+
+def test_negated_and_uncertain_sentences_draw_nothing():
+    from ldpo.stages.toy_data.pacs import HEDGED, SHOWN
+
+    hedged = {t for table in HEDGED.values() for part in ("negated", "uncertain") for t in table[part]}
+    assert not hedged & set(SHOWN)
+    assert {t for table in VOCAB.values() for t in table["normal"]}.isdisjoint(SHOWN)
+    templates = {t for table in VOCAB.values() for t in table["findings"]} | \
+        {t for table in HEDGED.values() for t in table["synonyms"]}
+    assert set(SHOWN) <= templates  # no stale key: every entry is a sentence the reports are written from
+
+
+def test_show_findings_option(cli, tmp_path):
+    assert "--show-findings" in cli("toy-data", "pacs", "--help").out
+    assert cli("toy-data", "pacs", "--out", tmp_path / "a", "--studies", "5", "--size", "32", "-q").code == 0
+    assert cli("toy-data", "pacs", "--out", tmp_path / "b", "--studies", "5", "--size", "32", "-q",
+               "--show-findings").code == 0
+    a, b = (sorted((tmp_path / d / "dicom").rglob("IM*.dcm")) for d in "ab")
+    assert [p.relative_to(tmp_path / "a") for p in a] == [p.relative_to(tmp_path / "b") for p in b]
+    assert sum(x.read_bytes() != y.read_bytes() for x, y in zip(a, b)) >= 5

@@ -52,8 +52,10 @@ MODALITIES = {"head": ["CT", "MR"], "chest": ["CT"], "abdomen": ["CT", "CT", "MR
 
 # tissue classes of the phantoms, and their values in CT (HU) and MR (arbitrary signal)
 AIR, FAT, SOFT, ORGAN, FLUID, BONE, LUNG, LIVER = range(8)
-CT_VALUES = np.array([-1000, -100, 40, 32, 5, 900, -850, 62], dtype=np.float64)
-MR_VALUES = np.array([0, 760, 300, 460, 1050, 90, 25, 240], dtype=np.float64)
+# drawn findings only (--show-findings): dense (blood, calcium, fluid layers), dark (cysts, gaps), hazy
+DENSE, DARK, HAZE = range(8, 11)
+CT_VALUES = np.array([-1000, -100, 40, 32, 5, 900, -850, 62, 1200, -600, -300], dtype=np.float64)
+MR_VALUES = np.array([0, 760, 300, 460, 1050, 90, 25, 240, 2000, 0, 600], dtype=np.float64)
 CT_WINDOWS = {"head": [(40, 80), (400, 1800)], "chest": [(-600, 1500), (40, 400)], "abdomen": [(40, 400)],
               "spine": [(400, 1800), (40, 400)], "pelvis": [(40, 400), (400, 1800)]}
 
@@ -134,9 +136,128 @@ def _pelvis(x, y, t, rng):
 PHANTOMS = {"head": _head, "chest": _chest, "abdomen": _abdomen, "spine": _spine, "pelvis": _pelvis}
 
 
+# -- findings drawn on key images (--show-findings) ----------------------------------------
+
+def _centre(body: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """A random point inside the body (the image centre when there is no body)."""
+    inside = np.flatnonzero(body)
+    if not len(inside):
+        return 0.0, 0.0
+    k = int(inside[int(rng.integers(len(inside)))])
+    return float(x.flat[k]), float(y.flat[k])
+
+
+def _blob(out, x, y, body, rng, value=DENSE):
+    """Nodule, mass, bleed: a bright round blob of random size."""
+    cx, cy = _centre(body, x, y, rng)
+    r = rng.uniform(0.09, 0.2)
+    out[_ellipse(x, y, cx, cy, r, r)] = value
+
+
+def _cyst(out, x, y, body, rng):
+    """Cyst, hypodense lesion, infarct: a dark round blob."""
+    _blob(out, x, y, body, rng, DARK)
+
+
+def _ring(out, x, y, body, rng):
+    """Enhancing lesion, wall thickening: a bright ring around soft tissue."""
+    cx, cy = _centre(body, x, y, rng)
+    r = rng.uniform(0.16, 0.26)
+    out[_ellipse(x, y, cx, cy, r, r) & ~_ellipse(x, y, cx, cy, r - 0.08, r - 0.08)] = DENSE
+
+
+def _layer(out, x, y, body, rng):
+    """Effusion, ascites: a dense fluid layer at the bottom of the body."""
+    if body.any():
+        bottom = float(y[body].max())
+        out[body & (y > bottom - rng.uniform(0.18, 0.32))] = DENSE
+
+
+def _fracture(out, x, y, body, rng):
+    """Fracture: a bright bone-like bar broken by a dark line."""
+    cx, cy = _centre(body, x, y, rng)
+    a = rng.uniform(0, np.pi)
+    u = (x - cx) * np.cos(a) + (y - cy) * np.sin(a)
+    v = -(x - cx) * np.sin(a) + (y - cy) * np.cos(a)
+    bar = (np.abs(u) < rng.uniform(0.3, 0.45)) & (np.abs(v) < 0.08)
+    out[bar] = DENSE
+    out[bar & (np.abs(u - rng.uniform(-0.1, 0.1)) < 0.05)] = DARK
+
+
+def _dots(out, x, y, body, rng):
+    """Stones, calcifications, osteophytes: a few small bright dots close together."""
+    cx, cy = _centre(body, x, y, rng)
+    for dx, dy in rng.uniform(-0.22, 0.22, (int(rng.integers(3, 7)), 2)):
+        out[_ellipse(x, y, cx + dx, cy + dy, 0.075, 0.075)] = DENSE
+
+
+def _patch(out, x, y, body, rng, value=DENSE, spread=0.2):
+    """Consolidation, atelectasis: an irregular dense patch of overlapping ellipses."""
+    cx, cy = _centre(body, x, y, rng)
+    mask = np.zeros(out.shape, dtype=bool)
+    for dx, dy, rx, ry in zip(*rng.uniform(-spread, spread, (2, 4)), *rng.uniform(0.1, 0.22, (2, 4))):
+        mask |= _ellipse(x, y, cx + dx, cy + dy, rx, ry)
+    out[mask & body] = value
+
+
+def _haze(out, x, y, body, rng):
+    """Ground glass, edema, mucosal thickening: a speckled hazy patch."""
+    mask = np.zeros(out.shape, dtype=int)
+    _patch(mask, x, y, body, rng, 1, 0.25)
+    out[(mask == 1) & (rng.random(out.shape) < 0.6)] = HAZE
+
+
+def _holes(out, x, y, body, rng):
+    """Emphysema, small-vessel ischemia: many small dark holes spread over the body."""
+    cx, cy = _centre(body, x, y, rng)
+    for dx, dy in rng.uniform(-0.45, 0.45, (int(rng.integers(8, 15)), 2)):
+        out[body & _ellipse(x, y, cx + dx, cy + dy, 0.07, 0.07)] = DARK
+
+
+def _rim(out, x, y, body, rng):
+    """Subdural hematoma: a bright crescent along one side of the body's edge."""
+    if body.any():
+        side = 1 if rng.random() < 0.5 else -1
+        edge = float((side * x)[body].max())
+        cy = rng.uniform(-0.3, 0.3)
+        out[body & (side * x > edge - 0.14) & (np.abs(y - cy) < 0.45)] = DENSE
+
+
+def _enlarged(out, x, y, body, rng):
+    """Enlarged organ (spleen, liver, prostate, ventricles): a large hazy ellipse."""
+    cx, cy = _centre(body, x, y, rng)
+    out[body & _ellipse(x, y, cx, cy, rng.uniform(0.28, 0.4), rng.uniform(0.2, 0.3))] = HAZE
+
+
+def _step(out, x, y, body, rng):
+    """Spondylolisthesis, stenosis: two bright blocks, one slipped sideways over the other."""
+    cx, cy = _centre(body, x, y, rng)
+    shift = rng.uniform(0.1, 0.2) * (1 if rng.random() < 0.5 else -1)
+    out[(np.abs(x - cx) < 0.18) & (np.abs(y - cy + 0.1) < 0.07)] = DENSE
+    out[(np.abs(x - cx - shift) < 0.18) & (np.abs(y - cy - 0.1) < 0.07)] = DENSE
+
+
+#: how each kind of finding is drawn
+LOOKS = {"blob": _blob, "cyst": _cyst, "ring": _ring, "layer": _layer, "fracture": _fracture, "dots": _dots,
+         "patch": _patch, "haze": _haze, "holes": _holes, "rim": _rim, "enlarged": _enlarged, "step": _step}
+
+
+def draw_findings(tissue: np.ndarray, x: np.ndarray, y: np.ndarray, findings: tuple[str, ...],
+                  rng: np.random.Generator) -> np.ndarray:
+    """A copy of the tissue map with each finding kind drawn at a random place and size inside the body."""
+    out = tissue.copy()
+    body = tissue != AIR
+    for kind in findings:
+        LOOKS[kind](out, x, y, body, rng)
+    return out
+
+
 def phantom(region: str, modality: str, t: float, size: int, rng: np.random.Generator,
-            pose: tuple[float, float, float, float]) -> np.ndarray:
-    """Float image of ``region`` at slice position ``t`` in [0, 1]: HU for CT, signal for MR."""
+            pose: tuple[float, float, float, float], findings: tuple[str, ...] = (),
+            finding_rng: np.random.Generator | None = None) -> np.ndarray:
+    """Float image of ``region`` at slice position ``t`` in [0, 1]: HU for CT, signal for MR; with
+    ``findings`` (kinds of :data:`LOOKS`) drawn over the anatomy from ``finding_rng`` (``rng`` is used
+    as without them, so only the drawn pixels change)."""
     dx, dy, zoom, angle = pose
     axis = np.linspace(-1, 1, size)
     gx, gy = np.meshgrid(axis, axis)
@@ -144,6 +265,8 @@ def phantom(region: str, modality: str, t: float, size: int, rng: np.random.Gene
     x = ((gx - dx) * c + (gy - dy) * s) / zoom
     y = (-(gx - dx) * s + (gy - dy) * c) / zoom
     tissue = PHANTOMS[region](x, y, t, rng)
+    if findings:
+        tissue = draw_findings(tissue, x, y, findings, finding_rng)
     values = (CT_VALUES if modality == "CT" else MR_VALUES)[tissue]
     noise = 12.0 if modality == "CT" else 25.0
     out = values + rng.normal(0, noise, values.shape)
@@ -276,6 +399,48 @@ HEDGED = {
                       "Findings could represent early appendicitis."],
         "synonyms": ["Enlarged pelvic lymph nodes with a lytic lesion of the {side} iliac bone."],
     },
+}
+# What a finding sentence affirms, as kinds of LOOKS drawn on its key images with --show-findings (by template;
+# a sentence's neighbours add theirs). Negated and uncertain sentences, normal sentences and filler show nothing;
+# findings without a term in ldpo's default vocabulary (a lymph node, a fibroid, an enlarged prostate, fatty
+# infiltration) are not drawn.
+SHOWN = {
+    "There is a {size} mm acute hemorrhage in the {side} {lobe} lobe": ("blob",),
+    "A small enhancing lesion is seen in the {side} cerebral hemisphere": ("ring",),
+    "Periventricular white matter hypodensity consistent with chronic small vessel ischemia": ("holes",),
+    "Focal encephalomalacia in the {side} {lobe} lobe from a prior infarct": ("cyst",),
+    "Subdural hematoma along the {side} cerebral convexity measuring {size} mm": ("rim",),
+    "Mucosal thickening in the {side} maxillary sinus": ("haze",),
+    "Acute bleed with surrounding vasogenic edema in the {side} {lobe} lobe.": ("blob", "haze"),
+    "Ventriculomegaly with periventricular white matter disease.": ("enlarged", "holes"),
+    "A {size} mm solid nodule in the {side} {lung} lobe of the lung": ("blob",),
+    "Small {side} pleural effusion with adjacent atelectasis": ("layer", "patch"),
+    "Consolidation in the {side} lower lobe compatible with pneumonia": ("patch",),
+    "Centrilobular emphysema in both lungs": ("holes",),
+    "Ground glass opacity in the {side} {lung} lobe": ("haze",),
+    "Pulmonary embolism in a {side} segmental pulmonary artery": ("cyst",),
+    "Bilateral hydrothorax with compressive atelectasis.": ("layer", "patch"),
+    "Lung nodules with mediastinal adenopathy.": ("blob", "blob"),
+    "A {size} mm hypodense lesion in segment {segment} of the liver": ("cyst",),
+    "Simple cyst in the {side} kidney measuring {size} mm": ("cyst",),
+    "Gallstones within the gallbladder without cholecystitis": ("dots",),
+    "Splenomegaly with the spleen measuring {big} cm": ("enlarged",),
+    "A {size} mm stone in the {side} renal pelvis with mild hydronephrosis of the kidney": ("dots", "enlarged"),
+    "Wall thickening of the ascending colon": ("ring",),
+    "Kidney stone with hydronephrosis of the {side} kidney.": ("dots", "enlarged"),
+    "Fatty liver with hepatomegaly.": ("enlarged",),
+    "Disc herniation at L{level}-L{next} with narrowing of the spinal canal": ("blob",),
+    "Compression fracture of the L{level} vertebral body with {pct} percent height loss": ("fracture",),
+    "Facet arthropathy at the lower lumbar levels": ("dots",),
+    "Grade 1 spondylolisthesis of L{level} on L{next}": ("step",),
+    "Neural foraminal stenosis at L{level}-L{next} on the {side}": ("step",),
+    "Disk protrusion with canal stenosis at L{level}-L{next}.": ("step",),
+    "Ovarian cyst on the {side} measuring {size} mm": ("cyst",),
+    "Bladder wall thickening with trabeculation of the urinary bladder": ("ring",),
+    "Sclerotic lesion in the {side} iliac bone": ("blob",),
+    "Degenerative changes of the {side} hip joint with acetabular osteophytes": ("dots",),
+    "Fracture of the {side} superior pubic ramus": ("fracture",),
+    "Enlarged pelvic lymph nodes with a lytic lesion of the {side} iliac bone.": ("blob", "cyst"),
 }
 FILLER = ["Clinical correlation is recommended.", "No other significant abnormality.",
           "Comparison is made with the prior examination dated {date}.",
@@ -535,16 +700,29 @@ def identifier_lines(study: Study, seed: int) -> tuple[list[str], list[str]]:
 
 def hedged_sentences(region: str, rng: np.random.Generator) -> list[str]:
     """1-3 negated, 0-1 uncertain and 0-1 synonym sentences of :data:`HEDGED` for one report."""
+    return [text for text, _ in _hedged(region, rng)]
+
+
+def _hedged(region: str, rng: np.random.Generator) -> list[tuple[str, tuple[str, ...]]]:
+    """:func:`hedged_sentences` with what each affirms (:data:`SHOWN`; only synonym sentences affirm)."""
     table = HEDGED[region]
     picked = [str(t) for t in rng.permutation(table["negated"])[: int(rng.integers(1, 4))]]
     if rng.random() < 0.5:
         picked.append(str(rng.choice(table["uncertain"])))
     if rng.random() < 0.5:
         picked.append(str(rng.choice(table["synonyms"])))
-    return [_fill(t, rng) for t in picked]
+    return [(_fill(t, rng), SHOWN.get(t, ())) for t in picked]
 
 
 def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
+    return report_and_findings(study, rng, seed)[0]
+
+
+def report_and_findings(study: Study, rng: np.random.Generator,
+                        seed: int = 0) -> tuple[str, dict[tuple[int, int], tuple[str, ...]]]:
+    """The report's text, and per referenced key image (series, instance) the kinds of finding it shows: those
+    affirmed by the sentences referencing it and by their neighbours (as extract-keyimages takes a sentence's
+    context), from the templates the sentences are written from (:data:`SHOWN`)."""
     vocab = VOCAB[study.region]
     contrast = rng.choice(["WITHOUT CONTRAST", "WITH CONTRAST", "WITH AND WITHOUT CONTRAST"])
     lines = [f"EXAMINATION: {study.modality} {vocab['exam']} {contrast}",
@@ -554,7 +732,7 @@ def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
              f"thickness.", "", "FINDINGS:"]
     findings = [str(f) for f in rng.permutation(vocab["findings"])]
     budget = int(rng.integers(4, 11))
-    sentences = []
+    sentences = []  # (text, kinds of finding it affirms, key images it references)
     single = len(study.series) == 1
     while budget > 0 and findings:
         s = study.series[int(rng.integers(len(study.series)))]
@@ -562,27 +740,40 @@ def write_report(study: Study, rng: np.random.Generator, seed: int = 0) -> str:
         start = int(rng.integers(0, len(s.instances) - count + 1))
         picked = s.instances[start:start + count] if rng.random() < 0.6 else \
             sorted(rng.choice(s.instances, size=count, replace=False).tolist())
-        sentences.append(_with_reference(_fill(findings.pop(), rng), reference(s.number, picked, single, rng), rng))
+        template = findings.pop()
+        sentences.append((_with_reference(_fill(template, rng), reference(s.number, picked, single, rng), rng),
+                          SHOWN.get(template, ()), [(s.number, int(i)) for i in picked]))
         budget -= count
     if study.index % 7 == 3:  # a reference that points nowhere
         s = study.series[0]
-        sentences.append(f"Incidental note on series {s.number} image {s.instances[-1] + 40}.")
+        sentences.append((f"Incidental note on series {s.number} image {s.instances[-1] + 40}.", (), []))
     if study.index % 11 == 6 and not single:  # a reference without a series in a multi-series study
-        sentences.append(f"Compare image {study.series[0].instances[0]}.")
+        sentences.append((f"Compare image {study.series[0].instances[0]}.", (), []))
     for normal in rng.permutation(vocab["normal"])[: int(rng.integers(1, 4))]:
-        sentences.insert(int(rng.integers(0, len(sentences) + 1)), str(normal))
+        sentences.insert(int(rng.integers(0, len(sentences) + 1)), (str(normal), (), []))
     hedged = np.random.default_rng([seed, study.index, 19])  # its own stream: the text above stays as it was
-    for sentence in hedged_sentences(study.region, hedged):
-        sentences.insert(int(hedged.integers(0, len(sentences) + 1)), sentence)
-    sentences += [_fill(str(f), rng) for f in rng.permutation(FILLER)[: int(rng.integers(1, 3))]]
-    lines.append(" ".join(sentences))
+    for sentence, kinds in _hedged(study.region, hedged):
+        sentences.insert(int(hedged.integers(0, len(sentences) + 1)), (sentence, kinds, []))
+    sentences += [(_fill(str(f), rng), (), []) for f in rng.permutation(FILLER)[: int(rng.integers(1, 3))]]
+    lines.append(" ".join(text for text, _, _ in sentences))
     lines += ["", "IMPRESSION:"]
     for k, text in enumerate(rng.permutation(vocab["impression"])[: int(rng.integers(1, 3))], 1):
         lines.append(f"{k}. {_fill(str(text), rng)}")
     if study.person is not None:
         head, tail = identifier_lines(study, seed)
         lines = head + [""] + lines + [""] + tail
-    return "\n".join(lines)
+    return "\n".join(lines), _shown_on_images(sentences)
+
+
+def _shown_on_images(sentences: list[tuple[str, tuple[str, ...], list[tuple[int, int]]]]
+                     ) -> dict[tuple[int, int], tuple[str, ...]]:
+    """Per referenced image, the kinds affirmed by its sentences and their neighbours (each sentence once)."""
+    shown: dict[tuple[int, int], list[int]] = {}
+    for i, (_, _, images) in enumerate(sentences):
+        for key in images:
+            near = shown.setdefault(key, [])
+            near += [j for j in range(max(0, i - 1), min(len(sentences), i + 2)) if j not in near]
+    return {key: tuple(kind for j in sorted(near) for kind in sentences[j][1]) for key, near in shown.items()}
 
 
 # -- DICOM writing --------------------------------------------------------------------------------
@@ -686,8 +877,10 @@ def non_image_dataset(study: Study, seed: int, kind: str):
     return ds
 
 
-def write_study(study: Study, folder: Path, size: int, seed: int) -> int:
-    """Write the study's series (one file per slice); return how many files."""
+def write_study(study: Study, folder: Path, size: int, seed: int,
+                shown: dict[tuple[int, int], tuple[str, ...]] | None = None) -> int:
+    """Write the study's series (one file per slice); return how many files. ``shown``: the kinds of finding
+    drawn on each key image (series, instance), each image from a random stream of its own."""
     rng = np.random.default_rng([seed, study.index, 1])
     pose = (float(rng.normal(0, 0.04)), float(rng.normal(0, 0.04)), float(rng.uniform(0.88, 1.08)),
             float(rng.normal(0, 0.06)))
@@ -698,7 +891,9 @@ def write_study(study: Study, folder: Path, size: int, seed: int) -> int:
         thickness = float(rng.choice([2.5, 3.0, 5.0]))
         for k, instance in enumerate(s.instances):
             t = (k + 0.5) / len(s.instances)
-            values = phantom(study.region, s.modality, t, size, rng, pose)
+            kinds = (shown or {}).get((s.number, instance), ())
+            values = phantom(study.region, s.modality, t, size, rng, pose, kinds,
+                             np.random.default_rng([seed, study.index, 23, s.number, instance]))
             image_dataset(study, s, instance, values, seed, thickness).save_as(
                 sub / f"IM{instance:04d}.dcm", enforce_file_format=True)
             count += 1
@@ -728,8 +923,10 @@ def write_broken(study: Study, folder: Path, kind: str, size: int, seed: int) ->
 BROKEN = ["truncated", "SR", "notdicom", "PR", "truncated"]
 
 
-def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_progress: bool = True) -> dict:
-    """Write the toy PACS under ``out``; returns a summary (counts, broken files)."""
+def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_progress: bool = True,
+             show_findings: bool = False) -> dict:
+    """Write the toy PACS under ``out``; returns a summary (counts, broken files). ``show_findings``: each key
+    image shows the findings its report sentence and their neighbours affirm (:func:`report_and_findings`)."""
     if studies < 1:
         raise InputError(f"--studies {studies}: must be at least 1")
     if not 16 <= size <= 512:
@@ -743,17 +940,17 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     out.mkdir(parents=True, exist_ok=True)
     dicom_tmp = out / ".dicom.tmp"
     shutil.rmtree(dicom_tmp, ignore_errors=True)
+    written = [report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed) for st in plans]
     files, broken = 0, []
     for study in progress(plans, desc="studies", disable=not show_progress):
         folder = dicom_tmp / f"ST{study.index + 1:04d}"
-        files += write_study(study, folder, size, seed)
+        files += write_study(study, folder, size, seed, written[study.index][1] if show_findings else None)
         if study.index < len(BROKEN):
             broken.append((BROKEN[study.index], write_broken(study, folder, BROKEN[study.index], size, seed)))
     dicom = out / "dicom"
     shutil.rmtree(dicom, ignore_errors=True)
     dicom_tmp.rename(dicom)
-    reports = [(f"r{i + 1:04d}", st.accession, write_report(st, np.random.default_rng([seed, st.index, 5]), seed))
-               for i, st in enumerate(plans)]
+    reports = [(f"r{i + 1:04d}", st.accession, written[i][0]) for i, st in enumerate(plans)]
     write_csv(out / "reports.csv", ["report_id", "accession", "text"], reports)
     write_csv(out / "regions.csv", ["accession", "region"], [(st.accession, st.region) for st in plans])
     return {"studies": studies, "files": files, "broken": broken}
@@ -766,6 +963,9 @@ class Options(CommonOptions):
     studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40, min=1,
                        max=10000)
     size: int = opt("image side in pixels", 64, min=32, max=1024)
+    show_findings: bool = opt("draw on each key image the findings its report sentence (and the two around it) "
+                              "affirms: blobs, cysts, fluid layers, fractures, dots ...; negated and uncertain "
+                              "findings are not drawn (default: the images show only their body region)", False)
 
 
 class PacsTool(Tool):
@@ -773,11 +973,12 @@ class PacsTool(Tool):
     description = ("Generate a small fake PACS: DICOM CT/MR studies of five body regions (dicom/), their reports "
                    "referencing key images (reports.csv: report_id,accession,text) and the true region of each study "
                    "(regions.csv: accession,region). A few objects are broken on purpose.")
-    example = "toy-data pacs --out pacs/ --studies 40 --seed 0\nextract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/"
+    example = "toy-data pacs --out pacs/ --studies 40 --seed 0 [--show-findings]\nextract-keyimages pacs/dicom --reports pacs/reports.csv --out keys/"
     Options = Options
 
     def main(self, opts: Options) -> int:
-        summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True)
+        summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True,
+                           show_findings=opts.show_findings)
         log.info("wrote %d studies (%d image files, %d broken objects) to %s", summary["studies"], summary["files"],
                  len(summary["broken"]), opts.out)
         return 0

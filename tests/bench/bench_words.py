@@ -14,7 +14,8 @@
   key images and its two baselines (:func:`recall_scores` says how).
 
 Run:
-  .venv/bin/python tests/bench/bench_words.py --studies 150
+  .venv/bin/python tests/bench/bench_words.py --studies 150   (toy key images show their findings;
+                                                             --plain-images: only their body region)
   .venv/bin/python tests/bench/bench_words.py --labels L.csv --manifest M.csv --reports R.csv --images I.h5
 The last line is ``words: f1_affirmed=A f1_negated=N f1_uncertain=U negated_share=S recall5=R
 freq_baseline=F keyword_baseline=K`` (negated_share with ``--mentions affirmed``; the line before gives
@@ -56,13 +57,15 @@ def _cli(*argv) -> None:
         raise SystemExit(f"{name} exited {code}")
 
 
-def toy_pacs(work: Path, studies: int, size: int, seed: int) -> dict[str, Path]:
-    """toy-data pacs → extract-keyimages; labels = each key image's body region (the truth)."""
+def toy_pacs(work: Path, studies: int, size: int, seed: int, show_findings: bool = True) -> dict[str, Path]:
+    """toy-data pacs [--show-findings] → extract-keyimages; labels = each key image's body region (the truth).
+    The reports are the same with or without ``--show-findings``; only the key images' pixels differ."""
     from ldpo.common.labels import write_labels
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     pacs, keys = work / "pacs", work / "keys"
-    _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed)
+    _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed,
+         *(["--show-findings"] if show_findings else []))
     _cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", size,
          "--salt", "bench")
     key = Pseudonyms("bench")
@@ -76,7 +79,8 @@ def toy_pacs(work: Path, studies: int, size: int, seed: int) -> dict[str, Path]:
     ids = [r["id"] for r in rows]
     labels = [regions.index(region_of[accession[r["report_id"]]]) for r in rows]
     write_labels(work / "regions.csv", ids, labels)
-    print(f"toy PACS: {studies} studies, {len(ids)} key images, categories = regions {regions}")
+    print(f"toy PACS: {studies} studies, {len(ids)} key images{' showing their findings' if show_findings else ''}, "
+          f"categories = regions {regions}")
     return {"labels": work / "regions.csv", "manifest": keys / "manifest.csv", "reports": keys / "reports.csv",
             "images": keys / "images.h5"}
 
@@ -171,7 +175,8 @@ def category_keywords(categories: dict[str, int], ids: list[str], terms: dict[st
 
 def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = None, vocabulary: str | None = None,
                   seed: int = 0, size: int = 32, topic_epochs: int = 4, word_epochs: int = 8, k: int = 5,
-                  heldout: float = 0.2, w2v_epochs: int = 20) -> tuple[float, float, float]:
+                  heldout: float = 0.2, w2v_epochs: int = 20,
+                  word_schedule: str = "constant") -> tuple[float, float, float]:
     """recall@5 of each held-out image's affirmed report terms among its predicted words, and the same
     for two baselines: the 5 most frequent terms, and the image's category keywords. A held-out
     image's terms: the affirmed vocabulary terms of its sentence and the two around it (the words
@@ -222,7 +227,7 @@ def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = Non
     _cli("finetune", inputs["images"], work / "topics.csv", "--out", work / "topics.pt", "--init", "random",
          "--arch", "resnet18", "--epochs", topic_epochs, *common)
     _cli("finetune", inputs["images"], work / "words-target.csv", "--vectors", work / "vectors.txt", "--out",
-         work / "words.pt", "--init", f"checkpoint:{work / 'topics.pt'}", "--epochs", word_epochs, *common)
+         work / "words.pt", "--init", f"checkpoint:{work / 'topics.pt'}", "--epochs", word_epochs, "--schedule", word_schedule, *common)
     _cli("describe", inputs["images"], "--model", work / "words.pt", "--vectors", work / "vectors.txt", "--out",
          work / "words.csv", "--no-progress", *voc)
     _cli("featurize", inputs["images"], "--out", work / "features.h5", "--init", f"checkpoint:{work / 'topics.pt'}",
@@ -257,6 +262,8 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=150, help="toy PACS studies")
     ap.add_argument("--size", type=int, default=32, help="toy PACS image size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plain-images", action="store_true", help="toy PACS without --show-findings: key images "
+                    "show only their body region, not the findings their sentences name")
     ap.add_argument("--labels", help="a real export: labels CSV (categories)")
     ap.add_argument("--manifest", help="a real export: extract-keyimages' manifest.csv")
     ap.add_argument("--reports", help="a real export: extract-keyimages' reports.csv")
@@ -265,6 +272,8 @@ def main() -> None:
                     "reports need more than word2vec's 5)")
     ap.add_argument("--topic-epochs", type=int, default=4, help="image → words: epochs of the topic model")
     ap.add_argument("--word-epochs", type=int, default=8, help="image → words: epochs of the words model")
+    ap.add_argument("--word-schedule", default="constant", choices=["constant", "cosine"],
+                    help="image → words: finetune --schedule of the words model")
     ap.add_argument("--k", type=int, default=5, help="image → words: categories (cluster --k) of the keyword baseline")
     ap.add_argument("--work", help="keep the intermediate files here (default: a temporary folder)")
     args = ap.parse_args()
@@ -283,7 +292,8 @@ def main() -> None:
         if any(real) and not all(real):
             raise SystemExit("a real export needs --labels, --manifest, --reports and --images")
         inputs = ({"labels": Path(args.labels), "manifest": Path(args.manifest), "reports": Path(args.reports),
-                   "images": Path(args.images)} if all(real) else toy_pacs(work, args.studies, args.size, args.seed))
+                   "images": Path(args.images)} if all(real) else toy_pacs(work, args.studies, args.size, args.seed,
+                                                     not args.plain_images))
         flagged = negated_words(inputs, args.vocabulary)
         shares = {}
         for mode in ("all", "affirmed"):
@@ -293,7 +303,8 @@ def main() -> None:
             shares[mode] = negated_share(table, flagged, show=True)
             print(f"  negated/uncertain terms among the top-10 keywords: {shares[mode]:.1%}")
         recall5, freq, kw = recall_scores(inputs, work / "recall", args.vocabulary, args.seed, args.size,
-                                          args.topic_epochs, args.word_epochs, args.k, w2v_epochs=args.w2v_epochs)
+                                          args.topic_epochs, args.word_epochs, args.k, w2v_epochs=args.w2v_epochs,
+                                          word_schedule=args.word_schedule)
     print(f"negated_share: --mentions all {shares['all']:.4f}, affirmed {shares['affirmed']:.4f}")
     f1 = {s: scores.get(s, {}).get("f1", math.nan) for s in ("affirmed", "negated", "uncertain")}
     print(f"words: f1_affirmed={f1['affirmed']:.3f} f1_negated={f1['negated']:.3f} "
