@@ -135,7 +135,7 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
             feats = "encoded.h5" if opts.encode != "none" else "features.h5"
             tree += ["--features", layout.iteration(last, feats)]
         elif opts.tree_affinity == "reports":
-            tree += ["--reports", opts.reports, "--manifest", opts.manifest], *words(parsed)
+            tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",
                      layout.final("tree"), *tree, *common(parsed)]
     keywords: list[str] = []

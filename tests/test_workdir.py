@@ -324,12 +324,14 @@ def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs)
     plain = opts(inputs, *base)
     plain.defaults = stage_default
     final = loop_plan.final(plain, Layout(str(inputs / "w")), 2)
+    assert all(isinstance(w, str) for stage in ("keywords", "hierarchy") for w in final[stage])
     assert "--vocabulary" not in final["keywords"] and "--mentions" not in final["hierarchy"]
     given = opts(inputs, *base, "--vocabulary", str(inputs / "vocab.txt"), "--mentions", "all")
     given.defaults = stage_default
     final = loop_plan.final(given, Layout(str(inputs / "w")), 2)
     for stage in ("keywords", "hierarchy"):
         words = final[stage]
+        assert all(isinstance(w, str) for w in words), words  # one word per argument
         assert words[words.index("--vocabulary") + 1] == str(inputs / "vocab.txt")
         assert words[words.index("--mentions") + 1] == "all"
     new = workdir.build_record(plain, {}).as_dict()
