@@ -579,6 +579,8 @@ class Options(CommonOptions, InputOptions):
                                "pooled and L2-normalized, concatenated)", None)
     patch_size: Optional[int] = opt("patches: side each patch is resized to for the CNN (default: half the model's "
                                     "input size, at least the architecture's minimum)", None, min=8, max=1024)
+    patch_grid: str = opt("patches: SIDE:N,... an N x N grid of patches of SIDE (a fraction of the image side) "
+                          "per scale (default 0.5:3,0.35:4,0.25:5, 50 patches)", "")
     per_category: int = opt("patches with --labels: elements kept per category", 8, min=1)
     unlabeled: str = opt("patches without --labels: spread (keep the half of the patch clusters that varies most "
                          "across images) or global (the whole image's features)", "spread", choices=list(UNLABELED))
@@ -635,6 +637,7 @@ def check_options(opts: Options) -> None:
         raise InputError("--method patches needs --model (the CNN: random, weights:PATH or checkpoint:PATH)")
     given = [flag for flag, value in (("--model", opts.model), ("--labels", opts.labels), ("--arch", opts.arch),
                                       ("--layer", opts.layer), ("--patch-size", opts.patch_size),
+                                      ("--patch-grid", opts.patch_grid),
                                       ("--input-size", opts.input_size), ("--normalize", opts.normalize),
                                       ("--input-filter", opts.input_filter)) if value]
     if given and not patches:
@@ -729,7 +732,8 @@ def encode_patches(opts: Options) -> int:
                              f"not a {extractor.layer.kind} layer")
         size = saved.patch_size if saved else (opts.patch_size or max(models.min_input(built.arch), built.input_size // 2))
         models.check_input_size(built.arch, size, "--patch-size")
-        boxes = saved.boxes if saved else patch_grid(PATCH_GRIDS)
+        grids = parse_grids(opts.patch_grid) if opts.patch_grid else PATCH_GRIDS
+        boxes = saved.boxes if saved else patch_grid(grids)
         feats = PatchFeatures(extractor, built, boxes, size, device)
         started = time.perf_counter()
         if saved:
@@ -740,7 +744,7 @@ def encode_patches(opts: Options) -> int:
                                model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}")
             rows = sample_rows(n, opts.fit_sample, opts.seed)
             log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s",
-                     built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in PATCH_GRIDS), size,
+                     built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in grids), size,
                      len(rows), mode)
             enc, encoded = fit_patch_encoder(images, feats, rows, labels, opts,
                                              lambda full, fit: choose_dim(opts, full, fit), enc)
@@ -753,6 +757,17 @@ def encode_patches(opts: Options) -> int:
     if opts.model_out:
         enc.save(opts.model_out)
     return 0
+
+
+def parse_grids(text: str) -> tuple[tuple[float, int], ...]:
+    """``--patch-grid 0.5:3,0.35:4,0.25:5`` -> ((0.5, 3), (0.35, 4), (0.25, 5))."""
+    try:
+        grids = tuple((float(a), int(b)) for a, b in (part.split(":") for part in text.split(",")))
+    except ValueError as err:
+        raise InputError(f"--patch-grid {text}: expected SIDE:N,... such as 0.5:3,0.35:4,0.25:5") from err
+    if not all(0 < side <= 1 and n >= 1 for side, n in grids):
+        raise InputError(f"--patch-grid {text}: each side in (0, 1], each N at least 1")
+    return grids
 
 
 def load_patch_encoder(opts: Options, built) -> PatchEncoder:
