@@ -70,7 +70,7 @@ def test_patches_shapes_ids_and_determinism(cli, data, tmp_path):
     (x, ids, attrs), (y, _, _) = runs
     with open_store(data / "images.h5") as src:
         assert ids == src.ids
-    assert attrs["method"] == "patches" and attrs["encoding"] == "patches-spread" and attrs["patches"] == 50
+    assert attrs["method"] == "patches" and attrs["encoding"] == "patches-spread" and attrs["patches"] == 90
     assert attrs["encoded_dim"] == 4 and x.shape == (18, attrs["dim"]) and x.dtype == np.float32  # half of 8
     assert np.array_equal(x, y)
     # the saved encoder reproduces the features
