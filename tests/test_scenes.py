@@ -70,7 +70,7 @@ def test_patches_shapes_ids_and_determinism(cli, data, tmp_path):
     (x, ids, attrs), (y, _, _) = runs
     with open_store(data / "images.h5") as src:
         assert ids == src.ids
-    assert attrs["method"] == "patches" and attrs["encoding"] == "patches-spread" and attrs["patches"] == 50
+    assert attrs["method"] == "patches" and attrs["encoding"] == "patches-spread" and attrs["patches"] == 90
     assert attrs["encoded_dim"] == 4 and x.shape == (18, attrs["dim"]) and x.dtype == np.float32  # half of 8
     assert np.array_equal(x, y)
     # the saved encoder reproduces the features
@@ -78,6 +78,20 @@ def test_patches_shapes_ids_and_determinism(cli, data, tmp_path):
             "--model", "random", *SMALL[2:])
     assert r.code == 0, r.err
     assert np.allclose(features(tmp_path / "c.h5")[0], x, atol=1e-5)
+
+
+def test_patch_grid_sets_the_patches(cli, data, tmp_path):
+    r = cli("encode", data / "images.h5", "--out", tmp_path / "g.h5", "--method", "patches", "--model", "random",
+            "--patch-grid", "1:1,0.5:2", "--model-out", tmp_path / "g.npz", *SMALL)
+    assert r.code == 0, r.err
+    assert features(tmp_path / "g.h5")[2]["patches"] == 5  # one whole-image box + 2 x 2 halves
+    with np.load(tmp_path / "g.npz") as z:
+        assert np.allclose(z["boxes"], [[0, 0, 1, 1], [0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]])
+    for bad in ("0.5", "0.5:x", "1.5:2", "0.5:0"):
+        r = cli("encode", data / "images.h5", "--out", tmp_path / "o.h5", "--method", "patches", "--model", "random",
+                "--patch-grid", bad, *SMALL)
+        assert r.code == 2 and "--patch-grid" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.h5").exists()
 
 
 def test_labels_choose_the_elements(cli, data, tmp_path):

@@ -248,7 +248,7 @@ def encode_cost(images: Path, weights: Path, out: Path, device: str, threads: in
             n = len(store)
         rss = int(proc.stderr.strip().splitlines()[-1]) / 1024
         parts.append(f"N={n}: {1000 * seconds / n:.0f} ms/image, peak RSS {rss:.0f} MB")
-    return "encode --method patches (50 patches x 3 scales, ResNet-18 multiscale at 32 px, wall incl. start-up): " + "; ".join(parts)
+    return "encode --method patches (90 patches x 3 scales, ResNet-18 multiscale at 32 px, wall incl. start-up): " + "; ".join(parts)
 
 
 def scenes_line(results: list[dict]) -> str | None:
