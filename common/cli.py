@@ -279,15 +279,17 @@ def _value_type(f: dataclasses.Field):
     return inner[0] if inner else kind
 
 
-def check_bounds(opts: Any) -> None:
-    """Refuse values outside the ``min``/``max``/``above``/``below`` an option declares, and non-finite floats."""
+def check_bounds(opts: Any, raw: dict[str, str] | None = None) -> None:
+    """Refuse values outside the ``min``/``max``/``above``/``below`` an option declares, and non-finite floats.
+    The message shows ``raw[name]`` (the text as given) when known, and a field's ``says`` metadata when declared."""
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         problem = _out_of_bounds(value, f.metadata)
         if problem:
-            raise InputError(f"{flag_of(f)} {value}: {problem}")
+            shown = (raw or {}).get(f.name, value)
+            raise InputError(f"{flag_of(f)} {shown}: {f.metadata.get('says') or problem}")
 
 
 def check_together(opts: Any, groups: tuple[tuple[str, ...], ...]) -> None:

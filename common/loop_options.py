@@ -243,15 +243,9 @@ def _kind(f: dataclasses.Field):
 
 def check(opts: LoopOptions, raw: dict[str, str]) -> None:
     """What the declarations say (bounds), and what goes together."""
-    from .cli import _out_of_bounds
+    from .cli import check_bounds
 
-    for f in dataclasses.fields(opts):
-        value = getattr(opts, f.name)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        problem = _out_of_bounds(value, f.metadata)
-        if problem:
-            raise InputError(f"{flag_of(f)} {raw.get(f.name, value)}: {f.metadata.get('says') or problem}")
+    check_bounds(opts, raw)
     if not opts.images:
         raise InputError("--images is required (see --help)")
     if not opts.work:

@@ -219,3 +219,18 @@ def attach_input_filter(model: nn.Module, name: str, arch: str = "") -> None:
     timm = bool(arch) and arch_record(arch).is_timm
     first = model.get_submodule(model.pretrained_cfg["first_conv"]) if timm else model
     first.register_forward_pre_hook(lambda module, args: (sobel(args[0], keep_gray), *args[1:]))
+
+
+def start(spec: str, arch: str | None, seed: int, device: str) -> tuple[Init, str]:
+    """What every command that runs a model does first: the device (``auto`` resolved), the seed, deterministic
+    kernels on the CPU, the parsed ``--init``/``--model`` spec and a checked ``--arch``."""
+    from .cli import resolve_device
+
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    init = parse_init(spec)
+    if arch is not None:
+        check_arch(arch)
+    return init, device

@@ -706,18 +706,11 @@ def write_features(src, enc: Encoder, opts: Options, device: str, source_checksu
 
 def encode_patches(opts: Options) -> int:
     """``--method patches``: featurize patches with --model, fit (or load) the elements, stream the images."""
-    import torch
 
     from ldpo.common import models
     from ldpo.common.labels import align, read_labels
 
-    device = resolve_device(opts.device)
-    torch.manual_seed(opts.seed)
-    if device == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    init = models.parse_init(opts.model)
-    if opts.arch is not None:
-        models.check_arch(opts.arch)
+    init, device = models.start(opts.model, opts.arch, opts.seed, opts.device)
     with open_store(opts.local, expect="images") as images:
         n, ids, side = len(images), images.ids, max(images.shape("images")[1:3])
         if n == 0:

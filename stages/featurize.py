@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device
+from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.input_options import InputOptions
 
@@ -73,18 +73,11 @@ class FeaturizeTool(Tool):
     def main(self, opts: Options) -> int:
         shard = parse_shard(opts.shard)
 
-        import torch
 
         from ldpo.common import models
         from ldpo.common.stores import open_store
 
-        device = resolve_device(opts.device)
-        torch.manual_seed(opts.seed)
-        if device == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        init = models.parse_init(opts.init)
-        if opts.arch is not None:
-            models.check_arch(opts.arch)
+        init, device = models.start(opts.init, opts.arch, opts.seed, opts.device)
         with open_store(opts.images, expect="images") as images:
             n, ids, side = len(images), images.ids, max(images.shape("images")[1:3])
         if n == 0:
