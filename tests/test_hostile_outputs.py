@@ -338,12 +338,12 @@ def writable(folder: Path) -> bool:
 
 
 def test_finetune_checks_its_folder_is_writable_before_training(cli, ws, monkeypatch):
-    from ldpo.stages import finetune
+    from ldpo.stages.finetune import data  # finetune is a package: its data loading lives in data.py
 
     def trained(*args, **kwargs):
         raise AssertionError("training started before checking --out")
 
-    monkeypatch.setattr(finetune, "load_data", trained)
+    monkeypatch.setattr(data, "load_data", trained)
     locked = ws / "locked"
     locked.mkdir()
     locked.chmod(0o555)
