@@ -90,6 +90,9 @@ class LoopOptions(CommonOptions):
                                 stage=("finetune", "epochs"))
     lr: Optional[float] = opt("fine-tuning learning rate (stage default)", None, above=0, stage=("finetune", "lr"))
     balanced: bool = opt("class-balanced sampling in finetune", False)
+    neighbour_weight: float = opt("finetune's neighbour-consistency weight: each image should agree with one of "
+                                  "its nearest neighbours in the features its labels were clustered from "
+                                  "(finetune --neighbours; 0 = off)", 0.0, min=0)
     split: Optional[str] = opt("finetune's train/val/test split, e.g. 70/10/20, or none (stage default)", None,
                                stage=("finetune", "split"))
     input_size: Optional[int] = opt("CNN input side in pixels (stage default: the store's side up to 224 from "

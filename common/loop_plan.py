@@ -49,6 +49,20 @@ def model_spec(parsed: Parsed, layout: Layout, t: int) -> str:
     return parsed.opts.init if t == 0 else "checkpoint:" + layout.iteration(t, "model.pt")
 
 
+def clustered_store(opts, layout: Layout, t: int) -> str:
+    """The store iteration ``t`` clustered: its encoding, else its features."""
+    return layout.iteration(t, "encoded.h5" if opts.encode != "none" else "features.h5")
+
+
+def neighbours(parsed: Parsed, layout: Layout, t: int) -> list[str]:
+    """finetune's neighbour consistency (``--neighbour-weight``): its neighbours are mined in the store the
+    labels it trains on were clustered from (none where iteration 0's labels were given)."""
+    opts = parsed.opts
+    if not opts.neighbour_weight or (t == 1 and opts.init_labels):
+        return []
+    return ["--neighbours", clustered_store(opts, layout, t - 1), "--neighbour-weight", str(opts.neighbour_weight)]
+
+
 def loop_settings(parsed: Parsed, layout: Layout) -> dict:
     """What the loop itself needs to know."""
     opts = parsed.opts
@@ -74,7 +88,7 @@ def iteration(parsed: Parsed, layout: Layout, t: int) -> dict:
                     *given(parsed, "lr"), *extra("finetune"), *given(parsed, "balanced", "amp")]
         # a checkpoint keeps its input filter; its head is replaced (new clusters are new classes)
         finetune += ["--new-head"] if before.startswith("checkpoint:") else given(parsed, "input_filter")
-        finetune += common(parsed)
+        finetune += neighbours(parsed, layout, t) + common(parsed)
     inputs = [] if spec.startswith("checkpoint:") else given(parsed, "input_size", "normalize", "input_filter")
     featurize = [*stage_command("featurize"), opts.images, "--out", out["features"], "--init", spec,
                  "--layer", layer(opts), *inputs, *given(parsed, "batch_size", "arch", "amp"), *extra("featurize"),
@@ -132,8 +146,7 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
         tree = ["--affinity" if w == "--tree-affinity" else "--preference" if w == "--tree-preference" else w
                 for w in tree]
         if opts.tree_affinity == "centroids":  # the final model's features, as the last clustering saw them
-            feats = "encoded.h5" if opts.encode != "none" else "features.h5"
-            tree += ["--features", layout.iteration(last, feats)]
+            tree += ["--features", clustered_store(opts, layout, last)]
         elif opts.tree_affinity == "reports":
             tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",

@@ -203,3 +203,66 @@ def test_min_confidence_trains_on_the_confident_rows_only(cli, small, tmp_path):
     assert load(out)["classes"] == [0, 1, 2, 3]
     r = cli("finetune", images, labels, "--out", tmp_path / "n.pt", "--epochs", "1", "--min-confidence", "0.5", *TINY)
     assert r.code == 2 and "no confidence column" in r.err and str(labels) in r.err
+
+
+# -- neighbour consistency (--neighbours) --------------------------------------------------
+def test_neighbour_term_is_scans_consistency_over_images_with_a_neighbour():
+    from ldpo.stages.finetune.trainer import Trainer
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    rows = torch.tensor([0, 1, 2])
+    choice = torch.tensor([3, 3, -1, -1])  # rows 0 and 1 have neighbour 3 (sure of class 0); row 2 has none
+    p = torch.softmax(logits, dim=1)
+    want = -(torch.log(p[0, 0]) + torch.log(p[1, 0])) / 2
+    assert torch.isclose(Trainer.neighbour_term(logits, rows, choice, q), want)
+    # agreeing with a sure neighbour costs less than disagreeing
+    assert Trainer.neighbour_term(logits[:1], rows[:1], choice, q) < Trainer.neighbour_term(logits[1:2], rows[:1], choice, q)
+    assert Trainer.neighbour_term(logits, rows, torch.full((4,), -1), q) == 0
+
+
+def test_mined_neighbours_are_matched_by_id(tmp_path):
+    from ldpo.stages.finetune.data import mine_neighbours
+
+    store_ids = ["a", "b", "c", "d", "e"]
+    # the feature store lists the images in another order and lacks "e"; a/b are close, c/d are close
+    feats = np.array([[0.0, 1.0], [1.0, 0.0], [0.1, 1.0], [1.0, 0.1]], np.float32)
+    write_store(tmp_path / "f.h5", ["c", "a", "d", "b"], {"stage": "test"}, features=feats)
+    table = mine_neighbours(str(tmp_path / "f.h5"), store_ids, "images.h5", 1, "cpu")
+    assert table.shape == (5, 1)
+    assert table[:, 0].tolist() == [1, 0, 3, 2, -1]
+    write_store(tmp_path / "g.h5", ["x", "y"], {"stage": "test"}, features=feats[:2])
+    with pytest.raises(Exception, match="0 of its ids are images of images.h5"):
+        mine_neighbours(str(tmp_path / "g.h5"), store_ids, "images.h5", 1, "cpu")
+
+
+def test_neighbours_train_deterministically_and_log_the_term(cli, small, tmp_path):
+    images, labels = small
+    feats = tmp_path / "f.h5"
+    assert cli("featurize", images, "--out", feats, "--layer", "multiscale", "--input-size", "32", "-q").code == 0
+    runs = []
+    for name in ("a.pt", "b.pt"):
+        r = cli("finetune", images, labels, "--out", tmp_path / name, "--epochs", "2", "--split", "none",
+                "--neighbours", feats, "--neighbour-k", "3", "--neighbour-weight", "0.5", *TINY)
+        assert r.code == 0, r.err
+        assert "3 nearest neighbours of each of 20 images mined" in r.err
+        runs.append(load(tmp_path / name))
+    epochs = json.loads((tmp_path / "a.metrics.json").read_text())["epochs"]
+    assert all(e["neighbour_loss"] > 0 for e in epochs)
+    assert all(torch.equal(runs[0]["state_dict"][k], runs[1]["state_dict"][k]) for k in runs[0]["state_dict"])
+    assert runs[0]["options"]["neighbour_weight"] == 0.5
+    plain = cli("finetune", images, labels, "--out", tmp_path / "c.pt", "--epochs", "2", "--split", "none", *TINY)
+    assert plain.code == 0
+    assert not all(torch.equal(runs[0]["state_dict"][k], load(tmp_path / "c.pt")["state_dict"][k])
+                   for k in runs[0]["state_dict"])
+
+
+def test_neighbours_bad_input_is_one_line(cli, small, tmp_path):
+    images, labels = small
+    r = cli("finetune", images, labels, "--out", tmp_path / "m.pt", "--neighbours", images, *TINY)
+    assert r.code == 2 and str(images) in r.err and "features" in r.err
+    write_labels(tmp_path / "ml.csv", read_labels(labels).ids, read_labels(labels).labels)
+    r = cli("finetune", images, tmp_path / "ml.csv", "--out", tmp_path / "m.pt", "--neighbours", images,
+            "--multi-label", *TINY)
+    assert r.code == 2 and "--neighbours: needs one label per image" in r.err
+    assert not (tmp_path / "m.pt").exists()

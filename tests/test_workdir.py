@@ -116,6 +116,24 @@ def test_encode_methods_and_patches(inputs):
                                   "--labels", layout.iteration(0, "labels.csv")]
 
 
+def test_neighbour_consistency_mines_where_the_labels_were_clustered(inputs):
+    layout = Layout(str(inputs / "w"))
+    assert "--neighbours" not in loop_plan.iteration(opts(inputs), layout, 1)["finetune"]  # off by default
+    tune = loop_plan.iteration(opts(inputs, "--neighbour-weight", "0.5"), layout, 2)["finetune"]
+    assert tune[tune.index("--neighbours") + 1] == layout.iteration(1, "features.h5")
+    assert tune[tune.index("--neighbour-weight") + 1] == "0.5"
+    vlad = loop_plan.iteration(opts(inputs, "--neighbour-weight", "1", "--encode", "vlad"), layout, 1)["finetune"]
+    assert vlad[vlad.index("--neighbours") + 1] == layout.iteration(0, "encoded.h5")
+    given = opts(inputs, "--neighbour-weight", "1", "--init-labels", str(inputs / "truth.csv"))
+    assert "--neighbours" not in loop_plan.iteration(given, layout, 1)["finetune"]  # iteration 0 has no features
+    assert "--neighbours" in loop_plan.iteration(given, layout, 2)["finetune"]
+    record = workdir.build_record(opts(inputs), {}).as_dict()
+    older = json.loads(json.dumps(record))
+    del older["settings"]["neighbour_weight"]  # a record from before the option resumes as the same run
+    assert workdir.difference(older, record) == ("", "")
+    assert workdir.build_record(opts(inputs, "--neighbour-weight", "1"), {}).settings["neighbour_weight"] == "1"
+
+
 def test_initial_labels_stand_for_iteration_0(inputs):
     plan = loop_plan.iteration(opts(inputs, "--init-labels", str(inputs / "truth.csv")), Layout("w"), 0)
     assert plan["featurize"] == plan["encode"] == plan["cluster"] == []

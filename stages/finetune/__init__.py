@@ -123,6 +123,13 @@ class Options(CommonOptions, InputOptions):
                                  "term_b, one row per bi-gram; word-vectors --targets writes it) and this the "
                                  "word vectors file; the head regresses each bi-gram's two scaled vectors with "
                                  "2·DIM sigmoids and sigmoid cross-entropy", None, role="input")
+    neighbours: Optional[str] = opt("neighbour consistency (SCAN's loss inside finetune): a feature store of the same "
+                                    "images (e.g. the features LABELS were clustered from). Each image's "
+                                    "--neighbour-k nearest images in it (cosine, faiss) are mined once; the loss adds "
+                                    "--neighbour-weight x -log<p(image), q(neighbour)>, q a random neighbour's softmax "
+                                    "from an unaugmented pass at the start of each epoch", None, role="input")
+    neighbour_k: int = opt("neighbours mined per image (--neighbours)", 20, min=1)
+    neighbour_weight: float = opt("weight of the neighbour-consistency term (--neighbours)", 1.0, min=0)
     freeze_backbone: bool = opt("train the head only: the backbone's weights and BatchNorm statistics stay as "
                                 "loaded (frozen-feature discovery: noisy early labels cannot spoil a strong "
                                 "pretrained backbone)", False)
@@ -139,6 +146,7 @@ class FinetuneTool(Tool):
     example = ("finetune images.h5 labels.csv --out model.pt --init random --input-size 64 --epochs 3\n"
                "finetune images.h5 topics.csv --out model.pt --init weights:alexnet-owt-7be5be79.pth\n"
                "finetune ml/images.h5 ml/truth.csv --out model.pt --init random --multi-label --crop-scale 1\n"
+               "finetune images.h5 iter-00/labels.csv --out model.pt --neighbours iter-00/features.h5\n"
                "finetune keys/images.h5 words.csv --vectors vectors.txt --out words.pt --init checkpoint:topics.pt\n"
                "finetune images.h5 labels.csv --out model.pt --arch timm:convnext_tiny --init weights:convnext.safetensors "
                "--freeze-backbone\n"
@@ -189,6 +197,8 @@ def check_options(opts: Options) -> None:
         raise InputError("--head-init centroids: needs one label per image (not --multi-label)")
     if opts.multi_label and opts.min_confidence:
         raise InputError("--min-confidence: needs one label per image (not --multi-label)")
+    if opts.neighbours is not None and (opts.multi_label or opts.vectors is not None):
+        raise InputError("--neighbours: needs one label per image (not --multi-label or --vectors)")
     if opts.vectors is not None:
         for flag, given in (("--multi-label", opts.multi_label), ("--head-init centroids", opts.head_init == "centroids"),
                             ("--min-confidence", bool(opts.min_confidence)), ("--balanced", opts.balanced)):

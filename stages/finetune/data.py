@@ -31,6 +31,7 @@ class Data:
     # scaled targets (a part's targets number its bi-grams)
     truth: np.ndarray | None = None
     words: Any = None  # words: what the Words target needs besides (WordsData)
+    neighbours: np.ndarray | None = None  # --neighbours: int64 [store rows, k] store rows, -1 = none
 
 
 
@@ -61,7 +62,36 @@ def load_data(opts: Options) -> Data:
     skipped = len(store_ids) - len(rows)
     log.info("finetune: %d labelled images in %d classes%s", len(rows), len(classes),
              f" ({skipped} without a label skipped)" if skipped else "")
-    return Data(classes, side, *split(opts, rows, targets), chunk, row_bytes)
+    data = Data(classes, side, *split(opts, rows, targets), chunk, row_bytes)
+    if opts.neighbours is not None:
+        data.neighbours = mine_neighbours(opts.neighbours, store_ids, opts.images, opts.neighbour_k, opts.device)
+    return data
+
+
+def mine_neighbours(path: str, store_ids: list[str], images: str, k: int, device: str) -> np.ndarray:
+    """Each images-store row's ``k`` nearest images (cosine, :func:`ldpo.common.features.nearest_neighbours`) in
+    the feature store ``path``, matched by id: int64 [store rows, k] of store rows, -1 for an image the feature
+    store lacks. Its features are read whole (rows x dimensions x 4 bytes)."""
+    from ldpo.common.cli import resolve_device
+    from ldpo.common.features import nearest_neighbours
+    from ldpo.common.stores import open_store
+
+    with open_store(path, expect="features") as store:
+        ids = store.ids
+        x = np.concatenate([block for _, _, block in store.batches("features", 65536)]) if ids else None
+    row_of = {ident: i for i, ident in enumerate(store_ids)}
+    present = np.array([i for i, ident in enumerate(ids) if ident in row_of], dtype=np.int64)
+    if len(present) < 2:
+        raise InputError(f"{path}: {len(present)} of its ids are images of {images}; --neighbours needs the same images")
+    x = x[present]
+    if not np.isfinite(x).all():
+        raise InputError(f"{path}: NaN or infinite features")
+    rows = np.array([row_of[ids[i]] for i in present], dtype=np.int64)
+    found = nearest_neighbours(x, min(k, len(rows) - 1), resolve_device(device))
+    table = np.full((len(store_ids), found.shape[1]), -1, dtype=np.int64)
+    table[rows] = rows[found]
+    log.info("finetune: %d nearest neighbours of each of %d images mined in %s", found.shape[1], len(rows), path)
+    return table
 
 
 def drop_unconfident(labels, per_row: np.ndarray, store_ids: list[str], threshold: float, path: str) -> np.ndarray:

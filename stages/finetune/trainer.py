@@ -217,6 +217,8 @@ class Trainer:
                 raise
             self.scheduler.step()
             figures = self.target.epoch_figures(self, top1)
+            if self.data.neighbours is not None:
+                figures["neighbour_loss"] = self.near_mean
             self.history.append({"epoch": epoch + 1, "train_loss": loss, **figures,
                                  "lr": self.optimizer.param_groups[0]["lr"],
                                  "seconds": round(time.perf_counter() - start, 2)})
@@ -254,10 +256,12 @@ class Trainer:
 
         from ldpo.common.accel import autocast
 
+        near = self.neighbour_plan(epoch) if self.data.neighbours is not None else None
         self.set_train_mode()
         plan, augment = self.epoch_plan(epoch), self.augment()
         # sums stay on the device: no host sync per batch (a GPU runs ahead of the Python loop)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.near_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         bar = progress(total=plan.images, desc=f"epoch {epoch + 1}", unit="img", disable=self.rank > 0)
@@ -266,6 +270,10 @@ class Trainer:
             with autocast(self.device, self.opts.amp):
                 out = self.model(x)
                 loss = self.target.loss(out.float(), y, rows)
+                if near is not None:
+                    agree = self.neighbour_term(out.float(), rows, *near)
+                    self.near_sum += agree.detach() * len(y)
+                    loss = loss + self.opts.neighbour_weight * agree
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -274,11 +282,45 @@ class Trainer:
             count += len(y)
             bar.update(len(y))
         bar.close()
-        loss_sum, correct, count = all_sum([loss_sum.item(), correct.item(), count], self.world, self.device)
+        loss_sum, correct, count, near_sum = all_sum([loss_sum.item(), correct.item(), count, self.near_sum.item()],
+                                                     self.world, self.device)
+        self.near_mean = near_sum / max(count, 1) if near is not None else None
         if not np.isfinite(loss_sum):  # a non-finite loss in any batch makes the sum non-finite
             raise Diverged(f"{self.opts.out}: training diverged (loss {loss_sum} in epoch {epoch + 1}); "
                            "nothing written: lower --lr")
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def neighbour_plan(self, epoch: int):
+        """--neighbours: ``(choice, q)`` for one epoch: each training image's neighbour (one of its mined
+        neighbours, drawn from (seed, epoch); store-row indexed, -1 = none) and the softmax of every chosen
+        neighbour from an unaugmented pass of the network as it is at the start of the epoch (rows x classes).
+        The neighbour's side is fixed for the epoch (SCAN back-propagates through both images; here the data
+        path reads store chunks in order, and a neighbour can be anywhere in the store)."""
+        import torch
+
+        nb, rows = self.data.neighbours, self.data.train[0]
+        draw = np.random.default_rng([self.opts.seed, epoch, 2]).integers(0, nb.shape[1], len(rows))
+        choice = np.full(len(nb), -1, dtype=np.int64)
+        choice[rows] = nb[rows, draw]
+        need = np.unique(choice[choice >= 0])
+        q = np.zeros((len(nb), len(self.data.classes)), dtype=np.float32)
+        self.net.eval()
+        for got, _, out in self.infer(self.part_items((need, np.zeros(len(need), np.int64)), share=False)):
+            q[got.cpu().numpy()] = torch.softmax(out.float(), dim=1).cpu().numpy()
+        return torch.from_numpy(choice).to(self.device), torch.from_numpy(q).to(self.device)
+
+    @staticmethod
+    def neighbour_term(logits, rows, choice, q):
+        """SCAN's consistency term: mean over the batch's images that have a neighbour of
+        -log <softmax(image), q(neighbour)>."""
+        import torch
+
+        picked = choice[rows]
+        has = picked >= 0
+        if not bool(has.any()):
+            return logits.sum() * 0.0
+        dot = (torch.softmax(logits[has], dim=1) * q[picked[has]]).sum(dim=1)
+        return -torch.log(dot.clamp_min(1e-7)).mean()
 
     def set_train_mode(self) -> None:
         """Training mode; with --freeze-backbone only the head trains: the backbone stays in eval

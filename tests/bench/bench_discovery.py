@@ -107,6 +107,8 @@ SETTINGS: dict[str, Setting] = {
                            env={"FINETUNE_ARGS": "--min-confidence 0.5"}),
     "confident80": Setting("finetune only on images whose scan confidence is at least 0.8",
                            env={"FINETUNE_ARGS": "--min-confidence 0.8"}),
+    "neighbours": Setting("finetune's neighbour-consistency term (weight 1; neighbours mined in the clustered "
+                          "features)", args=["--neighbour-weight", "1"]),
     "avgpool+kmeans": Setting("the previous defaults: the avgpool feature, k-means",
                               args=["--layer", "avgpool", "--method", "kmeans"]),
     "ldpo_global": Setting("LDPO with global features (the loop's defaults; named for the scenes set)"),
