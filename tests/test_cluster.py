@@ -243,6 +243,7 @@ def test_default_train_rows_uses_every_row_of_a_small_store_and_samples_a_large_
     assert train_rows(opts, 200000, 512) == 65536
     assert train_rows(opts, 200000, 4096) == 25600  # 256 per cluster
     assert train_rows(SimpleNamespace(**opts.__dict__ | {"method": "rim"}), 200000, 4096) == 200000
+    assert train_rows(SimpleNamespace(**opts.__dict__ | {"method": "scan"}), 200000, 4096) == 25600
     assert train_rows(SimpleNamespace(**opts.__dict__ | {"balance": "sinkhorn"}), 200000, 4096) == 200000
     assert train_rows(SimpleNamespace(**opts.__dict__ | {"train_rows": 1000}), 200000, 4096) == 1000
 
@@ -285,6 +286,28 @@ def test_scan_recovers_blobs_writes_confidence_and_same_seed_same_file(cli, tmp_
     assert rows[0] == "id,label,confidence"
     confidence = np.array([float(r.split(",")[2]) for r in rows[1:]])
     assert ((confidence > 1 / 5) & (confidence <= 1)).all() and np.median(confidence) > 0.5
+
+
+def test_scan_on_a_sample_assigns_every_row_with_its_confidence(cli, tmp_path, monkeypatch):
+    from ldpo.stages.cluster import scan as scan_heads
+
+    x, truth = blobs(3000, k=5, d=32, spread=0.4, seed=5)
+    ids = feature_store(tmp_path / "f.h5", x)
+    learned = []
+    real = scan_heads.fit
+    monkeypatch.setattr(scan_heads, "fit", lambda y, *a, **kw: learned.append(len(y)) or real(y, *a, **kw))
+    outs = []
+    for name in ("a.csv", "b.csv"):
+        r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / name, "--k", "5", "--method", "scan",
+                "--scan-steps", "300", "--train-rows", "500", "--batch-size", "700")
+        assert r.code == 0, r.err
+        assert "scan learns from 500 of 3000 rows" in r.err and "K'=5" in r.err
+        outs.append((tmp_path / name).read_bytes())
+    assert learned == [500, 500] and outs[0] == outs[1]
+    labels = labels_of(tmp_path / "a.csv", ids)
+    assert len(labels) == 3000 and purity(labels, truth) >= 0.95 and purity(truth, labels) >= 0.95
+    confidence = np.array([float(r.split(",")[2]) for r in (tmp_path / "a.csv").read_text().splitlines()[1:]])
+    assert len(confidence) == 3000 and np.median(confidence) > 0.5
 
 
 def test_scan_without_the_entropy_term_says_which_clusters_emptied(cli, tmp_path):

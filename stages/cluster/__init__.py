@@ -14,9 +14,10 @@ Memory: a store of more rows than ``--train-rows`` (default max(256·k, as many 
 in 128 MiB)) is clustered the way faiss recipes do for large N: PCA and k-means learn from
 a seeded sample of that many rows, then every row is read block by block and given its
 nearest centroid. Memory then stays O(sample x D) instead of O(N x D), so it does not grow
-with the archive (256 rows per cluster is faiss's own cap on what k-means needs). Stores
-up to that size are clustered whole, as before. RIM and ``--balance sinkhorn`` always hold
-every row.
+with the archive (256 rows per cluster is faiss's own cap on what k-means needs). ``--method
+scan`` does the same: its heads learn from the sample, then give every row its cluster.
+Stores up to that size are clustered whole, as before. RIM and ``--balance sinkhorn`` always
+hold every row.
 
 ``--method rim`` (Regularized Information Maximization, Gomes et al. 2010, as used by
 Wang et al. 2017): k-means with ``--k`` clusters (over-segmentation; capped at N/4 for
@@ -54,7 +55,8 @@ from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import atomic_path, open_store
 
-from .scan import ScanSettings, scan
+from . import scan as scan_heads
+from .scan import ScanSettings
 
 log = logging.getLogger("ldpo")
 
@@ -97,10 +99,10 @@ class Options(CommonOptions):
     self_label: float = opt("scan: then train the kept head on rows at least this confident (0 = off; SCAN: 0.99)",
                             0.0, min=0, max=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
-    train_rows: int = opt("k-means and PCA learn from a seeded sample of this many rows when the store has more, "
-                          "then every row is assigned to its nearest centroid block by block, so memory does not "
-                          "grow with N (0 = max(256 x k, as many rows as fit in 128 MiB); plain k-means only: RIM "
-                          "and --balance sinkhorn use every row)", 0, min=0)
+    train_rows: int = opt("k-means (or scan's heads) and PCA learn from a seeded sample of this many rows when the "
+                          "store has more, then every row is assigned block by block, so memory does not grow with "
+                          "N (0 = max(256 x k, as many rows as fit in 128 MiB); RIM and --balance sinkhorn use "
+                          "every row)", 0, min=0)
     summary: str = opt("write cluster sizes to SUMMARY.csv (cluster,size) and a size plot to SUMMARY.png "
                        "(a .csv/.png suffix on SUMMARY is dropped first)", "")
 
@@ -124,7 +126,7 @@ class ClusterTool(Tool):
             raise InputError("--whiten needs --pca D")
         settings = settings_from(opts)
         if opts.train_rows and not samples(settings):
-            raise InputError(f"--train-rows {opts.train_rows}: only plain k-means learns from a sample "
+            raise InputError(f"--train-rows {opts.train_rows}: only k-means and scan learn from a sample "
                              "(RIM and --balance sinkhorn use every row)")
         ids, labels, confidence = cluster_store(opts.features, settings, resolve_device(opts.device))
         extra = None if confidence is None else {"confidence": [f"{c:.4f}" for c in confidence.tolist()]}
@@ -171,6 +173,8 @@ def cluster_store(path: str, s: Settings, device: str = "cpu"
     min_rows = s.k if s.method == "kmeans" else 1
     n, d = feature_shape(path, min_rows)
     rows = train_rows(s, n, d)
+    if rows < n and s.method == "scan":
+        return sampled_scan(path, s, rows, device)
     if rows < n:
         return (*sampled_kmeans(path, s, rows, device), None)
     if s.method == "scan":
@@ -200,16 +204,40 @@ def cluster_scan(path: str, s: Settings, device: str) -> tuple[list[str], np.nda
     ids, x = read_features(path, s.batch_size, max(s.k, 2))
     if s.pca:
         x = apply_preprocess(x, fit_pca(x, s), s)
-    assign, confidence, loss = scan(x, s.k, s.scan, s.seed, device)
+    assign, confidence, loss = scan_heads.scan(x, s.k, s.scan, s.seed, device)
     labels = renumber(assign, s.k, "scan")
     log.info("scan: K'=%d clusters, loss %.4f, median confidence %.3f", labels.max() + 1, loss,
              float(np.median(confidence)))
     return ids, labels, confidence
 
 
+def sampled_scan(path: str, s: Settings, rows: int, device: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """scan for a store larger than ``rows``: PCA and the heads learn from a seeded sample of ``rows`` rows
+    (neighbours mined inside it), then every row is read block by block and given the kept head's cluster."""
+    with open_store(path) as store:
+        n, _ = store.shape("features")
+        chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False))
+        sample = read_sample(store, chosen, path, s.batch_size)
+        log.info("scan learns from %d of %d rows (a seeded sample), then assigns every row", rows, n)
+        pca = fit_pca(sample, s)
+        fitted = scan_heads.fit(apply_preprocess(sample, pca, s) if pca else sample, s.k, s.scan, s.seed, device)
+        del sample
+        assign, confidence = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+        batches = store.batches("features", s.batch_size)
+        for lo, hi, block in progress(batches, desc="assigning", total=-(-n // s.batch_size)):
+            check_finite(block, np.arange(lo, hi), store, path)
+            assign[lo:hi], confidence[lo:hi] = fitted.assign(apply_preprocess(block, pca, s) if pca else block,
+                                                             s.scan.chunk)
+        ids = store.ids
+    labels = renumber(assign, s.k, "scan")
+    log.info("scan: K'=%d clusters, loss %.4f on the sample, median confidence %.3f", labels.max() + 1,
+             fitted.loss, float(np.median(confidence)))
+    return ids, labels, confidence
+
+
 def samples(s: Settings) -> bool:
-    """Whether this clustering may learn from a sample: plain k-means, not RIM or Sinkhorn balancing."""
-    return s.method == "kmeans" and s.balance == "none"  # (scan mines neighbours among every row)
+    """Whether this clustering may learn from a sample: k-means and scan, not RIM or Sinkhorn balancing."""
+    return s.method in ("kmeans", "scan") and s.balance == "none"
 
 
 def train_rows(s: Settings, n: int, d: int) -> int:

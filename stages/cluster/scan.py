@@ -35,8 +35,10 @@ random keeps the toy PACS at k-means' 0.97 and gains more elsewhere (purity agai
 on the same features, seed 0: textures 0.553 vs 0.470, phantoms 0.729 vs 0.619; random
 starts: 0.540, 0.715 and 0.912 on the PACS).
 
-Memory: SCAN holds every row (like RIM), N x D float32 twice; reduce wide features with
-``--pca 256`` first at archive scale.
+Memory: the heads learn from every row of a store up to ``cluster``'s ``--train-rows`` (N x D
+float32 about three times, and N x heads x k probabilities for the loss), from a seeded sample of
+that many rows beyond it (neighbours mined inside the sample); then every row is read block by
+block and given the kept head's cluster (:meth:`Fitted.assign`), so memory does not grow with N.
 
 Labels are the kept head's argmax, renumbered 0..K'-1; clusters no row chooses are logged
 as a warning with their count (never dropped silently). Each row's probability of its
@@ -68,14 +70,39 @@ class ScanSettings:
     chunk: int = 4096
 
 
-def head_input(x: np.ndarray) -> np.ndarray:
-    """The heads' input: the features centred, then each row scaled to unit length."""
-    return l2_normalize(x - x.mean(axis=0, dtype=np.float64).astype(np.float32))
+def head_input(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The heads' input: the features centred (on the rows the heads learned from), then each row scaled to
+    unit length."""
+    return l2_normalize(np.asarray(x, dtype=np.float32) - centre)
+
+
+@dataclass
+class Fitted:
+    """The kept head, the centre its inputs are taken from, and its loss."""
+
+    head: object
+    centre: np.ndarray
+    loss: float
+
+    def assign(self, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(cluster [n] in 0..k-1, confidence [n])`` of feature rows ``x`` (any rows: a block of a large store)."""
+        import torch
+
+        device = self.head.weight.device
+        probs = predict(self.head, torch.from_numpy(head_input(x, self.centre)).to(device), chunk)
+        confidence, assign = probs.max(dim=1)
+        return assign.cpu().numpy().astype(np.int64), confidence.cpu().numpy().astype(np.float32)
 
 
 def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: str = "cpu"
          ) -> tuple[np.ndarray, np.ndarray, float]:
     """``(assignment [N] in 0..k-1, confidence [N], loss of the kept head)`` for features ``x``."""
+    fitted = fit(x, k, settings, seed, device)
+    return (*fitted.assign(x, settings.chunk), fitted.loss)
+
+
+def fit(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: str = "cpu") -> Fitted:
+    """Steps 1-4 on the rows ``x``: the kept (and optionally self-labelled) head."""
     import torch
 
     x = np.asarray(x, dtype=np.float32)
@@ -83,7 +110,8 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
     neighbours = nearest_neighbours(x, count, device, seed=seed)
     log.info("scan: %d nearest neighbours per row mined; %d heads, %d steps", neighbours.shape[1], settings.heads,
              settings.steps)
-    inputs = torch.from_numpy(head_input(x)).to(device)
+    centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    inputs = torch.from_numpy(head_input(x, centre)).to(device)
     nb = torch.from_numpy(neighbours).to(device)
     heads = train_heads(inputs, nb, k, settings, seed)
     losses = head_losses(heads, inputs, nb, k, settings)
@@ -92,9 +120,7 @@ def scan(x: np.ndarray, k: int, settings: ScanSettings, seed: int = 0, device: s
     head = one_head(heads, best, k)
     if settings.self_label:
         self_label(head, inputs, settings, seed)
-    probs = predict(head, inputs, settings.chunk)
-    confidence, assign = probs.max(dim=1)
-    return assign.cpu().numpy().astype(np.int64), confidence.cpu().numpy().astype(np.float32), losses[best]
+    return Fitted(head, centre, losses[best])
 
 
 def neighbour_count(n: int, k: int, wanted: int) -> int:
