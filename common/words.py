@@ -29,6 +29,15 @@ with a single term gets the bi-gram ``(a, a)``.
 over every token of the vectors file, ``s = (v - lo) / (hi - lo)``; a predicted half
 goes back with ``v = lo + s (hi - lo)`` before the cosine to the vocabulary terms
 (:class:`Scaling`). The checkpoint records ``lo`` and ``hi``.
+
+**Decoding** (:func:`describe`): each term's score is its best centred cosine to either
+predicted half, plus ``prior_weight`` x the log of its share among the training images
+(:func:`term_prior`; add-one smoothed). The cosine alone (Shin et al.'s decode,
+``prior_weight`` 0) names the terms nearest the predicted vectors, which for an image whose
+sentences mention several findings is an average of them; the prior says how often a term
+is there at all, which the cosine cannot (a finding the images do not show, like sinusitis
+on a head CT, is then named when it is common). ``finetune`` chooses the weight on its
+validation split (:data:`PRIOR_WEIGHTS`) and records the prior and the weight.
 """
 
 from __future__ import annotations
@@ -192,28 +201,6 @@ def read_vectors(path: str) -> Vectors:
     return Vectors(words, rows, file_checksum(path), str(path))
 
 
-def nearest(vectors: Vectors, queries: np.ndarray, candidates: list[str], top: int) -> list[list[tuple[str, float]]]:
-    """Per query vector, the ``top`` candidate tokens by cosine, best first. Queries and candidates are
-    first centred on the candidates' mean vector: word2vec vectors share a common direction, and
-    without it the cosine favours the terms nearest that direction (measured on the toy PACS, a
-    region's mean term vector then found 0.80 of its 5 most frequent terms; centred, 0.88)."""
-    from .features import l2_normalize
-
-    at = vectors.index()
-    cand = [c for c in candidates if c in at]
-    if not cand:
-        return [[] for _ in range(len(queries))]
-    terms = vectors.matrix[[at[c] for c in cand]]
-    centre = terms.mean(axis=0) if len(cand) > 1 else np.zeros(terms.shape[1], np.float32)
-    sims = l2_normalize(np.asarray(queries, np.float32) - centre) @ l2_normalize(terms - centre).T
-    top = min(top, len(cand))
-    out = []
-    for row in sims:
-        best = np.argsort(-row, kind="stable")[:top]
-        out.append([(cand[j], float(row[j])) for j in best])
-    return out
-
-
 # -- scaling and targets --------------------------------------------------------------
 @dataclass
 class Scaling:
@@ -313,18 +300,52 @@ def target_matrix(target: WordsTarget, vectors: Vectors, scaling: Scaling) -> np
 
 
 # -- predictions → words --------------------------------------------------------------
-def describe(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: list[str],
-             top: int) -> list[list[tuple[str, float]]]:
-    """Per image, from the head's sigmoid outputs [n, 2·dim]: each half unscaled, its
-    nearest ``terms`` by cosine (centred, :func:`nearest`); the two lists merged (a word's best score), best first, ``top`` kept."""
+#: the term-prior weights finetune tries on its validation split (the first best is kept)
+PRIOR_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def term_prior(image_terms: Iterable[list[str]], terms: list[str]) -> list[float]:
+    """log of each term's share among the images (add-one smoothed over ``terms``)."""
+    from collections import Counter
+
+    images = [set(t) for t in image_terms if t]
+    counts = Counter(t for found in images for t in found)
+    return [float(np.log((counts[t] + 1) / (len(images) + len(terms)))) for t in terms]
+
+
+def term_scores(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: list[str]) -> tuple[list[str], np.ndarray]:
+    """``(candidates, scores [n, candidates])``: each term's best cosine to either predicted half of the head's
+    sigmoid outputs [n, 2·dim] (unscaled); terms without a vector are left out. Halves and terms are first
+    centred on the candidates' mean vector: word2vec vectors share a common direction, and without it the
+    cosine favours the terms nearest that direction (measured on the toy PACS, a region's mean term vector
+    then found 0.80 of its 5 most frequent terms; centred, 0.88)."""
+    from .features import l2_normalize
+
+    at = vectors.index()
+    cand = [c for c in terms if c in at]
+    if not cand:
+        return cand, np.zeros((len(outputs), 0), np.float32)
+    matrix = vectors.matrix[[at[c] for c in cand]]
+    centre = matrix.mean(axis=0) if len(cand) > 1 else np.zeros(matrix.shape[1], np.float32)
+    unit = l2_normalize(matrix - centre).T
     dim = vectors.dim
-    halves = [nearest(vectors, scaling.unscale(outputs[:, k * dim:(k + 1) * dim]), terms, top) for k in (0, 1)]
+    halves = [l2_normalize(scaling.unscale(outputs[:, k * dim:(k + 1) * dim]) - centre) @ unit for k in (0, 1)]
+    return cand, np.maximum(*halves)
+
+
+def describe(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: list[str], top: int,
+             prior: dict[str, float] | None = None, prior_weight: float = 0.0) -> list[list[tuple[str, float]]]:
+    """Per image, its ``top`` words, best first, with scores (see the module doc, Decoding): a term's best
+    cosine to either predicted half, plus ``prior_weight`` x its log prior (``prior``: term → log share)."""
+    cand, scores = term_scores(outputs, vectors, scaling, terms)
+    if prior_weight and prior:
+        floor = min(prior.values())
+        scores = scores + prior_weight * np.array([prior.get(c, floor) for c in cand], np.float32)
+    name_rank = np.argsort(np.argsort(np.array(cand, dtype=object)))  # ties: by term
     out = []
-    for first, second in zip(*halves):
-        best: dict[str, float] = {}
-        for word, score in first + second:
-            best[word] = max(score, best.get(word, -2.0))
-        out.append(sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+    for row in scores:
+        best = np.lexsort((name_rank, -row))[:top]
+        out.append([(cand[j], float(row[j])) for j in best])
     return out
 
 

@@ -2,16 +2,18 @@
 
 Each image of IMAGES goes through MODEL (a ``finetune --vectors`` checkpoint: target
 ``words``) at the checkpoint's input size and normalization; its 2·DIM sigmoid outputs are
-two halves, each scaled back into word-vector space with the checkpoint's scaling, and each
-half's nearest vocabulary terms by cosine (:func:`ldpo.common.words.describe`) are merged
-(a word found by both halves keeps its better score). Only vocabulary terms can come out:
+two halves, each scaled back into word-vector space with the checkpoint's scaling. A term's
+score is its best cosine to either half plus the checkpoint's term-prior weight x the log
+of its share among the training images (:func:`ldpo.common.words.describe`; finetune
+chose the weight on its validation split; ``--prior-weight 0``: the nearest terms alone,
+Shin et al.'s decode). Only vocabulary terms can come out:
 the candidates are the checkpoint's ``terms`` (the terms it was trained on) that are terms
 of ``--vocabulary`` (default: ldpo's list), so no report text, and no identifier, can.
 VECTORS must be the file the model was trained with (its SHA-256 is checked).
 
 Writes OUT: ``id,rank,word,score``, ``--top`` rows per image (rank from 1, best first;
 ``word`` a term as a token of the vectors file, ``pleural_effusion``; ``score`` the cosine,
--1..1).
+-1..1, plus the weighted log prior, which is negative).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Options(CommonOptions):
                                     "radiology findings)", None, role="input")
     top: int = opt("words per image", 5, min=1, max=100)
     batch_size: int = opt("images per batch", 64, min=1)
+    prior_weight: Optional[float] = opt("weight of the terms' log prior (their share of the training images) added "
+                                        "to the cosine (default: the checkpoint's, chosen by finetune on its "
+                                        "validation split; 0 = the nearest terms alone)", None, min=0)
 
 
 class DescribeTool(Tool):
@@ -86,7 +91,13 @@ class DescribeTool(Tool):
                  len(terms))
         outputs = words.predict(model, opts.images, np.arange(len(ids)), prep, opts.batch_size, opts.workers, device,
                                 bar=not opts.no_progress)
-        found = words.describe(outputs, vectors, words.Scaling.from_state(meta["scaling"]), terms, opts.top)
+        prior = dict(zip(meta["terms"], meta.get("prior") or []))  # older checkpoints: none
+        weight = meta.get("prior_weight", 0.0) if opts.prior_weight is None else opts.prior_weight
+        if weight and not prior:
+            raise InputError(f"{opts.model}: records no term prior (trained before finetune chose one): "
+                             "give --prior-weight 0")
+        found = words.describe(outputs, vectors, words.Scaling.from_state(meta["scaling"]), terms, opts.top,
+                               prior, weight)
         write_csv(opts.out, ["id", "rank", "word", "score"],
                   ((ident, rank, word, round(score, 4)) for ident, best in zip(ids, found)
                    for rank, (word, score) in enumerate(best, 1)))

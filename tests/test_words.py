@@ -138,6 +138,10 @@ def test_finetune_words_records_target(trained):
     assert meta["dim"] == 16 and meta["scaling"]["kind"] == "minmax-per-dimension"
     assert len(meta["scaling"]["lo"]) == 16 and len(meta["scaling"]["hi"]) == 16
     assert set(meta["terms"]) <= vocabulary_tokens()
+    from ldpo.common.words import PRIOR_WEIGHTS
+
+    assert len(meta["prior"]) == len(meta["terms"]) and all(p < 0 for p in meta["prior"])
+    assert meta["prior_weight"] in PRIOR_WEIGHTS and ckpt["metrics"]["final"]["prior_weight"] == meta["prior_weight"]
     final = ckpt["metrics"]["final"]
     assert np.isfinite(final["train_loss"]) and 0 <= final["test_recall5"] <= 1
 
@@ -155,7 +159,7 @@ def test_describe_gives_only_vocabulary_words(cli, keys, trained, tmp_path):
 
     vectors, _, model = trained
     r = cli("describe", keys / "images.h5", "--model", model, "--vectors", vectors, "--out", tmp_path / "w.csv",
-            "--top", "3")
+            "--top", "3", "--prior-weight", "0")
     assert r.code == 0, r.err
     rows = [row for _, row in csv_rows(tmp_path / "w.csv", "words", ["id", "rank", "word", "score"])]
     with open_store(str(keys / "images.h5")) as store:
@@ -171,6 +175,23 @@ def test_describe_gives_only_vocabulary_words(cli, keys, trained, tmp_path):
     assert r.code == 0, r.err
     words = {row["word"] for _, row in csv_rows(tmp_path / "n.csv", "words", ["id", "word"])}
     assert words and words <= {"nodule", "pleural_effusion", "splenomegaly"}
+
+
+def test_term_prior_names_a_common_term_the_cosine_ranks_second():
+    from ldpo.common.words import Scaling, Vectors, describe, term_prior
+
+    # three terms; the prediction lies nearest "cyst", a little farther from "nodule"
+    matrix = np.array([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]], np.float32)
+    vectors = Vectors(["cyst", "nodule", "edema"], matrix, "", "")
+    scaling = Scaling(np.full(2, -1, np.float32), np.ones(2, np.float32))
+    out = np.tile(scaling.scale(np.array([[1.0, 0.25]], np.float32)), (1, 2))
+    prior = dict(zip(["cyst", "nodule", "edema"],
+                     term_prior([["nodule"]] * 8 + [["cyst"]] + [["edema", "nodule"]], ["cyst", "nodule", "edema"])))
+    assert prior["nodule"] > prior["edema"] == prior["cyst"]
+    plain = describe(out, vectors, scaling, ["cyst", "nodule", "edema"], 2)
+    assert [w for w, _ in plain[0]] == ["cyst", "nodule"] and all(-1 <= v <= 1 for _, v in plain[0])
+    weighted = describe(out, vectors, scaling, ["cyst", "nodule", "edema"], 2, prior, 0.3)
+    assert [w for w, _ in weighted[0]] == ["nodule", "cyst"]
 
 
 def test_describe_refuses_other_vectors(cli, keys, trained, tmp_path):

@@ -95,7 +95,9 @@ class Options(CommonOptions, InputOptions):
                                         "checkpoint that started from it, else 10)", None, above=0)
     momentum: float = opt("SGD momentum", 0.9, min=0, below=1)
     weight_decay: float = opt("SGD weight decay", 5e-4, min=0)
-    schedule: str = opt("learning-rate schedule over the epochs", "constant", choices=["constant", "cosine"])
+    schedule: Optional[str] = opt("learning-rate schedule over the epochs (default: cosine with --vectors, whose "
+                                  "regression swings from epoch to epoch at a constant rate; else constant)", None,
+                                  choices=["constant", "cosine"])
     split: str = opt("train/val/test percentages, or none (train on everything)", "70/10/20")
     balanced: bool = opt("sample classes uniformly (each drawn ~N/K times per epoch)", False)
     flip: bool = opt("random horizontal flips (off: radiology images have laterality)", False)
@@ -162,6 +164,8 @@ class FinetuneTool(Tool):
         from .trainer import Trainer, finished, resolve_settings, start_distributed, stop_distributed
 
         check_options(opts)
+        if opts.schedule is None:
+            opts.schedule = "cosine" if opts.vectors is not None else "constant"
         check_writable(opts.out)
         init = models.parse_init(opts.init)
         if opts.arch is not None:

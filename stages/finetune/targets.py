@@ -136,7 +136,7 @@ class Words:
         self.span = torch.from_numpy(info.scaling.span()).to(device)
         terms = info.vectors.lookup(info.terms)
         centre = terms.mean(axis=0) if len(terms) > 1 else np.zeros(terms.shape[1], np.float32)
-        unit = terms - centre  # centred, as describe compares (ldpo.common.words.nearest)
+        unit = terms - centre  # centred, as describe compares (ldpo.common.words.term_scores)
         unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         self.centre = torch.from_numpy(centre.astype(np.float32)).to(device)
         self.unit = torch.from_numpy(unit.astype(np.float32)).to(device)
@@ -165,30 +165,59 @@ class Words:
         a, b = self.nearest_terms(out.detach())
         return ((a == self.term_a[y]) & (b == self.term_b[y])).sum()
 
-    def recall(self, trainer: "Trainer", part) -> float | None:
+    def predict(self, trainer: "Trainer", part) -> tuple[np.ndarray, np.ndarray]:
+        """The part's images (store rows, once each) and the head's sigmoid outputs for them."""
         from ldpo.common import words
 
         images = np.unique(part[0])
         if len(images) == 0:
+            return images, np.zeros((0, 2 * self.dim), np.float32)
+        return images, words.predict(trainer.net, trainer.opts.images, images, trainer.preprocess(),
+                                     trainer.opts.batch_size, trainer.opts.workers, trainer.device, trainer.opts.amp,
+                                     bar=trainer.rank == 0 and not trainer.opts.no_progress)
+
+    def recall(self, images: np.ndarray, outputs: np.ndarray, prior: dict[str, float] | None = None,
+               weight: float = 0.0) -> float | None:
+        """recall@5 of the images' terms among the 5 words describe gives them (None without images)."""
+        from ldpo.common import words
+
+        if len(images) == 0:
             return None
-        outputs = words.predict(trainer.net, trainer.opts.images, images, trainer.preprocess(),
-                                trainer.opts.batch_size, trainer.opts.workers, trainer.device, trainer.opts.amp,
-                                bar=trainer.rank == 0 and not trainer.opts.no_progress)
-        found = words.describe(outputs, self.info.vectors, self.info.scaling, self.info.terms, 5)
+        found = words.describe(outputs, self.info.vectors, self.info.scaling, self.info.terms, 5, prior, weight)
         return words.recall_at([[w for w, _ in f] for f in found], [self.info.image_terms[int(r)] for r in images], 5)
 
     def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
-        return {"train_hit": hits, "val_recall5": self.recall(trainer, trainer.data.val)}
+        return {"train_hit": hits, "val_recall5": self.recall(*self.predict(trainer, trainer.data.val))}
+
+    def prior_weight(self, trainer: "Trainer", prior: dict[str, float]) -> float:
+        """The term-prior weight of :data:`ldpo.common.words.PRIOR_WEIGHTS` with the best validation recall@5
+        (the first best; 0 without a validation split)."""
+        from ldpo.common.words import PRIOR_WEIGHTS
+
+        images, outputs = self.predict(trainer, trainer.data.val)
+        if len(images) == 0:
+            return 0.0
+        scores = [self.recall(images, outputs, prior, w) for w in PRIOR_WEIGHTS]
+        best = PRIOR_WEIGHTS[int(np.argmax(scores))]
+        log.info("term prior weight %g, chosen on the validation split (recall@5 %s for weights %s)", best,
+                 " ".join(f"{v:.3f}" for v in scores), " ".join(f"{w:g}" for w in PRIOR_WEIGHTS))
+        return best
 
     def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        test = self.recall(trainer, trainer.data.test)
+        from ldpo.common.words import term_prior
+
+        info = self.info
+        trained = np.unique(trainer.data.train[0])
+        prior = dict(zip(info.terms, term_prior((info.image_terms[int(r)] for r in trained), info.terms)))
+        weight = self.prior_weight(trainer, prior)
+        test = self.recall(*self.predict(trainer, trainer.data.test), prior, weight)
         if test is not None:
             log.info("test recall@5 %.3f", test)
-        info = self.info
         return ({"final": {"train_loss": last.get("train_loss"), "train_hit": last.get("train_hit"),
-                           "val_recall5": last.get("val_recall5"), "test_recall5": test}},
+                           "val_recall5": last.get("val_recall5"), "prior_weight": weight, "test_recall5": test}},
                 {"words": {"vectors_checksum": info.vectors.checksum, "dim": info.vectors.dim,
-                           "scaling": info.scaling.state(), "terms": list(info.terms)}})
+                           "scaling": info.scaling.state(), "terms": list(info.terms),
+                           "prior": [prior[t] for t in info.terms], "prior_weight": weight}})
 
 
 TARGETS = {"single": SingleLabel, "multi": MultiLabel, "words": Words}

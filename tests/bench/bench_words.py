@@ -14,13 +14,13 @@
   key images and its two baselines (:func:`recall_scores` says how).
 
 Run:
-  .venv/bin/python tests/bench/bench_words.py --studies 150   (toy key images show their findings;
-                                                             --plain-images: only their body region)
+  .venv/bin/python tests/bench/bench_words.py   (300 toy studies whose key images show their findings;
+                                                --plain-images: only their body region)
   .venv/bin/python tests/bench/bench_words.py --labels L.csv --manifest M.csv --reports R.csv --images I.h5
 The last line is ``words: f1_affirmed=A f1_negated=N f1_uncertain=U negated_share=S recall5=R
 freq_baseline=F keyword_baseline=K`` (negated_share with ``--mentions affirmed``; the line before gives
 ``--mentions all``). The recall part trains two resnet18 models (``--topic-epochs``, ``--word-epochs``,
-``--size``): 5–6 min of CPU on the 2-core machine for the toy's 150 studies. Prints figures, asserts
+``--size``): about 5 min on the idle 2-core machine for the toy's 300 studies. Prints figures, asserts
 nothing (not collected by pytest).
 """
 
@@ -174,9 +174,9 @@ def category_keywords(categories: dict[str, int], ids: list[str], terms: dict[st
 
 
 def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = None, vocabulary: str | None = None,
-                  seed: int = 0, size: int = 32, topic_epochs: int = 4, word_epochs: int = 8, k: int = 5,
+                  seed: int = 0, size: int = 32, topic_epochs: int = 4, word_epochs: int = 16, k: int = 5,
                   heldout: float = 0.2, w2v_epochs: int = 20,
-                  word_schedule: str = "constant") -> tuple[float, float, float]:
+                  word_schedule: str = "cosine") -> tuple[float, float, float]:
     """recall@5 of each held-out image's affirmed report terms among its predicted words, and the same
     for two baselines: the 5 most frequent terms, and the image's category keywords. A held-out
     image's terms: the affirmed vocabulary terms of its sentence and the two around it (the words
@@ -259,7 +259,7 @@ def main() -> None:
     ap.add_argument("--sentences", default=str(SENTENCES), help="labelled sentence set (TSV)")
     ap.add_argument("--part", default=None, help="only this part of the sentence set (dev, heldout)")
     ap.add_argument("--vocabulary", default=None, help="vocabulary file (default: ldpo's list)")
-    ap.add_argument("--studies", type=int, default=150, help="toy PACS studies")
+    ap.add_argument("--studies", type=int, default=300, help="toy PACS studies")
     ap.add_argument("--size", type=int, default=32, help="toy PACS image size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plain-images", action="store_true", help="toy PACS without --show-findings: key images "
@@ -271,8 +271,8 @@ def main() -> None:
     ap.add_argument("--w2v-epochs", type=int, default=20, help="image → words: word2vec epochs (the toy's few "
                     "reports need more than word2vec's 5)")
     ap.add_argument("--topic-epochs", type=int, default=4, help="image → words: epochs of the topic model")
-    ap.add_argument("--word-epochs", type=int, default=8, help="image → words: epochs of the words model")
-    ap.add_argument("--word-schedule", default="constant", choices=["constant", "cosine"],
+    ap.add_argument("--word-epochs", type=int, default=16, help="image → words: epochs of the words model")
+    ap.add_argument("--word-schedule", default="cosine", choices=["constant", "cosine"],
                     help="image → words: finetune --schedule of the words model")
     ap.add_argument("--k", type=int, default=5, help="image → words: categories (cluster --k) of the keyword baseline")
     ap.add_argument("--work", help="keep the intermediate files here (default: a temporary folder)")
