@@ -109,6 +109,7 @@ SETTINGS: dict[str, Setting] = {
                            env={"FINETUNE_ARGS": "--min-confidence 0.8"}),
     "neighbours": Setting("finetune's neighbour-consistency term (weight 1; neighbours mined in the clustered "
                           "features)", args=["--neighbour-weight", "1"]),
+    "neighbours03": Setting("finetune's neighbour-consistency term, weight 0.3", args=["--neighbour-weight", "0.3"]),
     "avgpool+kmeans": Setting("the previous defaults: the avgpool feature, k-means",
                               args=["--layer", "avgpool", "--method", "kmeans"]),
     "ldpo_global": Setting("LDPO with global features (the loop's defaults; named for the scenes set)"),
