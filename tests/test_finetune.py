@@ -51,6 +51,7 @@ def test_learns_the_toy_classes_and_writes_the_checkpoint_contract(cli, toy, tmp
     assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 5 and ckpt["classes"] == [0, 1, 2, 3, 4]
     assert ckpt["input_size"] == 48 and ckpt["normalize"] == "zscore" and ckpt["metrics"] == metrics
     assert ckpt["options"]["lr"] == 0.01 and ckpt["options"]["head_lr_mult"] == 1.0
+    assert ckpt["options"]["schedule"] == "constant"  # class labels' default (--vectors: cosine)
     assert not (tmp_path / "run" / "model.pt.partial").exists()
     # the checkpoint feeds featurize: probs take its class list and input size
     probs = tmp_path / "probs.h5"

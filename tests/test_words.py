@@ -136,6 +136,7 @@ def test_finetune_words_records_target(trained):
     meta = ckpt["words"]
     assert meta["vectors_checksum"] == hashlib.sha256(vectors.read_bytes()).hexdigest()
     assert meta["dim"] == 16 and meta["scaling"]["kind"] == "minmax-per-dimension"
+    assert ckpt["options"]["schedule"] == "cosine"  # the words target's default
     assert len(meta["scaling"]["lo"]) == 16 and len(meta["scaling"]["hi"]) == 16
     assert set(meta["terms"]) <= vocabulary_tokens()
     from ldpo.common.words import PRIOR_WEIGHTS
