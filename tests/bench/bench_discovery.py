@@ -206,14 +206,14 @@ def make_pretrained(out: Path, per_class: int, size: int, epochs: int, device: s
     return target, target_truth, weights
 
 
-def make_scenes(out: Path, classes: int, per_class: int, size: int, epochs: int, device: str
+def make_scenes(out: Path, classes: int, per_class: int, size: int, epochs: int, device: str, objects: int = 60
                 ) -> tuple[Path, Path, Path]:
     """Toy scenes, and a ResNet-18 trained on their isolated objects saved as a weights file."""
     images, truth, weights = out / "images.h5", out / "truth.csv", out / "objects-resnet18.pth"
     if weights.exists():
         return images, truth, weights
     run([*ldpo(), "toy-data", "scenes", "--out", str(out), "--classes", str(classes), "--per-class",
-         str(per_class), "--size", str(size), "--objects", "60", "--seed", "0", "--quiet"])
+         str(per_class), "--size", str(size), "--objects", str(objects), "--seed", "0", "--quiet"])
     model = out / "objects.pt"
     run([*ldpo(), "finetune", str(out / "objects" / "images.h5"), str(out / "objects" / "truth.csv"), "--out",
          str(model), "--init", "random", "--arch", "resnet18", "--epochs", str(epochs), "--input-size",
@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--scene-classes", type=int, default=10)
     p.add_argument("--scene-per-class", type=int, default=40)
+    p.add_argument("--scene-objects", type=int, default=60, help="isolated objects per kind the scenes' network "
+                   "is pretrained on")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             classes = 20
         elif data == "scenes":
             images, truth, weights = make_scenes(out / "data-scenes", opts.scene_classes, opts.scene_per_class,
-                                                 opts.size, opts.pretrain_epochs, opts.device)
+                                                 opts.size, opts.pretrain_epochs, opts.device, opts.scene_objects)
             classes = opts.scene_classes
             extra = ["--init", f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore"]
             print(encode_cost(images, weights, out / "data-scenes", opts.device, opts.threads), file=sys.stderr,
