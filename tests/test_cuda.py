@@ -73,6 +73,17 @@ def test_finetune_on_cuda_learns_and_loads_on_the_cpu(cli, small, tmp_path):
     assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())
 
 
+def test_finetune_neighbours_on_cuda(cli, small, tmp_path):
+    images, truth = small
+    feats = tmp_path / "f.h5"
+    assert cli("featurize", images, "--out", feats, "--layer", "multiscale", "--device", "cuda", "-q").code == 0
+    r = cli("finetune", images, truth, "--out", tmp_path / "m.pt", "--device", "cuda", "--epochs", "2",
+            "--input-size", "64", "--batch-size", "16", "--split", "none", "--neighbours", feats, "-q")
+    assert r.code == 0, r.err
+    epochs = torch.load(tmp_path / "m.pt", map_location="cpu", weights_only=True)["metrics"]["epochs"]
+    assert all(np.isfinite(e["neighbour_loss"]) and e["neighbour_loss"] > 0 for e in epochs)
+
+
 def blobs(n=600, k=6, d=32, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d)) * 3
@@ -80,7 +91,9 @@ def blobs(n=600, k=6, d=32, seed=0):
     return (centres[truth] + rng.standard_normal((n, d))).astype(np.float32), truth
 
 
-@pytest.mark.parametrize("method", [["--method", "kmeans", "--k", "6"], ["--method", "rim", "--k", "30"]])
+@pytest.mark.parametrize("method", [["--method", "kmeans", "--k", "6"], ["--method", "rim", "--k", "30"],
+                                    ["--method", "scan", "--k", "6"],
+                                    ["--method", "scan", "--k", "6", "--train-rows", "300"]])
 def test_cluster_on_cuda_recovers_blobs(cli, tmp_path, method):
     x, truth = blobs()
     path = tmp_path / "f.h5"
