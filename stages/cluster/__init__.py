@@ -215,11 +215,7 @@ def sampled_scan(path: str, s: Settings, rows: int, device: str) -> tuple[list[s
     """scan for a store larger than ``rows``: PCA and the heads learn from a seeded sample of ``rows`` rows
     (neighbours mined inside it), then every row is read block by block and given the kept head's cluster."""
     with open_store(path) as store:
-        n, _ = store.shape("features")
-        chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False))
-        sample = read_sample(store, chosen, path, s.batch_size)
-        log.info("scan learns from %d of %d rows (a seeded sample), then assigns every row", rows, n)
-        pca = fit_pca(sample, s)
+        n, sample, pca = learning_sample(store, path, s, rows, "scan")
         fitted = scan_heads.fit(apply_preprocess(sample, pca, s) if pca else sample, s.k, s.scan, s.seed, device)
         del sample
         assign, confidence = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
@@ -316,11 +312,7 @@ def sampled_kmeans(path: str, s: Settings, rows: int, device: str) -> tuple[list
     rows, then every row is read block by block and given its nearest centroid. Returns the ids and
     labels 0..K'-1; logs the loss (sum of squared distances) over all rows."""
     with open_store(path) as store:
-        n, _ = store.shape("features")
-        chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False))
-        sample = read_sample(store, chosen, path, s.batch_size)
-        log.info("k-means learns from %d of %d rows (a seeded sample), then assigns every row", rows, n)
-        pca = fit_pca(sample, s)
+        n, sample, pca = learning_sample(store, path, s, rows, "k-means")
         centroids, _, _ = kmeans(apply_preprocess(sample, pca, s), s.k, s.niter, s.seed, device,
                                  nredo=s.nredo, init=s.init)
         del sample
@@ -335,6 +327,16 @@ def sampled_kmeans(path: str, s: Settings, rows: int, device: str) -> tuple[list
     log.info("k-means: K'=%d clusters, loss %.6g (sum of squared distances over all %d rows)", labels.max() + 1,
              loss, n)
     return ids, labels
+
+
+def learning_sample(store, path: str, s: Settings, rows: int, what: str) -> tuple[int, np.ndarray, PCA | None]:
+    """``(N, sample, PCA)``: the seeded sample of ``rows`` rows a large store's clustering learns from, and the
+    PCA (if any) fitted on it."""
+    n, _ = store.shape("features")
+    chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False))
+    sample = read_sample(store, chosen, path, s.batch_size)
+    log.info("%s learns from %d of %d rows (a seeded sample), then assigns every row", what, rows, n)
+    return n, sample, fit_pca(sample, s)
 
 
 def read_sample(store, chosen: np.ndarray, path: str, batch: int) -> np.ndarray:
