@@ -20,8 +20,9 @@ Data sets (generated here, nothing is downloaded):
 * ``scenes``: ``toy-data scenes`` (10 categories × 40 images, 64 px; a category = which two or
   three object kinds appear, over random backgrounds with shared distractors), the loop from
   ``--init weights:FILE``: a ResNet-18 trained supervised on the isolated objects (the parts,
-  ``toy-data scenes --objects``; the toy stand-in for ImageNet, which knows windows and beds
-  but not the scene categories). Compare ``--settings ldpo_global,ldpo_pm``: its last line is
+  ``toy-data scenes --objects``, ``--scene-objects`` per kind, ``--scene-pretrain-epochs``
+  epochs; the toy stand-in for ImageNet, which knows windows and beds but not the scene
+  categories). Compare ``--settings ldpo_global,ldpo_pm``: its last line is
   ``scenes: kmeans=P0 ldpo_global=P1 ldpo_pm=P2`` (median final purities; kmeans = k-means on
   iteration 0's global features), after the cost of ``encode --method patches`` (ms per
   image, peak RSS at N and 2N);
@@ -380,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--scene-classes", type=int, default=10)
     p.add_argument("--scene-per-class", type=int, default=40)
-    p.add_argument("--scene-objects", type=int, default=60, help="isolated objects per kind the scenes' network "
+    p.add_argument("--scene-objects", type=int, default=300, help="isolated objects per kind the scenes' network "
                    "is pretrained on")
+    p.add_argument("--scene-pretrain-epochs", type=int, default=30, help="epochs of the scenes' pretraining")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             classes = 20
         elif data == "scenes":
             images, truth, weights = make_scenes(out / "data-scenes", opts.scene_classes, opts.scene_per_class,
-                                                 opts.size, opts.pretrain_epochs, opts.device, opts.scene_objects)
+                                                 opts.size, opts.scene_pretrain_epochs, opts.device, opts.scene_objects)
             classes = opts.scene_classes
             extra = ["--init", f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore"]
             print(encode_cost(images, weights, out / "data-scenes", opts.device, opts.threads), file=sys.stderr,
