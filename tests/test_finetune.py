@@ -211,9 +211,9 @@ def test_neighbour_term_is_scans_consistency_over_images_with_a_neighbour():
     from ldpo.stages.finetune.trainer import Trainer
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    q = torch.tensor([[0.5, 0.5], [1.0, 0.0]])  # the neighbours' softmax, by neighbour
     rows = torch.tensor([0, 1, 2])
-    choice = torch.tensor([3, 3, -1, -1])  # rows 0 and 1 have neighbour 3 (sure of class 0); row 2 has none
+    choice = torch.tensor([1, 1, -1, -1])  # rows 0 and 1 have neighbour 1 (sure of class 0); row 2 has none
     p = torch.softmax(logits, dim=1)
     want = -(torch.log(p[0, 0]) + torch.log(p[1, 0])) / 2
     assert torch.isclose(Trainer.neighbour_term(logits, rows, choice, q), want)

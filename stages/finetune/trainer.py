@@ -300,27 +300,26 @@ class Trainer:
 
         nb, rows = self.data.neighbours, self.data.train[0]
         draw = np.random.default_rng([self.opts.seed, epoch, 2]).integers(0, nb.shape[1], len(rows))
-        choice = np.full(len(nb), -1, dtype=np.int64)
-        choice[rows] = nb[rows, draw]
-        need = np.unique(choice[choice >= 0])
-        q = np.zeros((len(nb), len(self.data.classes)), dtype=np.float32)
+        chosen = nb[rows, draw]
+        need = np.unique(chosen[chosen >= 0])
+        choice = np.full(len(nb), -1, dtype=np.int64)  # store row -> its neighbour's row of q
+        choice[rows] = np.where(chosen >= 0, np.searchsorted(need, chosen), -1)
+        q = np.zeros((len(need), len(self.data.classes)), dtype=np.float32)
         self.net.eval()
         for got, _, out in self.infer(self.part_items((need, np.zeros(len(need), np.int64)), share=False)):
-            q[got.cpu().numpy()] = torch.softmax(out.float(), dim=1).cpu().numpy()
+            q[np.searchsorted(need, got.cpu().numpy())] = torch.softmax(out.float(), dim=1).cpu().numpy()
         return torch.from_numpy(choice).to(self.device), torch.from_numpy(q).to(self.device)
 
     @staticmethod
     def neighbour_term(logits, rows, choice, q):
         """SCAN's consistency term: mean over the batch's images that have a neighbour of
-        -log <softmax(image), q(neighbour)>."""
+        -log <softmax(image), q(neighbour)> (0 when none has; no host sync)."""
         import torch
 
         picked = choice[rows]
-        has = picked >= 0
-        if not bool(has.any()):
-            return logits.sum() * 0.0
-        dot = (torch.softmax(logits[has], dim=1) * q[picked[has]]).sum(dim=1)
-        return -torch.log(dot.clamp_min(1e-7)).mean()
+        has = (picked >= 0).float()
+        dot = (torch.softmax(logits, dim=1) * q[picked.clamp_min(0)]).sum(dim=1)
+        return -(torch.log(dot.clamp_min(1e-7)) * has).sum() / has.sum().clamp_min(1.0)
 
     def set_train_mode(self) -> None:
         """Training mode; with --freeze-backbone only the head trains: the backbone stays in eval
