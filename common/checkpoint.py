@@ -32,7 +32,8 @@ class Checkpoint:
     classes: list[int] = field(default_factory=list)  # the original label values, index = output unit
     target: str = "single"  # single (softmax) | multi (one sigmoid per class) | words (2 x DIM sigmoids)
     thresholds: list[float] | None = None  # multi: the per-class decision thresholds
-    words: dict[str, Any] | None = None  # words: the vectors' checksum and dim, the scaling, the terms trained on
+    words: dict[str, Any] | None = None  # words: the vectors' checksum and dim, the scaling, the terms trained on,
+    # their log prior (share of the training images) and the prior weight chosen on the validation split
     options: dict[str, Any] = field(default_factory=dict)  # finetune's resolved options
     metrics: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None
