@@ -78,6 +78,11 @@ class DescribeTool(Tool):
         if not terms:
             raise InputError(f"{opts.vocabulary or 'the default vocabulary'}: none of the {len(meta['terms'])} terms "
                              f"{opts.model} was trained on is one of its terms")
+        prior = dict(zip(meta["terms"], meta.get("prior") or []))  # older checkpoints: none
+        weight = meta.get("prior_weight", 0.0) if opts.prior_weight is None else opts.prior_weight
+        if weight and not prior:
+            raise InputError(f"{opts.model}: records no term prior (trained before finetune chose one): "
+                             "give --prior-weight 0")
         with open_store(opts.images, expect="images") as store:
             ids, side = store.ids, max(store.shape("images")[1:3])
         if not ids:
@@ -91,11 +96,6 @@ class DescribeTool(Tool):
                  len(terms))
         outputs = words.predict(model, opts.images, np.arange(len(ids)), prep, opts.batch_size, opts.workers, device,
                                 bar=not opts.no_progress)
-        prior = dict(zip(meta["terms"], meta.get("prior") or []))  # older checkpoints: none
-        weight = meta.get("prior_weight", 0.0) if opts.prior_weight is None else opts.prior_weight
-        if weight and not prior:
-            raise InputError(f"{opts.model}: records no term prior (trained before finetune chose one): "
-                             "give --prior-weight 0")
         found = words.describe(outputs, vectors, words.Scaling.from_state(meta["scaling"]), terms, opts.top,
                                prior, weight)
         write_csv(opts.out, ["id", "rank", "word", "score"],

@@ -203,6 +203,23 @@ def test_describe_refuses_other_vectors(cli, keys, trained, tmp_path):
     assert r.code == 2 and str(other) in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_describe_reads_a_checkpoint_from_before_the_prior(cli, keys, trained, tmp_path):
+    import torch
+
+    vectors, _, model = trained
+    ckpt = torch.load(model, weights_only=True)
+    for key in ("prior", "prior_weight"):
+        ckpt["words"].pop(key)
+    torch.save(ckpt, tmp_path / "old.pt")
+    r = cli("describe", keys / "images.h5", "--model", tmp_path / "old.pt", "--vectors", vectors, "--out",
+            tmp_path / "w.csv", "--top", "2")
+    assert r.code == 0, r.err  # no prior recorded: the nearest terms alone
+    r = cli("describe", keys / "images.h5", "--model", tmp_path / "old.pt", "--vectors", vectors, "--out",
+            tmp_path / "x.csv", "--prior-weight", "0.2")
+    assert r.code == 2 and "--prior-weight 0" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+
+
 def one_line_error(r, name: str) -> None:
     assert r.code == 2, r.err
     lines = r.err.strip().splitlines()
