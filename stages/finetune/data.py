@@ -78,12 +78,14 @@ def mine_neighbours(path: str, store_ids: list[str], images: str, k: int, device
 
     with open_store(path, expect="features") as store:
         ids = store.ids
-        x = np.concatenate([block for _, _, block in store.batches("features", 65536)]) if ids else None
-    row_of = {ident: i for i, ident in enumerate(store_ids)}
-    present = np.array([i for i, ident in enumerate(ids) if ident in row_of], dtype=np.int64)
-    if len(present) < 2:
-        raise InputError(f"{path}: {len(present)} of its ids are images of {images}; --neighbours needs the same images")
-    x = x[present]
+        row_of = {ident: i for i, ident in enumerate(store_ids)}
+        present = np.array([i for i, ident in enumerate(ids) if ident in row_of], dtype=np.int64)
+        if len(present) < 2:
+            raise InputError(f"{path}: {len(present)} of its ids are images of {images}; --neighbours needs the "
+                             "same images")
+        x = store.read("features")  # one copy, not blocks joined
+    if len(present) < len(ids):
+        x = x[present]
     if not np.isfinite(x).all():
         raise InputError(f"{path}: NaN or infinite features")
     rows = np.array([row_of[ids[i]] for i in present], dtype=np.int64)
