@@ -22,6 +22,8 @@ from .errors import InputError
 
 PROG = "ldpo-loop"
 ENCODINGS = ["none", "fv", "vlad", "avg", "max", "patches"]
+#: converge --patience of the loop: stop at the 2nd consecutive iteration whose labels agree with the previous ones
+PATIENCE = 2
 
 DESCRIPTION = """\
 One LDPO run (Algorithm 1 of Wang et al. 2017): featurize -> [encode] -> cluster -> converge, then
@@ -81,6 +83,8 @@ class LoopOptions(CommonOptions):
                                 stage=("converge", "metric"))
     threshold: Optional[float] = opt("stop when metric(labels_t, labels_t-1) reaches this (stage default: "
                                      "converge's)", None, min=0, max=1, stage=("converge", "threshold"))
+    patience: int = opt("stop when the metric has reached --threshold at this many consecutive iterations (converge "
+                        "--patience)", PATIENCE, min=1, says="not a whole number")
     max_iter: int = opt("at most this many fine-tuning iterations", 6, min=0, says="not a whole number")
     no_early_stop: bool = opt("run all --max-iter iterations (DeepMCAT)", False)
     init: str = opt("random | weights:PATH | checkpoint:PATH", "random")

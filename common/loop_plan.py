@@ -126,7 +126,7 @@ def converge(parsed: Parsed, layout: Layout, t: int) -> list[str]:
     if opts.manifest:  # agreement with the manifest's header fields (evaluation only) -> history.fields.csv
         words += ["--fields", opts.manifest]
     return words + ["--history", layout.history, "--iteration", str(t), *given(parsed, "metric", "threshold"),
-                    "--plot", layout.history_plot, "--quiet"]
+                    "--patience", str(opts.patience), "--plot", layout.history_plot, "--quiet"]
 
 
 def final(parsed: Parsed, layout: Layout, last: int) -> dict:

@@ -119,10 +119,10 @@ NOT_COMPARED = ("ldpo_version",)
 SETTINGS = ("images", "truth", "reports", "manifest", "init_labels", "init", "arch", "layer", "encode", "method",
             "k", "metric", "threshold", "max_iter", "no_early_stop", "epochs", "lr", "balanced", "amp", "split",
             "input_size", "normalize", "input_filter", "batch_size", "seed", "tree_affinity", "tree_preference",
-            "vocabulary", "mentions", "neighbour_weight")
+            "vocabulary", "mentions", "neighbour_weight", "patience")
 PATHS = ("images", "truth", "reports", "manifest", "init_labels", "vocabulary")
 #: record entries added after ldpo-run-2 began, and what a record without them meant (compared as that value)
-ADDED_LATER = {"vocabulary": "", "mentions": "affirmed", "vocabulary_sha256": "", "neighbour_weight": "0.0"}
+ADDED_LATER = {"vocabulary": "", "mentions": "affirmed", "vocabulary_sha256": "", "neighbour_weight": "0.0", "patience": "1"}
 STAGES = ("featurize", "finetune", "encode", "cluster", "converge", "hierarchy", "keywords", "report")
 EXTRA_ARGS = (("F", "FEATURIZE_ARGS"), ("T", "FINETUNE_ARGS"), ("E", "ENCODE_ARGS"), ("C", "CLUSTER_ARGS"))
 #: what loops before ldpo-run-2 recorded for options the user did not set that ldpo-run-2 records as the

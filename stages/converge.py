@@ -11,6 +11,11 @@ exception anywhere exits 2 (the CLI base maps every exception to 2, and ``main``
 turns a stray ``SystemExit`` into one), so a shell loop cannot spin forever on a
 crash, provided it tells 1 from 2 (``case $? in 0) …;; 1) …;; *) exit 2;; esac``).
 
+``--patience N`` (with ``--history``): converged only when the metric has reached the
+threshold at N consecutive iterations, this one and the N - 1 before it in the history (each
+row's own metric, recomputed from its columns; a missing or empty row breaks the run). The
+paper's rule is N = 1, two consecutive labelings agree; the loop's default is 2.
+
 Metrics vs PREV (the paper's convergence measures): purity of CURR w.r.t. PREV and the
 inverse purity (PREV w.r.t. CURR), NMI, ARI. ``--metric purity`` uses the smaller of
 the two purities, so neither splitting nor merging clusters passes unnoticed; the
@@ -72,6 +77,8 @@ class Options(CommonOptions):
     iteration: int = opt("iteration number for the history (-1 = one more than the history's last)", -1, min=-1)
     metric: str = opt("the convergence measure vs --prev", "nmi", choices=["nmi", "purity"])
     threshold: float = opt("converged when the metric reaches this", 0.9, min=0, max=1)
+    patience: int = opt("converged when the metric has reached --threshold at this many consecutive iterations: "
+                        "this one and, from --history, the ones before it (1 = this one alone)", 1, min=1)
     plot: str = opt("redraw the whole history as this PNG (needs --history)", "", role="output")
     metrics_json: str = opt("finetune's metrics (MODEL.metrics.json) whose `final` top-1 goes into the history's "
                             "top1 column", "",
@@ -111,6 +118,8 @@ class ConvergeTool(Tool):
         """Compute, record and print; True when converged."""
         if opts.plot and not opts.history:
             raise InputError("--plot draws the history: give --history too")
+        if opts.patience > 1 and not opts.history:
+            raise InputError(f"--patience {opts.patience} counts earlier iterations: give --history too")
         curr = read_labels(opts.curr)
         row: dict[str, object] = {"k": len(np.unique(curr.labels))}
         if opts.prev:
@@ -121,11 +130,12 @@ class ConvergeTool(Tool):
             row["top1"] = read_top1(opts.metrics_json)
         agreement = versus_fields(curr, opts.fields, opts.field_columns) if opts.fields else []
         score = convergence_score(row, opts.metric) if opts.prev else None
-        converged = score is not None and score >= opts.threshold
-        row["converged"] = int(converged)
-        row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         history = read_history(opts.history) if opts.history else []
         row["iteration"] = opts.iteration if opts.iteration >= 0 else next_iteration(history)
+        streak = agreeing_streak(history, int(row["iteration"]), opts.metric, opts.threshold) + 1
+        converged = score is not None and score >= opts.threshold and streak >= opts.patience
+        row["converged"] = int(converged)
+        row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         for item in agreement:
             log.info("iteration %s vs header field %s: NMI %s, purity %s (%d values, coverage %.0f%%)",
                      row["iteration"], item["field"], fmt(item["nmi"]), fmt(item["purity"]), item["values"],
@@ -149,7 +159,9 @@ class ConvergeTool(Tool):
         print(f"converged={int(converged)}")  # the verdict, on its own line (see the module docstring)
         log.info("%s", "converged" if converged else
                  "no previous labels: not converged" if score is None else
-                 f"not converged: {opts.metric} {score:.4f} < {opts.threshold}")
+                 f"not converged: {opts.metric} {score:.4f} < {opts.threshold}" if score < opts.threshold else
+                 f"not converged: {opts.metric} {score:.4f} reached {opts.threshold} at {streak} consecutive "
+                 f"iteration(s) of the --patience {opts.patience}")
         return converged
 
 
@@ -262,6 +274,22 @@ def convergence_score(row: dict, metric: str) -> float:
     if metric == "purity":
         return min(row["purity_prev"], row["inverse_purity_prev"])
     return row["nmi_prev"]
+
+
+def agreeing_streak(history: list[dict[str, str]], iteration: int, metric: str, threshold: float) -> int:
+    """How many iterations right before ``iteration`` (``iteration`` - 1, - 2, ...) the history shows with
+    the metric at or above ``threshold``; counting stops at the first missing, empty or lower one."""
+    rows = {int(r["iteration"]): r for r in history}
+    streak = 0
+    while (row := rows.get(iteration - 1 - streak)) is not None:
+        try:
+            score = convergence_score({c: float(row[c]) for c in PREV_COLUMNS}, metric)
+        except (KeyError, ValueError):
+            break
+        if not score >= threshold:  # also NaN
+            break
+        streak += 1
+    return streak
 
 
 def read_top1(path: str) -> float:

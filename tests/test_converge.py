@@ -264,3 +264,28 @@ def test_bad_fields_input_exits_2_with_one_line(cli, files, manifest, tmp_path):
     hist = tmp_path / "h.csv"
     r = cli("converge", files["same"], "--history", hist, "--fields", hist.with_name("h.fields.csv"))
     assert r.code == 2 and "h.fields.csv" in r.err and not hist.exists()  # the side file may not be an input
+
+
+def test_patience_waits_for_consecutive_agreements(cli, files, tmp_path):
+    hist = tmp_path / "history.csv"
+    common = ["--history", hist, "--patience", "2"]
+    assert cli("converge", files["truth"], *common, "--iteration", "0").code == 1
+    r = cli("converge", files["same"], "--prev", files["truth"], *common, "--iteration", "1")
+    assert r.code == 1 and summary(r.out)["nmi_prev"] == "1"  # agrees, but only once: go on
+    assert "1 consecutive iteration(s) of the --patience 2" in r.err
+    assert cli("converge", files["truth"], "--prev", files["same"], *common, "--iteration", "2").code == 0
+    assert [row["converged"] for row in history_rows(hist)] == ["0", "0", "1"]
+    # an iteration below the threshold breaks the streak; the next agreement starts counting again
+    assert cli("converge", files["random"], "--prev", files["truth"], *common, "--iteration", "3").code == 1
+    assert cli("converge", files["random"], "--prev", files["random"], *common, "--iteration", "4").code == 1
+    assert cli("converge", files["random"], "--prev", files["random"], *common, "--iteration", "5").code == 0
+    # a rerun of iteration 5 with a stricter rule reads the same history
+    assert cli("converge", files["random"], "--prev", files["random"], *common[:2], "--patience", "3",
+               "--iteration", "5").code == 1  # iteration 3 disagreed: 4 and 5 are 2 of 3
+    # ... and patience 1 is the plain two-labelings rule
+    assert cli("converge", files["random"], "--prev", files["random"], "--history", hist, "--iteration", "4").code == 0
+
+
+def test_patience_needs_a_history(cli, files):
+    r = cli("converge", files["same"], "--prev", files["truth"], "--patience", "2")
+    assert r.code == 2 and "--history" in r.err and len(r.err.strip().splitlines()) == 1

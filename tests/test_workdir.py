@@ -83,7 +83,8 @@ def test_stages_get_only_what_the_user_set(inputs):
     set_ = opts(inputs, "--batch-size", "16", "--input-filter", "sobel", "--seed", "3", "--threshold", "0.8")
     featurize = loop_plan.iteration(set_, layout, 0)["featurize"]
     assert featurize[featurize.index("--batch-size") + 1] == "16" and "sobel" in featurize and "3" in featurize
-    assert loop_plan.converge(set_, layout, 0)[-5:-3] == ["--threshold", "0.8"]
+    words = loop_plan.converge(set_, layout, 0)
+    assert words[words.index("--threshold") + 1] == "0.8"
 
 
 def test_finetune_from_init_then_from_checkpoints(inputs):
@@ -132,6 +133,19 @@ def test_neighbour_consistency_mines_where_the_labels_were_clustered(inputs):
     del older["settings"]["neighbour_weight"]  # a record from before the option resumes as the same run
     assert workdir.difference(older, record) == ("", "")
     assert workdir.build_record(opts(inputs, "--neighbour-weight", "1"), {}).settings["neighbour_weight"] == "1"
+
+
+def test_patience_goes_to_converge_and_an_older_record_stopped_at_the_first_agreement(inputs):
+    layout = Layout(str(inputs / "w"))
+    words = loop_plan.converge(opts(inputs), layout, 2)
+    assert words[words.index("--patience") + 1] == "2"  # the loop's default, not converge's 1
+    words = loop_plan.converge(opts(inputs, "--patience", "1"), layout, 2)
+    assert words[words.index("--patience") + 1] == "1"
+    record = workdir.build_record(opts(inputs), {}).as_dict()
+    older = json.loads(json.dumps(record))
+    del older["settings"]["patience"]  # recorded before the option: the loop stopped at the first agreement
+    assert workdir.difference(older, record) == ("settings", 'patience: "1" -> "2"')
+    assert workdir.difference(older, workdir.build_record(opts(inputs, "--patience", "1"), {}).as_dict()) == ("", "")
 
 
 def test_initial_labels_stand_for_iteration_0(inputs):

@@ -89,6 +89,8 @@ SETTINGS: dict[str, Setting] = {
     "centroidhead": Setting("head starts as the nearest-centroid classifier", env={"FINETUNE_ARGS": "--head-init centroids"}),
     "randomhead": Setting("head starts random", env={"FINETUNE_ARGS": "--head-init random"}),
     "noearlystop": Setting("every --max-iter iteration, no stop on converge's verdict", args=["--no-early-stop"]),
+    "patience1": Setting("stop at the first iteration whose labels agree with the previous ones (the default "
+                         "before 2026-12-01: 2)", args=["--patience", "1"]),
     "epochs6": Setting("6 epochs per iteration instead of 3", args=["--epochs", "6"]),
     "overcluster3": Setting("3x over-clustering (k = 3 x classes; @K columns compare fairly)", k_mult=3),
     "sinkhorn": Setting("Sinkhorn-balanced pseudo-labels (SeLa)", env={"CLUSTER_ARGS": "--balance sinkhorn"}),
