@@ -25,11 +25,15 @@ Methods (``--method``):
   clusters of highest *support × confidence* (support = the share of the category's images
   with a patch in the cluster, confidence = the share of the images with a patch in it that
   are the category's: Li et al. CVPR 2015's mid-level pattern mining, a cluster standing for
-  a pattern); without labels (``--unlabeled``) the half of the clusters whose max-cosine
+  a pattern); without labels (``--unlabeled``) the half of the clusters whose code (below)
   varies most across images (``spread``, the default: measured better than ``global``, the
-  whole image's features, see docs/scenes.md). An image's encoding: its maximum cosine over
-  its patches to each element. The fit sample's patch features are held in memory (float16,
-  fit images × 90 × D: 5000 × 90 × 960 × 2 B = 864 MB at most); the other images stream.
+  whole image's features, see docs/scenes.md). An image's encoding (``--coding``): per element,
+  the maximum over its patches of ``soft``, the patch's softmax over *every* patch cluster of
+  cosine / ``--temperature`` (soft-assignment coding with max pooling, Liu et al. ICCV 2011),
+  ``cosine``, the cosine itself (the firing strength of Li et al.), or ``both`` side by side;
+  ``auto`` (the default): both for a network with trained weights, cosine from random init. The fit sample's patch features
+  are held in memory (float16, fit images × 90 × D: 5000 × 90 × 960 × 2 B = 864 MB at most);
+  the other images stream.
 
 Then PCA to ``--dim`` (default 4096), fitted on the encodings of the fit sample and
 applied batch by batch. ``--dim`` policy: when left at its default it is capped, with a
@@ -69,6 +73,7 @@ log = logging.getLogger("ldpo")
 
 METHODS = ("fv", "vlad", "avg", "max", "patches")
 UNLABELED = ("spread", "global")
+CODINGS = ("auto", "both", "soft", "cosine")
 DEFAULT_DIM = 4096
 MODEL_FORMAT = "ldpo-encoder-1"
 
@@ -378,6 +383,11 @@ class PatchEncoder:
     elements: np.ndarray | None = None     # [M,D] float32, unit rows (mined, spread)
     element_category: np.ndarray | None = None  # [M] the category that chose each element (mined), else -1
     pca: PCA | None = None
+    coding: str = "cosine"                 # cosine | soft | both (an encoder from before codings: cosine)
+    temperature: float = 0.0               # soft, both: the softmax temperature over the codebook's cosines
+    codebook: np.ndarray | None = None     # [K,D] every patch cluster, unit rows (none before codings)
+    element_index: np.ndarray | None = None  # [M] the elements' rows of the codebook
+    scales: np.ndarray | None = None       # both: [2] each half's spread on the fit sample, divided out
 
     method = "patches"
     components = 0
@@ -401,6 +411,12 @@ class PatchEncoder:
         if self.elements is not None:
             out["elements"] = self.elements
             out["element_category"] = self.element_category
+        out["coding"] = np.array(self.coding)
+        if self.codebook is not None:
+            out.update(temperature=np.array(self.temperature, np.float64), codebook=self.codebook,
+                       element_index=self.element_index)
+        if self.scales is not None:
+            out["scales"] = self.scales
         if self.pca is not None:
             state = self.pca.state()
             out.update(pca_dim=np.array(state["dim"], np.int64), pca_whiten=np.array(state["whiten"]),
@@ -418,7 +434,9 @@ class PatchEncoder:
                                   "components": a["pca_components"], "scale": a["pca_scale"]})
         return cls(mode=str(a["mode"]), boxes=a["boxes"], patch_size=int(a["patch_size"]), layer=str(a["layer"]),
                    model_checksum=str(a["model_checksum"]), width=int(a["width"]), elements=a.get("elements"),
-                   element_category=a.get("element_category"), pca=pca)
+                   element_category=a.get("element_category"), pca=pca, coding=str(a.get("coding", "cosine")),
+                   temperature=float(a.get("temperature", 0.0)), codebook=a.get("codebook"),
+                   element_index=a.get("element_index"), scales=a.get("scales"))
 
 
 class PatchFeatures:
@@ -455,14 +473,53 @@ class PatchFeatures:
             return self._run(prep(torch.from_numpy(np.ascontiguousarray(block)).to(self.device)))
 
     def encode(self, enc: PatchEncoder, block: np.ndarray) -> np.ndarray:
-        """Rows before PCA: max over patches of the cosine to each element, or the whole image's features."""
+        """Rows before PCA: per element, the max over the image's patches of its code (:func:`patch_codes`), or
+        the whole image's features."""
         import torch
 
         if enc.mode == "global":
             return self.whole(block).cpu().numpy()
         feats = self.patches(block).half().float()  # the precision the fit sample is held in: the same rows
-        elements = torch.from_numpy(np.asarray(enc.elements, np.float32)).to(feats.device)
-        return (feats @ elements.T).amax(1).cpu().numpy()
+        if enc.codebook is None:  # an encoder from before codings: the cosine to the elements
+            elements = torch.from_numpy(np.asarray(enc.elements, np.float32)).to(feats.device)
+            return patch_codes(feats, elements, 0.0)[0].cpu().numpy()
+        codebook = torch.from_numpy(np.asarray(enc.codebook, np.float32)).to(feats.device)
+        cosine, soft, _ = patch_codes(feats, codebook, enc.temperature)
+        return element_codes(cosine.cpu().numpy(), None if soft is None else soft.cpu().numpy(), enc.element_index,
+                             enc.coding, enc.scales)
+
+
+def patch_codes(feats, centroids, temperature: float):
+    """``(cosine [B,K], soft [B,K] or None, nearest [B,P])`` of unit patch features ``[B,P,D]`` against unit
+    ``centroids [K,D]`` (torch tensors). ``cosine``: per centroid the max over an image's patches of the
+    cosine (Li et al. 2015's firing strength). ``soft`` (when ``temperature`` > 0): the max over the
+    patches of the softmax over *every* centroid of cosine / temperature, the soft-assignment coding with
+    max pooling of Liu et al. (ICCV 2011, "In defense of soft-assignment coding"): a centroid fires only
+    where a patch is nearer to it than to the others, so the general similarity every patch has to every
+    centroid drops out. ``nearest``: each patch's centroid."""
+    import torch
+
+    sim = feats @ centroids.T
+    soft = torch.softmax(sim / temperature, dim=2).amax(1) if temperature > 0 else None
+    return sim.amax(1), soft, sim.argmax(2)
+
+
+def element_codes(cosine: np.ndarray, soft: np.ndarray | None, index: np.ndarray, coding: str,
+                  scales: np.ndarray | None) -> np.ndarray:
+    """An image's encoding from its codes over the codebook: the elements' columns of ``cosine`` or ``soft``,
+    or (``both``) the two side by side, each divided by its spread on the fit sample (``scales``) so that
+    neither half outweighs the other in the PCA."""
+    if coding == "cosine":
+        return cosine[:, index]
+    if coding == "soft":
+        return soft[:, index]
+    return np.hstack([cosine[:, index] / scales[0], soft[:, index] / scales[1]]).astype(np.float32)
+
+
+def block_spread(x: np.ndarray) -> float:
+    """The root mean squared distance of the rows from their mean (1 when there is none)."""
+    spread = float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
+    return spread if spread > 0 else 1.0
 
 
 def mine_elements(assign: np.ndarray, labels: np.ndarray, k: int, per_category: int) -> tuple[np.ndarray, np.ndarray]:
@@ -489,10 +546,10 @@ def mine_elements(assign: np.ndarray, labels: np.ndarray, k: int, per_category: 
     return np.asarray(chosen, np.int64), np.asarray(category, np.int64)
 
 
-def spread_elements(maxsim: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` clusters whose max-cosine over an image's patches varies most across images
+def spread_elements(codes: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` clusters whose code (max over an image's patches) varies most across images
     (standard deviation; present in some images, absent in others), in cluster order."""
-    spread = maxsim.std(0)
+    spread = codes.std(0)
     order = np.lexsort((np.arange(len(spread)), -spread))
     return np.sort(order[:keep])
 
@@ -502,6 +559,8 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
     """Fit on the fit-sample images: patch clusters (spherical faiss k-means on a sample of their
     patches), elements (mined with labels, else spread or global), PCA. Returns the encoder and
     the fit images' encodings before PCA (reused when writing)."""
+    import torch
+
     batch = opts.batch_size
     if enc.mode == "global":
         parts = [feats.whole(images.take("images", rows[lo:lo + batch])).cpu().numpy()
@@ -525,22 +584,29 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
                  len(flat), f)
         centroids, _, _ = kmeans(flat[pick].astype(np.float32), k, niter=25, seed=opts.seed,
                                  device=resolve_device(opts.device), spherical=True)
-        centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-        maxsim = np.empty((f, k), np.float32)
+        centroids = (centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        cosine = np.empty((f, k), np.float32)
+        soft = np.empty((f, k), np.float32) if enc.temperature > 0 else None
         assign = np.empty((f, p), np.int64)
         for lo in range(0, f, batch):
-            s = held[lo:lo + batch].astype(np.float32) @ centroids.T           # [b,P,K]
-            maxsim[lo:lo + batch], assign[lo:lo + batch] = s.max(1), s.argmax(2)
+            c, sc, a = patch_codes(torch.from_numpy(held[lo:lo + batch].astype(np.float32)),
+                                   torch.from_numpy(centroids), enc.temperature)
+            cosine[lo:lo + batch], assign[lo:lo + batch] = c.numpy(), a.numpy()
+            if soft is not None:
+                soft[lo:lo + batch] = sc.numpy()
         if labels is not None:
             chosen, category = mine_elements(assign, labels[rows], k, opts.per_category)
             log.info("mined %d elements for %d categories (support x confidence, top %d each)", len(chosen),
                      len(np.unique(labels)), opts.per_category)
         else:
-            chosen = spread_elements(maxsim, max(1, k // 2))
+            chosen = spread_elements(soft if enc.coding == "soft" else cosine, max(1, k // 2))
             category = np.full(len(chosen), -1, np.int64)
             log.info("kept %d of %d patch clusters by their spread across images (no labels)", len(chosen), k)
-        enc.elements, enc.element_category = centroids[chosen].astype(np.float32), category
-        encoded = maxsim[:, chosen]
+        enc.elements, enc.element_category = centroids[chosen], category
+        enc.codebook, enc.element_index = centroids, chosen
+        if enc.coding == "both":
+            enc.scales = np.array([block_spread(cosine[:, chosen]), block_spread(soft[:, chosen])])
+        encoded = element_codes(cosine, soft, chosen, enc.coding, enc.scales)
     enc.width = encoded.shape[1]
     dim = pca_dim_for(encoded.shape[1], len(rows))
     if dim is not None:
@@ -585,6 +651,11 @@ class Options(CommonOptions, InputOptions):
     per_category: int = opt("patches with --labels: elements kept per category", 8, min=1)
     unlabeled: str = opt("patches without --labels: spread (keep the half of the patch clusters that varies most "
                          "across images) or global (the whole image's features)", "spread", choices=list(UNLABELED))
+    coding: str = opt("patches: how an element fires in an image, max over its patches of: cosine (the cosine "
+                      "itself), soft (the softmax over every patch cluster of cosine / --temperature), both (the two "
+                      "side by side), or auto (both when --model's weights were trained, from a weights file or a "
+                      "checkpoint that started from one; cosine from random init)", "auto", choices=list(CODINGS))
+    temperature: float = opt("patches, --coding soft or both: the softmax temperature", 0.05, above=0)
 
 
 class EncodeTool(Tool):
@@ -640,7 +711,8 @@ def check_options(opts: Options) -> None:
                                       ("--layer", opts.layer), ("--patch-size", opts.patch_size),
                                       ("--patch-grid", opts.patch_grid),
                                       ("--input-size", opts.input_size), ("--normalize", opts.normalize),
-                                      ("--input-filter", opts.input_filter)) if value]
+                                      ("--input-filter", opts.input_filter), ("--coding", opts.coding != "auto"),
+                                      ("--temperature", opts.temperature != 0.05)) if value]
     if given and not patches:
         raise InputError(f"{', '.join(given)}: only for --method patches")
 
@@ -734,12 +806,14 @@ def encode_patches(opts: Options) -> int:
             enc, rows, encoded = saved, np.zeros(0, np.int64), np.zeros((0, saved.width), np.float32)
         else:
             mode = "mined" if labels is not None else opts.unlabeled
+            coding = resolve_coding(opts.coding, built.origin)
             enc = PatchEncoder(mode=mode, boxes=boxes, patch_size=size, layer=layer,
-                               model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}")
+                               model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}",
+                               coding=coding, temperature=opts.temperature if coding != "cosine" else 0.0)
             rows = sample_rows(n, opts.fit_sample, opts.seed)
-            log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s",
+            log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s, coding: %s",
                      built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in grids), size,
-                     len(rows), mode)
+                     len(rows), mode, coding + (f" (temperature {opts.temperature:g})" if coding != "cosine" else ""))
             enc, encoded = fit_patch_encoder(images, feats, rows, labels, opts,
                                              lambda full, fit: choose_dim(opts, full, fit), enc)
             log.info("fitted the patch encoder in %.1f s", time.perf_counter() - started)
@@ -751,6 +825,17 @@ def encode_patches(opts: Options) -> int:
     if opts.model_out:
         enc.save(opts.model_out)
     return 0
+
+
+def resolve_coding(coding: str, origin: str) -> str:
+    """``auto``: ``both`` for a network whose weights were trained (``origin`` weights: a weights file, or a
+    checkpoint that started from one), ``cosine`` from random init. A random network's patch features
+    all lie close together, so which cluster is a patch's nearest says little and the soft half only
+    adds noise; with trained weights the soft half finds the parts (docs/scenes.md: ``both`` won on the
+    toy scenes and tied on the archive phantoms and the PACS key images; from random init it lost)."""
+    if coding != "auto":
+        return coding
+    return "both" if origin == "weights" else "cosine"
 
 
 def parse_grids(text: str) -> tuple[tuple[float, int], ...]:
@@ -789,7 +874,8 @@ def write_patch_features(images, feats: PatchFeatures, enc: PatchEncoder, opts: 
                          fit_encoded: np.ndarray, source_checksum: str) -> None:
     """Stream the images batch by batch: encodings (the fit images' are reused), PCA, rows of the output."""
     n = len(images)
-    attrs = {"stage": "encode", "method": "patches", "encoding": f"patches-{enc.mode}", "components": 0,
+    attrs = {"stage": "encode", "method": "patches", "encoding": f"patches-{enc.mode}", "coding": enc.coding,
+             "temperature": enc.temperature, "components": 0,
              "dim": enc.dim, "encoded_dim": enc.encoded_dim, "pca": enc.pca is not None,
              "patches": len(enc.boxes), "patch_size": enc.patch_size, "layer": enc.layer, "model": opts.model,
              "labels": opts.labels, "source": str(opts.local), "source_checksum": source_checksum,

@@ -123,6 +123,63 @@ def test_mining_rule_support_times_confidence():
     assert list(clusters) == [1, 0, 2, 3] and list(category) == [0, 0, 1, 1]  # ties: the lower cluster first
 
 
+def test_soft_coding_fires_where_a_patch_is_nearest_not_where_every_patch_is_near():
+    import torch
+
+    from ldpo.stages.encode import patch_codes
+
+    # centroid 0 is near every patch (cosine 0.8), centroid 1 is the nearest of one patch of image 0 only
+    c = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    near0 = torch.tensor([0.8, 0.6, 0.0])     # nearest to centroid 0
+    near1 = torch.tensor([0.55, 0.835, 0.0])  # nearest to centroid 1, still 0.55 to centroid 0
+    other = torch.tensor([0.6, 0.0, 0.8])     # nearest to centroid 2
+    feats = torch.nn.functional.normalize(torch.stack([torch.stack([near0, near1]), torch.stack([near0, other])]), dim=2)
+    cosine, none, nearest = patch_codes(feats, c, 0.0)
+    same_cosine, soft, _ = patch_codes(feats, c, 0.05)
+    assert none is None and torch.equal(cosine, same_cosine) and nearest.tolist() == [[0, 1], [0, 2]]
+    # cosine: centroid 1 still fires at 0.6 in image 1, where no patch is nearest to it
+    assert cosine[1, 1] > 0.5
+    # soft: it fires in image 0 (near 1) and not in image 1 (near 0); the max over patches of each softmax
+    assert soft[0, 1] > 0.9 and soft[1, 1] < 0.05
+    expected = torch.softmax(feats @ c.T / 0.05, dim=2).amax(1)
+    assert torch.allclose(soft, expected)
+
+
+def test_codings_are_saved_and_an_encoder_from_before_codings_is_cosine(cli, data, tmp_path):
+    outs = {}
+    for coding in ("soft", "cosine", "both"):
+        r = cli("encode", data / "images.h5", "--out", tmp_path / f"{coding}.h5", "--method", "patches", "--model",
+                "random", "--coding", coding, "--no-pca", "--model-out", tmp_path / f"{coding}.npz", *SMALL)
+        assert r.code == 0, r.err
+        outs[coding], _, attrs = features(tmp_path / f"{coding}.h5")
+        assert attrs["coding"] == coding
+    assert outs["soft"].min() >= 0 and outs["soft"].max() <= 1 and not np.allclose(outs["soft"], outs["cosine"])
+    with np.load(tmp_path / "soft.npz") as z:
+        assert z["codebook"].shape[0] == 8 and float(z["temperature"]) == 0.05 and len(z["element_index"]) == 4
+    # both: the two side by side, each half divided by its spread over the images
+    with np.load(tmp_path / "both.npz") as z:
+        scales = z["scales"]
+    assert np.allclose(outs["both"], np.hstack([outs["cosine"] / scales[0], outs["soft"] / scales[1]]), atol=1e-5)
+    for half in (outs["both"][:, :4], outs["both"][:, 4:]):
+        assert np.isclose(np.sqrt(((half - half.mean(0)) ** 2).sum(1).mean()), 1, atol=1e-4)
+    # auto: cosine from random init, soft once the weights were trained
+    from ldpo.stages.encode import resolve_coding
+
+    r = cli("encode", data / "images.h5", "--out", tmp_path / "auto.h5", "--method", "patches", "--model", "random",
+            "--no-pca", *SMALL)
+    assert r.code == 0 and features(tmp_path / "auto.h5")[2]["coding"] == "cosine"
+    assert np.array_equal(features(tmp_path / "auto.h5")[0], outs["cosine"])
+    assert resolve_coding("auto", "weights") == "both" and resolve_coding("cosine", "weights") == "cosine"
+    # an encoder written before --coding existed has neither coding nor codebook: it encodes by the cosine
+    with np.load(tmp_path / "cosine.npz") as z:
+        old = {name: z[name] for name in z.files if name not in ("coding", "temperature", "codebook", "element_index")}
+    np.savez(tmp_path / "old.npz", **old)
+    r = cli("encode", data / "images.h5", "--out", tmp_path / "old.h5", "--model-in", tmp_path / "old.npz",
+            "--model", "random", *SMALL[2:])
+    assert r.code == 0, r.err
+    assert np.allclose(features(tmp_path / "old.h5")[0], outs["cosine"], atol=1e-5)
+
+
 def test_bad_input_is_one_line_and_exit_2(cli, data, tmp_path):
     feats = tmp_path / "feats.h5"
     write_store(feats, ["a", "b"], {"stage": "test"}, features=np.zeros((2, 4), np.float32))
@@ -137,6 +194,12 @@ def test_bad_input_is_one_line_and_exit_2(cli, data, tmp_path):
     assert r.code == 2 and "--model" in r.err
     r = cli("encode", data / "images.h5", "--out", tmp_path / "o.h5", "--method", "fv", "--labels", wrong, *SMALL)
     assert r.code == 2 and "only for --method patches" in r.err
+    for flag, value in (("--coding", "cosine"), ("--temperature", "0.1")):
+        r = cli("encode", data / "images.h5", "--out", tmp_path / "o.h5", "--method", "fv", flag, value, *SMALL)
+        assert r.code == 2 and flag in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("encode", data / "images.h5", "--out", tmp_path / "o.h5", "--method", "patches", "--model", "random",
+            "--temperature", "0", *SMALL)
+    assert r.code == 2 and "--temperature" in r.err
     assert not (tmp_path / "o.h5").exists()
 
 
