@@ -180,6 +180,26 @@ def test_codings_are_saved_and_an_encoder_from_before_codings_is_cosine(cli, dat
     assert np.allclose(features(tmp_path / "old.h5")[0], outs["cosine"], atol=1e-5)
 
 
+def test_auto_coding_follows_the_weights_through_a_fine_tuned_checkpoint(cli, data, tmp_path):
+    """auto = both for a weights file and for a checkpoint fine-tuned from one (the loop's iterations)."""
+    import torch
+
+    from ldpo.common import models
+
+    weights = tmp_path / "w.pth"
+    torch.save(models.build(models.parse_init("random"), "resnet18", 3, 0, 32).model.state_dict(), weights)
+    r = cli("finetune", data / "images.h5", data / "truth.csv", "--out", tmp_path / "m.pt", "--init",
+            f"weights:{weights}", "--arch", "resnet18", "--epochs", 1, "--input-size", 32, "--normalize", "zscore",
+            "--split", "none", "--batch-size", 8, "--device", "cpu", "-q", "--no-progress")
+    assert r.code == 0, r.err
+    for name, spec in (("weights", f"weights:{weights}"), ("checkpoint", f"checkpoint:{tmp_path / 'm.pt'}")):
+        r = cli("encode", data / "images.h5", "--out", tmp_path / f"{name}.h5", "--method", "patches", "--model", spec,
+                "--arch", "resnet18", "--no-pca", *SMALL)
+        assert r.code == 0, r.err
+        x, _, attrs = features(tmp_path / f"{name}.h5")
+        assert attrs["coding"] == "both" and x.shape[1] == attrs["encoded_dim"] == 8  # 4 elements, each twice
+
+
 def test_bad_input_is_one_line_and_exit_2(cli, data, tmp_path):
     feats = tmp_path / "feats.h5"
     write_store(feats, ["a", "b"], {"stage": "test"}, features=np.zeros((2, 4), np.float32))

@@ -119,6 +119,10 @@ SETTINGS: dict[str, Setting] = {
     "ldpo_global": Setting("LDPO with global features (the loop's defaults; named for the scenes set)"),
     "ldpo_pm": Setting("LDPO-PM: encode --method patches, elements re-mined from the previous labels",
                        args=["--encode", "patches"]),
+    "ldpo_pm_cosine": Setting("LDPO-PM with each element's max cosine alone (encode --coding cosine, the coding "
+                              "before 2026-12-01)", args=["--encode", "patches"], env={"ENCODE_ARGS": "--coding cosine"}),
+    "ldpo_pm_soft": Setting("LDPO-PM with the soft-assignment half alone (encode --coding soft)",
+                            args=["--encode", "patches"], env={"ENCODE_ARGS": "--coding soft"}),
     "pca128+jitter": Setting("PCA to 128, jitter 0.3", env={"CLUSTER_ARGS": "--pca 128", "FINETUNE_ARGS": "--jitter 0.3"}),
 }
 
