@@ -30,10 +30,11 @@ Methods (``--method``):
   whole image's features, see docs/scenes.md). An image's encoding (``--coding``): per element,
   the maximum over its patches of ``soft``, the patch's softmax over *every* patch cluster of
   cosine / ``--temperature`` (soft-assignment coding with max pooling, Liu et al. ICCV 2011),
-  ``cosine``, the cosine itself (the firing strength of Li et al.), or ``both`` side by side;
-  ``auto`` (the default): both for a network with trained weights, cosine from random init. The fit sample's patch features
-  are held in memory (float16, fit images × 90 × D: 5000 × 90 × 960 × 2 B = 864 MB at most);
-  the other images stream.
+  ``cosine``, the cosine itself (the firing strength of Li et al.), or ``both`` side by side,
+  each half divided by its spread on the fit sample; ``auto`` (the default): both for a network
+  with trained weights, cosine from random init (spread then reads the cosine half). The fit
+  sample's patch features are held in memory (float16, fit images × 90 × D: 5000 × 90 × 960 ×
+  2 B = 864 MB at most); the other images stream.
 
 Then PCA to ``--dim`` (default 4096), fitted on the encodings of the fit sample and
 applied batch by batch. ``--dim`` policy: when left at its default it is capped, with a
