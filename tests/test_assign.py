@@ -74,7 +74,9 @@ def test_distance_rule_flags_images_unlike_any_category(cli, work, tmp_path):
     got = {g["id"]: g for g in rows(tmp_path / "a.csv")}
     assert {"nearest_distance", "nearest_radius"} <= set(next(iter(got.values())))
     known = [got[i]["unsure"] == "1" for i in ids]
-    assert sum(known) <= 0.1 * len(ids)  # at most a few training images lie beyond every class's 95% radius
+    # at most the farthest image of each class: with 8 images a class, its 95% quantile lies below its farthest one
+    classes = len(read_labels(work / "final/labels.csv").classes)
+    assert sum(known) <= classes < 0.2 * len(ids)
     assert [got[i]["unsure"] for i in ("white", "black", "gray")] == ["1", "1", "1"]
 
 
