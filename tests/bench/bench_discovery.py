@@ -114,8 +114,11 @@ SETTINGS: dict[str, Setting] = {
     "neighbours": Setting("finetune's neighbour-consistency term (weight 1; neighbours mined in the clustered "
                           "features)", args=["--neighbour-weight", "1"]),
     "neighbours03": Setting("finetune's neighbour-consistency term, weight 0.3", args=["--neighbour-weight", "0.3"]),
-    "avgpool+kmeans": Setting("the previous defaults: the avgpool feature, k-means",
+    "avgpool+kmeans": Setting("the defaults before multiscale + scan: the avgpool feature, k-means",
                               args=["--layer", "avgpool", "--method", "kmeans"]),
+    "issue18-start": Setting("the defaults when issue 18 was filed: avgpool, k-means, stop at the first agreement "
+                             "(the wall-time baseline)", args=["--layer", "avgpool", "--method", "kmeans",
+                                                               "--patience", "1"]),
     "ldpo_global": Setting("LDPO with global features (the loop's defaults; named for the scenes set)"),
     "ldpo_pm": Setting("LDPO-PM: encode --method patches, elements re-mined from the previous labels",
                        args=["--encode", "patches"]),
