@@ -326,13 +326,14 @@ def _splitter():
     return nlp
 
 
-def _pieces(text: str, size: int = PIECE_CHARS) -> list[tuple[int, str]]:
+def _pieces(text: str, size: int | None = None) -> list[tuple[int, str]]:
     """``(offset, piece)`` that make up ``text``: the text itself when it has ``size`` characters or fewer, else
     runs of whole sentences of about ``size`` characters (a longer sentence is cut between tokens).
 
     Why: negspacy's NegEx reads ``doc.ents`` once per clause, i.e. time in clauses × tokens, quadratic in the
     length of a text (a 200 KB report took a minute); its scopes never cross a sentence end, so pieces of
     whole sentences give the statuses of the whole text, in time linear in its length."""
+    size = size or PIECE_CHARS
     if len(text) <= size:
         return [(0, text)]
     cuts = []

@@ -246,7 +246,7 @@ def test_image_folder_with_classes(cli, tmp_path):
             img = np.clip(rng.normal(level, 10, (30, 40)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(tmp_path / "src" / cls / f"{cls}{i}.png")
     out = tmp_path / "out"
-    r = cli("extract-keyimages", tmp_path / "src", "--out", out, "--size", 32, *SALT)
+    r = cli("extract-keyimages", tmp_path / "src", "--out", out, "--size", 32, *SALT, "--class-names", "keep")
     assert r.code == 0, r.err
     manifest, images = outputs(out)
     truth = {row["id"]: int(row["label"]) for row in read_csv(out / "truth.csv")}
