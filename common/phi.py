@@ -249,8 +249,10 @@ _PART = re.compile(r"[A-Za-z0-9]+")
 
 #: a run of letters: how :class:`ArchiveNames` cuts text (``O'Brien`` → ``O``, ``Brien``)
 _LETTERS = re.compile(r"[^\W\d_]+")
-#: what may stand between two parts of one written name: spaces, a comma, a caret, an initial's dot
-_NAME_GAP = re.compile(r"[ \t]*[,^.]?[ \t]*")
+_DIGIT = re.compile(r"\d")
+#: what may stand between two parts of one written name: spaces, a comma or a caret (not a full stop: "chest
+#: wall. John …" is two sentences)
+_NAME_GAP = re.compile(r"[ \t]*[,^]?[ \t]*")
 
 
 class ArchiveNames:
@@ -273,11 +275,12 @@ class ArchiveNames:
         ordinary = {w.lower() for w in ordinary}
         found, pairs = set(), set()
         for person in persons:  # text is read as letter runs: a part is its letter runs (none if it has digits)
-            parts = {p for part in person.lower().split("^") if not any(c.isdigit() for c in part)
-                     for p in _LETTERS.findall(part) if len(p) >= 2}
-            found |= parts
-            soft = sorted(p for p in parts if p in ordinary)
-            pairs.update((a, b) for a in soft for b in soft if a != b)
+            parts = [p for part in person.lower().split("^") if not _DIGIT.search(part)
+                     for p in _LETTERS.findall(part) if len(p) >= 2]
+            found.update(parts)
+            soft = ordinary.intersection(parts)
+            if len(soft) > 1:
+                pairs.update((a, b) for a in soft for b in soft if a != b)
         self.sure = frozenset(p for p in found if p not in ordinary)
         self.soft = frozenset(p for p in found if p in ordinary)
         self.pairs = frozenset(pairs)  # ordinary words that are parts of one name: "Small White" is a name
