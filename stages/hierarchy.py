@@ -246,11 +246,10 @@ def read_report_words(reports_path: str, manifest_path: str, labels_path: str, i
     the words of negated and uncertain finding mentions are not counted (:mod:`ldpo.common.mentions`)."""
     from scipy import sparse
 
-    from ldpo.common.text import Cleaner, read_manifest, read_reports, warn_raw_reports
+    from ldpo.common.text import Cleaner, read_manifest, read_reports
 
     manifest = read_manifest(manifest_path)
     reports = read_reports(reports_path)
-    warn_raw_reports(reports_path, reports)
     row = manifest.index()
     absent = [i for i in ids if i not in row]
     if absent:

@@ -65,7 +65,7 @@ def main() -> int:
                 start = time.perf_counter()
                 subprocess.run([str(Path(sys.executable).parent / "topic-label"), str(folder / "reports.csv"),
                                 "--manifest", str(folder / "manifest.csv"), "--out", str(folder / "labels.csv"),
-                                "--topics", "2", "-q"], check=True, env=dict(os.environ), capture_output=True)
+                                "--topics", "2", "--min-df", "1", "--max-df", "1", "-q"], check=True, env=dict(os.environ), capture_output=True)
                 line += f"  {time.perf_counter() - start:>13.2f}"
         print(line, flush=True)
     return 0
