@@ -261,8 +261,9 @@ class ArchiveNames:
     A report may name another patient ("images of Jane Roe filed in error") or staff who appear only in other
     studies' headers; the per-patient layer of :func:`scrubber` does not know them. Built once per archive (a set
     of the parts' lower-case letter runs: ``smith-jones`` → ``smith``, ``jones``), applied with one compiled
-    letter-run matcher and a set look-up per word: time linear in the text, memory one string per distinct part
-    (a 200,000-study archive carries some 10⁵ distinct parts, a few MB), whatever the number of names.
+    letter-run matcher and a set look-up per word: time linear in the text, memory one string per distinct part,
+    whatever the number of names (133,000 random names standing for a 200,000-study archive: 61,000 distinct parts,
+    10 MiB to build, about 1 ms per 1.5 KB report).
 
     A part that is also an ordinary word of reports (``ordinary``: ``Wall``, ``Small``, ``White``, ``May`` …) is
     removed only beside another name part or a removed name (``John Wall``, ``Wall, John``, ``WALL^JOHN``; a
