@@ -28,7 +28,9 @@ its clause: a sentence, or a part of one cut at a termination word ("but", "howe
 "there is" …). medspaCy's ConText (the field's standard) was the first choice: its 1.3.1 release
 requires spaCy < 3.8 on Python < 3.12, i.e. thinc 8.2 and numpy < 2, which ldpo cannot take.
 
-The pipeline is built once per vocabulary (cached) and texts are processed with ``nlp.pipe``.
+The pipeline is built once per vocabulary (cached) and texts are processed with ``nlp.pipe``; a text
+longer than :data:`PIECE_CHARS` goes through it in pieces of whole sentences (NegEx's time is
+quadratic in a text's length, its scopes end at sentence ends; see :func:`_pieces`).
 Text passed here should already be scrubbed of patient identifiers (:mod:`ldpo.common.phi`);
 this module adds nothing but vocabulary terms.
 """
@@ -304,13 +306,57 @@ def _resolve(nlp, doc) -> list[str]:
     return out
 
 
-def _doc_mentions(nlp, doc) -> list[Mention]:
-    return [Mention(e.ent_id_, e.text, e.start_char, e.end_char, status)
-            for e, status in zip(doc.ents, _resolve(nlp, doc))]
+def _doc_mentions(nlp, pieces) -> list[Mention]:
+    return [Mention(e.ent_id_, e.text, offset + e.start_char, offset + e.end_char, status)
+            for offset, doc in pieces for e, status in zip(doc.ents, _resolve(nlp, doc))]
+
+
+#: a text longer than this many characters goes through NegEx in pieces of about this size, cut at sentence
+#: ends (see :func:`_pieces`)
+PIECE_CHARS = 4000
+
+
+@functools.lru_cache(maxsize=1)
+def _splitter():
+    """The tokenizer and sentencizer of :func:`_pipeline` alone (to cut long texts at its sentence ends)."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def _pieces(text: str, size: int | None = None) -> list[tuple[int, str]]:
+    """``(offset, piece)`` that make up ``text``: the text itself when it has ``size`` characters or fewer, else
+    runs of whole sentences of about ``size`` characters (a longer sentence is cut between tokens).
+
+    Why: negspacy's NegEx reads ``doc.ents`` once per clause, i.e. time in clauses × tokens, quadratic in the
+    length of a text (a 200 KB report took a minute); its scopes never cross a sentence end, so pieces of
+    whole sentences give the statuses of the whole text, in time linear in its length."""
+    size = size or PIECE_CHARS
+    if len(text) <= size:
+        return [(0, text)]
+    cuts = []
+    for sent in _splitter()(text).sents:
+        cuts.append(sent.start_char)
+        if sent.end_char - sent.start_char > size:  # a sentence longer than a piece: any token may start one
+            cuts.extend(t.idx for t in sent[1:])
+    pieces, begin, last = [], 0, 0
+    for cut in cuts[1:] + [len(text)]:
+        if cut - begin > size and last > begin:
+            pieces.append((begin, text[begin:last]))
+            begin = last
+        last = cut
+    pieces.append((begin, text[begin:]))
+    return pieces
 
 
 def _docs(texts: Sequence[str], vocab: Vocabulary, batch_size: int = 256):
-    return _pipeline(vocab).pipe((t or "" for t in texts), batch_size=batch_size)
+    """Per text, its ``[(offset, doc), …]`` of :func:`_pieces` (one ``nlp.pipe`` pass over all pieces)."""
+    pieces = [_pieces(t or "") for t in texts]
+    docs = iter(_pipeline(vocab).pipe((p for ps in pieces for _, p in ps), batch_size=batch_size))
+    for ps in pieces:
+        yield [(offset, next(docs)) for offset, _ in ps]
 
 
 def find_mentions(text: str, vocab: Vocabulary) -> list[Mention]:
@@ -321,7 +367,7 @@ def find_mentions(text: str, vocab: Vocabulary) -> list[Mention]:
 def find_mentions_many(texts: Sequence[str], vocab: Vocabulary, batch_size: int = 256) -> list[list[Mention]]:
     """:func:`find_mentions` for many texts (one ``nlp.pipe`` pass)."""
     nlp = _pipeline(vocab)
-    return [_doc_mentions(nlp, doc) for doc in _docs(texts, vocab, batch_size)]
+    return [_doc_mentions(nlp, pieces) for pieces in _docs(texts, vocab, batch_size)]
 
 
 def affirmed_terms(text: str, vocab: Vocabulary) -> list[str]:
@@ -349,7 +395,11 @@ def _cue_scopes(nlp, doc, dropped) -> list[tuple[int, int]]:
     return scopes
 
 
-def _drop(nlp, doc, drop: frozenset[str]) -> str:
+def _drop(nlp, pieces, drop: frozenset[str]) -> str:
+    return "".join(_drop_piece(nlp, doc, drop) for _, doc in pieces).strip()
+
+
+def _drop_piece(nlp, doc, drop: frozenset[str]) -> str:
     statuses = list(zip(doc.ents, _resolve(nlp, doc)))
     dropped = [(e, s) for e, s in statuses if s in drop]
     if not dropped:
@@ -358,7 +408,7 @@ def _drop(nlp, doc, drop: frozenset[str]) -> str:
     for lo, hi in _cue_scopes(nlp, doc, dropped) + [(e.start, e.end) for e, _ in dropped]:
         gone.update(range(lo, hi))
     gone -= {i for e, s in statuses if s not in drop for i in range(e.start, e.end)}
-    return "".join(t.whitespace_ if t.i in gone else t.text_with_ws for t in doc).strip()
+    return "".join(t.whitespace_ if t.i in gone else t.text_with_ws for t in doc)
 
 
 def affirmed_text(text: str, vocab: Vocabulary, drop: Iterable[str] = DROPPED) -> str:
@@ -371,7 +421,7 @@ def affirmed_texts(texts: Sequence[str], vocab: Vocabulary, drop: Iterable[str] 
     """:func:`affirmed_text` for many texts (one ``nlp.pipe`` pass)."""
     drop = frozenset(drop)
     nlp = _pipeline(vocab)
-    return [_drop(nlp, doc, drop) for doc in _docs(texts, vocab, batch_size)]
+    return [_drop(nlp, pieces, drop) for pieces in _docs(texts, vocab, batch_size)]
 
 
 def require_coverage(mentions: Iterable[Sequence[Mention]], vocab: Vocabulary, reports: str) -> int:
@@ -396,9 +446,9 @@ VOCABULARY_HELP = ("finding/disease terms, one per line, synonyms separated by |
 def _mine(texts: Sequence[str], vocab: Vocabulary, drop: frozenset[str]) -> tuple[list[list[Mention]], list[str]]:
     nlp = _pipeline(vocab)
     mentions, kept = [], []
-    for doc in _docs(texts, vocab):
-        mentions.append(_doc_mentions(nlp, doc))
-        kept.append(_drop(nlp, doc, drop))
+    for pieces in _docs(texts, vocab):
+        mentions.append(_doc_mentions(nlp, pieces))
+        kept.append(_drop(nlp, pieces, drop))
     return mentions, kept
 
 

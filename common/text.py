@@ -10,7 +10,9 @@ one encoding rule); :func:`read_reports` here is its ``{report_id: text}`` form
 Cleaning (:class:`Cleaner`): lower-case regex tokens; numbers, measurements
 (``5mm``, ``3.2cm``, ``2nd``, ``1013-78``), dates and times (``2014-03-12``,
 ``12/03/2014``, ``10:30``, month and weekday names) and tokens shorter than
-``min_length`` dropped; the scrubber's placeholders (``[removed]``, ``[uid]``) and
+``min_length`` dropped; the scrubber's placeholders (``[removed]``, ``[uid]``), the
+de-identification marks of other tools (:data:`DEID_MARKS`: ``XXXX``, ``x-xxxx``,
+``[** … **]``, ``___``) and
 tokens with 3 or more digits (``acc999``, ``mrn123456``: identifiers, never words a
 category is known by) dropped; stop words from gensim and scikit-learn plus the words every
 key-image reference uses (``series``, ``image``, …) dropped; optional Porter stemming
@@ -28,7 +30,7 @@ from .phi import PLACEHOLDER
 from .tables import Manifest, missing_reports, read_manifest, report_texts
 
 __all__ = ["Cleaner", "Manifest", "is_date_like", "is_number", "missing_reports", "read_manifest", "read_reports",
-           "stop_words", "tokenize"]
+           "stop_words", "tokenize", "warn_raw_reports", "without_marks"]
 
 #: words in nearly every report that references key images: noise for topics and keywords
 REFERENCE_WORDS = frozenset({
@@ -44,6 +46,20 @@ WEEKDAYS = frozenset({
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
     "mon", "tue", "tues", "wed", "thu", "thur", "thurs", "fri", "sat", "sun",
 })
+
+#: de-identification marks that real de-identified reports carry where a name, date or id was: runs of X
+#: (``XXXX``, ``x-xxxx``, ``XX/XX/XXXX``: only x's and separators, two x's or more), MIMIC-III's
+#: ``[** … **]`` brackets (whatever is inside), and runs of two or more underscores (MIMIC-IV's ``___``)
+DEID_MARKS = re.compile(r"\[\*\*.*?\*\*\]"
+                        r"|(?<![^\W_])(?:[xX]{2,}|[xX](?=[\-/.:][xX]))(?:[\-/.:][xX]+)*(?![^\W_])"
+                        r"|_{2,}", re.DOTALL)
+
+
+def without_marks(text: str) -> str:
+    """``text`` with the scrubber's placeholders (``[removed]``, ``[uid]``) and :data:`DEID_MARKS` made spaces:
+    marks are not words."""
+    return DEID_MARKS.sub(" ", PLACEHOLDER.sub(" ", text))
+
 
 # A raw token: letters/digits, possibly joined by - ' . / : (so 12/03/2014 and 3.2cm stay whole).
 _TOKEN = re.compile(r"[a-z0-9]+(?:['\-./:][a-z0-9]+)*")
@@ -104,7 +120,7 @@ class Cleaner:
     def words(self, text: str) -> list[str]:
         """The cleaned (and, with ``stem``, stemmed) words of ``text`` in order."""
         out = []
-        for raw in tokenize(PLACEHOLDER.sub(" ", text)):
+        for raw in tokenize(without_marks(text)):
             if is_number(raw) or is_date_like(raw):
                 continue
             for part in _SPLIT.split(raw):  # "lungs.clear" → lungs, clear
@@ -137,3 +153,14 @@ class Cleaner:
 
 #: ``{report_id: text}`` (the same reader as every other stage's, see :mod:`ldpo.common.tables`)
 read_reports = report_texts
+
+
+def warn_raw_reports(path: str, reports) -> None:
+    """The warning every text stage prints after a run on reports that are not ``extract-keyimages``' scrubbed
+    ``reports.csv`` (``reports`` as :func:`read_reports` returned them)."""
+    import logging
+
+    from .phi import RAW_REPORTS
+
+    if not getattr(reports, "scrubbed", False):
+        logging.getLogger("ldpo").warning("%s: %s", path, RAW_REPORTS)

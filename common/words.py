@@ -3,7 +3,7 @@
 
 **Tokens.** Report text is cut into sentences (line breaks, and ``. ! ?`` before a space),
 each sentence into :func:`ldpo.common.text.tokenize`'s lower-case tokens; the scrubber's
-placeholders, numbers, measurements, dates and tokens with 3 or more digits are dropped
+placeholders and other tools' de-identification marks (``XXXX``, ``[** … **]``, ``___``), numbers, measurements, dates and tokens with 3 or more digits are dropped
 (as for keywords); stop words stay (skip-gram's sub-sampling of frequent words handles
 them). With a vocabulary, every mention of a term or of one of its synonyms becomes one
 token, the canonical term with ``_`` for spaces (:func:`term_token`: "pleural effusion",
@@ -103,11 +103,10 @@ def sentences(text: str) -> list[str]:
 def sentence_tokens(sentence: str, phrases: dict[tuple[str, ...], str] | None = None,
                     longest: int = 0) -> list[str]:
     """The tokens of one sentence, vocabulary phrases joined (see the module doc)."""
-    from .phi import PLACEHOLDER
-    from .text import tokenize
+    from .text import tokenize, without_marks
 
     raw = []
-    for token in tokenize(PLACEHOLDER.sub(" ", sentence)):
+    for token in tokenize(without_marks(sentence)):
         if keep_token(token):  # "se:4", "lungs.clear" → se, 4 / lungs, clear (a number or date goes whole)
             raw.extend(p for p in (part.strip("'-") for part in _PARTS.split(token)) if p)
     if not phrases:

@@ -40,10 +40,10 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import read_labels
 from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
-from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
+from ldpo.common.phi import RAW_REPORTS_HINT
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import write_csv
-from ldpo.common.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports
+from ldpo.common.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports, warn_raw_reports
 
 log = logging.getLogger("ldpo")
 
@@ -208,8 +208,7 @@ class KeywordsTool(Tool):
                 raise InputError(f"{opts.labels}: {len(absent)} id(s) not in {opts.images}, e.g. {absent[0]!r} "
                                  "(--allow-missing accepts this)")
             self.write(opts, out, labels, manifest, reports, store, row_of)
-        if not reports.scrubbed:
-            log.warning("%s: %s", opts.reports, RAW_REPORTS)
+        warn_raw_reports(opts.reports, reports)
         return 0
 
     def write(self, opts: Options, out: Path, labels: dict[str, int], manifest: Manifest, reports: dict,

@@ -64,11 +64,11 @@ from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions, keep_mentions_list
-from ldpo.common.phi import RAW_REPORTS, RAW_REPORTS_HINT
+from ldpo.common.phi import RAW_REPORTS_HINT
 from ldpo.common.plots import pyplot
 from ldpo.common.stores import atomic_paths
 from ldpo.common.tables import side_file, write_csv
-from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports
+from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports, warn_raw_reports
 
 log = logging.getLogger("ldpo")
 
@@ -339,8 +339,7 @@ class TopicLabelTool(Tool):
         if opts.model_dir:
             self.save_model(Path(opts.model_dir), model, dictionary)
         log.info("labelled %d images with %d of %d topics", len(ids), len(set(labels)), chosen)
-        if not reports.scrubbed:
-            log.warning("%s: %s", opts.reports, RAW_REPORTS)
+        warn_raw_reports(opts.reports, reports)
         return 0
 
     def check_missing(self, opts: Options, manifest, reports: dict, usable: set[str]) -> set[str]:

@@ -69,7 +69,7 @@ class WordVectorsTool(Tool):
     def main(self, opts: Options) -> int:
         from ldpo.common import words
         from ldpo.common.mentions import load_vocabulary
-        from ldpo.common.text import read_reports
+        from ldpo.common.text import read_reports, warn_raw_reports
 
         if (opts.manifest is None) != (opts.targets is None):
             raise InputError("--manifest and --targets go together (the targets are made from the manifest)")
@@ -87,6 +87,10 @@ class WordVectorsTool(Tool):
             raise InputError(f"{opts.reports}: no words in the reports")
         if not found:
             raise InputError(f"{where}: none of its {len(vocab.terms)} terms occurs in {opts.reports}")
+        kept = sum(1 for t, n in counts.items() if n >= opts.min_count or t in terms)
+        if kept < 2:
+            raise InputError(f"{opts.reports}: {kept} distinct word(s) seen {opts.min_count} times or more (or "
+                             "vocabulary terms): word2vec needs two or more (more reports, or a lower --min-count)")
         log.info("word-vectors: %d reports, %d sentences, %d tokens; %d of %d vocabulary terms found", len(texts),
                  len(sentences), sum(counts.values()), len(found), len(terms))
         model = train(sentences, opts, terms)
@@ -96,6 +100,7 @@ class WordVectorsTool(Tool):
         print_probes(kv, probe_terms(opts.probe, found), found)
         if opts.manifest:
             write_targets(opts, vocab, set(kv.index_to_key))
+        warn_raw_reports(opts.reports, texts)
         return 0
 
 

@@ -16,7 +16,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from ldpo.common.stores import open_store
 from ldpo.stages.extract_keyimages import MANIFEST_COLUMNS
 
-SALT = ["--salt", "test-salt"]
+SALT = ["--salt", "test-salt-0123456789"]
 
 
 def data_file(name: str) -> Path:
@@ -246,7 +246,7 @@ def test_image_folder_with_classes(cli, tmp_path):
             img = np.clip(rng.normal(level, 10, (30, 40)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(tmp_path / "src" / cls / f"{cls}{i}.png")
     out = tmp_path / "out"
-    r = cli("extract-keyimages", tmp_path / "src", "--out", out, "--size", 32, *SALT)
+    r = cli("extract-keyimages", tmp_path / "src", "--out", out, "--size", 32, *SALT, "--class-names", "keep")
     assert r.code == 0, r.err
     manifest, images = outputs(out)
     truth = {row["id"]: int(row["label"]) for row in read_csv(out / "truth.csv")}
@@ -302,7 +302,7 @@ def test_toy_pacs_end_to_end(cli, pacs, tmp_path):
     assert manifest2 == manifest
     assert all(np.array_equal(images[k], images2[k]) for k in images)
     r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", tmp_path / "k3",
-            "--size", 32, "--salt", "other")
+            "--size", 32, "--salt", "other-salt-0123456789")
     assert r.code == 0
     ids3 = [m["id"] for m in read_csv(tmp_path / "k3" / "manifest.csv")]
     assert len(ids3) == len(manifest) and not set(ids3) & set(images)

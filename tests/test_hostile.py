@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SALT = ["--salt", "hostile"]
+SALT = ["--salt", "hostile-salt-0123456789"]
 
 
 # -- a small finished run, built once and copied per case ------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SALT = ["--salt", "hostile"]
+SALT = ["--salt", "hostile-salt-0123456789"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 

@@ -258,7 +258,7 @@ def extract_one(cli, root: Path, text: str, first: dict, second: dict | None = N
                                                ["R1", "ACC55731", f"Exam of the chest. {text} A 5 mm nodule of the "
                                                                   f"lung on image {instance}. No effusion."]])
     out = root / "out"
-    r = cli("extract-keyimages", dicom, "--reports", reports, "--out", out, "--size", 32, "--salt", "s", "-q")
+    r = cli("extract-keyimages", dicom, "--reports", reports, "--out", out, "--size", 32, "--salt", "s-salt-0123456789ab", "-q")
     assert r.code == 0, r.err
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest = read_csv(out / "manifest.csv")
@@ -489,9 +489,9 @@ def test_accession_keyed_reports_get_pseudonymous_ids(cli, tmp_path):
     folder.mkdir()
     (folder / "ACC55731.txt").write_text(f"Nodule on image {instance}. No change on image 999.", encoding="utf-8")
     out = tmp_path / "out"
-    r = cli("extract-keyimages", dicom, "--reports", folder, "--out", out, "--size", 32, "--salt", "s", "-q")
+    r = cli("extract-keyimages", dicom, "--reports", folder, "--out", out, "--size", 32, "--salt", "s-salt-0123456789ab", "-q")
     assert r.code == 0, r.err
-    key = Pseudonyms("s")("report", "ACC55731", length=12)
+    key = Pseudonyms("s-salt-0123456789ab")("report", "ACC55731", length=12)
     assert {m["report_id"] for m in read_csv(out / "manifest.csv")} == {key}
     assert [row["source"] for row in read_csv(out / "rejects.csv")] == [f"report:{key}"]
     assert [row["report_id"] for row in read_csv(out / "reports.csv")] == [key]
@@ -547,7 +547,7 @@ def test_without_salt_a_random_key_file_is_made_beside_the_outputs_and_reused(cl
 
 def test_an_explicit_salt_makes_no_key_file_and_a_bad_key_file_is_one_line(cli, tmp_path, no_salt):
     src = image_folder(tmp_path)
-    r = cli("extract-keyimages", src, "--out", tmp_path / "a" / "keys", "--size", 16, "--salt", "mine", "-q")
+    r = cli("extract-keyimages", src, "--out", tmp_path / "a" / "keys", "--size", 16, "--salt", "mine-salt-0123456789", "-q")
     assert r.code == 0, r.err
     assert not (tmp_path / "a" / ".ldpo-salt").exists()
     (tmp_path / "b").mkdir()

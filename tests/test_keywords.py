@@ -255,7 +255,7 @@ def test_toy_pacs_end_to_end(cli, tmp_path):
     pacs, keys, review = tmp_path / "pacs", tmp_path / "keys", tmp_path / "review"
     assert cli("toy-data", "pacs", "--out", pacs, "--studies", "50", "--size", "32", "-q").code == 0
     r = cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", "32",
-            "--salt", "test", "-q")
+            "--salt", "test-salt-0123456789", "-q")
     assert r.code == 0, r.err
     labels = keys / "labels.csv"
     r = cli("topic-label", keys / "reports.csv", "--manifest", keys / "manifest.csv", "--out", labels,
@@ -265,7 +265,7 @@ def test_toy_pacs_end_to_end(cli, tmp_path):
             "--images", keys / "images.h5", "--out", review, "-q")
     assert r.code == 0, r.err
 
-    key = Pseudonyms("test")
+    key = Pseudonyms("test-salt-0123456789")
     accession = {key("report", row["report_id"], length=12): row["accession"] for row in read_csv(pacs / "reports.csv")}
     region_of = {row["accession"]: row["region"] for row in read_csv(pacs / "regions.csv")}
     report_of = {row["id"]: row["report_id"] for row in read_csv(keys / "manifest.csv")}

@@ -12,7 +12,8 @@ and image files),
 ``rejects.csv`` (source,reference,reason), with ``--reports`` ``reports.csv``
 (report_id,text,scrubbed: the scrubbed text of every report the manifest names), and
 for an image folder with class sub-folders ``truth.csv`` (id,label) and ``classes.csv``
-(label,name). The outputs are written together: all of them replace the previous
+(label,name: ``class-`` and the salted hash of the folder name, since folder names often
+name patients; ``--class-names keep`` writes the folder names). The outputs are written together: all of them replace the previous
 run's, or (on an error) none does, and a failed run removes the output folder (and its
 parents) when it created them itself and they are still empty.
 
@@ -26,8 +27,9 @@ reasons never carry paths. Report text enters ldpo here, and only here: the
 manifest's sentences and context and ``reports.csv`` are scrubbed with every
 identifying header attribute of every study of the report's patient (the DICOM basic
 de-identification profile: names, IDs, accession numbers, dates, institution …), the
-accession numbers and patient IDs of the whole archive, and patterns (see
-:mod:`ldpo.common.phi`). The stages that read reports later (``topic-label``,
+accession numbers and patient IDs of the whole archive, the person names of the whole
+archive (another patient, staff of other studies: :class:`ldpo.common.phi.ArchiveNames`),
+and patterns (see :mod:`ldpo.common.phi`). The stages that read reports later (``topic-label``,
 ``keywords``, ``hierarchy --affinity reports``) take ``OUT/reports.csv``.
 """
 
@@ -46,7 +48,8 @@ from ldpo.common.errors import InputError
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
-from .headers import HEADER_COLUMNS
+from ldpo.common.phi import ArchiveNames, ordinary_words
+from .headers import BODY_PARTS, HEADER_COLUMNS, SERIES_WORDS
 from .phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
                                                scrubber)
 from .pixels import parse_window
@@ -80,6 +83,10 @@ class Options(CommonOptions):
     salt: str = opt("salt (secret key) of the pseudonymous ids (default: $LDPO_SALT, else a random key kept in "
                     ".ldpo-salt beside the output folder, made on the first run and reused)", "")
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
+    class_names: str = opt("image folder with class sub-folders: what classes.csv calls each class: pseudonym "
+                           "(class-<salted hash of the folder name>: folder names are often patient names or "
+                           "accession numbers) or keep (the folder name as it is, for folders known to name no "
+                           "one, such as a public texture set)", "pseudonym", choices=["pseudonym", "keep"])
 
 
 @dataclass
@@ -141,6 +148,8 @@ class Extractor:
         self.patient_of: dict[str, str] = {}
         self.identity: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.known_ids: set[str] = set()
+        self.persons: set[str] = set()  # every person name of the archive's headers (parts joined by ^)
+        self.archive_names: ArchiveNames | None = None  # made from them once pass 1 is done
         self.report_studies: dict[str, set[str]] = {}
         self.scrubbers: dict[frozenset[str], Callable[[str], str]] = {}
 
@@ -162,8 +171,9 @@ class Extractor:
                 sops.add(result.sop_uid)
                 records.append(result)
             if isinstance(result, Record) and result.kind == "dicom":
-                self.learn(result.study_uid, result.patient_id, {"names": result.names, "ids": result.ids,
-                                                                 "dates": result.dates, "phrases": result.phrases})
+                self.learn(result.study_uid, result.patient_id, {"names": result.names, "persons": result.persons,
+                                                                 "ids": result.ids, "dates": result.dates,
+                                                                 "phrases": result.phrases})
         log.info("indexed %d files: %d usable objects, %d rejected", len(files), len(records), len(self.rejects))
         return records
 
@@ -176,9 +186,16 @@ class Extractor:
         for kind, values in identity.items():
             self.identity[patient][kind].update(values)
         self.known_ids.update(identity.get("ids", ()))
+        self.persons.update(identity.get("persons", ()))
 
     def report_scrubber(self, report_id: str):
-        """The scrubber of one report: everything every study of its patient(s) says, plus the archive's ids."""
+        """The scrubber of one report: everything every study of its patient(s) says, plus the archive's ids and
+        person names."""
+        if self.archive_names is None:
+            ordinary = ordinary_words() | {w.lower() for w in (*SERIES_WORDS, *BODY_PARTS)}
+            self.archive_names = ArchiveNames(self.persons, ordinary)
+            log.debug("%d person name parts in the archive's headers, removed from every report",
+                      len(self.archive_names))
         studies = self.report_studies.get(report_id, set())
         patients = frozenset(self.patient_of[uid] for uid in studies if uid in self.patient_of)
         if patients not in self.scrubbers:
@@ -187,7 +204,8 @@ class Extractor:
                 for kind, values in self.identity.get(patient, {}).items():
                     found[kind] |= values
             self.scrubbers[patients] = scrubber(names=found["names"], ids=found["ids"], dates=found["dates"],
-                                                phrases=found["phrases"], known_ids=self.known_ids)
+                                                phrases=found["phrases"], known_ids=self.known_ids,
+                                                archive_names=self.archive_names)
         return self.scrubbers[patients]
 
     def report_key(self, report_id: str) -> str:
@@ -440,7 +458,14 @@ class Extractor:
             return None
         names = sorted({it.label for it in items})
         index = {name: i for i, name in enumerate(names)}
-        return [it.id for it in items], [index[it.label] for it in items], [[i, n] for i, n in enumerate(names)]
+        return [it.id for it in items], [index[it.label] for it in items], [[i, self.class_name(n)]
+                                                                             for i, n in enumerate(names)]
+
+    def class_name(self, folder: str) -> str:
+        """What classes.csv calls a class sub-folder: its salted pseudonym, or (``--class-names keep``) its name.
+        Pseudonyms, not scrubbing: a folder named ``DOE JANE`` holds no pattern a scrubber could find, and an
+        image folder has no headers that would name her."""
+        return folder if self.opts.class_names == "keep" else "class-" + self.pseudo("class", folder, length=10)
 
     def output_paths(self) -> dict[str, Path]:
         return {"images": self.out / f"images.{self.opts.format}", "manifest": self.out / "manifest.csv",

@@ -2,12 +2,14 @@
 
 * :class:`Pseudonyms`: salted keyed hashes (HMAC-SHA256) for ids, studies, patients,
   reports and rejected files.
-* :func:`resolve_salt`: the key. ``--salt`` or ``$LDPO_SALT`` when given; otherwise a
-  random one (``secrets.token_hex(32)``) kept in the key file :data:`SALT_FILE` in the
-  output folder's parent (beside the outputs, never among them: a folder handed on with
-  the outputs does not carry the key), created with mode 0600 and reused by every later
-  run into that parent, so a patient keeps the same pseudonym across runs. Without the
-  key a pseudonym cannot be reversed by enumerating MRNs; keep the file private.
+* :func:`resolve_salt`: the key. ``--salt`` or ``$LDPO_SALT`` when given (16 characters or
+  more); otherwise a random one (``secrets.token_hex(32)``) kept in the key file
+  :data:`SALT_FILE` in the output folder's parent (beside the outputs, never among them: a
+  folder handed on with the outputs does not carry the key), created with mode 0600 and
+  reused by every later run into that parent, so a patient keeps the same pseudonym across
+  runs. An existing key file must be what a created one is (a regular file, not a link,
+  mode 0600, 16 characters or more), else exit 2. Without the key a pseudonym cannot be
+  reversed by enumerating MRNs; keep the file private.
 * :data:`NAME_KEYWORDS`, :data:`ID_KEYWORDS`, :data:`PLACE_KEYWORDS`,
   :data:`DATE_KEYWORDS`: the identifying attributes of the DICOM basic de-identification
   profile (PS3.15 Annex E) whose values are removed from the report text of every study
@@ -86,6 +88,10 @@ def resolve_salt(given: str, out: str | os.PathLike) -> tuple[str, Path | None, 
     """``(salt, key file or None, whether this call created the file)``: ``given`` (``--salt`` or ``$LDPO_SALT``)
     when not empty, else the key file beside ``out``, read or (atomically, mode 0600) created."""
     if given:
+        if len(given.strip()) < MIN_SALT:
+            raise InputError(f"--salt / $LDPO_SALT: the pseudonym key has {len(given.strip())} characters, fewer "
+                             f"than {MIN_SALT}: a short key is guessed and every pseudonym reversed (leave both "
+                             "unset for a random key kept in .ldpo-salt)")
         return given, None, False
     path = salt_path(out)
     try:
@@ -113,21 +119,29 @@ def resolve_salt(given: str, out: str | os.PathLike) -> tuple[str, Path | None, 
 
 
 def _read_salt(path: Path) -> str:
+    """An existing key file, under the rules of a created one: a regular file (not a link), mode 0600 (no access
+    for group or others), :data:`MIN_SALT` characters or more."""
     try:
-        info = path.stat()
+        info = path.lstat()
     except OSError as err:
         raise InputError(f"{path}: unreadable pseudonym key ({err.strerror or err}): give --salt or remove it") \
             from None
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(f"{path}: the pseudonym key is a symbolic link (its target may be public): replace it by "
+                         "the file itself (mode 0600), or give --salt")
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path}: the pseudonym key is not a regular file: give --salt or remove it")
+    if info.st_mode & 0o077:
+        raise InputError(f"{path}: the pseudonym key is readable or writable by others (mode "
+                         f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}")
     try:
-        salt = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "r", encoding="utf-8") as fh:
+            salt = fh.read().strip()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: unreadable pseudonym key ({getattr(err, 'strerror', None) or err}): "
                          "give --salt or remove it") from None
     if len(salt) < MIN_SALT:
         raise InputError(f"{path}: the pseudonym key holds fewer than {MIN_SALT} characters: give --salt, or "
                          "remove the file for a new random key (pseudonyms then change)")
-    if info.st_mode & 0o077:
-        log.warning("%s: the pseudonym key is readable by others (chmod 600 %s)", path, path)
     return salt

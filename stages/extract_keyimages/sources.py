@@ -77,6 +77,7 @@ class Record:
     series_words: str = ""
     # what the header says about the patient, to scrub from report text (see phi.scrubber)
     names: list[str] = field(default_factory=list)
+    persons: list[str] = field(default_factory=list)  # each person name's parts joined by "^" (doe^jane)
     ids: list[str] = field(default_factory=list)
     dates: list[str] = field(default_factory=list)
     phrases: list[str] = field(default_factory=list)
@@ -168,7 +169,7 @@ def _patient(ds, depth: int = 0) -> dict[str, list[str]]:
     inside sequences), for scrubbing report text: name parts, ids, dates, place phrases."""
     from pydicom.datadict import keyword_for_tag
 
-    found: dict[str, list[str]] = {"names": [], "ids": [], "dates": [], "phrases": []}
+    found: dict[str, list[str]] = {"names": [], "persons": [], "ids": [], "dates": [], "phrases": []}
     for tag in list(ds.keys()):
         if tag.group == 0x7FE0 or tag.group == 0x0002:
             continue
@@ -179,6 +180,7 @@ def _patient(ds, depth: int = 0) -> dict[str, list[str]]:
                 values = _values(ds[tag])
                 if kind == "names":
                     found["names"] += [part for v in values for part in name_parts(v)]
+                    found["persons"] += ["^".join(name_parts(v)) for v in values if name_parts(v)]
                 elif kind == "phrases":
                     found["phrases"] += [p for v in values for p in place_phrases(
                         v, parts=keyword not in WHOLE_PLACE_KEYWORDS, strip=keyword == "InstitutionName")]

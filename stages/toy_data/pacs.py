@@ -22,7 +22,8 @@ header block (patient name with title, MRN, date of birth, accession, exam date 
 of several formats, referring physician without title as ``John Smith``, ``Smith,
 John`` or ``SMITH^JOHN``, institution), names the patient's earlier study by its
 accession (or a prior accession from outside the archive) and ends with the reading
-radiologist's signature. Series carry BodyPartExamined (spelled differently by
+radiologist's signature (with ``--other-names``, reports also name another patient and a
+physician of another patient's study). Series carry BodyPartExamined (spelled differently by
 different scanners, missing in some studies), ImageOrientationPatient (sagittal for the
 spine, axial otherwise) and a SeriesDescription of imaging words into which, as in real
 archives, a person's name was sometimes typed. Those lines and header fields come from
@@ -543,6 +544,7 @@ class Study:
     institution: tuple[str, str, str] = ("", "", "")  # name, address, station prefix
     prior: str = ""  # the accession of an earlier study the report compares with
     prior_date: str = ""
+    other_names: list[str] = field(default_factory=list)  # sentences naming people of other studies (--other-names)
 
 
 FIRST = ["ANNA", "JOHN", "MARIA", "PETER", "LINDA", "OMAR", "WEI", "SOFIA", "LUCAS", "EMMA", "RAVI", "NORA"]
@@ -613,6 +615,33 @@ def plan_patients(studies: list[Study], seed: int) -> None:
         study.prior_date = seen[owner].date if owner in seen else \
             f"{int(rng.integers(2005, 2012))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
         seen[owner] = study
+
+
+def plan_other_names(studies: list[Study], seed: int) -> None:
+    """(``--other-names``) Each report also names, without a title or a label, another patient of the archive and
+    a physician of another patient's study, neither of whom any header of this patient's studies names (an
+    outside study filed with the wrong patient, a colleague consulted): only the archive's headers tell that these
+    words are names. From their own random stream."""
+    rng = np.random.default_rng([seed, 0, 13])
+    staff_of: dict[str, set[str]] = {}  # a patient's name → every person name its studies' headers carry
+    for st in studies:
+        staff_of.setdefault(st.person.name, set()).update(
+            {st.person.name, st.referring, st.reading, OPERATORS[st.index % len(OPERATORS)]})
+
+    def parts(pn: str) -> set[str]:
+        return set(pn.split("^"))
+
+    for st in studies:
+        own = {p for pn in staff_of[st.person.name] for p in parts(pn)}
+        patients = sorted({o.person.name for o in studies if not parts(o.person.name) & own})
+        staff = sorted({pn for o in studies for pn in (o.referring, o.reading) if not parts(pn) & own})
+        if patients:
+            last, first = (p.capitalize() for p in str(rng.choice(patients)).split("^"))
+            st.other_names.append(f"Images of {first} {last} were filed with this study in error and were not "
+                                  "reviewed.")
+        if staff:
+            last, first = (p.capitalize() for p in str(rng.choice(staff)).split("^"))
+            st.other_names.append(f"Case reviewed with {first} {last} at the conference.")
 
 
 # SeriesDescription as scanners and technologists write them, per modality and region
@@ -695,7 +724,7 @@ def identifier_lines(study: Study, seed: int) -> tuple[list[str], list[str]]:
             f"for {person.title} {last}.",
             f"{_person(study.referring, int(rng.integers(3)))} was informed of the findings by phone.",
             f"Electronically signed by Dr. {reader} on {written_date(study.date, int(rng.integers(6)))}."]
-    return head, tail
+    return head, study.other_names + tail
 
 
 def hedged_sentences(region: str, rng: np.random.Generator) -> list[str]:
@@ -924,9 +953,10 @@ BROKEN = ["truncated", "SR", "notdicom", "PR", "truncated"]
 
 
 def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_progress: bool = True,
-             show_findings: bool = False) -> dict:
+             show_findings: bool = False, other_names: bool = False) -> dict:
     """Write the toy PACS under ``out``; returns a summary (counts, broken files). ``show_findings``: each key
-    image shows the findings its report sentence and their neighbours affirm (:func:`report_and_findings`)."""
+    image shows the findings its report sentence and their neighbours affirm (:func:`report_and_findings`);
+    ``other_names``: reports also name people of other studies (:func:`plan_other_names`)."""
     if studies < 1:
         raise InputError(f"--studies {studies}: must be at least 1")
     if not 16 <= size <= 512:
@@ -937,6 +967,8 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     plans = [plan_study(i, region, np.random.default_rng([seed, i, 0])) for i, region in enumerate(regions)]
     plan_patients(plans, seed)
     plan_headers(plans, seed)
+    if other_names:
+        plan_other_names(plans, seed)
     out.mkdir(parents=True, exist_ok=True)
     dicom_tmp = out / ".dicom.tmp"
     shutil.rmtree(dicom_tmp, ignore_errors=True)
@@ -966,6 +998,9 @@ class Options(CommonOptions):
     show_findings: bool = opt("draw on each key image the findings its report sentence (and the two around it) "
                               "affirms: blobs, cysts, fluid layers, fractures, dots ...; negated and uncertain "
                               "findings are not drawn (default: the images show only their body region)", False)
+    other_names: bool = opt("reports also name, without a title, another patient of the archive and a physician "
+                            "of another patient's study (for testing that every name of the archive's headers is "
+                            "scrubbed from every report)", False)
 
 
 class PacsTool(Tool):
@@ -978,7 +1013,7 @@ class PacsTool(Tool):
 
     def main(self, opts: Options) -> int:
         summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True,
-                           show_findings=opts.show_findings)
+                           show_findings=opts.show_findings, other_names=opts.other_names)
         log.info("wrote %d studies (%d image files, %d broken objects) to %s", summary["studies"], summary["files"],
                  len(summary["broken"]), opts.out)
         return 0

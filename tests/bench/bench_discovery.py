@@ -162,9 +162,9 @@ def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     region_truth = out / "truth-region.csv"
     run([*ldpo(), "toy-data", "pacs", "--out", str(out / "toy"), "--studies", str(studies), "--seed", "0", "--quiet"])
     run([*ldpo(), "extract-keyimages", str(out / "toy" / "dicom"), "--reports", str(out / "toy" / "reports.csv"),
-         "--out", str(out / "keyimages"), "--size", str(size), "--quiet"], env=dict(os.environ, LDPO_SALT="bench"))
+         "--out", str(out / "keyimages"), "--size", str(size), "--quiet"], env=dict(os.environ, LDPO_SALT="bench-salt-0123456789"))
     region = {r["accession"]: r["region"] for r in csv.DictReader(open(out / "toy" / "regions.csv"))}
-    pseudo = Pseudonyms("bench")  # the manifest's report ids are keyed hashes of the reports' ids
+    pseudo = Pseudonyms("bench-salt-0123456789")  # the manifest's report ids are keyed hashes of the reports' ids
     accession = {pseudo("report", r["report_id"], length=12): r["accession"]
                  for r in csv.DictReader(open(out / "toy" / "reports.csv"))}
     rows = list(csv.DictReader(open(out / "keyimages" / "manifest.csv")))

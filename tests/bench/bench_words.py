@@ -67,8 +67,8 @@ def toy_pacs(work: Path, studies: int, size: int, seed: int, show_findings: bool
     _cli("toy-data", "pacs", "--out", pacs, "--studies", studies, "--size", size, "--seed", seed,
          *(["--show-findings"] if show_findings else []))
     _cli("extract-keyimages", pacs / "dicom", "--reports", pacs / "reports.csv", "--out", keys, "--size", size,
-         "--salt", "bench")
-    key = Pseudonyms("bench")
+         "--salt", "bench-salt-0123456789")
+    key = Pseudonyms("bench-salt-0123456789")
     with open(pacs / "reports.csv", newline="") as f:
         accession = {key("report", r["report_id"], length=12): r["accession"] for r in csv.DictReader(f)}
     with open(pacs / "regions.csv", newline="") as f:
