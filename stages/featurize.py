@@ -94,11 +94,12 @@ class FeaturizeTool(Tool):
         if built.normalize != "zscore":
             attrs.update(mean=list(built.mean), std=list(built.std))
         if extractor.layer.kind == "probs":
+            from ldpo.common.checkpoint import require_target
+
+            require_target(built.target, str(init.path or init), "--layer probs")  # words: not class scores
             attrs["classes"] = built.classes
             if built.target == "multi":  # one sigmoid per class, and the thresholds that decide them
                 attrs.update(target="multi", thresholds=built.thresholds)
-            elif built.target == "words":  # 512 sigmoids: the two scaled word vectors of a bi-gram
-                attrs.update(target="words")
         log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,
                  "x".join(map(str, shape)), n, built.input_size, device)
         spec = {name: (shape, dtype)}
