@@ -364,6 +364,9 @@ def fit_encoder(store, method: str, k: int, rows: np.ndarray, pca_dim: int | Non
 #: the patch grid: (side as a fraction of the image side, patches per row); 16 + 25 + 49 = 90 patches
 #: (beat 9 + 16 + 25 = 50 on every seed of the toy scenes, docs/scenes.md)
 PATCH_GRIDS = ((0.5, 4), (0.35, 5), (0.25, 7))
+#: patches per image at most (--patch-grid): the sum of N x N over its scales (the default gives 90); the fit
+#: sample's patch features take --fit-sample x patches x D x 2 bytes (5000 x 256 x 960 x 2 B = 2.5 GB at this bound)
+MAX_PATCHES = 256
 PATCH_COMPONENTS = 128
 #: patch features held per fit image while fitting: float16 [fit images, P, D] (5000 x 90 x 960 x 2 B = 864 MB)
 KMEANS_PATCH_CAP = 100_000
@@ -459,10 +462,14 @@ class PatchFeatures:
 
         from ldpo.common.imagedata import crop_patches
 
+        step = max(1, self.chunk // max(1, len(self.boxes)))  # images whose crops make about one chunk
+        parts = []
         with torch.inference_mode():
-            x = crop_patches(torch.from_numpy(np.ascontiguousarray(block)).to(self.device), self.boxes,
-                             self.patch_size, self.built.normalize, self.built.mean, self.built.std)
-            return self._run(x).reshape(len(block), len(self.boxes), -1)
+            for lo in range(0, len(block), step):
+                x = crop_patches(torch.from_numpy(np.ascontiguousarray(block[lo:lo + step])).to(self.device),
+                                 self.boxes, self.patch_size, self.built.normalize, self.built.mean, self.built.std)
+                parts.append(self._run(x).reshape(len(x) // len(self.boxes), len(self.boxes), -1))
+            return torch.cat(parts)
 
     def whole(self, block: np.ndarray):
         import torch
@@ -648,7 +655,7 @@ class Options(CommonOptions, InputOptions):
     patch_size: Optional[int] = opt("patches: side each patch is resized to for the CNN (default: half the model's "
                                     "input size, at least the architecture's minimum)", None, min=8, max=1024)
     patch_grid: str = opt("patches: SIDE:N,... an N x N grid of patches of SIDE (a fraction of the image side) "
-                          "per scale (default 0.5:4,0.35:5,0.25:7, 90 patches)", "")
+                          "per scale (default 0.5:4,0.35:5,0.25:7, 90 patches; at most 256 in all)", "")
     per_category: int = opt("patches with --labels: elements kept per category", 8, min=1)
     unlabeled: str = opt("patches without --labels: spread (keep the half of the patch clusters that varies most "
                          "across images) or global (the whole image's features)", "spread", choices=list(UNLABELED))
@@ -716,6 +723,8 @@ def check_options(opts: Options) -> None:
                                       ("--temperature", opts.temperature != 0.05)) if value]
     if given and not patches:
         raise InputError(f"{', '.join(given)}: only for --method patches")
+    if opts.patch_grid:
+        parse_grids(opts.patch_grid)  # before any model is loaded
 
 
 def saved_method(path: str) -> str:
@@ -847,6 +856,10 @@ def parse_grids(text: str) -> tuple[tuple[float, int], ...]:
         raise InputError(f"--patch-grid {text}: expected SIDE:N,... such as 0.5:3,0.35:4,0.25:5") from err
     if not all(0 < side <= 1 and n >= 1 for side, n in grids):
         raise InputError(f"--patch-grid {text}: each side in (0, 1], each N at least 1")
+    patches = sum(n * n for _, n in grids)
+    if patches > MAX_PATCHES:
+        raise InputError(f"--patch-grid {text}: {patches:,} patches per image, more than the {MAX_PATCHES} allowed "
+                         "(each scale gives N x N)")
     return grids
 
 

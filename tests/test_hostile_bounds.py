@@ -169,3 +169,172 @@ def test_a_valid_checkpoint_still_loads(ws):
     assert ckpt.classes == [4, 7, 9] and ckpt.thresholds == [0.2, 0.5, 1.0]
     old = Checkpoint.load(lying_checkpoint(ws, "old.pt", format=None, target=None, classes=None))
     assert old.target == "single" and old.classes == [0, 1, 2] and old.format is None
+
+
+# -- item 12: sizes a header claims are bounded before anything of that size is allocated ----------
+
+def declared_store(ws: Path, name: str, rows: int, side: int) -> Path:
+    """An HDF5 images store that *declares* ``rows`` images of ``side`` x ``side`` (a few KB: nothing written)."""
+    import h5py
+
+    path = ws / name
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("images", shape=(rows, side, side), dtype=np.uint8, chunks=(1, min(side, 256), min(side, 256)))
+        fh.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype(), chunks=(min(rows, 65536),))
+    assert path.stat().st_size < 64 << 10
+    return path
+
+
+def huge_images(ws: Path) -> Path:
+    return declared_store(ws, "huge-images.h5", 4, 65535)
+
+
+def huge_ids(ws: Path) -> Path:
+    return declared_store(ws, "huge-ids.h5", 10**9, 32)
+
+
+DECLARED = {
+    "featurize-65535-px": lambda ws: ["featurize", huge_images(ws), "--out", ws / "f.h5", "--device", "cpu"],
+    "finetune-65535-px": lambda ws: ["finetune", huge_images(ws), ws / "labels.csv", "--out", ws / "m.pt",
+                                     "--device", "cpu"],
+    "assign-65535-px": lambda ws: ["assign", huge_images(ws), "--model", ws / "model.pt", "--out", ws / "a.csv"],
+    "export-folders-65535-px": lambda ws: ["export-folders", ws / "labels.csv", huge_images(ws), "--out", ws / "ef"],
+    "encode-patches-65535-px": lambda ws: ["encode", huge_images(ws), "--method", "patches", "--model",
+                                           f"checkpoint:{ws / 'model.pt'}", "--out", ws / "e.h5"],
+    "featurize-1e9-ids": lambda ws: ["featurize", huge_ids(ws), "--out", ws / "f.h5", "--device", "cpu"],
+    "cluster-1e9-ids": lambda ws: ["cluster", declared_features(ws), "--out", ws / "l.csv", "--k", "2"],
+}
+
+
+def declared_features(ws: Path) -> Path:
+    import h5py
+
+    path = ws / "huge-features.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("features", shape=(10**9, 8), dtype=np.float32, chunks=(4096, 8))
+        fh.create_dataset("ids", shape=(10**9,), dtype=h5py.string_dtype(), chunks=(65536,))
+    return path
+
+
+@pytest.mark.parametrize("case", list(DECLARED))
+def test_a_store_declaring_huge_shapes_is_refused_before_reading(cli, ws, case):
+    argv = DECLARED[case](ws)
+    store = next(a for a in argv if isinstance(a, Path) and a.name.startswith("huge"))
+    line = refused(cli, ws, argv, store)
+    assert ("LDPO_MAX_PIXELS" in line) != ("LDPO_MAX_ROWS" in line), line
+    assert ("65535 x 65535 images" in line) or ("1,000,000,000 rows exceed the bound of 10,000,000" in line), line
+
+
+def test_the_bounds_are_raised_and_lowered_by_the_environment(cli, ws, monkeypatch):
+    monkeypatch.setenv("LDPO_MAX_PIXELS", "1000")  # 32 x 32 = 1,024 values per image: one too many
+    line = refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.h5", "--device", "cpu"], ws / "images.h5")
+    assert "32 x 32 images (1,024 values) exceeds the bound of 1,000" in line
+    monkeypatch.setenv("LDPO_MAX_PIXELS", "1024")
+    monkeypatch.setenv("LDPO_MAX_ROWS", "11")
+    line = refused(cli, ws, ["export-folders", ws / "labels.csv", ws / "images.h5", "--out", ws / "ef"],
+                   ws / "images.h5")
+    assert "12 rows exceed the bound of 11 rows per store" in line
+    monkeypatch.setenv("LDPO_MAX_ROWS", "twelve")
+    refused(cli, ws, ["export-folders", ws / "labels.csv", ws / "images.h5", "--out", ws / "ef"], "LDPO_MAX_ROWS")
+    monkeypatch.setenv("LDPO_MAX_ROWS", "12")
+    assert cli("export-folders", ws / "labels.csv", ws / "images.h5", "--out", ws / "ef", "-q").code == 0
+
+
+def deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: int) -> Path:
+    """A Deflated Explicit VR Little Endian DICOM whose header claims ``rows`` x ``cols`` x 16 bit, followed by
+    ``pixel_bytes`` zero bytes of pixel data (streamed through zlib: a claim of GBs is a few KB on disk)."""
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, "1.2.3.4.5.6.7", "OT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = "1.2.3.4.5", "1.2.3.4.5.6", "P1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    body, head = DicomBytesIO(), DicomBytesIO()
+    for fp in (body, head):
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(body, ds)
+    pydicom.filewriter.write_file_meta_info(head, meta, enforce_standard=True)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM" + head.getvalue())
+        out.write(z.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)))
+        zeros, left = bytes(1 << 20), pixel_bytes
+        while left:
+            out.write(z.compress(zeros[:min(left, len(zeros))]))
+            left -= min(left, len(zeros))
+        out.write(z.flush())
+    return path
+
+
+def test_a_deflated_dicom_claiming_32768_px_is_rejected_on_its_header(cli, ws):
+    """It used to be inflated whole (2 GB, 4.3 GB peak) by dcmread before anything looked at its size."""
+    deflated_dicom(ws / "dicom" / "huge.dcm", 32768, 32768, 4096)  # the claim; only 4 KB of pixels follow
+    line = refused(cli, ws, ["extract-keyimages", ws / "dicom", "--out", ws / "keys", "--salt", "s" * 20],
+                   "LDPO_MAX_PIXELS")
+    assert "the header claims 32768 x 32768 pixels x 1 frame(s)" in line and "1,073,741,824 values" in line
+
+
+def test_a_deflated_dicom_whose_pixel_data_outgrows_its_header_is_rejected_while_inflating(cli, ws, monkeypatch):
+    monkeypatch.setenv("LDPO_MAX_PIXELS", "1000")
+    deflated_dicom(ws / "dicom" / "liar.dcm", 16, 16, 8 << 20)  # claims 256 values; 8 MiB follow
+    line = refused(cli, ws, ["extract-keyimages", ws / "dicom", "--out", ws / "keys", "--salt", "s" * 20],
+                   "LDPO_MAX_PIXELS")
+    assert "inflates to more than" in line
+
+
+def test_the_dicom_bound_keeps_images_below_it(cli, ws, monkeypatch):
+    deflated_dicom(ws / "dicom" / "small.dcm", 64, 64, 64 * 64 * 2)
+    monkeypatch.setenv("LDPO_MAX_PIXELS", "4096")
+    r = cli("extract-keyimages", ws / "dicom", "--out", ws / "keys", "--salt", "s" * 20, "--size", "32", "-q")
+    assert r.code == 0, r.err
+    monkeypatch.setenv("LDPO_MAX_PIXELS", "4095")
+    refused(cli, ws, ["extract-keyimages", ws / "dicom", "--out", ws / "keys2", "--salt", "s" * 20],
+            "bound of 4,095 values per image")
+
+
+def test_toy_data_archive_never_builds_every_id_at_once(cli, tmp_path, monkeypatch):
+    """--n 100000000 used to build 1e8 id strings (3.9 GB) and the labels list before writing anything."""
+    from ldpo.stages.toy_data import archive
+
+    asked = []
+    real = archive.ids_for
+
+    def spy(lo, hi, n):
+        asked.append(hi - lo)
+        return real(lo, hi, n)
+
+    monkeypatch.setattr(archive, "ids_for", spy)
+    r = cli("toy-data", "archive", "--n", "10000", "--size", "16", "--out", tmp_path / "a.h5", "-q")
+    assert r.code == 0, r.err
+    assert max(asked) <= 4096, max(asked)  # block by block (a 4 MiB chunk of 16 px images)
+    lines = (tmp_path / "a.h5.truth.csv").read_text().splitlines()
+    labels = archive.labels_for(10000, 20, 0)
+    assert lines[0] == "id,label" and lines[1:] == [f"{i},{c}" for i, c in zip(real(0, 10000, 10000), labels)]
+    from ldpo.common.stores import open_store
+
+    with open_store(tmp_path / "a.h5") as store:
+        assert store.ids == real(0, 10000, 10000)
+
+
+# -- item 15: --patch-grid is bounded, and checked before any model is loaded ------------------------
+
+def test_encode_patch_grid_is_bounded_before_the_model_loads(cli, ws):
+    line = refused(cli, ws, ["encode", ws / "images.h5", "--method", "patches", "--model",
+                             f"checkpoint:{ws / 'absent.pt'}", "--out", ws / "e.h5", "--patch-grid", "0.5:100000"],
+                   "--patch-grid 0.5:100000")
+    assert "10,000,000,000 patches per image, more than the 256 allowed" in line
+    refused(cli, ws, ["encode", ws / "images.h5", "--method", "patches", "--model", f"checkpoint:{ws / 'absent.pt'}",
+                      "--out", ws / "e.h5", "--patch-grid", "0.5:x"], "--patch-grid 0.5:x")
