@@ -194,6 +194,8 @@ def _about(err: BaseException, tmp: Path, final: Path) -> BaseException:
     """An OSError about a temporary name, re-told about the output the user named."""
     if isinstance(err, OSError) and (str(getattr(err, "filename", "")) == str(tmp) or tmp.name in str(err)):
         return InputError(f"{final}: cannot write ({err.strerror or type(err).__name__})")
+    if isinstance(err, InputError) and str(tmp) in str(err):  # told by an inner atomic_path about our temporary
+        return InputError(str(err).replace(str(tmp), str(final)))
     return err
 
 

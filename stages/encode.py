@@ -455,7 +455,12 @@ class PatchFeatures:
         import torch
 
         outs = [self.extractor(x[lo:lo + self.chunk]).float() for lo in range(0, len(x), self.chunk)]
-        return torch.nn.functional.normalize(torch.cat(outs), dim=1)
+        out = torch.cat(outs)
+        if not bool(torch.isfinite(out).all()):
+            init = self.built.init
+            raise InputError(f"{init.path or init}: gives non-finite features (NaN or inf) for these images: the "
+                             "model diverged or is damaged; nothing written")
+        return torch.nn.functional.normalize(out, dim=1)
 
     def patches(self, block: np.ndarray):
         import torch
@@ -584,7 +589,8 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
         f, p, d = held.shape
         k = opts.components or PATCH_COMPONENTS
         if k > f * p:
-            raise InputError(f"--components {k}: more than the {f * p} patches of the fit sample")
+            raise InputError(f"--components {k}: more than the {f * p} patches of the {f} fit image(s) "
+                             f"({p} per image): give a smaller --components or more images")
         rng = np.random.default_rng(opts.seed + 1)
         flat = held.reshape(-1, d)
         pick = np.sort(rng.choice(len(flat), size=min(len(flat), KMEANS_PATCH_CAP), replace=False))
@@ -616,6 +622,9 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
             enc.scales = np.array([block_spread(cosine[:, chosen]), block_spread(soft[:, chosen])])
         encoded = element_codes(cosine, soft, chosen, enc.coding, enc.scales)
     enc.width = encoded.shape[1]
+    if len(encoded) and (encoded == encoded[:1]).all():
+        raise InputError(f"{opts.local}: all {len(encoded)} fit images give the same encoding (blank, constant or "
+                         "one-pixel images?): it would tell no image from another; nothing written")
     dim = pca_dim_for(encoded.shape[1], len(rows))
     if dim is not None:
         log.info("fitting PCA %d -> %d on %d encodings", encoded.shape[1], dim, len(rows))
@@ -821,6 +830,9 @@ def encode_patches(opts: Options) -> int:
                                model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}",
                                coding=coding, temperature=opts.temperature if coding != "cosine" else 0.0)
             rows = sample_rows(n, opts.fit_sample, opts.seed)
+            if len(rows) < 2:
+                raise InputError(f"{opts.local}: {n} image: patches are encoded against other images (their "
+                                 "clusters and PCA need at least 2); nothing written")
             log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s, coding: %s",
                      built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in grids), size,
                      len(rows), mode, coding + (f" (temperature {opts.temperature:g})" if coding != "cosine" else ""))

@@ -19,6 +19,7 @@ shards concurrently only on ``.zarr`` stores; HDF5 files take one writer at a ti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -72,6 +73,9 @@ class FeaturizeTool(Tool):
 
     def main(self, opts: Options) -> int:
         shard = parse_shard(opts.shard)
+        if shard is not None and not os.path.lexists(opts.out):  # before any model is loaded
+            raise InputError(f"{opts.out}: no such store: --shard {opts.shard} fills a store made first by the "
+                             f"same featurize command with --create-only instead of --shard")
 
 
         from ldpo.common import models

@@ -10,6 +10,7 @@ measured outside the tests (``/usr/bin/time -v``, see the issue's closing note).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import stat
 from pathlib import Path
@@ -338,3 +339,195 @@ def test_encode_patch_grid_is_bounded_before_the_model_loads(cli, ws):
     assert "10,000,000,000 patches per image, more than the 256 allowed" in line
     refused(cli, ws, ["encode", ws / "images.h5", "--method", "patches", "--model", f"checkpoint:{ws / 'absent.pt'}",
                       "--out", ws / "e.h5", "--patch-grid", "0.5:x"], "--patch-grid 0.5:x")
+
+
+# -- item 16: every refusal is one line naming the file or option ---------------------------------
+
+def test_a_newline_in_a_path_stays_on_the_error_line(cli, ws):
+    bad = ws / "a\nb.h5"
+    line = refused(cli, ws, ["cluster", bad, "--out", ws / "l.csv", "--k", "2"], "a\\nb.h5")
+    assert line.endswith("a\\nb.h5: no such store"), line
+
+
+def nested(root: Path, levels: int) -> Path:
+    """``root/d/d/…/d``, ``levels`` deep (made through folder descriptors: no path grows with it)."""
+    root.mkdir(parents=True)
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(levels):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    return root
+
+
+def test_a_deeply_nested_source_is_refused_naming_it(cli, ws):
+    deep = nested(ws / "deep", 300)  # 10,000 levels used to end in "maximum recursion depth exceeded"
+    line = refused(cli, ws, ["extract-keyimages", deep, "--out", ws / "keys", "--salt", "s" * 20], deep)
+    assert "folders nested more than 128 levels deep" in line
+
+
+def test_toy_data_pacs_size_range_is_the_one_help_shows(cli, tmp_path):
+    r = cli("toy-data", "pacs", "--help")
+    assert "[32, 1024]" in " ".join(r.out.split())
+    r = cli("toy-data", "pacs", "--out", tmp_path / "p", "--size", "600", "--studies", "1", "-q")
+    assert r.code == 0, r.err
+    r = cli("toy-data", "pacs", "--out", tmp_path / "q", "--size", "1025", "-q")
+    assert r.code == 2 and "--size 1025: must be between 32 and 1024" in r.err
+
+
+def test_cluster_scan_on_one_row_names_what_needs_two(cli, ws):
+    from ldpo.common.stores import write_store
+
+    write_store(ws / "one.h5", ["a"], {"stage": "test"}, features=np.ones((1, 8), np.float32))
+    line = refused(cli, ws, ["cluster", ws / "one.h5", "--out", ws / "l.csv", "--method", "scan", "--k", "1"],
+                   ws / "one.h5")
+    assert "--method scan" in line and "--k 2" not in line and "needs 2 rows, the store has 1" in line
+
+
+def nan_checkpoint(ws: Path) -> Path:
+    import torch
+
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in torch.load(ws / "model.pt", weights_only=True)["state_dict"].items()}
+    return lying_checkpoint(ws, "nan.pt", state)
+
+
+def test_encode_patches_with_a_diverged_checkpoint_names_it(cli, ws):
+    model = nan_checkpoint(ws)
+    line = refused(cli, ws, ["encode", ws / "images.h5", "--method", "patches", "--model", f"checkpoint:{model}",
+                             "--out", ws / "e.h5", "--device", "cpu"], model)
+    assert "gives non-finite features" in line and "Input contains NaN" not in line
+
+
+@pytest.mark.parametrize("confidence", ["nan", "7", "-1"])
+def test_finetune_refuses_confidences_that_are_not_probabilities(cli, ws, confidence):
+    rows = (ws / "labels.csv").read_text().splitlines()
+    text = "\n".join([rows[0] + ",confidence"] + [f"{r},0.9" for r in rows[1:-1]] + [f"{rows[-1]},{confidence}"])
+    (ws / "conf.csv").write_text(text + "\n")
+    line = refused(cli, ws, ["finetune", ws / "images.h5", ws / "conf.csv", "--out", ws / "m.pt",
+                             "--min-confidence", "0.5", "--epochs", "1", "--input-size", "32", "--device", "cpu"],
+                   ws / "conf.csv")
+    assert f"confidence {float(confidence)!r} is not a probability in [0, 1]" in line
+
+
+def test_featurize_shard_before_create_only_says_so(cli, ws):
+    line = refused(cli, ws, ["featurize", ws / "images.h5", "--out", ws / "f.zarr", "--shard", "0/2",
+                             "--device", "cpu"], ws / "f.zarr")
+    assert "--create-only" in line
+
+
+HISTORY_HEAD = ("iteration,k,purity_prev,inverse_purity_prev,nmi_prev,ari_prev,purity_truth,nmi_truth,ari_truth,"
+                "hungarian_truth,top1,converged,timestamp\n")
+
+
+@pytest.mark.parametrize("rows,says", [
+    (["0,3,,,,,,,,,,0,t", "1,3,1,1,high,1,,,,,,0,t"], "line 3: nmi_prev 'high' is not a number"),
+    (["0,3,,,,,,,,,,0,t", "1,3,1,1,1,1,,,,,,0,t", "1,3,1,1,0.2,1,,,,,,0,t"],
+     "line 4: a second row of iteration 1"),
+])
+def test_converge_refuses_a_history_it_cannot_read(cli, ws, rows, says):
+    (ws / "h.csv").write_text(HISTORY_HEAD + "\n".join(rows) + "\n")
+    line = refused(cli, ws, ["converge", ws / "labels.csv", "--prev", ws / "labels.csv", "--history", ws / "h.csv",
+                             "--patience", "2"], ws / "h.csv")
+    assert says in line
+
+
+def test_extract_keyimages_source_inside_out_says_so(cli, ws):
+    deflated_dicom(ws / "src" / "dicom" / "a.dcm", 16, 16, 512)
+    line = refused(cli, ws, ["extract-keyimages", ws / "src" / "dicom", "--out", ws / "src", "--salt", "s" * 20],
+                   ws / "src" / "dicom")
+    assert f"is inside --out {ws / 'src'}" in line and "holds no DICOM" not in line
+
+
+def test_an_output_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """toy-data archive writes its truth CSV inside an atomic_path of its own: a read-only folder used to be
+    reported as the inner temporary (``.a.h5.truth.tmp-….csv``)."""
+    import errno
+
+    from ldpo.common.errors import InputError
+    from ldpo.common.stores import atomic_path
+
+    final = tmp_path / "t.csv"
+    with pytest.raises(InputError) as err:
+        with atomic_path(final) as tmp:
+            with atomic_path(tmp) as inner:
+                raise PermissionError(errno.EACCES, "Permission denied", str(inner))
+    assert str(err.value) == f"{final}: cannot write (Permission denied)"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_toy_data_archive_into_a_read_only_folder_names_it(cli, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = cli("toy-data", "archive", "--n", "10", "--size", "16", "--out", ro / "a.h5", "-q")
+    finally:
+        ro.chmod(0o755)
+    assert r.code == 2 and ".tmp-" not in r.err and str(ro) in r.err, r.err
+
+
+# -- item 17: degenerate results are refused, and no Python warning reaches the user --------------
+
+def test_describe_prior_weight_is_bounded(cli, ws):
+    model = words_checkpoint(ws)
+    (ws / "v.txt").write_text("1 16\nnodule " + " ".join(["0.5"] * 16) + "\n")
+    line = refused(cli, ws, ["describe", ws / "images.h5", "--model", model, "--vectors", ws / "v.txt",
+                             "--out", ws / "w.csv", "--prior-weight", "1e300"], "--prior-weight")
+    assert "must be between 0 and 100" in line
+
+
+def test_vectors_beyond_float32_are_one_line_without_a_warning(cli, ws):
+    model = words_checkpoint(ws)
+    (ws / "v.txt").write_text("2 16\nnodule 1e39" + " 0.5" * 15 + "\ncyst" + " 0.5" * 16 + "\n")
+    line = refused(cli, ws, ["describe", ws / "images.h5", "--model", model, "--vectors", ws / "v.txt",
+                             "--out", ws / "w.csv"], ws / "v.txt")
+    assert "line 2" in line and "float32" in line
+
+
+def small_store(ws: Path, name: str, images: np.ndarray) -> Path:
+    from ldpo.common.stores import write_store
+
+    write_store(ws / name, [f"i{k}" for k in range(len(images))], {"stage": "test"}, images=images)
+    return ws / name
+
+
+DEGENERATE = {
+    "one-image": (lambda ws: small_store(ws, "one.h5", np.random.default_rng(0).integers(0, 255, (1, 32, 32), np.uint8)),
+                  "1 image"),
+    "all-black": (lambda ws: small_store(ws, "black.h5", np.zeros((6, 32, 32), np.uint8)), "the same encoding"),
+    "one-pixel": (lambda ws: small_store(ws, "px.h5", np.random.default_rng(0).integers(0, 255, (6, 1, 1), np.uint8)),
+                  "the same encoding"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_encode_patches_refuses_images_it_cannot_tell_apart(cli, ws, case):
+    make, says = DEGENERATE[case]
+    store = make(ws)
+    line = refused(cli, ws, ["encode", store, "--method", "patches", "--model", f"checkpoint:{ws / 'model.pt'}",
+                             "--out", ws / "e.h5", "--device", "cpu"], store)
+    assert says in line
+
+
+def test_a_python_warning_is_one_ldpo_line(capsys):
+    import warnings
+
+    from ldpo.common.cli import Tool
+
+    class Overflow(Tool):
+        name = "overflow"
+
+        def main(self, opts):
+            np.array([1e39]).astype(np.float32)
+            warnings.warn("two\nlines", stacklevel=2)
+            return 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert Overflow().run(["-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ldpo: warning: overflow encountered in cast (RuntimeWarning)",
+                   "ldpo: warning: two lines (UserWarning)"], err

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldpo.common.errors import InputError
 from ldpo.common.limits import max_pixels, pixels_problem
 
 from .headers import header_fields, modality
@@ -31,6 +32,8 @@ DEFLATED_HEAD = 4 << 20
 MAX_SAMPLE_BYTES = 4
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: folder levels walked below a SOURCE at most (a PACS export has a handful)
+MAX_DEPTH = 128
 SKIP_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".py", ".sh", ".zip", ".gz", ".log")
 
 
@@ -53,6 +56,10 @@ def walk(source: Path) -> list[tuple[str, str]]:
         return [(str(source), kind)]
     found = []
     for root, dirs, files in os.walk(source):
+        depth = len(Path(root).relative_to(source).parts)
+        if dirs and depth >= MAX_DEPTH:  # os.walk recurses: a deeper tree ends in a RecursionError, no path
+            raise InputError(f"{source}: folders nested more than {MAX_DEPTH} levels deep (under "
+                             f"{Path(root).relative_to(source).parts[0]}/…): refusing to walk it")
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             path = Path(root) / name
