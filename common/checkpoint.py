@@ -215,7 +215,7 @@ def check_head_size(arch: str, state_dict: Any, num_classes: int, source: str) -
         if outputs != num_classes:
             raise InputError(f"{source}: num_classes is {num_classes} but its head ({head}) has "
                              f"{'no weights' if outputs is None else f'{outputs} outputs'}")
-    elif is_timm(arch) and not any(len(shape) == 2 and shape[0] == num_classes for shape in shapes.values()):
+    elif is_timm(arch) and not any(len(shape) >= 1 and shape[0] == num_classes for shape in shapes.values()):
         raise InputError(f"{source}: num_classes is {num_classes} but no layer of its state_dict has "
                          "that many outputs")
 

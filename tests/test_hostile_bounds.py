@@ -531,3 +531,16 @@ def test_a_python_warning_is_one_ldpo_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ldpo: warning: overflow encountered in cast (RuntimeWarning)",
                    "ldpo: warning: two lines (UserWarning)"], err
+
+
+def test_hierarchy_refuses_word_vector_outputs_as_probabilities(cli, ws):
+    """What featurize --layer probs wrote for a words model before it refused one."""
+    from ldpo.common.stores import write_store
+
+    scores = np.random.default_rng(0).random((12, 3)).astype(np.float32)
+    with open(ws / "labels.csv") as fh:
+        ids = [line.split(",")[0] for line in fh.read().splitlines()[1:]]
+    write_store(ws / "wprobs.h5", ids, {"stage": "featurize", "layer": "probs", "classes": [0, 1, 2],
+                                        "target": "words"}, features=scores)
+    line = refused(cli, ws, ["hierarchy", ws / "wprobs.h5", ws / "labels.csv", "--out", ws / "tree"], ws / "wprobs.h5")
+    assert "not class probabilities" in line
