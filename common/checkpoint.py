@@ -130,16 +130,15 @@ class Checkpoint:
 
 # -- checking the record ----------------------------------------------------------------
 def _whole(value: Any, source: str, key: str) -> int:
-    """A positive whole number (``3``, ``3.0``, ``"3"``), else one line naming the key and the value."""
+    """A whole number of at least 1 (``3``, ``3.0``, ``"3"``), else one line naming the key and the value."""
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
-        whole = int(number) if math.isfinite(number) and number == int(number) else None
     except (TypeError, ValueError, OverflowError):
-        whole = None
-    if whole is None or whole < 1:
-        raise InputError(f"{source}: {key} {value!r} is not a number of at least 1 (a whole number; a damaged "
-                         "or hand-edited checkpoint)")
-    return whole
+        raise InputError(f"{source}: {key} {value!r} is not a number (a damaged or hand-edited checkpoint)") from None
+    if not (math.isfinite(number) and number == int(number) and number >= 1):
+        raise InputError(f"{source}: {key} {value!r} must be a whole number of at least 1 (a damaged or "
+                         "hand-edited checkpoint)")
+    return int(number)
 
 
 def _classes(value: Any, num_classes: int, source: str) -> list[int]:

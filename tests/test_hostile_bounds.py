@@ -127,9 +127,9 @@ RECORDS = {
     "classes-fewer-than-num-classes": (dict(classes=[0, 1]), "num_classes is 3 but it lists 2 classes"),
     "classes-not-integers": (dict(classes=["a", "b", "c"]), "class 'a' is not a non-negative whole number"),
     "classes-repeated": (dict(classes=[1, 1, 2]), "class 1 is listed twice"),
-    "num-classes-text": (dict(num_classes="three", classes=None), "num_classes 'three' is not a number"),
-    "num-classes-zero": (dict(num_classes=0, classes=[]), "num_classes 0 is not a number of at least 1"),
-    "input-size-zero": (dict(input_size=0), "input_size 0 is not a number of at least 1"),
+    "num-classes-fraction": (dict(num_classes=3.5, classes=None), "num_classes 3.5 must be a whole number"),
+    "num-classes-zero": (dict(num_classes=0, classes=[]), "num_classes 0 must be a whole number of at least 1"),
+    "input-size-zero": (dict(input_size=0), "input_size 0 must be a whole number of at least 1"),
     "input-size-text": (dict(input_size="big"), "input_size 'big' is not a number"),
     # the head's shape is read from the file: no model with a 100,000-way head is built first
     "num-classes-huge": (dict(num_classes=100_000, classes=None), "num_classes is 100000 but its head (fc) has 3"),
