@@ -255,8 +255,10 @@ def check_store(store, path: str, min_rows: int, why: str = "") -> tuple[int, in
     if d == 0:
         raise InputError(f"{path}: its features have 0 dimensions")
     if n < max(min_rows, 1):
-        raise InputError(f"{path}: {why or f'--k {min_rows}'} needs {min_rows} rows, the store has {n}"
-                         if n else f"{path}: no rows")
+        if not n:
+            raise InputError(f"{path}: no rows")
+        raise InputError(f"{path}: {why} needs {min_rows} rows, the store has {n}" if why
+                         else f"{path}: --k {min_rows} is more than the {n} rows")
     return n, d
 
 
