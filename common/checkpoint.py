@@ -114,8 +114,6 @@ class Checkpoint:
             check_arch(ckpt.arch)
         except InputError as err:
             raise InputError(f"{path}: unknown architecture {ckpt.arch!r} ({err})") from None
-        if not isinstance(ckpt.state_dict, dict) or not ckpt.state_dict:
-            raise InputError(f"{path}: its state_dict is empty or not a dict of tensors")
         return ckpt
 
     def save(self, path: str | Path) -> None:
