@@ -33,6 +33,7 @@ import stat
 import sys
 import traceback
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -219,19 +220,21 @@ class Tool:
         except KeyboardInterrupt:
             print(f"{self.name}: interrupted", file=sys.stderr)
             return 130
-        except InputError as err:
-            return self._fail(str(err), verbose)
+        except InputError as err:  # ldpo's own one-line message: a newline in it comes from a name (a path)
+            return self._fail(str(err), verbose, one_line=True)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             return self._fail(_describe(err), verbose)
         except Exception as err:  # noqa: BLE001 - an exception must never look like success
             return self._fail(f"unexpected {type(err).__name__}: {err}", verbose, unexpected=True)
 
-    def _fail(self, message: str, verbose: bool, unexpected: bool = False) -> int:
+    def _fail(self, message: str, verbose: bool, unexpected: bool = False, one_line: bool = False) -> int:
         """Print the one error line; only an unexpected exception (a bug, not bad input) gets
-        the ``-v`` hint, whatever words a handled error's text holds."""
+        the ``-v`` hint, whatever words a handled error's text holds. ``one_line``: the whole
+        message, its line breaks shown as ``\\n`` (they come from a path or a name)."""
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        first = _headline(message)
+        worker = message.lstrip().startswith("Caught ") and " worker" in message.lstrip().split("\n", 1)[0]
+        first = flat(message.strip()) if one_line and not worker else _headline(message)
         hint = " (-v for the traceback)" if unexpected and not verbose else ""
         print(f"{self.name}: error: {first}{hint}", file=sys.stderr)
         return 2
@@ -255,9 +258,14 @@ def _headline(message: str) -> str:
     return lines[0]
 
 
+def flat(text: str) -> str:
+    """``text`` on one line: line breaks (from a file or folder name) shown as ``\\n`` / ``\\r``."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and getattr(err, "filename", None):
-        return f"{err.filename}: {err.strerror or err}"
+        return f"{flat(err.filename)}: {err.strerror or err}"
     if isinstance(err, KeyError):
         return f"missing key {err}"
     return str(err) or type(err).__name__
@@ -443,7 +451,15 @@ def setup(opts: Any) -> None:
     # zarr decodes on an asyncio loop: a failed chunk must give one line, not the loop's tracebacks
     logging.getLogger("asyncio").setLevel(logging.DEBUG if opts.verbose else logging.CRITICAL)
     _progress_enabled = not (opts.no_progress or opts.quiet)
+    warnings.showwarning = warning_line  # numpy's and libraries' warnings: one ldpo line, never a source line
     seed_everything(opts.seed)
+
+
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (numpy's ``RuntimeWarning: overflow …``, a library's ``UserWarning``) as one ldpo line
+    on stderr, ``ldpo: warning: overflow encountered in cast (RuntimeWarning)``; the code line is never shown."""
+    text = flat(" ".join(str(message).split()) or category.__name__)
+    log.warning("warning: %s (%s)", text, category.__name__)
 
 
 def seed_everything(seed: int) -> None:

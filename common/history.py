@@ -21,6 +21,8 @@ from .tables import read_text, write_csv
 PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
 TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
 COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp"]
+#: the columns that hold a number when not empty
+NUMBER_COLUMNS = ["k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged"]
 
 #: the columns shown to people, in this order, with their titles
 TITLES = {"iteration": "iteration", "k": "K", "top1": "top-1 (finetune)",
@@ -57,12 +59,21 @@ def read_history(path: str | os.PathLike) -> list[dict[str, str]]:
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "iteration" not in reader.fieldnames:
         raise InputError(f"{path}: not a converge history (no 'iteration' column)")
-    rows = []
+    rows, seen = [], set()
     for line_no, raw in enumerate(reader, start=2):
         try:
-            int(raw["iteration"])
+            iteration = int(raw["iteration"])
         except (TypeError, ValueError):
             raise InputError(f"{path}: line {line_no}: iteration {raw['iteration']!r} is not an integer") from None
+        if iteration in seen:
+            raise InputError(f"{path}: line {line_no}: a second row of iteration {iteration} (which one counts?)")
+        seen.add(iteration)
+        for column in NUMBER_COLUMNS:
+            value = (raw.get(column) or "").strip()
+            try:
+                value and float(value)
+            except ValueError:
+                raise InputError(f"{path}: line {line_no}: {column} {value!r} is not a number") from None
         rows.append({c: raw.get(c) or "" for c in COLUMNS})
     return rows
 

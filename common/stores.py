@@ -194,6 +194,8 @@ def _about(err: BaseException, tmp: Path, final: Path) -> BaseException:
     """An OSError about a temporary name, re-told about the output the user named."""
     if isinstance(err, OSError) and (str(getattr(err, "filename", "")) == str(tmp) or tmp.name in str(err)):
         return InputError(f"{final}: cannot write ({err.strerror or type(err).__name__})")
+    if isinstance(err, InputError) and str(tmp) in str(err):  # told by an inner atomic_path about our temporary
+        return InputError(str(err).replace(str(tmp), str(final)))
     return err
 
 
@@ -405,6 +407,7 @@ class Store:
             raise InputError(f"{self.path}: {kind} has shape {tuple(arr.shape)}, which the contract does not allow")
         if "ids" not in self:
             raise InputError(f"{self.path}: has no ids array")
+        self.check_bounds(kind)
         if self.shape("ids")[0] != arr.shape[0]:
             raise InputError(f"{self.path}: {arr.shape[0]} {kind} rows but {self.shape('ids')[0]} ids")
         ids = self.ids
@@ -412,6 +415,16 @@ class Store:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f"{self.path}: duplicate id {dup!r}")
         return self
+
+    def check_bounds(self, kind: str) -> None:
+        """The sizes the store declares, against :mod:`ldpo.common.limits`, before any row or id is read:
+        its rows (and ids), and the values of one row (an image's pixels x channels, a feature row's dims)."""
+        from .limits import check_pixels, check_rows
+
+        shape = tuple(self.shape(kind))
+        check_rows(max(shape[0], self.shape("ids")[0]), str(self.path))
+        what = " x ".join(map(str, shape[1:])) + (" images" if kind == "images" else f" {kind} rows")
+        check_pixels(int(np.prod(shape[1:], dtype=object)), str(self.path), what)
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", expect: str | None = None,

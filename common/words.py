@@ -191,9 +191,13 @@ def read_vectors(path: str) -> Vectors:
         if len(parts) != dim + 1:
             raise InputError(f"{path}: line {i + 2}: {len(parts) - 1} values, the header says {dim}")
         try:
-            rows[i] = [float(v) for v in parts[1:]]
+            values = np.array([float(v) for v in parts[1:]], dtype=np.float64)
         except ValueError:
             raise InputError(f"{path}: line {i + 2}: a value that is not a number") from None
+        if not np.isfinite(values).all() or (dim and np.abs(values).max() > np.finfo(np.float32).max):
+            raise InputError(f"{path}: line {i + 2}: a value that is not finite or beyond float32's range "
+                             f"(±{np.finfo(np.float32).max:.3g})")
+        rows[i] = values  # in float32's range: no overflow
         words.append(parts[0])
     if not np.isfinite(rows).all():
         raise InputError(f"{path}: non-finite values")

@@ -78,6 +78,7 @@ class AssignTool(Tool):
         import torch
 
         from ldpo.common import models
+        from ldpo.common.checkpoint import require_target
         from ldpo.common.labels import align, read_labels, write_labels
         from ldpo.common.stores import open_store
 
@@ -87,6 +88,7 @@ class AssignTool(Tool):
             torch.use_deterministic_algorithms(True, warn_only=True)
         init = models.parse_init(f"checkpoint:{opts.model}")
         built = models.build(init, seed=opts.seed)
+        require_target(built.target, opts.model, "assign")
         check_classes(built.classes, models.num_outputs(built.model, built.arch), opts.model)
         if built.target == "multi" and opts.reference_labels:
             raise InputError(f"--reference-labels: {opts.model} is a multi-label checkpoint; the distance rule "

@@ -42,7 +42,7 @@ class Options(CommonOptions):
     batch_size: int = opt("images per batch", 64, min=1)
     prior_weight: Optional[float] = opt("weight of the terms' log prior (their share of the training images) added "
                                         "to the cosine (default: the checkpoint's, chosen by finetune on its "
-                                        "validation split; 0 = the nearest terms alone)", None, min=0)
+                                        "validation split; 0 = the nearest terms alone)", None, min=0, max=100)
 
 
 class DescribeTool(Tool):

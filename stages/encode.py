@@ -364,6 +364,9 @@ def fit_encoder(store, method: str, k: int, rows: np.ndarray, pca_dim: int | Non
 #: the patch grid: (side as a fraction of the image side, patches per row); 16 + 25 + 49 = 90 patches
 #: (beat 9 + 16 + 25 = 50 on every seed of the toy scenes, docs/scenes.md)
 PATCH_GRIDS = ((0.5, 4), (0.35, 5), (0.25, 7))
+#: patches per image at most (--patch-grid): the sum of N x N over its scales (the default gives 90); the fit
+#: sample's patch features take --fit-sample x patches x D x 2 bytes (5000 x 256 x 960 x 2 B = 2.5 GB at this bound)
+MAX_PATCHES = 256
 PATCH_COMPONENTS = 128
 #: patch features held per fit image while fitting: float16 [fit images, P, D] (5000 x 90 x 960 x 2 B = 864 MB)
 KMEANS_PATCH_CAP = 100_000
@@ -452,17 +455,26 @@ class PatchFeatures:
         import torch
 
         outs = [self.extractor(x[lo:lo + self.chunk]).float() for lo in range(0, len(x), self.chunk)]
-        return torch.nn.functional.normalize(torch.cat(outs), dim=1)
+        out = torch.cat(outs)
+        if not bool(torch.isfinite(out).all()):
+            init = self.built.init
+            raise InputError(f"{init.path or init}: gives non-finite features (NaN or inf) for these images: the "
+                             "model diverged or is damaged; nothing written")
+        return torch.nn.functional.normalize(out, dim=1)
 
     def patches(self, block: np.ndarray):
         import torch
 
         from ldpo.common.imagedata import crop_patches
 
+        step = max(1, self.chunk // max(1, len(self.boxes)))  # images whose crops make about one chunk
+        parts = []
         with torch.inference_mode():
-            x = crop_patches(torch.from_numpy(np.ascontiguousarray(block)).to(self.device), self.boxes,
-                             self.patch_size, self.built.normalize, self.built.mean, self.built.std)
-            return self._run(x).reshape(len(block), len(self.boxes), -1)
+            for lo in range(0, len(block), step):
+                x = crop_patches(torch.from_numpy(np.ascontiguousarray(block[lo:lo + step])).to(self.device),
+                                 self.boxes, self.patch_size, self.built.normalize, self.built.mean, self.built.std)
+                parts.append(self._run(x).reshape(len(x) // len(self.boxes), len(self.boxes), -1))
+            return torch.cat(parts)
 
     def whole(self, block: np.ndarray):
         import torch
@@ -577,7 +589,8 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
         f, p, d = held.shape
         k = opts.components or PATCH_COMPONENTS
         if k > f * p:
-            raise InputError(f"--components {k}: more than the {f * p} patches of the fit sample")
+            raise InputError(f"--components {k}: more than the {f * p} patches of the {f} fit image(s) "
+                             f"({p} per image): give a smaller --components or more images")
         rng = np.random.default_rng(opts.seed + 1)
         flat = held.reshape(-1, d)
         pick = np.sort(rng.choice(len(flat), size=min(len(flat), KMEANS_PATCH_CAP), replace=False))
@@ -609,6 +622,9 @@ def fit_patch_encoder(images, feats: PatchFeatures, rows: np.ndarray, labels: np
             enc.scales = np.array([block_spread(cosine[:, chosen]), block_spread(soft[:, chosen])])
         encoded = element_codes(cosine, soft, chosen, enc.coding, enc.scales)
     enc.width = encoded.shape[1]
+    if len(encoded) and (encoded == encoded[:1]).all():
+        raise InputError(f"{opts.local}: all {len(encoded)} fit images give the same encoding (blank, constant or "
+                         "one-pixel images?): it would tell no image from another; nothing written")
     dim = pca_dim_for(encoded.shape[1], len(rows))
     if dim is not None:
         log.info("fitting PCA %d -> %d on %d encodings", encoded.shape[1], dim, len(rows))
@@ -648,7 +664,7 @@ class Options(CommonOptions, InputOptions):
     patch_size: Optional[int] = opt("patches: side each patch is resized to for the CNN (default: half the model's "
                                     "input size, at least the architecture's minimum)", None, min=8, max=1024)
     patch_grid: str = opt("patches: SIDE:N,... an N x N grid of patches of SIDE (a fraction of the image side) "
-                          "per scale (default 0.5:4,0.35:5,0.25:7, 90 patches)", "")
+                          "per scale (default 0.5:4,0.35:5,0.25:7, 90 patches; at most 256 in all)", "")
     per_category: int = opt("patches with --labels: elements kept per category", 8, min=1)
     unlabeled: str = opt("patches without --labels: spread (keep the half of the patch clusters that varies most "
                          "across images) or global (the whole image's features)", "spread", choices=list(UNLABELED))
@@ -716,6 +732,8 @@ def check_options(opts: Options) -> None:
                                       ("--temperature", opts.temperature != 0.05)) if value]
     if given and not patches:
         raise InputError(f"{', '.join(given)}: only for --method patches")
+    if opts.patch_grid:
+        parse_grids(opts.patch_grid)  # before any model is loaded
 
 
 def saved_method(path: str) -> str:
@@ -812,6 +830,9 @@ def encode_patches(opts: Options) -> int:
                                model_checksum=built.checksum or f"random:{built.arch}:{opts.seed}",
                                coding=coding, temperature=opts.temperature if coding != "cosine" else 0.0)
             rows = sample_rows(n, opts.fit_sample, opts.seed)
+            if len(rows) < 2:
+                raise InputError(f"{opts.local}: {n} image: patches are encoded against other images (their "
+                                 "clusters and PCA need at least 2); nothing written")
             log.info("patches: %s %s, %d patches per image (%s) at %d px, %d fit images, elements: %s, coding: %s",
                      built.arch, layer, len(boxes), ", ".join(f"{g}x{g} of {s:g}" for s, g in grids), size,
                      len(rows), mode, coding + (f" (temperature {opts.temperature:g})" if coding != "cosine" else ""))
@@ -847,6 +868,10 @@ def parse_grids(text: str) -> tuple[tuple[float, int], ...]:
         raise InputError(f"--patch-grid {text}: expected SIDE:N,... such as 0.5:3,0.35:4,0.25:5") from err
     if not all(0 < side <= 1 and n >= 1 for side, n in grids):
         raise InputError(f"--patch-grid {text}: each side in (0, 1], each N at least 1")
+    patches = sum(n * n for _, n in grids)
+    if patches > MAX_PATCHES:
+        raise InputError(f"--patch-grid {text}: {patches:,} patches per image, more than the {MAX_PATCHES} allowed "
+                         "(each scale gives N x N)")
     return grids
 
 

@@ -19,6 +19,7 @@ shards concurrently only on ``.zarr`` stores; HDF5 files take one writer at a ti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -72,6 +73,9 @@ class FeaturizeTool(Tool):
 
     def main(self, opts: Options) -> int:
         shard = parse_shard(opts.shard)
+        if shard is not None and not os.path.lexists(opts.out):  # before any model is loaded
+            raise InputError(f"{opts.out}: no such store: --shard {opts.shard} fills a store made first by the "
+                             f"same featurize command with --create-only instead of --shard")
 
 
         from ldpo.common import models
@@ -94,11 +98,12 @@ class FeaturizeTool(Tool):
         if built.normalize != "zscore":
             attrs.update(mean=list(built.mean), std=list(built.std))
         if extractor.layer.kind == "probs":
+            from ldpo.common.checkpoint import require_target
+
+            require_target(built.target, str(init.path or init), "--layer probs")  # words: not class scores
             attrs["classes"] = built.classes
             if built.target == "multi":  # one sigmoid per class, and the thresholds that decide them
                 attrs.update(target="multi", thresholds=built.thresholds)
-            elif built.target == "words":  # 512 sigmoids: the two scaled word vectors of a bi-gram
-                attrs.update(target="words")
         log.info("featurize: %s %s %s → %s %s, %d images at %d px (%s)", built.arch, layer, init, name,
                  "x".join(map(str, shape)), n, built.input_size, device)
         spec = {name: (shape, dtype)}

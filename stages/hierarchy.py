@@ -283,6 +283,8 @@ def class_values(attrs: dict, k: int, path: str) -> list[int]:
     if raw is None:
         raise InputError(f"{path}: not a probs store (no `classes` attribute): make it with "
                          "`featurize --layer probs --init checkpoint:MODEL.pt`")
+    if attrs.get("target") == "words":  # written by an older featurize --layer probs of a finetune --vectors model
+        raise InputError(f"{path}: holds word-vector outputs (target words), not class probabilities")
     if not isinstance(raw, (list, tuple)) or len(raw) != k:
         raise InputError(f"{path}: attribute `classes` must list {k} label values, one per column")
     try:

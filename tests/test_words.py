@@ -262,14 +262,10 @@ def test_report_shows_predicted_words_per_category(tmp_path):
     assert predicted_words_html({}) == []
 
 
-def test_featurize_probs_of_a_words_model_are_sigmoids(cli, keys, trained, tmp_path):
-    from ldpo.common.stores import open_store
-
+def test_featurize_probs_of_a_words_model_is_refused(cli, keys, trained, tmp_path):
+    """Its 2 x dim sigmoids are word-vector coordinates, not class scores (issue 30 item 10)."""
     _, _, model = trained
     r = cli("featurize", keys / "images.h5", "--out", tmp_path / "p.h5", "--init", f"checkpoint:{model}",
             "--layer", "probs")
-    assert r.code == 0, r.err
-    with open_store(str(tmp_path / "p.h5")) as store:
-        probs, target = store.read("features"), store.attrs.get("target")
-    assert target == "words" and probs.shape[1] == 32
-    assert ((probs >= 0) & (probs <= 1)).all() and not np.allclose(probs.sum(axis=1), 1.0)
+    one_line_error(r, str(model))
+    assert "'words' checkpoint" in r.err and not (tmp_path / "p.h5").exists()

@@ -201,7 +201,8 @@ def cluster_whole(path: str, s: Settings, device: str, min_rows: int) -> tuple[l
 
 def cluster_scan(path: str, s: Settings, device: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """ids, labels 0..K'-1 and each row's confidence, by SCAN heads (see ``scan.py``)."""
-    ids, x = read_features(path, s.batch_size, max(s.k, 2))
+    ids, x = read_features(path, s.batch_size, max(s.k, 2),
+                           "" if s.k >= 2 else "--method scan (each row's nearest neighbours)")
     if s.pca:
         x = apply_preprocess(x, fit_pca(x, s), s)
     assign, confidence, loss = scan_heads.scan(x, s.k, s.scan, s.seed, device)
@@ -244,8 +245,9 @@ def train_rows(s: Settings, n: int, d: int) -> int:
     return min(n, max(cap, s.k))
 
 
-def check_store(store, path: str, min_rows: int) -> tuple[int, int]:
-    """``(N, D)`` of a store that holds global features with at least ``min_rows`` rows."""
+def check_store(store, path: str, min_rows: int, why: str = "") -> tuple[int, int]:
+    """``(N, D)`` of a store that holds global features with at least ``min_rows`` rows (``why``: what
+    needs them, else --k)."""
     kind = store.kind
     if kind in NEEDS:
         raise InputError(f"{path}: holds {kind}, not features: {NEEDS[kind]}")
@@ -253,7 +255,10 @@ def check_store(store, path: str, min_rows: int) -> tuple[int, int]:
     if d == 0:
         raise InputError(f"{path}: its features have 0 dimensions")
     if n < max(min_rows, 1):
-        raise InputError(f"{path}: --k {min_rows} is more than the {n} rows" if n else f"{path}: no rows")
+        if not n:
+            raise InputError(f"{path}: no rows")
+        raise InputError(f"{path}: {why} needs {min_rows} rows, the store has {n}" if why
+                         else f"{path}: --k {min_rows} is more than the {n} rows")
     return n, d
 
 
@@ -270,10 +275,10 @@ def check_finite(block: np.ndarray, rows: np.ndarray, store, path: str) -> None:
         raise InputError(f"{path}: row {bad} (id {store.ids[bad]!r}) has NaN or infinite features")
 
 
-def read_features(path: str, batch: int, min_rows: int = 1) -> tuple[list[str], np.ndarray]:
+def read_features(path: str, batch: int, min_rows: int = 1, why: str = "") -> tuple[list[str], np.ndarray]:
     """ids and the whole ``features`` matrix as one float32 array, filled batch by batch."""
     with open_store(path) as store:
-        n, d = check_store(store, path, min_rows)
+        n, d = check_store(store, path, min_rows, why)
         x = np.empty((n, d), dtype=np.float32)
         for lo, hi, block in progress(store.batches("features", batch), desc="reading", total=-(-n // batch)):
             check_finite(block, np.arange(lo, hi), store, path)

@@ -156,6 +156,9 @@ class Extractor:
     # -- pass 1 -----------------------------------------------------------------------
     def index(self) -> list[Record]:
         out = self.out.resolve()
+        if out == self.source.resolve() or out in self.source.resolve().parents:
+            raise InputError(f"{self.source}: is inside --out {self.out}, whose files are skipped as outputs: "
+                             "give an output folder outside the source")
         files = [f for f in walk(self.source) if out not in Path(f[0]).resolve().parents]  # not our own outputs
         if not files:
             raise InputError(f"{self.source}: holds no DICOM, NIfTI or image files")

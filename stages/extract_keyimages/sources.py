@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ldpo.common.errors import InputError
+from ldpo.common.limits import max_pixels, pixels_problem
 
 from .headers import header_fields, modality
 from .phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,
                                                WHOLE_PLACE_KEYWORDS, name_parts, place_phrases)
 from .pixels import BadPixels, dicom_frame, finite_range, fit, scale, volume_window
 
+#: inflated bytes of a deflated DICOM read for its header (the elements before the pixel data)
+DEFLATED_HEAD = 4 << 20
+#: bytes per pixel value at most (32-bit samples), for the inflated size a deflated DICOM may reach
+MAX_SAMPLE_BYTES = 4
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: folder levels walked below a SOURCE at most (a PACS export has a handful)
+MAX_DEPTH = 128
 SKIP_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".py", ".sh", ".zip", ".gz", ".log")
 
 
@@ -46,6 +56,10 @@ def walk(source: Path) -> list[tuple[str, str]]:
         return [(str(source), kind)]
     found = []
     for root, dirs, files in os.walk(source):
+        depth = len(Path(root).relative_to(source).parts)
+        if dirs and depth >= MAX_DEPTH:  # os.walk recurses: a deeper tree ends in a RecursionError, no path
+            raise InputError(f"{source}: folders nested more than {MAX_DEPTH} levels deep (under "
+                             f"{Path(root).relative_to(source).parts[0]}/…): refusing to walk it")
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             path = Path(root) / name
@@ -123,6 +137,9 @@ def _index_dicom(path: str) -> Record | Failure:
     from pydicom.pixels import get_decoder
 
     try:
+        too_big = _deflated_problem(path)  # before dcmread, which inflates a deflated file whole
+        if too_big:
+            return Failure(path, too_big)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, defer_size=1024)
@@ -143,6 +160,9 @@ def _index_dicom(path: str) -> Record | Failure:
     decoder = get_decoder(syntax)
     if not decoder.is_available:
         return failure(f"compressed syntax without a decoder: {syntax.name}")
+    too_big = _size_problem(ds)
+    if too_big:
+        return failure(too_big)
     truncated = _truncated(path, ds)
     if truncated:
         return failure(truncated)
@@ -193,6 +213,65 @@ def _patient(ds, depth: int = 0) -> dict[str, list[str]]:
         except Exception:  # noqa: BLE001 - a malformed element says nothing we could scrub; the rest still counts
             continue
     return found
+def _size_problem(ds) -> str:
+    """Why the image the header claims is too large to decode (rows x columns x frames x samples
+    against LDPO_MAX_PIXELS), else ''."""
+    rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
+    samples = max(1, _int(ds.get("SamplesPerPixel", 1)) or 1)
+    return pixels_problem(rows * cols * frames * samples,
+                          f"the header claims {rows} x {cols} pixels x {frames} frame(s) x {samples} sample(s)")
+
+
+def _deflated_problem(path: str) -> str:
+    """For a deflated DICOM (the whole data set zlib-compressed), why it is too large to read, else ''
+    (also for any other file). Inflated as a stream, never whole: the header (its first
+    ``DEFLATED_HEAD`` bytes) is checked like any other (:func:`_size_problem`), and the data set may
+    inflate to no more than the bound's bytes (``LDPO_MAX_PIXELS`` x 4, plus the header)."""
+    from io import BytesIO
+
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    with open(path, "rb") as fp:
+        try:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+        except Exception:  # noqa: BLE001 - not a DICOM file with a preamble: dcmread will say what it is
+            return ""
+        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return ""
+        inflate, head, total, checked = zlib.decompressobj(-zlib.MAX_WBITS), bytearray(), 0, False
+        cap = max_pixels() * MAX_SAMPLE_BYTES + DEFLATED_HEAD
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            while block:
+                out = inflate.decompress(block, 16 << 20)  # at most 16 MiB at a time, whatever the ratio
+                block = inflate.unconsumed_tail
+                total += len(out)
+                if len(head) < DEFLATED_HEAD:
+                    head += out[:DEFLATED_HEAD - len(head)]
+                if not checked and len(head) >= DEFLATED_HEAD:
+                    checked = True
+                    problem = _head_problem(bytes(head), read_dataset, BytesIO)
+                    if problem:
+                        return problem
+                if total > cap:
+                    return (f"the deflated data set inflates to more than {cap:,} bytes, the most an image within "
+                            f"the bound of {max_pixels():,} values can take (set LDPO_MAX_PIXELS to raise it)")
+    return "" if checked else _head_problem(bytes(head), read_dataset, BytesIO)
+
+
+def _head_problem(head: bytes, read_dataset, BytesIO) -> str:
+    """:func:`_size_problem` of the elements before the pixel data in the inflated bytes ``head``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, vr, length: tag.group >= 0x7FE0)
+    except Exception:  # noqa: BLE001 - a header cut off or damaged: the inflated size is still bounded
+        return ""
+    return _size_problem(ds)
+
+
 def _truncated(path: str, ds) -> str:
     """A reason when the pixel data is shorter than the header says, else ''."""
     if ds.file_meta.TransferSyntaxUID.is_deflated:
@@ -220,6 +299,10 @@ def _index_nifti(path: str) -> Record | Failure:
     shape = img.shape
     if len(shape) < 3 or min(shape[:3]) < 1:
         return Failure(path, f"not a 3-D volume (shape {tuple(shape)})")
+    too_big = pixels_problem(int(np.prod(shape, dtype=object)), "the header claims a volume of " +
+                             " x ".join(map(str, shape)) + " voxels")  # read whole (all volumes of 4-D data)
+    if too_big:
+        return Failure(path, too_big)
     ornt = io_orientation(img.affine)
     axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # input axis that becomes S
     return Record(path=path, kind="nifti", frames=int(shape[axial_axis]), modality="NIFTI")
@@ -229,6 +312,10 @@ def _index_image(path: str) -> Record | Failure:
     from PIL import Image
 
     with Image.open(path) as img:
+        too_big = pixels_problem(img.width * img.height * len(img.getbands()),
+                                 f"the header claims {img.width} x {img.height} pixels x {len(img.getbands())} bands")
+        if too_big:
+            return Failure(path, too_big)
         img.verify()
     return Record(path=path, kind="image")
 

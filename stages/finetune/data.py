@@ -105,6 +105,9 @@ def drop_unconfident(labels, per_row: np.ndarray, store_ids: list[str], threshol
         confidence = {i: float(v) for i, v in zip(labels.ids, values)}
     except ValueError as err:
         raise InputError(f"{path}: a confidence that is not a number ({err})") from None
+    for ident, value in confidence.items():
+        if not 0.0 <= value <= 1.0:  # also NaN
+            raise InputError(f"{path}: id {ident!r}: confidence {value!r} is not a probability in [0, 1]")
     out = per_row.copy()
     low = np.array([confidence.get(i, 1.0) < threshold for i in store_ids])
     out[low & (out >= 0)] = -1

@@ -29,14 +29,14 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import atomic_path, create_store, store_format
-from ldpo.common.tables import side_file
+from ldpo.common.stores import atomic_path, create_store, store_format, write_ids
+from ldpo.common.tables import side_file, write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -233,9 +233,8 @@ class ArchiveTool(Tool):
         truth = truth_path(opts.out, opts.truth)
         check_disk(opts.out, truth, opts.n, opts.size, opts.classes)  # before anything is built in memory
         start = time.perf_counter()
-        labels = labels_for(opts.n, opts.classes, opts.seed)
-        with atomic_path(truth) as tmp_truth:
-            write_labels(tmp_truth, ids_for(0, opts.n, opts.n), labels)
+        with atomic_path(truth) as tmp_truth:  # ids and labels block by block: memory flat at any --n
+            write_csv(tmp_truth, ["id", "label"], truth_rows(opts.n, opts.classes, opts.seed))
             write_archive(opts.out, opts.n, opts.size, opts.classes, opts.seed, chunk, opts.workers)
         seconds = time.perf_counter() - start
         rate = opts.n / max(seconds, 1e-9)
@@ -243,6 +242,13 @@ class ArchiveTool(Tool):
                  opts.size, opts.classes, min(chunk, opts.n), truth)
         print(f"{opts.n} images of {opts.size} px in {seconds:.1f} s: {rate:.0f} images/s")
         return 0
+
+
+def truth_rows(n: int, classes: int, seed: int) -> Iterator[tuple[str, int]]:
+    """``(id, label)`` of rows ``0..n-1`` (:func:`labels_for`), one generator block at a time."""
+    for block in range(-(-n // GEN_BLOCK)):
+        lo, hi = block * GEN_BLOCK, min(n, (block + 1) * GEN_BLOCK)
+        yield from zip(ids_for(lo, hi, n), block_labels(seed, block, classes)[:hi - lo].tolist())
 
 
 def truth_path(out: str, truth: str | None = None) -> Path:
@@ -282,8 +288,8 @@ def write_archive(out: str, n: int, size: int, classes: int, seed: int, chunk: i
         return np.concatenate([generate_block(seed, b, classes, size, params) for b in blocks])[:hi - lo]
 
     threads = max(1, workers)
-    with create_store(out, n=n, arrays={"images": ((size, size), "uint8")}, ids=ids_for(0, n, n),
-                      attrs=attrs, chunk_rows=chunk) as store, \
+    with create_store(out, n=n, arrays={"images": ((size, size), "uint8")}, attrs=attrs,
+                      chunk_rows=chunk) as store, \
             ThreadPoolExecutor(threads) as pool, progress(total=n, desc="archive", unit="img") as bar:
         starts = iter(range(0, n, unit))
         pending = deque((lo, pool.submit(make, lo)) for _, lo in zip(range(threads + 1), starts))
@@ -291,6 +297,7 @@ def write_archive(out: str, n: int, size: int, classes: int, seed: int, chunk: i
             lo, future = pending.popleft()
             images = future.result()
             store.write("images", lo, images)
+            write_ids(store, ids_for(lo, lo + len(images), n), lo)  # the ids of this block only
             bar.update(len(images))
             following = next(starts, None)
             if following is not None:

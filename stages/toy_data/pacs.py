@@ -952,6 +952,10 @@ def write_broken(study: Study, folder: Path, kind: str, size: int, seed: int) ->
 BROKEN = ["truncated", "SR", "notdicom", "PR", "truncated"]
 
 
+#: the image sides toy-data pacs draws (--size), one range for the option and the generator
+SIZES = (32, 1024)
+
+
 def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_progress: bool = True,
              show_findings: bool = False, other_names: bool = False) -> dict:
     """Write the toy PACS under ``out``; returns a summary (counts, broken files). ``show_findings``: each key
@@ -959,8 +963,8 @@ def generate(out: Path, studies: int = 40, size: int = 64, seed: int = 0, show_p
     ``other_names``: reports also name people of other studies (:func:`plan_other_names`)."""
     if studies < 1:
         raise InputError(f"--studies {studies}: must be at least 1")
-    if not 16 <= size <= 512:
-        raise InputError(f"--size {size}: must be between 16 and 512")
+    if not SIZES[0] <= size <= SIZES[1]:
+        raise InputError(f"--size {size}: must be between {SIZES[0]} and {SIZES[1]}")
     rng = np.random.default_rng([seed, 0])
     regions = [REGIONS[i % len(REGIONS)] for i in range(studies)]
     regions = [regions[i] for i in rng.permutation(studies)]
@@ -994,7 +998,7 @@ class Options(CommonOptions):
     out: str = opt("output folder (dicom/, reports.csv, regions.csv)", role="output-folder")
     studies: int = opt("number of studies (spread evenly over head, chest, abdomen, spine, pelvis)", 40, min=1,
                        max=10000)
-    size: int = opt("image side in pixels", 64, min=32, max=1024)
+    size: int = opt("image side in pixels", 64, min=SIZES[0], max=SIZES[1])
     show_findings: bool = opt("draw on each key image the findings its report sentence (and the two around it) "
                               "affirms: blobs, cysts, fluid layers, fractures, dots ...; negated and uncertain "
                               "findings are not drawn (default: the images show only their body region)", False)
