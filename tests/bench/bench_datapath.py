@@ -108,7 +108,7 @@ def orders(mod, path: str, args) -> dict[str, tuple[list, int | None]]:
     n, row_bytes = shape[0], int(np.prod(shape[1:]))
     per_read = mod.read_rows(path, args.batch)
     plan = mod.epoch_items(np.arange(n), np.arange(n) % 20, seed=args.seed, epoch=0, chunk=chunk,
-                           row_bytes=row_bytes, batch=args.batch, window_bytes=args.window_mib << 20)
+                           row_bytes=row_bytes, batch=args.batch, window_bytes=int(args.window_mib * 2**20))
     return {"featurize": (mod.range_items(0, n, per_read), None), "finetune": (plan.items, plan.batches)}
 
 
@@ -117,7 +117,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", default=None, help="an images store (default: a new toy-data archive)")
     parser.add_argument("--n", type=int, default=8000, help="archive images (default 8000)")
     parser.add_argument("--size", type=int, default=256, help="archive image side in px (default 256)")
-    parser.add_argument("--window-mib", type=int, default=64, help="training window, MiB (finetune --shuffle-window; "
+    parser.add_argument("--window-mib", type=float, default=64, help="training window, MiB (finetune --shuffle-window; "
                         "default 64: 8 windows in the default archive)")
     parser.add_argument("--workers", type=int, default=2, help="the stages' --workers (default 2)")
     parser.add_argument("--batch", type=int, default=64, help="batch size (default 64, the stages')")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         with open_store(path, validate=False) as store:
             shape = store.shape("images")
         store_bytes = int(np.prod(shape))
-        windows = store_bytes / (args.window_mib << 20)
+        windows = store_bytes / (args.window_mib * 2**20)
         if windows < 4:
             print(f"{path}: {store_bytes / 2**20:.0f} MiB of images is {windows:.1f} windows of {args.window_mib} MiB; "
                   "the bench needs at least 4 (a larger --n or a smaller --window-mib)", file=sys.stderr)
