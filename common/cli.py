@@ -114,6 +114,13 @@ def _checks(min, max, above, below, role, aliases) -> dict:
     return {key: value for key, value in found.items() if value is not None}
 
 
+#: --help of ``--workers`` where a stage reads images through ``common/imagedata.py``
+READER_WORKERS = ("threads reading the images store ahead of the network (0 = the main thread reads in turn); "
+                  "threads of this process, not processes: they use no shared memory (/dev/shm), so a container's "
+                  "default 64 MiB suffices, and the results do not depend on the count. Host memory: about "
+                  "2 x N x 16 MiB of reads ahead")
+
+
 @dataclass(kw_only=True)
 class CommonOptions:
     """Flags every command takes."""

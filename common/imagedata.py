@@ -1,16 +1,18 @@
 """Images from a store as network input, for ``featurize``, ``finetune`` and ``assign``.
 
-The data path, the same on CPU and CUDA:
+The data path, the same on CPU and CUDA (:func:`batches`):
 
-1. **Read** uint8 blocks of contiguous store rows (whole chunks: :func:`chunk_rows`), in
-   DataLoader worker processes that each read their own items (disjoint row ranges).
-   An item is planned up front (:class:`Item`): the row ranges to read and the rows to
-   keep from them.
-2. **Move** the uint8 block to the device (pinned memory, non-blocking): 4× fewer bytes
-   than float, and nothing per image on the CPU.
+1. **Read** uint8 rows of whole chunks (:func:`chunk_rows`), in ``--workers`` threads of
+   the calling process, ahead of use, each read at most ``READ_BYTES``. An item is planned
+   up front (:class:`Item`): the row ranges to read and the rows to keep from them, in order.
+2. **Gather** each batch in one copy from its items' rows (into pinned memory on CUDA), and
+   move it to the device without blocking: 4× fewer bytes than float, and nothing per
+   image on the CPU. No worker processes: nothing crosses a process boundary, no shared
+   memory (/dev/shm), and the batches do not depend on the number of threads (FFCV's
+   design: threads and pinned buffers in the training process).
 3. **Prepare on the device, in batches**: :class:`Preprocess` (evaluation: resize,
    normalize) or :class:`Augment` (training: random resized crop, flip, intensity
-   jitter, normalize). :func:`rebatch` cuts the blocks into batches of the asked size.
+   jitter, normalize).
 
 Preparing: uint8 grayscale ``[H,W]`` or RGB ``[H,W,3]`` → float → a non-square store's
 images padded to a square with black, centred (:func:`pad_square`, as ``extract-keyimages``
@@ -28,7 +30,8 @@ holding training images are dealt at random into windows of about ``WINDOW_BYTES
 images; a window's images keep their order from the epoch's shuffle. A store whose
 training images fit in one window (the toy sets) is read in exactly the epoch's shuffle;
 an archive is read chunk by chunk, each chunk once per epoch, in random windows (the
-block shuffle of WebDataset and FFCV's quasi-random order).
+block shuffle of WebDataset and FFCV's quasi-random order). The next window is read while
+the current one is trained on: host memory holds about two windows, whatever the workers.
 
 Augmentation draws (:func:`draws`) are a pure function of (seed, epoch, store row): the
 same crops whatever the workers, processes or windows.
@@ -37,14 +40,13 @@ same crops whatever the workers, processes or windows.
 from __future__ import annotations
 
 import math
-import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ldpo.common.stores import Store, open_store
 
@@ -259,83 +261,187 @@ class Item:
         return len(self.rows)
 
 
-class _LazyStore:
-    """Opens the images store on first use in each process (DataLoader workers included)."""
+def batches(path: str, items: list[Item], batch: int, *, workers: int = 0, device: str = "cpu",
+            limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(images uint8 [b,H,W(,3)] on device, rows int64 on the CPU, targets int64 on device)``:
+    the kept rows of ``items``, in their order, ``batch`` at a time (the last batch shorter);
+    at most ``limit`` batches (the items past them are not read).
 
-    def __init__(self, path: str):
-        self.path = str(path)
-        self._store: Store | None = None
-        self._pid = -1
-
-    @property
-    def store(self) -> Store:
-        if self._store is None or self._pid != os.getpid():
-            self._store = open_store(self.path, validate=False)
-            self._pid = os.getpid()
-        return self._store
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None, "_pid": -1}
-
-
-class StoreItems(Dataset, _LazyStore):
-    """Item j = ``(images uint8 [n,H,W(,3)], rows int64 [n], targets int64 [n])`` of ``items[j]``."""
-
-    def __init__(self, path: str, items: list[Item]):
-        _LazyStore.__init__(self, path)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        item = self.items[j]
-        parts = [self.store.read("images", lo, hi) for lo, hi in item.ranges]
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if item.pick is not None:
-            block = block[item.pick]
-        targets = item.targets if len(item.targets) else np.zeros(len(item), np.int64)
-        return as_tensor(block), torch.from_numpy(item.rows), torch.from_numpy(targets)
+    ``workers`` threads of this process read the items' chunks ahead (in reads of at most
+    ``READ_BYTES``, each chunk once); a batch is gathered from them in one copy (into pinned
+    memory for CUDA) and moved to the device without blocking. Nothing crosses a process
+    boundary, so no shared memory (/dev/shm) is used, and the batches are the same whatever
+    ``workers`` is. ``workers`` 0 reads in the calling thread, one item at a time.
+    """
+    spans = _spans([len(item) for item in items], batch, limit)
+    if not spans:
+        return
+    with open_store(path, validate=False) as store, _Pools(workers) as pools:
+        reader = _ItemReader(store, items, pools, workers)
+        gathered: deque = deque()
+        depth = 2 if workers else 1  # batches gathered ahead of the one handed out
+        pin = device.startswith("cuda")
+        for j in range(len(spans)):
+            while len(gathered) < depth and j + len(gathered) < len(spans):
+                nxt = spans[j + len(gathered)]
+                reader.submit_through(nxt[-1][0])
+                gathered.append(pools.gather.submit(_gather, [(reader.pending[k], items[k], a, b) for k, a, b in nxt],
+                                                    pin))
+            images, rows, targets = gathered.popleft().result()
+            yield images.to(device, non_blocking=True), rows, targets.to(device, non_blocking=True)
+            reader.release_before(spans[j + 1][0][0] if j + 1 < len(spans) else len(items))
 
 
-def loader(path: str, items: list[Item], workers: int, device: str):
-    """A DataLoader over ``items`` (one item per step; pinned memory for CUDA)."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(StoreItems(path, items), batch_size=None, num_workers=workers,
-                      pin_memory=device.startswith("cuda"))
-
-
-def on_device(blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], device: str
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Each ``(images, rows, targets)`` with images and targets moved to ``device``
-    (non-blocking from pinned memory); rows stay on the CPU, where the augmentation draws are made."""
-    for images, rows, targets in blocks:
-        yield images.to(device, non_blocking=True), rows, targets.to(device, non_blocking=True)
-
-
-def rebatch(blocks: Iterable[tuple[torch.Tensor, ...]], size: int, limit: int | None = None
-            ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Blocks of any length → batches of ``size`` rows (the last one shorter); at most ``limit`` batches."""
-    held: list[tuple[torch.Tensor, ...]] = []
-    count = done = 0
-    for block in blocks:
-        held.append(block)
-        count += len(block[0])
-        while count >= size:
-            whole = _cat(held)
-            yield tuple(t[:size] for t in whole)
-            done += 1
-            if limit is not None and done >= limit:
-                return
-            rest = tuple(t[size:] for t in whole)
-            held, count = ([rest] if len(rest[0]) else []), count - size
-    if count and (limit is None or done < limit):
-        yield _cat(held)
+def _spans(lengths: list[int], batch: int, limit: int | None) -> list[list[tuple[int, int, int]]]:
+    """Per batch, its ``(item, start, stop)`` segments (positions in the item's kept rows)."""
+    spans: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = batch
+    for k, n in enumerate(lengths):
+        start = 0
+        while start < n:
+            take = min(room, n - start)
+            current.append((k, start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                spans.append(current)
+                if limit is not None and len(spans) >= limit:
+                    return spans
+                current, room = [], batch
+    if current:
+        spans.append(current)
+    return spans
 
 
-def _cat(held: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    return held[0] if len(held) == 1 else tuple(torch.cat(ts) for ts in zip(*held))
+def item_reads(item: Item, per_read: int) -> list[tuple[int, int]]:
+    """The store row ranges read for ``item``: its ranges cut at multiples of ``per_read`` rows
+    (a whole number of chunks), so no read exceeds ``per_read`` rows."""
+    reads = []
+    for lo, hi in item.ranges:
+        start = lo
+        while start < hi:
+            stop = min(hi, (start // per_read + 1) * per_read)
+            reads.append((start, stop))
+            start = stop
+    return reads
+
+
+class _Pools:
+    """The read threads and the gather thread (separate, so a gather waiting for its reads
+    never holds a thread a read needs); none with ``workers`` 0: work runs at submit."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __enter__(self) -> "_Pools":
+        if self.workers:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.read = ThreadPoolExecutor(self.workers, thread_name_prefix="ldpo-read")
+            self.gather = ThreadPoolExecutor(1, thread_name_prefix="ldpo-gather")
+        else:
+            self.read = self.gather = _Inline()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pool in {id(self.read): self.read, id(self.gather): self.gather}.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Inline:
+    """An executor that runs each call at once, in the calling thread."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller by result(), as a thread pool does
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _Pending:
+    """An item's rows being read: ``result()`` waits for them (``[n,H,W(,3)]`` uint8, store order)."""
+
+    def __init__(self, futures: list, buffer: np.ndarray | None, nbytes: int):
+        self.futures, self.buffer, self.nbytes = futures, buffer, nbytes
+
+    def result(self) -> np.ndarray:
+        values = [f.result() for f in self.futures]
+        return values[0] if self.buffer is None else self.buffer
+
+
+class _ItemReader:
+    """Submits item reads in order: every item a submitted batch needs, plus the next one, plus
+    as many more as fit in ``2 × workers × READ_BYTES``; drops an item's rows after its last batch."""
+
+    def __init__(self, store: Store, items: list[Item], pools: _Pools, workers: int):
+        self.store, self.items, self.pools = store, items, pools
+        self.row_shape = tuple(store.shape("images")[1:])
+        row_bytes = int(np.prod(self.row_shape))
+        chunk = _chunk_rows(store)
+        self.per_read = max(chunk, READ_BYTES // max(row_bytes, 1) // chunk * chunk)
+        self.row_bytes, self.budget = row_bytes, 2 * workers * READ_BYTES
+        self.pending: dict[int, _Pending] = {}
+        self.next = 0
+        self.ahead = workers > 0
+
+    def submit_through(self, k: int) -> None:
+        last = k + 1 if self.ahead else k
+        while self.next < len(self.items) and (self.next <= last or self._held() + self._bytes(self.next)
+                                                <= self.budget):
+            self.pending[self.next] = self._submit(self.items[self.next])
+            self.next += 1
+
+    def release_before(self, k: int) -> None:
+        for done in [j for j in self.pending if j < k]:
+            del self.pending[done]
+
+    def _held(self) -> int:
+        return sum(p.nbytes for p in self.pending.values())
+
+    def _bytes(self, k: int) -> int:
+        return sum(hi - lo for lo, hi in self.items[k].ranges) * self.row_bytes
+
+    def _submit(self, item: Item) -> _Pending:
+        reads = item_reads(item, self.per_read)
+        nbytes = sum(hi - lo for lo, hi in reads) * self.row_bytes
+        if len(reads) == 1:
+            return _Pending([self.pools.read.submit(self.store.read, "images", *reads[0])], None, nbytes)
+        buffer = np.empty((sum(hi - lo for lo, hi in reads), *self.row_shape), dtype=np.uint8)
+        futures, at = [], 0
+        for lo, hi in reads:
+            futures.append(self.pools.read.submit(_read_into, self.store, lo, hi, buffer[at:at + hi - lo]))
+            at += hi - lo
+        return _Pending(futures, buffer, nbytes)
+
+
+def _read_into(store: Store, lo: int, hi: int, out: np.ndarray) -> None:
+    out[...] = store.read("images", lo, hi)
+
+
+def _gather(segments: list[tuple[_Pending, Item, int, int]], pin: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch from its items' rows: the images copied once (into pinned memory with ``pin``)."""
+    n = sum(b - a for _, _, a, b in segments)
+    first = segments[0][0].result()
+    images = torch.empty((n, *first.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+    rows, targets, at = [], [], 0
+    for pending, item, a, b in segments:
+        block = torch.from_numpy(pending.result())
+        if item.pick is None:
+            images[at:at + b - a] = block[a:b]
+        else:
+            torch.index_select(block, 0, torch.from_numpy(item.pick[a:b]), out=images[at:at + b - a])
+        rows.append(item.rows[a:b])
+        targets.append(item.targets[a:b] if len(item.targets) else np.zeros(b - a, np.int64))
+        at += b - a
+    return images, torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(targets))
 
 
 def chunk_rows(path: str) -> int:

@@ -1,7 +1,7 @@
 """The one inference loop of ``featurize``, ``assign`` and ``finetune``'s evaluation.
 
 ``infer(fn, path, items, prep, …)`` streams a store's rows through ``fn`` in evaluation
-mode: whole-chunk uint8 reads in the DataLoader workers (``common/imagedata.py``), the
+mode: whole-chunk uint8 reads in reader threads (``common/imagedata.py``), the
 batch moved to the device, preprocessed there (``prep``: resize, normalize), ``fn``
 applied under ``inference_mode`` (and bfloat16 autocast with ``amp``), and yields
 ``(rows, targets, output)`` per batch with a progress bar. What to do with the output
@@ -26,9 +26,8 @@ def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any]
     from .accel import autocast
 
     total = sum(len(item) for item in items)
-    blocks = imagedata.on_device(imagedata.loader(path, items, workers, device), device)
     with torch.inference_mode(), progress(total=total, desc=desc, unit="img", disable=not show) as bar:
-        for x, rows, targets in imagedata.rebatch(blocks, batch):
+        for x, rows, targets in imagedata.batches(path, items, batch, workers=workers, device=device):
             with autocast(device, amp):
                 out = fn(prep(x))
             yield rows, targets, out

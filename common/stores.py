@@ -277,6 +277,7 @@ class Store:
         self.format = fmt
         self._handle = handle
         self.writable = writable
+        self._opened: dict[str, Any] = {}  # read-only stores: arrays opened once (zarr reads metadata per lookup)
 
     # -- what is in it ------------------------------------------------------------
     @property
@@ -288,9 +289,14 @@ class Store:
 
     def array(self, name: str) -> Any:
         """The h5py dataset or zarr array (sliceable like numpy)."""
+        if name in self._opened:
+            return self._opened[name]
         if name not in self._handle:
             raise InputError(f"{self.path}: has no {name!r} array (it has {', '.join(self.names) or 'none'})")
-        return self._handle[name]
+        arr = self._handle[name]
+        if not self.writable:
+            self._opened[name] = arr
+        return arr
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.array(name).shape)

@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device, same_file
+from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device, same_file
 from ldpo.common.errors import InputError
 
 log = logging.getLogger("ldpo")
@@ -54,6 +54,7 @@ class Options(CommonOptions):
     reference_images: Optional[str] = opt("images store holding the reference labels' ids", None, role="input")
     radius_quantile: float = opt("a class's radius: this quantile of its reference images' distances to its "
                                  "centroid", 0.95, above=0, max=1)
+    workers: int = opt(READER_WORKERS, 0, min=0, max=1024)
     batch_size: int = opt("images per batch", 64, min=1)
     amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
                     "autotuning (as featurize --amp)", False)

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device
+from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
 from ldpo.common.errors import InputError
 
 log = logging.getLogger("ldpo")
@@ -39,6 +39,7 @@ class Options(CommonOptions):
     vocabulary: Optional[str] = opt("vocabulary the words must come from (default: ldpo's list of common "
                                     "radiology findings)", None, role="input")
     top: int = opt("words per image", 5, min=1, max=100)
+    workers: int = opt(READER_WORKERS, 0, min=0, max=1024)
     batch_size: int = opt("images per batch", 64, min=1)
     prior_weight: Optional[float] = opt("weight of the terms' log prior (their share of the training images) added "
                                         "to the cosine (default: the checkpoint's, chosen by finetune on its "

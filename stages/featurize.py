@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
+from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
 from ldpo.common.input_options import InputOptions
 
@@ -51,6 +51,7 @@ class Options(CommonOptions, InputOptions):
                                None)
     init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "
                     "checkpoint:PATH (finetune)", "random")
+    workers: int = opt(READER_WORKERS, 0, min=0, max=1024)
     batch_size: int = opt("images per batch", 64, min=1)
     amp: bool = opt("speed over bit-reproducibility: bfloat16 autocast, and on CUDA channels-last and cuDNN "
                      "autotuning (features within bfloat16 rounding of the float32 ones; off by default)", False)

@@ -267,3 +267,30 @@ def test_neighbours_bad_input_is_one_line(cli, small, tmp_path):
             "--multi-label", *TINY)
     assert r.code == 2 and "--neighbours: needs one label per image" in r.err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_two_workers_finish_an_epoch_of_several_windows_and_train_what_one_thread_trains(cli, tmp_path):
+    """A store of several training windows (--shuffle-window 1 on a 4.7 MiB archive, one image in 8
+    labelled, spread over all its chunks) read by 2 reader threads finishes, with the same weights and
+    figures as the main thread reading alone: the batches do not depend on --workers."""
+    from ldpo.common import imagedata
+
+    store = tmp_path / "archive.zarr"
+    assert cli("toy-data", "archive", "--n", 1200, "--size", 64, "--classes", 4, "--chunk-rows", 32, "--out", store,
+               "-q").code == 0
+    truth = read_labels(f"{store}.truth.csv")
+    write_labels(tmp_path / "some.csv", truth.ids[::8], truth.labels[::8])
+    rows = np.arange(0, 1200, 8)
+    plan = imagedata.epoch_items(rows, np.zeros(len(rows), np.int64), seed=3, epoch=0, chunk=32, row_bytes=64 * 64,
+                                 batch=8, window_bytes=1 << 20)
+    assert len(plan.items) >= 4  # the window size the option sets: 4+ windows
+    runs = {}
+    for workers in (2, 0):
+        out = tmp_path / f"workers{workers}.pt"
+        r = cli("finetune", store, tmp_path / "some.csv", "--out", out, "--epochs", 1, "--split", "none",
+                "--allow-missing", "--shuffle-window", 1, "--workers", workers, *TINY)
+        assert r.code == 0, r.err
+        runs[workers] = load(out)
+    a, b = runs[2], runs[0]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["metrics"]["final"] == b["metrics"]["final"] and a["options"]["shuffle_window"] == 1

@@ -33,9 +33,11 @@ def chunked(tmp_path):
     return path
 
 
-def values(item_batch):
-    images, rows, _ = item_batch
-    return images[:, 0, 0].numpy().astype(int), rows.numpy()
+def values(path, items, batch=1000, **kw):
+    """Every (pixel value, row, target) the data path hands out for ``items``, in order."""
+    got = list(imagedata.batches(str(path), items, batch, **kw))
+    return (np.concatenate([x[:, 0, 0].numpy() for x, _, _ in got]).astype(int).tolist(),
+            np.concatenate([r.numpy() for _, r, _ in got]).tolist(), np.concatenate([t.numpy() for _, _, t in got]).tolist())
 
 
 def test_new_image_stores_are_chunked_in_blocks_of_images(tmp_path):
@@ -50,17 +52,16 @@ def test_items_read_whole_chunks_and_return_the_rows_asked_for(chunked):
     assert imagedata.chunk_rows(str(chunked)) == 8
     items = imagedata.range_items(3, 45, 16)
     assert [it.ranges for it in items] == [[(3, 16)], [(16, 32)], [(32, 45)]]
-    data = imagedata.StoreItems(str(chunked), items)
-    assert np.concatenate([values(data[j])[0] for j in range(len(data))]).tolist() == list(range(3, 45))
+    pixels, rows, _ = values(chunked, items)
+    assert pixels == rows == list(range(3, 45))
 
     rows = np.array([41, 2, 17, 3, 40])
     items = imagedata.subset_items(rows, rows * 10, per_item=16, chunk=8)
     for it in items:
         assert all(lo % 8 == 0 for lo, _ in it.ranges)  # reads start at chunk starts
-    got = [imagedata.StoreItems(str(chunked), items)[j] for j in range(len(items))]
-    seen = np.concatenate([g[0][:, 0, 0].numpy() for g in got]).astype(int)
-    assert seen.tolist() == sorted(rows.tolist())  # store order
-    assert np.concatenate([g[2].numpy() for g in got]).tolist() == [v * 10 for v in sorted(rows.tolist())]
+    pixels, got, targets = values(chunked, items)
+    assert pixels == got == sorted(rows.tolist())  # store order
+    assert targets == [v * 10 for v in sorted(rows.tolist())]
 
 
 def test_one_window_is_exactly_the_epochs_shuffle():
@@ -82,16 +83,36 @@ def test_windows_read_each_chunk_once_and_processes_share_the_epoch(chunked):
     assert plans[0].batches == plans[1].batches
     chunks_read, seen = [], []
     for plan in plans:
-        data = imagedata.StoreItems(str(chunked), plan.items)
-        for j, item in enumerate(plan.items):
+        for item in plan.items:
             assert sum(hi - lo for lo, hi in item.ranges) <= 16  # a window: 2 chunks
-            chunks_read += [c for lo, hi in item.ranges for c in range(lo // 8, -(-hi // 8))]
-            images, got_rows, got_targets = data[j]
-            assert images[:, 0, 0].numpy().astype(int).tolist() == got_rows.tolist()  # the right pixels
-            assert (got_targets.numpy() == got_rows.numpy() % 3).all()
-            seen += got_rows.tolist()
+            chunks_read += [c for lo, hi in imagedata.item_reads(item, 8) for c in range(lo // 8, -(-hi // 8))]
+        pixels, got_rows, got_targets = values(chunked, plan.items, batch=3, workers=2)
+        assert pixels == got_rows  # the right pixels
+        assert got_targets == [r % 3 for r in got_rows]
+        assert got_rows == np.concatenate([item.rows for item in plan.items]).tolist()  # in the plan's order
+        seen += got_rows
     assert sorted(chunks_read) == sorted(set(chunks_read))  # every chunk read once per epoch
     assert sorted(seen) == sorted(rows.tolist())  # every training image once, shared by the two
+
+
+def test_batches_are_the_same_whatever_the_workers_and_stop_at_the_limit(chunked):
+    rows = np.arange(50)
+    plan = imagedata.epoch_items(rows, rows % 5, seed=4, epoch=1, chunk=8, row_bytes=576, batch=7,
+                                 window_bytes=3 * 8 * 576)
+    assert len(plan.items) >= 3  # several windows: batches cross window boundaries
+    runs = {w: list(imagedata.batches(str(chunked), plan.items, 7, workers=w)) for w in (0, 1, 3)}
+    for w, got in runs.items():
+        assert [len(x) for x, _, _ in got] == [7] * 7 + [1], w
+        for (x, r, t), (x0, r0, t0) in zip(got, runs[0]):
+            assert torch.equal(x, x0) and torch.equal(r, r0) and torch.equal(t, t0)
+    limited = list(imagedata.batches(str(chunked), plan.items, 7, workers=2, limit=plan.batches))
+    assert len(limited) == plan.batches == 7
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(limited, runs[0]))
+
+
+def test_reads_are_cut_at_whole_chunks_of_at_most_the_read_size():
+    item = imagedata.Item([(0, 24), (40, 80)], np.arange(64))
+    assert imagedata.item_reads(item, 16) == [(0, 16), (16, 24), (40, 48), (48, 64), (64, 80)]
 
 
 def test_balanced_order_draws_classes_uniformly():
@@ -101,14 +122,6 @@ def test_balanced_order_draws_classes_uniformly():
     assert counts.sum() == 100 and counts.min() >= 30
     plain = imagedata.epoch_order(targets, 1, 0)
     assert sorted(plain) == list(range(100)) and list(plain) != list(imagedata.epoch_order(targets, 1, 1))
-
-
-def test_rebatch_cuts_blocks_into_batches_and_stops_at_the_limit():
-    blocks = [(torch.arange(a, b),) for a, b in [(0, 5), (5, 6), (6, 13)]]
-    sizes = [len(b[0]) for b in imagedata.rebatch(iter(blocks), 4)]
-    assert sizes == [4, 4, 4, 1]
-    got = torch.cat([b[0] for b in imagedata.rebatch(iter(blocks), 4, limit=2)])
-    assert got.tolist() == list(range(8))
 
 
 @pytest.mark.parametrize("how", ["imagenet", "zscore"])

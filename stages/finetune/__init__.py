@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, resolve_device
+from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
 from ldpo.common.errors import InputError
 from ldpo.common.input_options import InputOptions
 
@@ -88,6 +88,7 @@ class Options(CommonOptions, InputOptions):
     init: str = opt("random | weights:PATH (state_dict, .safetensors, or a checkpoint wrapping one) | "
                     "checkpoint:PATH (finetune)", "random")
     epochs: int = opt("training epochs", 3, min=1)
+    workers: int = opt(READER_WORKERS + ' (finetune: two --shuffle-window windows besides)', 0, min=0, max=1024)
     batch_size: int = opt("images per batch (per process under torchrun)", 64, min=1)
     lr: Optional[float] = opt("base learning rate (default: 0.01 from random init or a checkpoint that started "
                               "from it, else 0.001)", None, above=0)
@@ -99,6 +100,10 @@ class Options(CommonOptions, InputOptions):
                                   "regression swings from epoch to epoch at a constant rate; else constant)", None,
                                   choices=["constant", "cosine"])
     split: str = opt("train/val/test percentages, or none (train on everything)", "70/10/20")
+    shuffle_window: int = opt("MiB of images read and shuffled together in training: each epoch deals the store's "
+                              "chunks at random into windows of this size and shuffles each window's images "
+                              "(a store that fits one window is shuffled whole); host memory holds about two "
+                              "windows", 256, min=1, max=1 << 20)
     balanced: bool = opt("sample classes uniformly (each drawn ~N/K times per epoch)", False)
     flip: bool = opt("random horizontal flips (off: radiology images have laterality)", False)
     crop_scale: float = opt("smallest area fraction of the random resized crop (1 = no crop)", 0.35, above=0, max=1)

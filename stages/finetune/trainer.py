@@ -173,14 +173,15 @@ class Trainer:
         rows, targets = self.data.train
         return imagedata.epoch_items(rows, targets, seed=self.opts.seed, epoch=epoch, chunk=self.data.chunk,
                                      row_bytes=self.data.row_bytes, batch=self.opts.batch_size,
-                                     balanced=self.opts.balanced, rank=self.rank, world=self.world)
+                                     balanced=self.opts.balanced, rank=self.rank, world=self.world,
+                                     window_bytes=self.opts.shuffle_window << 20)
 
     def batches(self, items, limit: int | None = None):
         """``(images uint8, rows, targets)`` on the device, ``--batch-size`` at a time."""
         from ldpo.common import imagedata
 
-        blocks = imagedata.loader(self.opts.images, items, self.opts.workers, self.device)
-        return imagedata.rebatch(imagedata.on_device(blocks, self.device), self.opts.batch_size, limit)
+        return imagedata.batches(self.opts.images, items, self.opts.batch_size, workers=self.opts.workers,
+                                 device=self.device, limit=limit)
 
     def infer(self, items):
         """``(rows, targets, outputs)`` of the network in evaluation mode (common/inference.py)."""

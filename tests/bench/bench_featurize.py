@@ -2,7 +2,7 @@
 
     python tests/bench/bench_featurize.py [--speed-n 512] [--rounds 3] [--rss-n 2000 20000] [--rss-px 64]
 
-1. Images/s of ``featurize``'s extraction loop (``featurize.extract``: DataLoader, store
+1. Images/s of ``featurize``'s extraction loop (``featurize.extract``: reader threads, store
    reading, preprocessing, the layer hook, writing the store; AlexNet fc7, 224 px, batch
    64, random init) next to a bare ``model(x)`` loop on one random batch, and their ratio
    (target ≥ 0.9). The two alternate for ``--rounds`` rounds in one process, so both see

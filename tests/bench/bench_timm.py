@@ -5,7 +5,7 @@
 
 For each architecture a weights file is made here from a randomly initialised timm model
 (nothing is downloaded), then ``featurize``'s own extraction loop (``featurize.extract``:
-DataLoader, store reading, preprocessing with timm's mean/std, ``forward_features`` +
+reader threads, store reading, preprocessing with timm's mean/std, ``forward_features`` +
 ``forward_head(pre_logits=True)``, writing the store; ``--init weights:FILE``, default
 ``pooled`` layer) and a bare ``model(x)`` loop on one random batch alternate for
 ``--rounds`` rounds in one process (so both see the same machine load). It prints the
