@@ -93,9 +93,10 @@ step() {  # step NAME COMMAND...: run it, note the result, go on
 
 # the image's user owns the mounted folder (docker run --user "$(id -u):$(id -g)" is the
 # README's way for a user's own folder; this checks the image's own user)
-uid=$(in_image "$image_user" id -u)
-chown "$uid" "$work"
 mkdir -p "$side/pytest"
+chmod 0777 "$work"   # until the image's user owns it
+uid=$(in_image "$image_user" id -u)
+chown "$uid" "$work" && chmod 0755 "$work"
 
 version() { local v; v=$(in_image "$image_user" ldpo --version) && echo "$v" && [[ $v == "ldpo "* ]]; }
 helps() {
@@ -139,8 +140,9 @@ any_uid() {  # the calling user's uid, which has no account in the image: HOME, 
     [[ $(stat -c %u "$work/uid/t/images.h5") == 4321 ]]
 }
 smoke() {
-  python3 -m pip install -q --disable-pip-version-check --target "$side/pytest" --only-binary=:all: \
-    --python-version 3.11 --no-compile pytest >&2 || { echo "pytest: the host's pip could not fetch it" >&2; return 1; }
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$side/pytest" \
+    --only-binary=:all: --python-version 3.11 --no-compile pytest > "$side/pip.log" 2>&1 ||
+    { tail -5 "$side/pip.log" >&2; echo "pytest: the host's pip could not fetch it" >&2; return 1; }
   in_image "$image_user" env PYTHONPATH=/opt/pytest PYTHONDONTWRITEBYTECODE=1 timeout 180 \
     bash -c 'cd /src/ldpo && python -m pytest -q -m smoke -p no:cacheprovider tests' > "$side/smoke.log" 2>&1 ||
     { tail -30 "$side/smoke.log" >&2; return 1; }
