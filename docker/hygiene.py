@@ -55,6 +55,7 @@ def host_strings() -> list[bytes]:
 def scan(archive: str) -> int:
     needles = host_strings()
     print(f"hygiene: looking for {len(needles)} host strings: {b', '.join(needles).decode()}")
+    host_paths = [n.decode().lstrip("/") for n in needles if n.startswith(b"/")]
     findings = []
     layers = 0
     files = 0
@@ -81,6 +82,9 @@ def scan(archive: str) -> int:
                         findings.append(f"{layer_name}: {path}")
                     elif BAD_PATHS.search(path) and member.isdir():
                         findings.append(f"{layer_name}: {path}/ (a folder)")
+                    for needle in host_paths:
+                        if path == needle or path.startswith(needle + "/"):
+                            findings.append(f"{layer_name}: {path} (a host path of pip's settings)")
                     if path == "etc/hostname" and member.size:
                         findings.append(f"{layer_name}: etc/hostname is not empty")
                     if not member.isfile() or member.size > TEXT_LIMIT or ".so" in Path(path).name:
