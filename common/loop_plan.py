@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .loop_options import Parsed, layer
-from .workdir import Layout, stage_command
+from .workdir import Layout, final_labels_iteration, stage_command
 
 
 def given(parsed: Parsed, *names: str) -> list[str]:
@@ -139,14 +139,15 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
     probs: list[str] = []
     hierarchy: list[str] = []
     if last > 0:
-        model = "checkpoint:" + layout.iteration(last, "model.pt")
+        trained = final_labels_iteration(last, layout) + 1  # the model trained on the kept labels
+        model = "checkpoint:" + layout.iteration(trained, "model.pt")
         probs = [*stage_command("featurize"), opts.images, "--out", out["probs_h5"], "--init", model,
                  "--layer", "probs", *given(parsed, "batch_size", "amp"), *common(parsed)]
         tree = given(parsed, "tree_affinity", "tree_preference")
         tree = ["--affinity" if w == "--tree-affinity" else "--preference" if w == "--tree-preference" else w
                 for w in tree]
         if opts.tree_affinity == "centroids":  # the final model's features, as the last clustering saw them
-            tree += ["--features", clustered_store(opts, layout, last)]
+            tree += ["--features", clustered_store(opts, layout, trained)]
         elif opts.tree_affinity == "reports":
             tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",

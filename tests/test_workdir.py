@@ -375,3 +375,45 @@ def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs)
     other = workdir.build_record(given, {}).as_dict()
     kind, shown = workdir.difference(new, other)
     assert kind == "inputs" and "mentions" in shown and "vocabulary" in shown
+
+
+def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
+    """Three fine-tuned iterations whose labels held-out images agree with less and less: the loop keeps
+    iteration 0's labels and iteration 1's model (trained on them), and says why; a drop within one standard
+    error keeps the later labels, as does a history without held-out figures (the rule before)."""
+    parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    for name in ("iter-02/model.pt", "iter-02/labels.csv", "iter-03/model.pt", "iter-03/labels.csv"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(name)
+    rows = [{"iteration": "0", "k": "3", "heldout": "0.80", "heldout_se": "0.05"},
+            {"iteration": "1", "k": "3", "heldout": "0.60", "heldout_se": "0.05"},
+            {"iteration": "2", "k": "3", "heldout": "0.50", "heldout_se": "0.05"},
+            {"iteration": "3", "k": "3"}]
+    write_history(work / "history.csv", rows)
+    layout = Layout(str(work))
+    assert workdir.final_labels_iteration(3, layout) == 0
+    workdir.make_final(layout, 3)
+    assert (work / "final/labels.csv").read_text() == "iter-00/labels.csv"
+    assert (work / "final/model.pt").read_text() == "iter-01/model.pt"
+    text = workdir.summary_text(layout, 3)
+    assert text.splitlines()[2].startswith("0*") and "held-out agreement" in text and "best 0.800" in text
+    rows[1]["heldout"] = "0.76"  # within one standard error of the best: the later labels win
+    write_history(work / "history.csv", rows)
+    assert workdir.final_labels_iteration(3, layout) == 1
+    write_history(work / "history.csv", [{k: v for k, v in r.items() if not k.startswith("heldout")} for r in rows])
+    assert workdir.final_labels_iteration(3, layout) == 2
+
+
+def test_heldout_agreement_is_chance_corrected():
+    import numpy as np
+
+    from ldpo.common.keep import heldout_agreement
+
+    labels = np.array([0] * 90 + [1] * 10)  # chance agreement 0.82: always answering 0 scores 0.9
+    metrics = {"final": {"val_top1": 0.9, "n_val": 10, "test_top1": 0.9, "n_test": 20}}
+    kappa, se = heldout_agreement(metrics, labels)
+    assert abs(kappa - (0.9 - 0.82) / 0.18) < 1e-9 and se > 0
+    even = np.arange(100) % 2
+    assert heldout_agreement(metrics, even)[0] > kappa  # the same top-1 on even classes is far above chance
+    assert heldout_agreement({"final": {"val_top1": None, "test_top1": None}}, labels) is None

@@ -50,7 +50,8 @@ from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.history import fields_path
 from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
-from ldpo.common.workdir import Layout, final_labels_iteration, final_model
+from ldpo.common.keep import kept_from_history
+from ldpo.common.workdir import Layout, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -153,7 +154,7 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
 def final_iteration(history: list[dict]) -> int | None:
     """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.workdir`)."""
     iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
-    return final_labels_iteration(max(iterations)) if iterations else None
+    return kept_from_history(history, max(iterations))[0] if iterations else None
 
 
 def used_settings(work: Path, model: Path | None) -> dict[str, object]:

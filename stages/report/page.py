@@ -280,7 +280,9 @@ def history_html(rows: list[dict], plot: str | None, final_row: int | None = Non
     out.append('<p class="muted">"vs previous": agreement of this iteration\'s clusters with the previous '
                'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.'
                + (f" * The categories on this page (final/labels.csv) are iteration {final_row}'s clustering: the "
-                  "classes the final model was trained on; the last row clusters that model's features."
+                  "classes the final model was trained on, the iteration whose labels held-out images agreed with "
+                  "best (the 'held-out agreement' column; within one standard error the later wins), so an "
+                  "iteration that made them worse is not kept."
                   if final_row is not None and len(rows) > 1 else "") + "</p>")
     if plot:
         out.append(f'<p><img class="plot" src="{e(plot)}" alt="history plot" loading="lazy"></p>')
