@@ -325,7 +325,7 @@ TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}(\.[^.]+)?$")
 ITERATION = re.compile(r"^iter-[0-9]+$")
 
 ITERATION_LAYOUT: dict[str, Any] = {
-    name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png",
+    name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png", "clusters.k.json",
                             "converge.txt", "model.pt", "model.pt.partial", "metrics.json", "model.metrics.json")}
 REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.png": None, "thumbs": {"*.png": None}}
 FINAL_LAYOUT: dict[str, Any] = {
@@ -531,6 +531,17 @@ def make_final(layout: Layout, last: int) -> None:
         shutil.copyfile(layout.iteration(kept + 1, "model.pt"), layout.final("model.pt"))
 
 
+def k_choice_text(layout: Layout) -> str | None:
+    """What ``cluster --k auto`` wrote at iteration 0 (``iter-00/clusters.k.json``: the K and why), or None."""
+    import json
+
+    try:
+        found = json.loads(Path(layout.iteration(0, "clusters.k.json")).read_text(encoding="utf-8"))
+        return str(found["why"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def summary_text(layout: Layout, last: int) -> str:
     from .history import read_history, summary
 
@@ -539,6 +550,9 @@ def summary_text(layout: Layout, last: int) -> str:
              f"* final/labels.csv is iteration {final}'s clustering"
              + (f" (the classes the final model, iteration {final + 1}'s, was trained on): {why}" if last > 0 else ""),
              f"history: {layout.history}  plot: {layout.history_plot}"]
+    chosen = k_choice_text(layout)
+    if chosen:
+        lines.insert(2, f"K chosen at iteration 0 (--k auto): {chosen}")
     if os.path.exists(layout.final("tree/tree.png")):
         levels = Path(layout.final("levels.txt")).read_text(encoding="utf-8").replace("\n", " ") \
             if os.path.isfile(layout.final("levels.txt")) else ""

@@ -132,7 +132,7 @@ class ReportTool(Tool):
 
                 text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
-                              final_iteration(history))
+                              final_iteration(history), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -149,6 +149,13 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
         lines.insert(1, f"assign NEW_IMAGES.h5 --model {model} --out new-labels.csv "
                         f"--reference-labels {labels} --reference-images {images}")
     return lines
+
+
+def k_choice(layout: Layout) -> str | None:
+    """Why iteration 0 has the K it has, when ``cluster --k auto`` chose it (``iter-00/clusters.k.json``)."""
+    from ldpo.common.workdir import k_choice_text
+
+    return k_choice_text(layout)
 
 
 def final_iteration(history: list[dict]) -> int | None:

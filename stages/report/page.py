@@ -435,7 +435,7 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
            notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None,
-           used: dict | None = None, final_row: int | None = None) -> str:
+           used: dict | None = None, final_row: int | None = None, k_choice: str | None = None) -> str:
     """The page: first what a reviewer came for (the tree, the categories), then the iterations, the header
     fields, and the settings folded away."""
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -463,6 +463,8 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
     for c in sorted(categories):
         out += category_html(categories[c], total, side)
     out += history_html(history, history_png, final_row)
+    if k_choice:
+        out.append(f'<p class="muted">How many categories (<code>--k auto</code>, at iteration 0): {e(k_choice)}</p>')
     out += fields_html(fields or [])
     out += settings_html(run, run_path, used)
     if usage:
