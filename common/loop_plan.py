@@ -173,7 +173,7 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
         elif opts.tree_affinity == "reports":
             tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",
-                     layout.final("tree"), *tree, *common(parsed)]
+                     layout.final("tree"), *tree, "--signals", clustered_store(opts, layout, 0), *common(parsed)]
     keywords: list[str] = []
     if opts.reports:
         keywords = [*stage_command("keywords"), layout.final("labels.csv"), "--manifest", opts.manifest,

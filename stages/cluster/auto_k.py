@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldpo.common.features import l2_normalize, nearest_neighbours
+from ldpo.common.graph import NEIGHBOURS as GRAPH_NEIGHBOURS
+from ldpo.common.graph import neighbour_graph
 
 log = logging.getLogger("ldpo")
 
@@ -41,7 +42,7 @@ MAX_ROWS = 20000
 #: 100, archive phantoms R = 50 and balanced, textures balanced; docs/discovery.md), the only pair of the grid
 #: (5, 10, 15 neighbours x resolution 1, 1.5, 2, 3) that put every set within ±30 % of its true K but for
 #: 15 x 2 and 10 x 1.5; 10 x 2 is the middle of them
-NEIGHBOURS = 10
+NEIGHBOURS = GRAPH_NEIGHBOURS
 RESOLUTION = 2.0
 
 
@@ -72,16 +73,7 @@ def estimate_k(x: np.ndarray, seed: int = 0, device: str = "cpu", neighbours: in
     if n < 2 * MIN_COMMUNITY:
         return Estimate(1, [n], 0, 0.0, n, 0)
     count = min(neighbours, n - 1)
-    centred = l2_normalize(x - x.mean(axis=0, dtype=np.float64).astype(np.float32))
-    nb = nearest_neighbours(centred, count, device, seed=seed)
-    edges: dict[tuple[int, int], int] = {}
-    for i, row in enumerate(nb.tolist()):
-        for j in row:
-            key = (i, j) if i < j else (j, i)
-            edges[key] = edges.get(key, 0) + 1  # 2 where each is among the other's neighbours
-    graph = nx.Graph()
-    graph.add_nodes_from(range(n))
-    graph.add_weighted_edges_from((i, j, w) for (i, j), w in edges.items())
+    graph = neighbour_graph(x, count, device, seed)
     communities = nx.community.louvain_communities(graph, weight="weight", resolution=resolution, seed=seed)
     modularity = nx.community.modularity(graph, communities, weight="weight", resolution=resolution)
     sizes = sorted((len(c) for c in communities), reverse=True)

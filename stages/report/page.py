@@ -340,6 +340,13 @@ def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | No
     if tree.get("forced_final_merge"):
         out.append(" The last join into the root was forced (no more structure was found).")
     out.append("</p>")
+    signals = tree.get("level_signals") or []
+    if signals:
+        out.append('<p class="muted">How many categories, without labels: the modularity of each level\'s groups in '
+                   "the nearest-neighbour graph of iteration 0's features (no labels trained them; higher = the "
+                   "level's groups follow the images' own neighbourhoods): "
+                   + e("; ".join(f"level {s['level']} ({s['groups']} groups) {s['modularity']:.3f}" for s in signals))
+                   + "</p>")
     top = len(levels) - 1
     small = len(categories) <= 40  # a small tree opens whole; a large one shows its top levels
 
