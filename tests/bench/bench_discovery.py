@@ -375,7 +375,7 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
               "purity": float(last["purity_truth"]), "nmi": float(last["nmi_truth"]),
               "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
     if k_unknown:
-        result["k"] = "auto" if not any(a == "--k" for a in setting.args) else k
+        result["k"] = "default" if not any(a == "--k" for a in setting.args) else k  # not given: the loop's
         result["k0"], result["k_end"] = int(first["k"]), int(last["k"])
         if (work / "final" / "labels.csv").exists():
             result["purity_final"], result["nmi_final"] = score(work / "final" / "labels.csv", truth)
