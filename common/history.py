@@ -4,7 +4,9 @@ summary, ``report`` and the loop's bookkeeping read.
 One row per iteration, always the columns of :data:`COLUMNS` (empty where not applicable):
 ``iteration``, ``k`` (clusters found), agreement with the previous iteration's labels
 (:data:`PREV_COLUMNS`), with the ground truth (:data:`TRUTH_COLUMNS`), finetune's ``top1``,
-converge's verdict ``converged`` (0/1) and a ``timestamp``. :data:`TITLES` names each column
+converge's verdict ``converged`` (0/1), a ``timestamp`` and ``heldout``: the chance-corrected agreement of
+this row's labels with the predictions, on held-out images, of the next iteration's model (trained on them;
+filled in by the next iteration's converge, :mod:`ldpo.common.keep`). :data:`TITLES` names each column
 for people (the report's table header).
 """
 
@@ -20,9 +22,9 @@ from .tables import read_text, write_csv
 
 PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]
 TRUTH_COLUMNS = ["purity_truth", "nmi_truth", "ari_truth", "hungarian_truth"]
-COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp"]
+COLUMNS = ["iteration", "k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "timestamp", "heldout", "heldout_se"]
 #: the columns that hold a number when not empty
-NUMBER_COLUMNS = ["k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged"]
+NUMBER_COLUMNS = ["k", *PREV_COLUMNS, *TRUTH_COLUMNS, "top1", "converged", "heldout", "heldout_se"]
 
 #: the columns shown to people, in this order, with their titles
 TITLES = {"iteration": "iteration", "k": "K", "top1": "top-1 (finetune)",
@@ -30,7 +32,8 @@ TITLES = {"iteration": "iteration", "k": "K", "top1": "top-1 (finetune)",
           "inverse_purity_prev": "inverse purity vs previous", "ari_prev": "ARI vs previous",
           "purity_truth": "purity vs truth", "nmi_truth": "NMI vs truth",
           "ari_truth": "ARI vs truth", "hungarian_truth": "accuracy vs truth (Hungarian)",
-          "converged": "converged"}
+          "converged": "converged", "heldout": "held-out agreement (kappa) of these labels",
+          "heldout_se": "its standard error"}
 
 #: the loop's summary table: (column, header line 1, header line 2)
 SUMMARY = [("iteration", "iter", ""), ("k", "K", ""), ("top1", "top1", ""), ("nmi_prev", "nmi_prev", ""),

@@ -78,7 +78,8 @@ class LoopOptions(CommonOptions):
                       + ", " + ENCODINGS[-1])
     method: str = opt("clustering (scan: neighbour-consistent heads started from k-means)", "scan",
                       choices=["scan", "kmeans", "rim"], passed=True)
-    k: int = opt("clusters (rim: the over-segmentation)", 25, min=1, passed=True)
+    k: str = opt("clusters (rim: the over-segmentation); auto = chosen at iteration 0 from the data (cluster --k "
+                 "auto: the communities of the nearest-neighbour graph), then kept", "auto", passed=True)
     metric: Optional[str] = opt("convergence measure (stage default: converge's)", None, choices=["nmi", "purity"],
                                 stage=("converge", "metric"))
     threshold: Optional[float] = opt("stop when metric(labels_t, labels_t-1) reaches this (stage default: "
@@ -263,6 +264,10 @@ def check(opts: LoopOptions, raw: dict[str, str]) -> None:
         path = getattr(opts, name)
         if path and not os.path.isfile(path):
             raise InputError(f"{path}: no such {what}")
+    if opts.k != "auto" and not (opts.k.isascii() and opts.k.isdigit() and int(opts.k) >= 1):
+        raise InputError(f"--k {opts.k}: a whole number >= 1, or auto")
+    if opts.k == "auto" and opts.method == "rim":
+        raise InputError("--k auto: --method rim chooses K itself; give --k the over-segmentation it starts from")
     if opts.tree_affinity == "reports" and not opts.reports:
         raise InputError("--tree-affinity reports needs --reports and --manifest")
     if bool(opts.reports) != bool(opts.manifest):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .loop_options import Parsed, layer
-from .workdir import Layout, stage_command
+from .workdir import Layout, final_labels_iteration, stage_command
 
 
 def given(parsed: Parsed, *names: str) -> list[str]:
@@ -63,6 +63,27 @@ def neighbours(parsed: Parsed, layout: Layout, t: int) -> list[str]:
     return ["--neighbours", clustered_store(opts, layout, t - 1), "--neighbour-weight", str(opts.neighbour_weight)]
 
 
+def cluster_k(parsed: Parsed, layout: Layout, t: int) -> str:
+    """``--k`` of iteration ``t``'s clustering: the user's; with ``auto``, iteration 0 chooses (cluster --k auto) and
+    later iterations keep the count of iteration 0's labels (re-estimating it on features fine-tuned to those
+    labels would only find them again)."""
+    k = parsed.opts.k
+    if k != "auto" or t == 0:
+        return k
+    from .labels import read_labels
+
+    first = layout.iteration(0, "labels.csv")
+    return str(len(set(read_labels(first).labels.tolist()))) if os.path.isfile(first) else k
+
+
+def size_prior(parsed: Parsed, layout: Layout, t: int) -> list[str]:
+    """Under ``--k auto`` scan's balance term follows the data's sizes: iteration 0's graph communities (cluster's
+    own default), then the previous iteration's labels, never equal sizes that would split a large category."""
+    if parsed.opts.k != "auto" or t == 0 or parsed.opts.method != "scan":
+        return []
+    return ["--size-prior", layout.iteration(t - 1, "labels.csv")]
+
+
 def loop_settings(parsed: Parsed, layout: Layout) -> dict:
     """What the loop itself needs to know."""
     opts = parsed.opts
@@ -106,7 +127,8 @@ def iteration(parsed: Parsed, layout: Layout, t: int) -> dict:
                   *extra("encode"), *common(parsed)]
     if encode:
         clustered = out["encoded"]
-    cluster = [*stage_command("cluster"), clustered, "--out", out["labels"], *given(parsed, "method", "k"),
+    cluster = [*stage_command("cluster"), clustered, "--out", out["labels"], *given(parsed, "method"),
+               "--k", cluster_k(parsed, layout, t), *size_prior(parsed, layout, t),
                "--summary", layout.iteration(t, "clusters"), *extra("cluster"), *common(parsed)]
     if t == 0 and opts.init_labels:  # the given labels stand for iteration 0's clustering
         featurize, encode, cluster = [], [], []
@@ -139,18 +161,19 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
     probs: list[str] = []
     hierarchy: list[str] = []
     if last > 0:
-        model = "checkpoint:" + layout.iteration(last, "model.pt")
+        trained = final_labels_iteration(last, layout) + 1  # the model trained on the kept labels
+        model = "checkpoint:" + layout.iteration(trained, "model.pt")
         probs = [*stage_command("featurize"), opts.images, "--out", out["probs_h5"], "--init", model,
                  "--layer", "probs", *given(parsed, "batch_size", "amp"), *common(parsed)]
         tree = given(parsed, "tree_affinity", "tree_preference")
         tree = ["--affinity" if w == "--tree-affinity" else "--preference" if w == "--tree-preference" else w
                 for w in tree]
         if opts.tree_affinity == "centroids":  # the final model's features, as the last clustering saw them
-            tree += ["--features", clustered_store(opts, layout, last)]
+            tree += ["--features", clustered_store(opts, layout, trained)]
         elif opts.tree_affinity == "reports":
             tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",
-                     layout.final("tree"), *tree, *common(parsed)]
+                     layout.final("tree"), *tree, "--signals", clustered_store(opts, layout, 0), *common(parsed)]
     keywords: list[str] = []
     if opts.reports:
         keywords = [*stage_command("keywords"), layout.final("labels.csv"), "--manifest", opts.manifest,

@@ -14,13 +14,14 @@ The layout of ``WORK`` (:class:`Layout`)::
     final/              model.pt, labels.csv, probs.h5, levels.txt, tree/, keywords/
     report/             report's page
 
-**The final model and labels.** ``final/model.pt`` is a copy of the last iteration's
-``model.pt``; ``final/labels.csv`` is a copy of the labels that model was trained on, the
-previous iteration's clustering (with no fine-tuning iteration, iteration 0's): the model's
-classes, the tree's leaves and the keywords' categories are then one set. The last row of
-the history is the clustering of the final model's features, one iteration later: the
-summary marks the row of ``final/labels.csv`` with ``*`` and the report says which it is
-(:func:`final_labels_iteration`).
+**The final model and labels.** ``final/labels.csv`` is a copy of the labels the loop keeps,
+iteration s's clustering, and ``final/model.pt`` of the model trained on them, iteration s + 1's
+``model.pt`` (with no fine-tuning iteration, iteration 0's labels and no model): the model's
+classes, the tree's leaves and the keywords' categories are then one set. s is the latest
+iteration whose labels' held-out agreement is within one standard error of the best
+(:mod:`ldpo.common.keep`; the last labels a model was trained on, s = last - 1, where none was
+measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says why, and the
+report says which it is (:func:`final_labels_iteration`).
 
 Commands: ``options`` (``--help``, or the settings the loop needs), ``begin`` (the run record:
 resume, ``--restart-from``, ``--fresh``, or refuse), ``iteration T`` (paths and stage command
@@ -97,10 +98,20 @@ class Layout:
                       if ITERATION.match(e) and os.path.isdir(self.path(e)))
 
 
-def final_labels_iteration(last: int) -> int:
-    """The iteration whose clustering ``final/labels.csv`` is, when ``last`` is the last iteration run:
-    the labels the final model was trained on (``last - 1``), or iteration 0's when no fine-tuning ran."""
-    return max(last - 1, 0)
+def final_labels_iteration(last: int, layout: "Layout | None" = None) -> int:
+    """The iteration whose clustering ``final/labels.csv`` is, when ``last`` is the last iteration run: with
+    ``layout``, the labels the loop keeps (:func:`kept_labels`); without, the last labels a model was trained
+    on (``last - 1``), or iteration 0's when no fine-tuning ran."""
+    return kept_labels(layout, last)[0] if layout is not None else max(last - 1, 0)
+
+
+def kept_labels(layout: "Layout", last: int) -> tuple[int, str]:
+    """``(s, why)``: the labels the loop keeps by the history's held-out agreement (:mod:`ldpo.common.keep`);
+    the final model is iteration s + 1's, the one trained on them."""
+    from .history import read_history
+    from .keep import kept_from_history
+
+    return kept_from_history(read_history(layout.history), last)
 
 
 def final_model(work: str | os.PathLike) -> Path | None:
@@ -314,7 +325,7 @@ TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}(\.[^.]+)?$")
 ITERATION = re.compile(r"^iter-[0-9]+$")
 
 ITERATION_LAYOUT: dict[str, Any] = {
-    name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png",
+    name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png", "clusters.k.json",
                             "converge.txt", "model.pt", "model.pt.partial", "metrics.json", "model.metrics.json")}
 REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.png": None, "thumbs": {"*.png": None}}
 FINAL_LAYOUT: dict[str, Any] = {
@@ -513,20 +524,35 @@ def make_final(layout: Layout, last: int) -> None:
     if last == 0:  # no fine-tuning iteration ran: iteration 0's labels, no model
         shutil.copyfile(layout.iteration(0, "labels.csv"), labels)
         return
+    kept = final_labels_iteration(last, layout)
     if not os.path.exists(labels):
-        shutil.copyfile(layout.iteration(final_labels_iteration(last), "labels.csv"), labels)
+        shutil.copyfile(layout.iteration(kept, "labels.csv"), labels)
     if not os.path.exists(layout.final("model.pt")):
-        shutil.copyfile(layout.iteration(last, "model.pt"), layout.final("model.pt"))
+        shutil.copyfile(layout.iteration(kept + 1, "model.pt"), layout.final("model.pt"))
+
+
+def k_choice_text(layout: Layout) -> str | None:
+    """What ``cluster --k auto`` wrote at iteration 0 (``iter-00/clusters.k.json``: the K and why), or None."""
+    import json
+
+    try:
+        found = json.loads(Path(layout.iteration(0, "clusters.k.json")).read_text(encoding="utf-8"))
+        return str(found["why"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def summary_text(layout: Layout, last: int) -> str:
     from .history import read_history, summary
 
-    final = final_labels_iteration(last)
+    final, why = kept_labels(layout, last)
     lines = [summary(read_history(layout.history), final),
              f"* final/labels.csv is iteration {final}'s clustering"
-             + (" (the classes the final model was trained on)" if last > 0 else ""),
+             + (f" (the classes the final model, iteration {final + 1}'s, was trained on): {why}" if last > 0 else ""),
              f"history: {layout.history}  plot: {layout.history_plot}"]
+    chosen = k_choice_text(layout)
+    if chosen:
+        lines.insert(2, f"K chosen at iteration 0 (--k auto): {chosen}")
     if os.path.exists(layout.final("tree/tree.png")):
         levels = Path(layout.final("levels.txt")).read_text(encoding="utf-8").replace("\n", " ") \
             if os.path.isfile(layout.final("levels.txt")) else ""

@@ -54,6 +54,7 @@ import numpy as np
 from ldpo.common import metrics
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
+from ldpo.common.keep import heldout_agreement, read_metrics
 from ldpo.common.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, fields_path, read_history, write_history
 from ldpo.common.labels import Labels, align, read_labels
 from ldpo.common.plots import pyplot, save_png
@@ -144,6 +145,8 @@ class ConvergeTool(Tool):
         if opts.history:
             existed = Path(opts.history).exists()
             history = merge_row(history, row)
+            if opts.metrics_json and opts.prev:
+                record_heldout(history, int(row["iteration"]) - 1, opts.metrics_json, opts.prev)
             if opts.fields:
                 # a new history starts a new side file: rows of an earlier run must not mix in
                 old = read_field_rows(fields_path(opts.history)) if existed else []
@@ -292,6 +295,16 @@ def agreeing_streak(history: list[dict[str, str]], iteration: int, metric: str, 
     return streak
 
 
+def record_heldout(history: list[dict], iteration: int, metrics_json: str, prev: str) -> None:
+    """The held-out agreement of the previous labels (``prev``, which the model of ``metrics_json`` was trained
+    on) goes into their own row, ``iteration``, of the history (see :mod:`ldpo.common.keep`)."""
+    found = heldout_agreement(read_metrics(metrics_json), read_labels(prev).labels)
+    for r in history:
+        if int(r["iteration"]) == iteration and found is not None:
+            r["heldout"], r["heldout_se"] = fmt(found[0]), fmt(found[1])
+            log.info("iteration %d's labels: held-out agreement (kappa) %.3f ± %.3f", iteration, *found)
+
+
 def read_top1(path: str) -> float:
     """``top1`` from finetune's metrics (``MODEL.metrics.json``): ``final.val_top1``, else
     ``train_top1``, else ``test_top1``."""
@@ -321,6 +334,9 @@ def merge_row(history: list[dict], row: dict) -> list[dict]:
     """The history with ``row`` added, or replacing the row of the same iteration; sorted by iteration."""
     new = {c: fmt(row.get(c, "")) for c in HISTORY_COLUMNS}
     kept = [r for r in history if int(r["iteration"]) != int(row["iteration"])]
+    # heldout comes from the next iteration's converge: a re-run of this one keeps it
+    for old in (r for r in history if int(r["iteration"]) == int(row["iteration"])):
+        new["heldout"], new["heldout_se"] = old.get("heldout", ""), old.get("heldout_se", "")
     return sorted(kept + [new], key=lambda r: int(r["iteration"]))
 
 

@@ -114,6 +114,9 @@ class Options(CommonOptions):
     mentions: str = opt(MENTIONS_HELP + " (--affinity reports)", "affirmed", choices=list(MENTION_MODES))
     vocabulary: str = opt(VOCABULARY_HELP + " (--affinity reports)", "", role="input")
     max_levels: int = opt("affinity-propagation rounds at most before the final merge is forced", 20, min=1)
+    signals: str = opt("feature store (same ids) in which to score every level without labels: the modularity of the "
+                       "level's groups in the 10-nearest-neighbour graph of these features (the loop passes iteration "
+                       "0's, which no labels trained); in tree.json (level_signals) and printed", "", role="input")
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
 
 
@@ -177,12 +180,41 @@ class HierarchyTool(Tool):
             tree.update(features=opts.features)
         if opts.reports:
             tree.update(reports=opts.reports, manifest=opts.manifest)
+        if opts.signals:
+            tree["level_signals"] = level_signals(opts.signals, ids, row_class, classes, groups, opts.seed,
+                                                  opts.batch_size)
         with atomic_path(out / "tree.json") as tmp:
             tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
         write_levels(out / "levels.csv", ids, row_class, classes, groups)
         draw_tree(out / "tree.png", groups, classes, counts)
         print("levels: " + ", ".join(str(s) for s in sizes))
+        for item in tree.get("level_signals", []):
+            print(f"level {item['level']}: {item['groups']} groups, modularity {item['modularity']:.3f}")
         return 0
+
+
+def level_signals(path: str, ids: list[str], row_class: np.ndarray, classes: list[int], levels, seed: int,
+                  batch: int) -> list[dict]:
+    """Per level: its group count and the modularity of its groups in the nearest-neighbour graph of the features at
+    ``path`` (``cluster --k auto``'s graph; higher: the level's groups follow the features' own communities)."""
+    from ldpo.common.graph import NEIGHBOURS, neighbour_graph, partition_modularity
+
+    with open_store(path) as store:
+        row_of = {ident: i for i, ident in enumerate(store.ids)}
+        missing = [i for i in ids if i not in row_of]
+        if missing:
+            raise InputError(f"{path}: {len(missing)} id(s) are not in it, e.g. {missing[0]!r}")
+        x = np.concatenate([block for _, _, block in store.batches("features", batch)])
+    x = x[[row_of[i] for i in ids]]
+    graph = neighbour_graph(x, min(NEIGHBOURS, len(x) - 1), "cpu", seed)
+    out = []
+    for j, column in enumerate(leaf_columns(levels)):
+        group_of = np.empty(len(classes), dtype=np.int64)
+        for g, members in enumerate(column):
+            group_of[members] = g
+        labels = group_of[row_class]
+        out.append({"level": j, "groups": len(column), "modularity": partition_modularity(graph, labels)})
+    return out
 
 
 def read_scores(probs_path: str, labels_path: str, batch: int):

@@ -388,3 +388,38 @@ def test_cluster_store_is_callable_from_python_with_plain_settings(tmp_path):
     ids2, labels2, confidence = cluster_store(str(tmp_path / "f.h5"), Settings(
         method="scan", k=4, scan=ScanSettings(steps=100)))
     assert ids2 == ids and len(confidence) == 300 and purity(labels2, truth) == 1.0
+
+
+def long_tail_blobs(sizes=(240, 90, 35, 14, 6), d: int = 24, seed: int = 0):
+    """Separated blobs of very uneven sizes (an archive's long tail)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(sizes), d)) * 4
+    x = np.concatenate([c + rng.normal(0, 0.5, (n, d)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    return x, truth
+
+
+@pytest.mark.parametrize("method", ["kmeans", "scan"])
+def test_k_auto_keeps_the_tail_and_never_mixes_categories_and_says_why(cli, tmp_path, method):
+    """--k auto on five separated blobs of 240 down to 6 rows: no cluster mixes two blobs, and every blob,
+    the 6-row one too, is the majority of a cluster of its own (the tail is kept). Gaussian blobs are cut
+    into more pieces than there are blobs (modularity cuts a homogeneous region where the cut is thin; the
+    category tree re-joins them), so K is at least 5, not exactly 5. The choice and why go to SUMMARY.k.json."""
+    import json
+
+    x, truth = long_tail_blobs()
+    ids = feature_store(tmp_path / "f.h5", x)
+    r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "l.csv", "--k", "auto", "--method", method,
+            "--summary", tmp_path / "sizes", "--scan-steps", "300")
+    assert r.code == 0, r.err
+    labels = labels_of(tmp_path / "l.csv", ids)
+    chosen = json.loads((tmp_path / "sizes.k.json").read_text())
+    assert chosen["k"] >= 5 and "Louvain" in chosen["why"] and len(np.unique(labels)) <= chosen["k"]
+    assert purity(labels, truth) == 1.0
+    majority = {int(np.bincount(truth[labels == c]).argmax()) for c in np.unique(labels)}
+    assert majority == set(range(5))
+    for bad in ("0", "many", "-3"):
+        r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "b.csv", "--k", bad)
+        assert r.code == 2 and "--k" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("cluster", tmp_path / "f.h5", "--out", tmp_path / "b.csv", "--k", "auto", "--method", "rim")
+    assert r.code == 2 and "RIM" in r.err

@@ -289,3 +289,27 @@ def test_patience_waits_for_consecutive_agreements(cli, files, tmp_path):
 def test_patience_needs_a_history(cli, files):
     r = cli("converge", files["same"], "--prev", files["truth"], "--patience", "2")
     assert r.code == 2 and "--history" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_heldout_agreement_goes_into_the_previous_labels_row_and_survives_a_rerun(cli, files, tmp_path):
+    """The model of iteration 1 was trained on iteration 0's labels: its held-out top-1 scores those labels,
+    so it lands in row 0 (chance-corrected); re-running iteration 0's converge keeps it."""
+    hist = tmp_path / "history.csv"
+    (tmp_path / "m.json").write_text(json.dumps({"final": {"val_top1": 0.5, "n_val": 12, "test_top1": 0.5,
+                                                           "n_test": 24}}))
+    assert cli("converge", files["random"], "--history", hist, "--iteration", "0").code == 1
+    assert cli("converge", files["split"], "--prev", files["random"], "--history", hist, "--iteration", "1",
+               "--metrics-json", tmp_path / "m.json").code == 1
+    rows = history_rows(hist)
+    shares = np.bincount(read_back(files["random"])) / N
+    chance = float((shares ** 2).sum())
+    assert abs(float(rows[0]["heldout"]) - (0.5 - chance) / (1 - chance)) < 1e-5 and float(rows[0]["heldout_se"]) > 0
+    assert rows[1]["heldout"] == ""
+    assert cli("converge", files["random"], "--history", hist, "--iteration", "0").code == 1
+    assert history_rows(hist)[0]["heldout"] == rows[0]["heldout"]
+
+
+def read_back(path):
+    from ldpo.common.labels import read_labels
+
+    return read_labels(path).labels

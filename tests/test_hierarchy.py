@@ -392,3 +392,23 @@ def test_bad_input_exits_2_with_one_line(cli, tmp_path, case):
     assert r.code == 2, r.err
     assert len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
     assert not (tmp_path / "t" / "tree.json").exists()
+
+
+def test_signals_score_every_level_without_labels_and_the_true_level_scores_best(cli, tmp_path):
+    """--signals FEATURES: each level's modularity in the features' neighbour graph. Features made of 3
+    separated blobs, each cut into 4 categories: the level that joins them into the 3 blobs scores above the
+    12 categories and above the root (one group: modularity 0)."""
+    scores, y = planted(3, 4)
+    ids, _ = write_inputs(tmp_path, scores, y, list(range(12)))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (3, 16))
+    x = (centres[y // 4] + rng.normal(0, 0.5, (len(y), 16))).astype(np.float32)
+    write_store(tmp_path / "f.h5", ids[::-1], {"stage": "test"}, features=x[::-1])  # joined by id
+    r = cli("hierarchy", tmp_path / "probs.h5", tmp_path / "labels.csv", "--out", tmp_path / "tree",
+            "--signals", tmp_path / "f.h5")
+    assert r.code == 0, r.err
+    signals = json.loads((tmp_path / "tree" / "tree.json").read_text())["level_signals"]
+    assert [s["groups"] for s in signals] == [12, 3, 2, 1]
+    best = max(signals, key=lambda s: s["modularity"])
+    assert best["groups"] == 3 and abs(signals[-1]["modularity"]) < 1e-9
+    assert "level 1: 3 groups, modularity" in r.out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldpo.common.keep import kept_from_history
 from ldpo.common.labels import align, read_labels
 from ldpo.common.metrics import purity
 from ldpo.common.stores import open_store
@@ -69,8 +70,15 @@ def first_merges_sharing_a_class(work: Path, truth_csv: Path) -> tuple[float, fl
 
 def test_loop_learns_from_random_init(toy):
     """The demo's recipe (10 texture classes x 24, 64 px, Sobel, random init, k = 20: twice the
-    classes, tree preference 0.9) must discover: final purity >= 0.80, at most 0.03 below iteration 0 (the
-    loop keeps what it found), and >= raw pixels + 0.20. With the multi-scale feature and scan, iteration
+    classes, tree preference 0.9) must discover: the final labels (final/labels.csv, the ones held-out images
+    agree with best, checked to be the kept ones) and the last clustering at purity >= 0.80, the final labels
+    >= raw pixels + 0.20. The old bound "the last iteration at most 0.03 below iteration 0" is gone: nothing
+    in the loop guarantees it (from random init, fine-tuning on 168 images moves a few of iteration 0's
+    0.92; 0.921 -> 0.875 from a fresh clone; one thread here, 2026-12-07: 0.921, 0.904, 0.875, 0.908, 0.904,
+    0.912, final labels iteration 3's, 0.908; two threads: 0.921, 0.908, 0.875, 0.896, 0.879, 0.879, final
+    iteration 4's, 0.879), and the held-out rule cannot return to iteration 0 (its labels
+    are scored by a network trained from scratch, kappa 0.008, later ones by warmed-up networks: 0.118-0.514;
+    docs/discovery.md). With the multi-scale feature and scan, iteration
     0 already finds most of it: 0.921 -> 0.917 on an idle 2-core machine, 0.867 -> 0.904 with one thread
     beside other work (results depend on the thread count); the old avgpool + k-means defaults needed the
     loop for +0.15, 0.458 -> 0.833. Its tree's first
@@ -82,10 +90,17 @@ def test_loop_learns_from_random_init(toy):
     data = toy(classes=10, per_class=24, size=64)
     work = data / "run-learns"
     proc = loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv",
-                "--k", 20, "--max-iter", 5, "--epochs", 3, "--input-filter", "sobel", "--tree-preference", 0.9, *FAST)
+                "--k", 20, "--max-iter", 5, "--epochs", 3, "--input-filter", "sobel", "--tree-preference", 0.9, *FAST,
+                "--split", "70/10/20")  # images held out of fine-tuning score each iteration's labels
     rows = history(work)
     assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
     assert 2 <= len(rows) <= 6
+    # the loop keeps the labels held-out images agree with best (the latest within one standard error)
+    kept, _ = kept_from_history(rows, len(rows) - 1)
+    scores = {int(r["iteration"]): float(r["heldout"]) for r in rows if r["heldout"]}
+    assert set(scores) == set(range(len(rows) - 1))
+    assert read_labels(work / "final/labels.csv").labels.tolist() == \
+        read_labels(work / f"iter-{kept:02d}/labels.csv").labels.tolist()
     with open_store(data / "images.h5") as store:
         raw = raw_pixel_purity(store.read("images"), read_labels(data / "truth.csv").labels)
     first = float(rows[0]["purity_truth"])
@@ -96,7 +111,7 @@ def test_loop_learns_from_random_init(toy):
                f"final labels {final:.3f}; first merges sharing a truth class {merged:.3f} (chance {chance:.3f})")
     print(message)
     print(proc.stdout)
-    assert last >= 0.80 and last >= first - 0.03, message
+    assert final >= 0.80 and last >= 0.80, message
     assert final >= raw + 0.20, message
     assert merged >= 3 * chance and merged >= 0.25, message
     assert (work / "report/index.html").exists() and (work / "final/model.pt").exists()

@@ -175,3 +175,35 @@ def test_archive_bad_options_exit_2_with_one_line(cli, tmp_path):
     r = cli("toy-data", "archive", "--out", tmp_path / "a.zarr", "--truth", tmp_path / "a.zarr")
     assert r.code == 2 and "same file" in r.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_imbalance_sizes_fall_geometrically_and_images_stay_the_same(cli, tmp_path):
+    """--imbalance R: class 0 keeps --per-class images, the last class --per-class / R, geometric in between;
+    every image that exists in the balanced set is the same image (a long-tailed set is a subset of it)."""
+    args = ["--classes", "5", "--per-class", "40", "--size", "32", "--no-sheet", "-q"]
+    assert cli("toy-data", "texture25", "--out", tmp_path / "lt", *args, "--imbalance", "20").code == 0
+    assert cli("toy-data", "texture25", "--out", tmp_path / "eq", *args).code == 0
+    long, even = read_labels(tmp_path / "lt/truth.csv"), read_labels(tmp_path / "eq/truth.csv")
+    sizes = np.bincount(long.labels).tolist()
+    assert sizes == [40, 19, 9, 4, 2] and sizes[0] / sizes[-1] == 20
+    with open_store(tmp_path / "lt/images.h5") as a, open_store(tmp_path / "eq/images.h5") as b:
+        rows = [even.ids.index(i) for i in long.ids]
+        assert np.array_equal(a.read("images"), b.read("images")[rows])
+
+
+def test_archive_imbalance_draws_a_long_tail(cli, tmp_path):
+    from ldpo.stages.toy_data.archive import class_shares, labels_for
+
+    shares = class_shares(10, 50)
+    assert np.isclose(shares.sum(), 1) and np.isclose(shares[0] / shares[-1], 50)
+    assert np.all(np.diff(shares) < 0)
+    counts = np.bincount(labels_for(20000, 10, 0, 50), minlength=10)
+    assert np.allclose(counts / 20000, shares, atol=0.01)
+    assert np.array_equal(labels_for(1000, 10, 0), labels_for(1000, 10, 0, 1.0))  # balanced: the same bytes as before
+    out = tmp_path / "lt.h5"
+    assert cli("toy-data", "archive", "--out", out, "--n", "300", "--size", "32", "--classes", "6",
+               "--imbalance", "30", "-q").code == 0
+    truth = np.bincount(read_labels(tmp_path / "lt.h5.truth.csv").labels, minlength=6)
+    assert truth[0] > 4 * truth[-1]
+    bad = cli("toy-data", "texture25", "--out", tmp_path / "bad", "--imbalance", "0.5")
+    assert bad.code == 2 and "--imbalance" in bad.err

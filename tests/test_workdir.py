@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ldpo.common import loop_plan, workdir
@@ -38,15 +39,15 @@ def opts(inputs: Path, *extra: str, env: dict | None = None):
 
 def test_options_take_environment_defaults_and_the_command_line_wins(inputs):
     parsed = opts(inputs, "--epochs", "4", env={"LDPO_EPOCHS": "2", "LDPO_K": "7", "LDPO_BALANCED": "1"})
-    assert parsed.opts.epochs == 4 and parsed.opts.k == 7 and parsed.opts.balanced
+    assert parsed.opts.epochs == 4 and parsed.opts.k == "7" and parsed.opts.balanced
     assert {"epochs", "k", "balanced"} <= parsed.given and "threshold" not in parsed.given
 
 
 @pytest.mark.parametrize("args, says", [
     (["--k"], "--k needs a value (see --help)"),
     (["--bogus"], "unknown option --bogus (see --help)"),
-    (["--k", "x"], "--k x: not a whole number"),
-    (["--k", "0"], "--k 0: must be at least 1"),
+    (["--k", "x"], "--k x: a whole number >= 1, or auto"),
+    (["--k", "0"], "--k 0: a whole number >= 1, or auto"),
     (["--max-iter", "-1"], "--max-iter -1: not a whole number"),
     (["--encode", "pca"], "--encode pca: one of none, fv, vlad, avg, max, patches"),
     (["--tree-affinity", "nearest"], "--tree-affinity nearest: one of lift, confusion, centroids, reports"),
@@ -64,7 +65,7 @@ def test_bad_options_are_one_line(inputs, args, says):
 
 def test_help_comes_from_the_declarations():
     text = help_text()
-    assert "--restart-from" in text and "[LDPO_MAX_ITER]" in text and "(default: 25)" in text
+    assert "--restart-from" in text and "[LDPO_MAX_ITER]" in text and "(default: auto)" in text
     assert "--encode {none,fv,vlad,avg,max,patches}" in text
 
 
@@ -75,7 +76,8 @@ def test_stages_get_only_what_the_user_set(inputs):
     assert featurize[:2] == ["ldpo", "featurize"] and "--layer" in featurize and "multiscale" in featurize
     for flag in ("--batch-size", "--epochs", "--input-filter", "--seed", "--device", "--arch"):
         assert flag not in featurize
-    assert plan["cluster"][plan["cluster"].index("--k") + 1] == "25"  # the loop's k, not cluster's 100
+    assert plan["cluster"][plan["cluster"].index("--k") + 1] == "auto"  # the loop's k, not cluster's 100
+    assert "--size-prior" not in plan["cluster"]  # iteration 0: cluster's own (the graph's communities)
     assert plan["cluster"][plan["cluster"].index("--method") + 1] == "scan"
     assert plan["finetune"] == [] and plan["encode"] == []
     converge = loop_plan.converge(opts(inputs), layout, 0)
@@ -375,3 +377,62 @@ def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs)
     other = workdir.build_record(given, {}).as_dict()
     kind, shown = workdir.difference(new, other)
     assert kind == "inputs" and "mentions" in shown and "vocabulary" in shown
+
+
+def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
+    """Three fine-tuned iterations whose labels held-out images agree with less and less: the loop keeps
+    iteration 0's labels and iteration 1's model (trained on them), and says why; a drop within one standard
+    error keeps the later labels, as does a history without held-out figures (the rule before)."""
+    parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    for name in ("iter-02/model.pt", "iter-02/labels.csv", "iter-03/model.pt", "iter-03/labels.csv"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(name)
+    rows = [{"iteration": "0", "k": "3", "heldout": "0.80", "heldout_se": "0.05"},
+            {"iteration": "1", "k": "3", "heldout": "0.60", "heldout_se": "0.05"},
+            {"iteration": "2", "k": "3", "heldout": "0.50", "heldout_se": "0.05"},
+            {"iteration": "3", "k": "3"}]
+    write_history(work / "history.csv", rows)
+    layout = Layout(str(work))
+    assert workdir.final_labels_iteration(3, layout) == 0
+    workdir.make_final(layout, 3)
+    assert (work / "final/labels.csv").read_text() == "iter-00/labels.csv"
+    assert (work / "final/model.pt").read_text() == "iter-01/model.pt"
+    text = workdir.summary_text(layout, 3)
+    assert text.splitlines()[2].startswith("0*") and "held-out agreement" in text and "best 0.800" in text
+    rows[1]["heldout"] = "0.76"  # within one standard error of the best: the later labels win
+    write_history(work / "history.csv", rows)
+    assert workdir.final_labels_iteration(3, layout) == 1
+    write_history(work / "history.csv", [{k: v for k, v in r.items() if not k.startswith("heldout")} for r in rows])
+    assert workdir.final_labels_iteration(3, layout) == 2
+
+
+def test_heldout_agreement_is_chance_corrected():
+    import numpy as np
+
+    from ldpo.common.keep import heldout_agreement
+
+    labels = np.array([0] * 90 + [1] * 10)  # chance agreement 0.82: always answering 0 scores 0.9
+    metrics = {"final": {"val_top1": 0.9, "n_val": 10, "test_top1": 0.9, "n_test": 20}}
+    kappa, se = heldout_agreement(metrics, labels)
+    assert abs(kappa - (0.9 - 0.82) / 0.18) < 1e-9 and se > 0
+    even = np.arange(100) % 2
+    assert heldout_agreement(metrics, even)[0] > kappa  # the same top-1 on even classes is far above chance
+    assert heldout_agreement({"final": {"val_top1": None, "test_top1": None}}, labels) is None
+
+
+def test_k_auto_is_chosen_at_iteration_0_then_kept_with_the_previous_sizes(inputs):
+    """Under --k auto iteration 0 chooses K; later iterations cluster into iteration 0's label count (not
+    re-estimated on features fine-tuned to those labels) and scan aims at the previous labels' sizes."""
+    from ldpo.common.labels import write_labels
+
+    layout = Layout(str(inputs / "w"))
+    os.makedirs(layout.iteration(0), exist_ok=True)
+    write_labels(layout.iteration(0, "labels.csv"), [f"i{n}" for n in range(9)], np.array([0, 0, 0, 0, 1, 1, 2, 2, 5]))
+    cluster = loop_plan.iteration(opts(inputs), layout, 1)["cluster"]
+    assert cluster[cluster.index("--k") + 1] == "4"
+    assert cluster[cluster.index("--size-prior") + 1] == layout.iteration(0, "labels.csv")
+    given = loop_plan.iteration(opts(inputs, "--k", "7"), layout, 1)["cluster"]
+    assert given[given.index("--k") + 1] == "7" and "--size-prior" not in given
+    with pytest.raises(InputError, match="--k auto: --method rim"):
+        opts(inputs, "--method", "rim")

@@ -75,7 +75,9 @@ class Options(CommonOptions):
     out: str = opt("output labels CSV (id,label; '-' = stdout)", role="output")
     method: str = opt("algorithm: k-means, over-segmented k-means + RIM, or SCAN's neighbour-consistent heads "
                       "(writes a confidence column)", "kmeans", choices=["kmeans", "rim", "scan"])
-    k: int = opt("clusters (kmeans), or the over-segmentation RIM starts from (the paper: 1000)", 100, min=1)
+    k: str = opt("clusters (kmeans, scan), or the over-segmentation RIM starts from (the paper: 1000); auto = "
+                 "as many as the communities of the rows' nearest-neighbour graph (kmeans, scan; see auto_k.py), "
+                 "the choice and why in SUMMARY.k.json and on stderr", "100")
     pca: int = opt("reduce to this many dimensions with PCA first (0 = no PCA)", 0, min=0)
     whiten: bool = opt("whiten after PCA", False)
     no_l2: bool = opt("skip the row L2 normalization", False)
@@ -96,6 +98,9 @@ class Options(CommonOptions):
                                 "SCAN's 5 splits large categories of imbalanced data)", 2.0, min=0)
     scan_init: str = opt("scan: how each head starts: random, or its own k-means solution (nearest centroid)",
                          "kmeans", choices=["random", "kmeans"])
+    size_prior: str = opt("scan: the cluster sizes the balance term aims at: auto (with --k auto the sizes of the "
+                          "graph's communities, else equal sizes), equal, or a labels CSV whose class sizes to follow "
+                          "(the loop passes the previous iteration's labels under --k auto)", "auto")
     self_label: float = opt("scan: then train the kept head on rows at least this confident (0 = off; SCAN: 0.99)",
                             0.0, min=0, max=1)
     batch_size: int = opt("rows read per batch", 8192, min=1, aliases=["--batch"])
@@ -109,7 +114,8 @@ class Options(CommonOptions):
 
 class ClusterTool(Tool):
     def outputs(self, opts: Options) -> list[tuple[str, str]]:
-        extra = [("--summary", str(p)) for p in summary_paths(opts.summary)] if opts.summary else []
+        paths = [*summary_paths(opts.summary), k_choice_path(opts.summary)] if opts.summary else []
+        extra = [("--summary", str(p)) for p in paths]
         return super().outputs(opts) + extra
 
     name = "cluster"
@@ -125,6 +131,16 @@ class ClusterTool(Tool):
         if opts.whiten and not opts.pca:
             raise InputError("--whiten needs --pca D")
         settings = settings_from(opts)
+        if settings.k == AUTO:
+            if settings.method == "rim":
+                raise InputError("--k auto: RIM chooses K itself; give it the over-segmentation it starts from")
+            settings, found = choose_k(opts.features, settings, resolve_device(opts.device))
+            if opts.size_prior == "auto":
+                settings = with_prior(settings, found.sizes, "the communities' sizes")
+            if opts.summary:
+                write_k_choice(opts.summary, settings.k, found.why())
+        if opts.size_prior not in ("auto", "equal"):
+            settings = with_prior(settings, label_sizes(opts.size_prior), f"the class sizes of {opts.size_prior}")
         if opts.train_rows and not samples(settings):
             raise InputError(f"--train-rows {opts.train_rows}: only k-means and scan learn from a sample "
                              "(RIM and --balance sinkhorn use every row)")
@@ -158,10 +174,68 @@ class Settings:
     seed: int = 0
 
 
+AUTO = 0  # Settings.k of --k auto
+
+
+def parse_k(text: str) -> int:
+    """``--k``: a whole number >= 1, or ``auto`` (:data:`AUTO`)."""
+    if text.strip().lower() == "auto":
+        return AUTO
+    try:
+        k = int(text)
+    except ValueError:
+        raise InputError(f"--k {text}: not a whole number or auto") from None
+    if k < 1:
+        raise InputError(f"--k {text}: must be at least 1, or auto")
+    return k
+
+
+def with_prior(s: Settings, sizes, what: str) -> Settings:
+    """The settings with scan's balance term aiming at ``sizes`` (see ``scan.size_term``)."""
+    from dataclasses import replace
+
+    if s.method == "scan":
+        shares = scan_heads.resample_sizes(sizes, s.k)
+        log.info("scan: cluster sizes aim at %s (shares %.3f..%.3f)", what, shares[0], shares[-1])
+    return replace(s, scan=replace(s.scan, prior=tuple(float(v) for v in sizes)))
+
+
+def label_sizes(path: str) -> list[int]:
+    """The class sizes of a labels CSV (``--size-prior FILE``)."""
+    from ldpo.common.labels import read_labels
+
+    counts = np.bincount(read_labels(path).labels)
+    return counts[counts > 0].tolist()
+
+
+def choose_k(path: str, s: Settings, device: str):
+    """``--k auto``: the settings with K from the data (:mod:`auto_k`, on a seeded sample of a large store) and the
+    :class:`~.auto_k.Estimate` that chose it."""
+    from dataclasses import replace
+
+    from .auto_k import MAX_ROWS, estimate_k
+
+    with open_store(path) as store:
+        n, _ = check_store(store, path, 2)
+        rows = min(n, MAX_ROWS)
+        chosen = np.sort(np.random.default_rng(s.seed).choice(n, rows, replace=False)) if rows < n else np.arange(n)
+        sample = read_sample(store, chosen, path, s.batch_size)
+    found = estimate_k(apply_preprocess(sample, fit_pca(sample, s), s), s.seed, device)
+    return replace(s, k=found.k), found
+
+
+def write_k_choice(path: str, k: int, why: str) -> None:
+    """SUMMARY.k.json: the K that --k auto chose and why (the loop's history and report show it)."""
+    import json
+
+    with atomic_path(k_choice_path(path)) as tmp:
+        tmp.write_text(json.dumps({"k": k, "why": why}) + "\n")
+
+
 def settings_from(opts: Options) -> Settings:
     scan = ScanSettings(neighbours=opts.neighbours, heads=opts.heads, steps=opts.scan_steps,
                         entropy_weight=opts.entropy_weight, self_label=opts.self_label, init=opts.scan_init)
-    return Settings(method=opts.method, k=opts.k, pca=opts.pca, whiten=opts.whiten, l2=not opts.no_l2,
+    return Settings(method=opts.method, k=parse_k(opts.k), pca=opts.pca, whiten=opts.whiten, l2=not opts.no_l2,
                     niter=opts.niter, nredo=opts.nredo, init=opts.init, balance=opts.balance,
                     balance_temp=opts.balance_temp, lam=opts.lam, rim_iter=opts.rim_iter, scan=scan,
                     batch_size=opts.batch_size, train_rows=opts.train_rows, seed=opts.seed)
@@ -527,6 +601,12 @@ def summary_paths(path: str) -> tuple[Path, Path]:
     if base.suffix.lower() in (".csv", ".png"):
         base = base.with_suffix("")
     return base.with_name(base.name + ".csv"), base.with_name(base.name + ".png")
+
+
+def k_choice_path(path: str) -> Path:
+    """SUMMARY.k.json, beside SUMMARY.csv: what ``--k auto`` chose and why."""
+    csv_path, _ = summary_paths(path)
+    return csv_path.with_name(csv_path.stem + ".k.json")
 
 
 def write_summary(path: str, labels: np.ndarray) -> None:

@@ -68,6 +68,7 @@ class ScanSettings:
     self_label: float = 0.0  # 0 = off; else the confidence threshold
     init: str = "kmeans"  # random | kmeans (each head starts as the nearest-centroid rule of its own k-means)
     chunk: int = 4096
+    prior: tuple[float, ...] | None = None  # the cluster sizes to aim at (any order, summing to 1); None = equal
 
 
 def head_input(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -152,16 +153,46 @@ def one_head(heads, h: int, k: int):
     return head
 
 
-def scan_loss(logits_a, logits_n, weight: float):
+def size_term(mean, prior):
+    """The balance term of the mean prediction ``mean`` ``[H, K]``: its entropy (maximal at equal sizes) without a
+    ``prior``; with one, minus the KL divergence of the sorted mean from the sorted prior, so the clusters' sizes
+    aim at the prior's size distribution (largest cluster at the largest share, and so on) whichever cluster
+    ends up which size. With an equal prior the two differ by log K, a constant."""
+    import torch
+
+    if prior is None:
+        return -(mean * torch.log(mean.clamp_min(1e-8))).sum(dim=1)
+    ordered = torch.sort(mean, dim=1, descending=True).values
+    return -(ordered * (torch.log(ordered.clamp_min(1e-8)) - torch.log(prior))).sum(dim=1)
+
+
+def prior_tensor(settings: ScanSettings, k: int, device):
+    """The sorted prior (largest first) as a tensor of ``k`` shares, or None."""
+    import torch
+
+    if settings.prior is None:
+        return None
+    return torch.tensor(resample_sizes(settings.prior, k), dtype=torch.float32, device=device)
+
+
+def resample_sizes(sizes, k: int) -> list[float]:
+    """``sizes`` sorted largest first, stretched or shrunk to ``k`` shares (linear interpolation of the sorted
+    size curve) and normalized to sum to 1."""
+    ordered = np.sort(np.asarray(sizes, dtype=np.float64))[::-1]
+    if len(ordered) != k:
+        ordered = np.interp(np.linspace(0, 1, k), np.linspace(0, 1, len(ordered)), ordered)
+    ordered = np.maximum(ordered, 1e-6)
+    return (ordered / ordered.sum()).tolist()
+
+
+def scan_loss(logits_a, logits_n, weight: float, prior=None):
     """SCAN's loss for a batch, per head (logits ``[B, H, K]``): neighbour consistency minus
-    ``weight`` x the entropy of the mean prediction; returns ``[H]``."""
+    ``weight`` x the balance term (:func:`size_term`); returns ``[H]``."""
     import torch
 
     pa, pn = torch.softmax(logits_a, dim=2), torch.softmax(logits_n, dim=2)
     consistency = -torch.log((pa * pn).sum(dim=2).clamp_min(1e-8)).mean(dim=0)
-    mean = pa.mean(dim=0)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum(dim=1)
-    return consistency - weight * entropy
+    return consistency - weight * size_term(pa.mean(dim=0), prior)
 
 
 def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int):
@@ -175,13 +206,14 @@ def train_heads(inputs, nb, k: int, settings: ScanSettings, seed: int):
     optimizer = torch.optim.Adam(heads.parameters(), lr=settings.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     batch = min(settings.batch, n)
+    prior = prior_tensor(settings, k, inputs.device)
     for _ in progress(range(settings.steps), desc="scan heads"):
         rows = torch.randint(n, (batch,), generator=gen)
         pick = torch.randint(nb.shape[1], (batch,), generator=gen)
         rows, pick = rows.to(inputs.device), pick.to(inputs.device)
         a = heads(inputs[rows]).view(batch, settings.heads, k)
         m = heads(inputs[nb[rows, pick]]).view(batch, settings.heads, k)
-        loss = scan_loss(a, m, settings.entropy_weight).sum()
+        loss = scan_loss(a, m, settings.entropy_weight, prior).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -228,9 +260,8 @@ def head_losses(heads, inputs, nb, k: int, settings: ScanSettings) -> list[float
             p, q = probs[lo:lo + settings.chunk], probs[nb[lo:lo + settings.chunk]]  # [b,H,K], [b,nn,H,K]
             agree = (p[:, None] * q).sum(dim=3).clamp_min(1e-8)  # [b, nn, H]
             total -= torch.log(agree).sum(dim=(0, 1)).double() / nb.shape[1]
-        mean = probs.mean(dim=0)  # [H, K]
-        entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum(dim=1).double()
-    return (total / len(probs) - settings.entropy_weight * entropy).cpu().tolist()
+        balance = size_term(probs.mean(dim=0), prior_tensor(settings, k, probs.device)).double()  # [H]
+    return (total / len(probs) - settings.entropy_weight * balance).cpu().tolist()
 
 
 def self_label(head, inputs, settings: ScanSettings, seed: int) -> None:

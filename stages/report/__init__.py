@@ -50,7 +50,8 @@ from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.history import fields_path
 from ldpo.common.tables import csv_rows, read_cell
 from ldpo.common.thumbs import thumbnail, write_png
-from ldpo.common.workdir import Layout, final_labels_iteration, final_model
+from ldpo.common.keep import kept_from_history
+from ldpo.common.workdir import Layout, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -131,7 +132,7 @@ class ReportTool(Tool):
 
                 text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
-                              final_iteration(history))
+                              final_iteration(history), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -150,10 +151,17 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
     return lines
 
 
+def k_choice(layout: Layout) -> str | None:
+    """Why iteration 0 has the K it has, when ``cluster --k auto`` chose it (``iter-00/clusters.k.json``)."""
+    from ldpo.common.workdir import k_choice_text
+
+    return k_choice_text(layout)
+
+
 def final_iteration(history: list[dict]) -> int | None:
     """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.workdir`)."""
     iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
-    return final_labels_iteration(max(iterations)) if iterations else None
+    return kept_from_history(history, max(iterations))[0] if iterations else None
 
 
 def used_settings(work: Path, model: Path | None) -> dict[str, object]:

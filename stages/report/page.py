@@ -280,7 +280,9 @@ def history_html(rows: list[dict], plot: str | None, final_row: int | None = Non
     out.append('<p class="muted">"vs previous": agreement of this iteration\'s clusters with the previous '
                'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.'
                + (f" * The categories on this page (final/labels.csv) are iteration {final_row}'s clustering: the "
-                  "classes the final model was trained on; the last row clusters that model's features."
+                  "classes the final model was trained on, the iteration whose labels held-out images agreed with "
+                  "best (the 'held-out agreement' column; within one standard error the later wins), so an "
+                  "iteration that made them worse is not kept."
                   if final_row is not None and len(rows) > 1 else "") + "</p>")
     if plot:
         out.append(f'<p><img class="plot" src="{e(plot)}" alt="history plot" loading="lazy"></p>')
@@ -338,6 +340,13 @@ def tree_html(tree: dict | None, categories: dict[int, dict], tree_png: str | No
     if tree.get("forced_final_merge"):
         out.append(" The last join into the root was forced (no more structure was found).")
     out.append("</p>")
+    signals = tree.get("level_signals") or []
+    if signals:
+        out.append('<p class="muted">How many categories, without labels: the modularity of each level\'s groups in '
+                   "the nearest-neighbour graph of iteration 0's features (no labels trained them; higher = the "
+                   "level's groups follow the images' own neighbourhoods): "
+                   + e("; ".join(f"level {s['level']} ({s['groups']} groups) {s['modularity']:.3f}" for s in signals))
+                   + "</p>")
     top = len(levels) - 1
     small = len(categories) <= 40  # a small tree opens whole; a large one shows its top levels
 
@@ -433,7 +442,7 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
            notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None,
-           used: dict | None = None, final_row: int | None = None) -> str:
+           used: dict | None = None, final_row: int | None = None, k_choice: str | None = None) -> str:
     """The page: first what a reviewer came for (the tree, the categories), then the iterations, the header
     fields, and the settings folded away."""
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -461,6 +470,8 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
     for c in sorted(categories):
         out += category_html(categories[c], total, side)
     out += history_html(history, history_png, final_row)
+    if k_choice:
+        out.append(f'<p class="muted">How many categories (<code>--k auto</code>, at iteration 0): {e(k_choice)}</p>')
     out += fields_html(fields or [])
     out += settings_html(run, run_path, used)
     if usage:

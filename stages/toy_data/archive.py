@@ -14,7 +14,7 @@ so a block of textures is one batched matrix product of ``[B,S,4]`` by ``[B,4,S]
 body mask is the sum of an x and a y profile; the noise is uniform uint8 draws. No
 per-image Python loop touches pixels.
 
-Determinism: image ``i`` depends only on (``--seed``, ``i``, ``--classes``, ``--size``):
+Determinism: image ``i`` depends only on (``--seed``, ``i``, ``--classes``, ``--size``, ``--imbalance``):
 images are made in blocks of 256 rows, each from its own generator seeded by
 (seed, block), so the first 20,000 images of a 200,000-image archive are the 20,000-image
 archive, and ``--workers`` threads give the same bytes as one.
@@ -90,21 +90,35 @@ def class_params(classes: int) -> ClassParams:
     )
 
 
-def block_labels(seed: int, block: int, classes: int) -> np.ndarray:
-    """The classes of rows ``block·256 … block·256+255`` (their own stream: known before any pixel)."""
-    return np.random.default_rng([seed, block, 0]).integers(classes, size=GEN_BLOCK)
+def class_shares(classes: int, imbalance: float) -> np.ndarray:
+    """Each class's expected share of the rows: falling geometrically from class 0 to the last class, which is
+    ``imbalance`` times rarer (a long tail, as in archives)."""
+    weights = imbalance ** (-np.arange(classes) / max(classes - 1, 1))
+    return weights / weights.sum()
 
 
-def labels_for(n: int, classes: int, seed: int) -> np.ndarray:
+def block_labels(seed: int, block: int, classes: int, imbalance: float = 1.0) -> np.ndarray:
+    """The classes of rows ``block·256 … block·256+255`` (their own stream: known before any pixel); uniform,
+    or with ``imbalance`` > 1 drawn from :func:`class_shares`."""
+    rng = np.random.default_rng([seed, block, 0])
+    if imbalance == 1:
+        return rng.integers(classes, size=GEN_BLOCK)
+    return rng.choice(classes, size=GEN_BLOCK, p=class_shares(classes, imbalance))
+
+
+def labels_for(n: int, classes: int, seed: int, imbalance: float = 1.0) -> np.ndarray:
     """The truth labels of rows ``0..n-1``."""
     blocks = -(-n // GEN_BLOCK)
-    return np.concatenate([block_labels(seed, b, classes) for b in range(blocks)])[:n] if n else np.zeros(0, np.int64)
+    if not n:
+        return np.zeros(0, np.int64)
+    return np.concatenate([block_labels(seed, b, classes, imbalance) for b in range(blocks)])[:n]
 
 
-def generate_block(seed: int, block: int, classes: int, size: int, params: ClassParams | None = None) -> np.ndarray:
+def generate_block(seed: int, block: int, classes: int, size: int, params: ClassParams | None = None,
+                   imbalance: float = 1.0) -> np.ndarray:
     """The 256 images of generation block ``block``: uint8 ``[256, size, size]``."""
     params = params or class_params(classes)
-    labels = block_labels(seed, block, classes)
+    labels = block_labels(seed, block, classes, imbalance)
     rng = np.random.default_rng([seed, block, 1])
     draws = draw_image_params(rng, labels, params, size)
     out = np.empty((GEN_BLOCK, size, size), dtype=np.uint8)
@@ -208,6 +222,9 @@ class Options(CommonOptions):
     n: int = opt("number of images", 10000, min=1, max=100_000_000)
     size: int = opt("image side in pixels", 256, min=16, max=4096)
     classes: int = opt("generator classes (the truth's label count)", 20, min=1, max=10000)
+    imbalance: float = opt("largest class / smallest class, in expectation: class shares fall geometrically from "
+                           "class 0 to the last class (a long tail, as in archives); 1 = every class equally likely",
+                           1.0, min=1, max=100000)
     truth: str = opt("truth labels CSV (id,label) (default: OUT.truth.csv beside the store)", "", role="output")
     chunk_rows: int = opt("images per store chunk (0 = the most that fit in about 4 MiB, a power of two; "
                           "1 = one image per chunk, for per-image random reads)", 0, min=0, max=1_000_000)
@@ -234,8 +251,8 @@ class ArchiveTool(Tool):
         check_disk(opts.out, truth, opts.n, opts.size, opts.classes)  # before anything is built in memory
         start = time.perf_counter()
         with atomic_path(truth) as tmp_truth:  # ids and labels block by block: memory flat at any --n
-            write_csv(tmp_truth, ["id", "label"], truth_rows(opts.n, opts.classes, opts.seed))
-            write_archive(opts.out, opts.n, opts.size, opts.classes, opts.seed, chunk, opts.workers)
+            write_csv(tmp_truth, ["id", "label"], truth_rows(opts.n, opts.classes, opts.seed, opts.imbalance))
+            write_archive(opts.out, opts.n, opts.size, opts.classes, opts.seed, chunk, opts.workers, opts.imbalance)
         seconds = time.perf_counter() - start
         rate = opts.n / max(seconds, 1e-9)
         log.info("wrote %s (%d images of %d px, %d classes, %d rows per chunk) and %s", opts.out, opts.n,
@@ -244,11 +261,11 @@ class ArchiveTool(Tool):
         return 0
 
 
-def truth_rows(n: int, classes: int, seed: int) -> Iterator[tuple[str, int]]:
+def truth_rows(n: int, classes: int, seed: int, imbalance: float = 1.0) -> Iterator[tuple[str, int]]:
     """``(id, label)`` of rows ``0..n-1`` (:func:`labels_for`), one generator block at a time."""
     for block in range(-(-n // GEN_BLOCK)):
         lo, hi = block * GEN_BLOCK, min(n, (block + 1) * GEN_BLOCK)
-        yield from zip(ids_for(lo, hi, n), block_labels(seed, block, classes)[:hi - lo].tolist())
+        yield from zip(ids_for(lo, hi, n), block_labels(seed, block, classes, imbalance)[:hi - lo].tolist())
 
 
 def truth_path(out: str, truth: str | None = None) -> Path:
@@ -275,17 +292,18 @@ def check_disk(out: str, truth: Path, n: int, size: int, classes: int) -> None:
                              "another disk")
 
 
-def write_archive(out: str, n: int, size: int, classes: int, seed: int, chunk: int, workers: int = 0) -> None:
+def write_archive(out: str, n: int, size: int, classes: int, seed: int, chunk: int, workers: int = 0,
+                  imbalance: float = 1.0) -> None:
     """Generate row ranges in ``workers`` threads (a bounded window ahead) and write them in order."""
     params = class_params(classes)
     unit = max(chunk, GEN_BLOCK) // GEN_BLOCK * GEN_BLOCK  # whole blocks; chunk-aligned when chunk is a power of two
     attrs = {"stage": "toy-data archive", "generator": "phantoms of two oriented gratings", "classes": classes,
-             "seed": seed, "size": size}
+             "seed": seed, "size": size, **({"imbalance": imbalance} if imbalance != 1 else {})}
 
     def make(lo: int) -> np.ndarray:
         hi = min(lo + unit, n)
         blocks = range(lo // GEN_BLOCK, -(-hi // GEN_BLOCK))
-        return np.concatenate([generate_block(seed, b, classes, size, params) for b in blocks])[:hi - lo]
+        return np.concatenate([generate_block(seed, b, classes, size, params, imbalance) for b in blocks])[:hi - lo]
 
     threads = max(1, workers)
     with create_store(out, n=n, arrays={"images": ((size, size), "uint8")}, attrs=attrs,

@@ -215,16 +215,29 @@ def texture(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+def class_sizes(classes: int, largest: int, imbalance: float = 1.0) -> list[int]:
+    """Images per class: ``largest`` for class 0, falling geometrically to ``largest / imbalance`` for the last
+    class (rounded, at least 1); every class ``largest`` when ``imbalance`` is 1 (a long tail, as in archives)."""
+    if imbalance < 1:
+        raise InputError(f"--imbalance {imbalance:g}: must be >= 1 (largest class / smallest class)")
+    if classes == 1:
+        return [largest]
+    return [max(1, round(largest * imbalance ** (-c / (classes - 1)))) for c in range(classes)]
+
+
 def generate(classes: int = 25, per_class: int = 40, size: int = 256, seed: int = 0,
-             show_progress: bool = True) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Images ``[N, size, size]`` uint8, ids, and truth labels; the same bytes for the same seed."""
+             show_progress: bool = True, imbalance: float = 1.0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Images ``[N, size, size]`` uint8, ids, and truth labels; the same bytes for the same seed.
+    ``imbalance`` R > 1: class c holds ``per_class · R^(-c/(classes-1))`` images (:func:`class_sizes`); image i of
+    class c is the same image at any R."""
     if not 1 <= classes <= len(CLASSES):
         raise InputError(f"--classes {classes}: must be between 1 and {len(CLASSES)}")
     if per_class < 1 or size < 16:
         raise InputError("--per-class must be >= 1 and --size >= 16")
-    images = np.empty((classes * per_class, size, size), dtype=np.uint8)
+    sizes = class_sizes(classes, per_class, imbalance)
+    images = np.empty((sum(sizes), size, size), dtype=np.uint8)
     ids, labels = [], []
-    items = [(c, i) for c in range(classes) for i in range(per_class)]
+    items = [(c, i) for c in range(classes) for i in range(sizes[c])]
     for row, (c, i) in enumerate(progress(items, desc="textures", disable=not show_progress)):
         rng = np.random.default_rng([seed, c, i])  # each image independent of the set's size
         images[row] = texture(c, size, rng)
@@ -274,7 +287,10 @@ MAX_BYTES = 8 * 2**30  # the whole set is generated in memory before it is writt
 class Options(CommonOptions):
     out: str = opt("output folder (images store, truth.csv, contact-sheet.png)", role="output-folder")
     classes: int = opt("number of texture classes (1-25)", 25, min=1, max=25)
-    per_class: int = opt("images per class", 40, min=1, max=100000)
+    per_class: int = opt("images per class (with --imbalance: of the largest class)", 40, min=1, max=100000)
+    imbalance: float = opt("largest class / smallest class: sizes fall geometrically from --per-class (class 0) to "
+                           "--per-class / R (the last class), a long tail as in archives; 1 = balanced", 1.0, min=1,
+                           max=100000)
     size: int = opt("image side in pixels", 256, min=8, max=4096)
     format: str = opt("images store format", "h5", choices=["h5", "zarr"])
     no_sheet: bool = opt("skip the contact sheet", False)
@@ -296,16 +312,16 @@ class Texture25Tool(Tool):
         if opts.contact_sheet:
             return draw_labels(opts.contact_sheet, opts.images, opts.out)
         out = Path(opts.out)
-        total = opts.classes * opts.per_class * opts.size ** 2
+        total = sum(class_sizes(opts.classes, opts.per_class, opts.imbalance)) * opts.size ** 2
         if total > MAX_BYTES:
             raise InputError(f"--classes {opts.classes} × --per-class {opts.per_class} × --size {opts.size}²: "
                              f"{total / 2**30:.1f} GiB of images, more than the {MAX_BYTES // 2**30} GiB this "
                              "generator holds in memory")
-        images, ids, labels = generate(opts.classes, opts.per_class, opts.size, opts.seed)
+        images, ids, labels = generate(opts.classes, opts.per_class, opts.size, opts.seed, imbalance=opts.imbalance)
         out.mkdir(parents=True, exist_ok=True)
         store = out / f"images.{opts.format}"
         attrs = {"stage": "toy-data texture25", "classes": [n for n, _ in CLASSES[:opts.classes]],
-                 "seed": opts.seed, "size": opts.size}
+                 "seed": opts.seed, "size": opts.size, "imbalance": opts.imbalance}
         write_store(store, ids, attrs, images=images)
         write_labels(out / "truth.csv", ids, labels)
         if not opts.no_sheet:

@@ -26,6 +26,14 @@ Data sets (generated here, nothing is downloaded):
   ``scenes: kmeans=P0 ldpo_global=P1 ldpo_pm=P2`` (median final purities; kmeans = k-means on
   iteration 0's global features), after the cost of ``encode --method patches`` (ms per
   image, peak RSS at N and 2N);
+* long-tailed sets, run with K not given (the loop's default; archives come without K):
+  ``texture25-lt50`` / ``texture25-lt100`` (``toy-data texture25 --imbalance R``: ``--lt-classes`` classes,
+  sizes falling geometrically from ``--lt-largest`` to ``--lt-largest`` / R) and ``archive-lt50`` /
+  ``archive-lt100`` (``toy-data archive --imbalance R``, ``--lt-classes`` classes, ``--lt-n`` images).
+  Beside purity and NMI at iteration 0 and at the end, each run prints the final labels' scores (what
+  the loop keeps), the K it ended with, the NMI of every level of the category tree against the truth
+  (``tree_nmi``, leaves first) and of the level whose group count is closest to the true K
+  (``tree_nmi@K``);
 * ``pretrained``: the paper's setting without downloads: ResNet-18 trained supervised
   on texture families 10–24 (the source) is saved as a weights file, and the loop runs
   on families 0–9 (the target, disjoint) from ``--init weights:FILE``.
@@ -185,6 +193,22 @@ def make_archive(out: Path, classes: int, per_class: int, size: int) -> tuple[Pa
     return images, truth
 
 
+def make_texture25_lt(out: Path, classes: int, largest: int, imbalance: float, size: int) -> tuple[Path, Path]:
+    if not (out / "images.h5").exists():
+        run([*ldpo(), "toy-data", "texture25", "--out", str(out), "--classes", str(classes), "--per-class",
+             str(largest), "--imbalance", str(imbalance), "--size", str(size), "--seed", "0", "--no-sheet", "--quiet"])
+    return out / "images.h5", out / "truth.csv"
+
+
+def make_archive_lt(out: Path, classes: int, n: int, imbalance: float, size: int) -> tuple[Path, Path]:
+    images, truth = out / "images.h5", out / "truth.csv"
+    if not truth.exists():
+        run([*ldpo(), "toy-data", "archive", "--out", str(images), "--truth", str(truth), "--n", str(n),
+             "--classes", str(classes), "--imbalance", str(imbalance), "--size", str(size), "--seed", "0",
+             "--quiet"])
+    return images, truth
+
+
 def make_pretrained(out: Path, per_class: int, size: int, epochs: int, device: str) -> tuple[Path, Path, Path]:
     """Target = texture families 0-9; a ResNet-18 trained on families 10-24 saved as a weights file."""
     from ldpo.common.labels import read_labels, write_labels
@@ -305,14 +329,38 @@ def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> 
     return score(out, truth)
 
 
+def tree_scores(work: Path, truth: Path, classes: int) -> dict:
+    """NMI against the truth of every level of the final category tree (leaves first), and of the level whose
+    group count is closest to the truth's class count (the coarser on a tie)."""
+    from ldpo.common.labels import read_labels
+    from ldpo.common.metrics import nmi
+
+    path = work / "final" / "tree" / "levels.csv"
+    if not path.exists():
+        return {}
+    t = read_labels(truth)
+    with open(path, newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    levels = [c for c in next(iter(rows.values())) if c.startswith("level")]
+    scores, counts = [], []
+    for level in levels:
+        labels = np.array([int(rows[i][level]) for i in t.ids])
+        scores.append(nmi(labels, t.labels))
+        counts.append(len(np.unique(labels)))
+    near = min(range(len(levels)), key=lambda j: (abs(counts[j] - classes), -j))
+    return {"tree_levels": "/".join(map(str, counts)), "tree_nmi": "/".join(f"{v:.3f}" for v in scores),
+            "tree_nmi@K": scores[near]}
+
+
 def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setting: Setting, seed: int,
             work: Path, opts, extra: list[str], extra_truths: dict[str, Path]) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     k = classes * setting.k_mult
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1",
                OMP_NUM_THREADS=str(opts.threads), **setting.env)
+    k_unknown = "-lt" in data  # archive-shaped: K is not given, the loop's default applies
     cmd = ["bash", str(LOOP), "--images", str(images), "--work", str(work), "--truth", str(truth),
-           "--k", str(k), "--max-iter", str(opts.max_iter), "--epochs", str(opts.epochs),
+           *([] if k_unknown else ["--k", str(k)]), "--max-iter", str(opts.max_iter), "--epochs", str(opts.epochs),
            "--input-size", str(opts.size), "--batch-size", "32", "--device", opts.device, "--seed", str(seed),
            *extra, *setting.args]
     start = time.perf_counter()
@@ -326,6 +374,12 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
               "purity0": float(first["purity_truth"]), "nmi0": float(first["nmi_truth"]),
               "purity": float(last["purity_truth"]), "nmi": float(last["nmi_truth"]),
               "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
+    if k_unknown:
+        result["k"] = "default" if not any(a == "--k" for a in setting.args) else k  # not given: the loop's
+        result["k0"], result["k_end"] = int(first["k"]), int(last["k"])
+        if (work / "final" / "labels.csv").exists():
+            result["purity_final"], result["nmi_final"] = score(work / "final" / "labels.csv", truth)
+        result.update(tree_scores(work, truth, classes))
     # the baseline the loop must beat: plain k-means (k = classes) on the same iteration-0 features
     result["kmeans0"], result["kmeans0_nmi"] = at_k(work, 0, classes, truth, "--method kmeans")
     for name, other in extra_truths.items():
@@ -344,8 +398,15 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
 
 # -- report ------------------------------------------------------------------------------
 COLUMNS = ["set", "setting", "seed", "k", "kmeans0", "purity0", "purity", "kmeans0_nmi", "nmi0", "nmi",
+           "k0", "k_end", "purity_final", "nmi_final", "tree_levels", "tree_nmi", "tree_nmi@K",
            "purity0_region", "purity_region", "nmi0_region", "nmi_region",
            "purity0@K", "purity@K", "nmi0@K", "nmi@K", "iterations", "seconds"]
+
+
+def read_truth(path: Path) -> np.ndarray:
+    from ldpo.common.labels import read_labels
+
+    return read_labels(path).labels
 
 
 def fmt(value) -> str:
@@ -369,7 +430,7 @@ def medians(results: list[dict]) -> list[dict]:
             continue
         row = {"set": key[0], "setting": key[1], "seed": f"{len(group)} seeds", "k": group[0]["k"]}
         for c in COLUMNS[4:]:
-            values = [r[c] for r in group if c in r]
+            values = [r[c] for r in group if c in r and not isinstance(r[c], str)]
             if values:
                 row[c] = float(np.median(values)) if c != "iterations" else int(np.median(values))
         row["seconds"] = round(float(np.median([r["seconds"] for r in group])), 1)
@@ -388,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iter", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--lt-classes", type=int, default=10, help="classes of the long-tailed sets")
+    p.add_argument("--lt-largest", type=int, default=100, help="images of the largest class (texture25-lt*)")
+    p.add_argument("--lt-n", type=int, default=300, help="images of the archive-lt* sets")
     p.add_argument("--scene-classes", type=int, default=10)
     p.add_argument("--scene-per-class", type=int, default=40)
     p.add_argument("--scene-objects", type=int, default=300, help="isolated objects per kind the scenes' network "
@@ -434,6 +498,15 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--init", f"weights:{weights}", "--arch", "resnet18", "--normalize", "zscore"]
             print(encode_cost(images, weights, out / "data-scenes", opts.device, opts.threads), file=sys.stderr,
                   flush=True)
+        elif data.startswith(("texture25-lt", "archive-lt")):
+            kind, ratio = data.split("-lt")
+            if kind == "texture25":
+                images, truth = make_texture25_lt(out / f"data-{data}", opts.lt_classes, opts.lt_largest,
+                                                  float(ratio), opts.size)
+            else:
+                images, truth = make_archive_lt(out / f"data-{data}", opts.lt_classes, opts.lt_n, float(ratio),
+                                                opts.size)
+            classes = len(np.unique(read_truth(truth)))
         elif data == "pretrained":
             images, truth, weights = make_pretrained(out / "data-pretrained", opts.per_class, opts.size,
                                                      opts.pretrain_epochs, opts.device)
