@@ -22,7 +22,9 @@ the history is the clustering of the final model's features, one iteration later
 summary marks the row of ``final/labels.csv`` with ``*`` and the report says which it is
 (:func:`final_labels_iteration`).
 
-Commands: ``options`` (``--help``, or the settings the loop needs), ``begin`` (the run record:
+Commands: ``options`` (``--help``, or the settings the loop needs), ``lock`` (make or check the
+lock file: never a link, a FIFO or a device), ``hold FD PID`` (write who holds the lock through
+the shell's descriptor, once checked to be that file), ``begin`` (the run record:
 resume, ``--restart-from``, ``--fresh``, or refuse), ``iteration T`` (paths and stage command
 lines of iteration ``T``), ``check T`` (a verdict an earlier run recorded, else converge's
 command line), ``verdict T STATUS`` (converge's verdict from what it printed), ``final LAST``
@@ -557,8 +559,6 @@ def summary_text(layout: Layout, last: int) -> str:
     return "\n".join(lines)
 
 
-# -- the command line ----------------------------------------------------------------------------
-
 # -- the lock ------------------------------------------------------------------------------------
 # The loop holds an flock on WORK/.ldpo-loop.lock through a descriptor its shell opens. The shell
 # cannot open without following a link, so ``lock`` makes (or checks) the file first, and ``hold``
@@ -624,8 +624,10 @@ def hold_lock(path: str, fd: int, pid: int) -> None:
                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
 
 
-USAGE = ("usage: ldpo _workdir options|lock|hold FD PID|begin|iteration T|check T|verdict T STATUS|final LAST|summary LAST "
-         "-- LOOP-ARGUMENTS | forget WORK FROM WHY")
+# -- the command line ----------------------------------------------------------------------------
+
+USAGE = ("usage: ldpo _workdir options|lock|hold FD PID|begin|iteration T|check T|verdict T STATUS|final LAST|"
+         "summary LAST -- LOOP-ARGUMENTS | forget WORK FROM WHY")
 
 
 def shell(**values: str | int | list[str]) -> str:
