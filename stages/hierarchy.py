@@ -79,10 +79,10 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import align, read_labels
 from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
 from ldpo.common.plots import pyplot, save_png
-from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.stores import atomic_path, open_store
 from ldpo.common.tables import write_csv
 

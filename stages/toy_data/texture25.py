@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import write_store
