@@ -93,6 +93,29 @@ def has_row(path: str | os.PathLike, iteration: int) -> bool:
         return False
 
 
+def not_written_by_converge(path: str | os.PathLike, fields: bool = False) -> str:
+    """Why the regular file at ``path`` is not a history (``fields``: a field-agreement side file)
+    that converge writes, or ``""`` when it is one, is empty, or is no regular file (a link is
+    removed or replaced, never what it points to). Its header must start with ``iteration`` and
+    name only the columns converge writes (``iteration,field,…`` for the side file)."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return ""
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader([fh.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"unreadable as CSV ({type(err).__name__})"
+    header = [h.strip() for h in header]
+    if not header:
+        return ""
+    if fields:
+        return "" if header[:2] == ["iteration", "field"] else "its header is not converge's iteration,field,…"
+    if header[0] != "iteration" or not set(header) <= set(COLUMNS):
+        return "its header is not converge's iteration,k,…"
+    return ""
+
+
 def keep_before(path: str | os.PathLike, keep_below: int) -> None:
     """Keep the rows of iterations < ``keep_below``, the file's own columns and text as they are
     (no rows kept: the file goes, with converge --fields' side file)."""

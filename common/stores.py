@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -69,6 +70,25 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporaries of ``path`` (:func:`temporary_name`: ``.NAME.tmp-1a2b3c4d.SUFFIX``) that a
+    killed write left beside it; a command that owns ``path`` removes them once it has written it."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.stem}.tmp-") + "[0-9a-f]{8}" + re.escape(path.suffix) + "$")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+    except OSError:
+        return []
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    for stale in stale_temporaries(path):
+        if stale.is_symlink() or not stale.is_dir():
+            stale.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 #: what a Zarr store keeps at its top level besides its arrays' folders (v3; v2)
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 #: what marks a folder inside a Zarr store as an array or group (v3; v2)
@@ -106,10 +126,48 @@ def ldpo_store_problem(path: str | os.PathLike) -> str:
     for entry in entries:
         if entry.name in ZARR_METADATA:
             continue
-        if not (entry.is_dir() and not entry.is_symlink()
-                and any((entry / name).is_file() for name in ZARR_NODE_METADATA)):
+        if not _is_node(entry):
             return f"it holds {entry.name!r}, which is not part of a Zarr store"
+        foreign = _foreign_in_node(entry)
+        if foreign is not None:
+            return f"it holds {str(foreign.relative_to(path))!r}, which is not part of a Zarr store"
     return ""
+
+
+#: a chunk's key below an array folder: ``0``, ``0.0`` (v2), or folders of them (v3's ``c/0/0``)
+CHUNK_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _is_node(entry: Path) -> bool:
+    """A real folder (not a link) that holds a Zarr array's or group's metadata."""
+    return (entry.is_dir() and not entry.is_symlink()
+            and any((entry / name).is_file() and not (entry / name).is_symlink() for name in ZARR_NODE_METADATA))
+
+
+def _foreign_in_node(node: Path, chunks: bool = False) -> Path | None:
+    """The first entry anywhere under a Zarr node folder (an array or a group) that is not part
+    of the store, or None: only metadata files, chunk files and folders named by chunk keys
+    (``c/`` at an array's top), and nested nodes. Links and special files are never part of it."""
+    for entry in sorted(node.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_file():
+            if CHUNK_NAME.match(entry.name) or (not chunks and entry.name in ZARR_METADATA + (".zarray",)):
+                continue
+            return entry
+        if not entry.is_dir():
+            return entry
+        if chunks and not CHUNK_NAME.match(entry.name):
+            return entry
+        if chunks or entry.name == "c" or CHUNK_NAME.match(entry.name):
+            found = _foreign_in_node(entry, chunks=True)
+        elif _is_node(entry):
+            found = _foreign_in_node(entry)
+        else:
+            return entry
+        if found is not None:
+            return found
+    return None
 
 
 def _kind(mode: int) -> str:
@@ -162,7 +220,7 @@ def check_replaceable(final: Path, store: bool) -> None:
 def replace(tmp: Path, final: Path) -> None:
     """Move ``tmp`` onto ``final``: a file over a file, a Zarr store (a folder) over an earlier
     ldpo Zarr store, or a folder output over the earlier one its command checked
-    (:func:`check_replaceable_folder`); anything else at ``final`` is refused
+    (:func:`ldpo.common.folders.check_output_folder`); anything else at ``final`` is refused
     (:func:`check_replaceable`)."""
     tmp, final = Path(tmp), Path(final)
     check_replaceable(final, store=tmp.is_dir() and not tmp.is_symlink())
@@ -417,6 +475,7 @@ class Store:
         if self.shape("ids")[0] != arr.shape[0]:
             raise InputError(f"{self.path}: {arr.shape[0]} {kind} rows but {self.shape('ids')[0]} ids")
         ids = self.ids
+        check_ids(ids, self.path)
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f"{self.path}: duplicate id {dup!r}")
@@ -505,7 +564,20 @@ def _create(path: Path, fmt: str, n: int, arrays: dict[str, tuple[tuple[int, ...
     return store
 
 
+def check_ids(ids: list[str], where: str | os.PathLike) -> None:
+    """One rule for ids everywhere: an id never starts or ends with white space.
+
+    Labels CSVs are read with the spaces around a cell stripped (spreadsheets add them), so an
+    id with such spaces could never join its labels row: a store holding one is refused, on
+    reading and on writing, naming the id."""
+    bad = next((i for i in ids if i != i.strip()), None)
+    if bad is not None:
+        raise InputError(f"{where}: id {bad!r} starts or ends with white space; ids are compared exactly and "
+                         "labels CSVs strip the spaces around their cells: rename it")
+
+
 def write_ids(store: Store, ids: list[str], start: int = 0) -> None:
+    check_ids([str(i) for i in ids], store.path)
     arr = store.array("ids")
     values = np.array([str(i) for i in ids], dtype=object)
     if store.format == "zarr":
@@ -583,7 +655,7 @@ def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
     return digest.hexdigest()[:limit] if limit else digest.hexdigest()
 
 
-#: folders that a command checked it may replace as a whole (:func:`check_replaceable_folder`):
+#: folders that a command checked it may replace as a whole (:func:`ldpo.common.folders.check_output_folder`):
 #: resolved path -> the entries they held then
 _OWNED: dict[str, frozenset[str]] = {}
 
@@ -593,27 +665,9 @@ def _key(path: Path) -> str:
 
 
 def _owned(final: Path) -> bool:
-    """True when ``final`` was checked by :func:`check_replaceable_folder` and holds nothing new since."""
+    """True when ``final`` was checked by check_output_folder and holds nothing new since."""
     listed = _OWNED.get(_key(final))
     try:
         return listed is not None and {p.name for p in final.iterdir()} <= listed
     except OSError:
         return False
-
-
-def check_replaceable_folder(out: str | os.PathLike, owns, what: str) -> None:
-    """An output folder that is replaced as a whole: refuse a file, or a folder holding an
-    entry that ``owns(name)`` does not claim (someone's other data, never deleted).
-
-    A folder that passes may then be replaced by a folder written under :func:`atomic_path`
-    (once, and only while it holds nothing that was not there at this check)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir():
-        names = sorted(p.name for p in out.iterdir())
-        foreign = [name for name in names if not owns(name)]
-        if foreign:
-            raise InputError(f"{out}: folder is not empty and is not {what} (it holds {foreign[0]!r}): "
-                             "give a new folder")
-        _OWNED[_key(out)] = frozenset(names)

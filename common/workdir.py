@@ -23,7 +23,9 @@ iteration whose labels' held-out agreement is within one standard error of the b
 measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says why, and the
 report says which it is (:func:`final_labels_iteration`).
 
-Commands: ``options`` (``--help``, or the settings the loop needs), ``begin`` (the run record:
+Commands: ``options`` (``--help``, or the settings the loop needs), ``lock`` (make or check the
+lock file: never a link, a FIFO or a device), ``hold FD PID`` (write who holds the lock through
+the shell's descriptor, once checked to be that file), ``begin`` (the run record:
 resume, ``--restart-from``, ``--fresh``, or refuse), ``iteration T`` (paths and stage command
 lines of iteration ``T``), ``check T`` (a verdict an earlier run recorded, else converge's
 command line), ``verdict T STATUS`` (converge's verdict from what it printed), ``final LAST``
@@ -327,11 +329,14 @@ ITERATION = re.compile(r"^iter-[0-9]+$")
 ITERATION_LAYOUT: dict[str, Any] = {
     name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png", "clusters.k.json",
                             "converge.txt", "model.pt", "model.pt.partial", "metrics.json", "model.metrics.json")}
-REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.png": None, "thumbs": {"*.png": None}}
+#: the record each stage keeps in its output folder (ldpo.common.folders.RECORD)
+OUTPUT_RECORD = ".ldpo-output.json"
+REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.png": None, "thumbs": {"*.png": None},
+                                 OUTPUT_RECORD: None}
 FINAL_LAYOUT: dict[str, Any] = {
     "labels.csv": None, "model.pt": None, "model.metrics.json": None, "probs.h5": None, "levels.txt": None,
-    "tree": {"tree.json": None, "levels.csv": None, "tree.png": None},
-    "keywords": {"index.html": None, "keywords.csv": None, "montage-*.png": None},
+    "tree": {"tree.json": None, "levels.csv": None, "tree.png": None, OUTPUT_RECORD: None},
+    "keywords": {"index.html": None, "keywords.csv": None, "montage-*.png": None, OUTPUT_RECORD: None},
 }
 
 
@@ -406,6 +411,17 @@ def forget(work: Path, start: str, why: str) -> None:
         if found is not None:
             raise InputError(f"{found}: ldpo did not write this file, and {why} deletes {path}: move it out of "
                              "the work folder and rerun (nothing was deleted)")
+    if keep_below is not None:  # the history is cut (or deleted): only converge's own
+        from .history import fields_path, not_written_by_converge
+
+        history = work / "history.csv"
+        checked = [(history, False)] + ([(fields_path(history), True)] if keep_below == 0 else [])
+        for path, fields in checked:
+            problem = not_written_by_converge(path, fields)
+            if problem:
+                raise InputError(f"{path}: ldpo did not write this file ({problem}), and {why} "
+                                 f"{'deletes' if keep_below == 0 else 'rewrites'} it: move it out of the work "
+                                 "folder and rerun (nothing was deleted)")
     for path, _ in targets:
         remove(path)
     if keep_below is not None:
@@ -464,8 +480,10 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
             if kind == "inputs" and restart != "iter-0":
                 raise InputError(f"{run_json}: the inputs differ ({shown}): earlier iterations cannot be kept; "
                                  "use --fresh")
-    elif layout.iterations() and not restart:
-        raise InputError(f"{run_json}: missing, and {opts.work} holds iterations made with unknown settings; add "
+    elif (layout.iterations() or any(os.path.lexists(p) for p in (layout.final(), layout.report(), layout.history))) \
+            and not restart:  # results of no known run: never taken as this run's
+        what = "iterations" if layout.iterations() else "results (final/, report/ or history.csv)"
+        raise InputError(f"{run_json}: missing, and {opts.work} holds {what} made with unknown settings; add "
                          "--fresh (start over) or --restart-from iter-N (keep iterations < N)")
     n = restart_iteration(opts)
     if n is not None:
@@ -567,10 +585,75 @@ def summary_text(layout: Layout, last: int) -> str:
     return "\n".join(lines)
 
 
+# -- the lock ------------------------------------------------------------------------------------
+# The loop holds an flock on WORK/.ldpo-loop.lock through a descriptor its shell opens. The shell
+# cannot open without following a link, so ``lock`` makes (or checks) the file first, and ``hold``
+# checks that the descriptor the shell then opened is that same regular file before writing the
+# holder's line through it.
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _not_a_lock(path: str, mode: int) -> InputError:
+    return InputError(f"{path}: the work folder's lock is a {_kind_of(mode)}, not a regular file: refusing to open "
+                      "it (nothing was written); remove it and rerun")
+
+
+def make_lock(path: str) -> None:
+    """Create the lock file, or check the one there: a regular file, never a link (``O_NOFOLLOW``),
+    a FIFO or a device (opened without blocking, and refused)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise _not_a_lock(path, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        mode = os.lstat(path).st_mode if os.path.lexists(path) else None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise _not_a_lock(path, mode) from None
+        raise InputError(f"{path}: cannot open the work folder's lock ({err.strerror or err})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_lock(path, mode)
+    finally:
+        os.close(fd)
+
+
+def hold_lock(path: str, fd: int, pid: int) -> None:
+    """Write ``pid … on HOST, started …`` into the lock through the shell's descriptor ``fd``, once it
+    is checked to be the regular file at ``path`` (not one swapped in since :func:`make_lock`)."""
+    import socket
+    import time
+
+    try:
+        opened, there = os.fstat(fd), os.lstat(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot check the work folder's lock ({err.strerror or err})") from None
+    if not stat.S_ISREG(there.st_mode):
+        raise _not_a_lock(path, there.st_mode)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
+        raise InputError(f"{path}: the work folder's lock changed while it was opened: refusing to write it")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {pid} on {socket.gethostname() or 'unknown host'}, started "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+
+
 # -- the command line ----------------------------------------------------------------------------
 
-USAGE = ("usage: ldpo _workdir options|begin|iteration T|check T|verdict T STATUS|final LAST|summary LAST "
-         "-- LOOP-ARGUMENTS | forget WORK FROM WHY")
+USAGE = ("usage: ldpo _workdir options|lock|hold FD PID|begin|iteration T|check T|verdict T STATUS|final LAST|"
+         "summary LAST -- LOOP-ARGUMENTS | forget WORK FROM WHY")
 
 
 def shell(**values: str | int | list[str]) -> str:
@@ -625,6 +708,10 @@ def _main(argv: list[str], defaults=None) -> int:
     name = command[0]
     if name == "options" and not numbers:
         sys.stdout.write(shell(**loop_plan.loop_settings(parsed, layout)))
+    elif name == "lock" and not numbers:
+        make_lock(layout.lock)
+    elif name == "hold" and len(numbers) == 2:
+        hold_lock(layout.lock, *numbers)
     elif name == "begin" and not numbers:
         begin(parsed)
     elif name == "iteration" and len(numbers) == 1:

@@ -65,13 +65,17 @@ take_lock() {
     python3 -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' "$1" 2> /dev/null
   fi
 }
+# The shell cannot open without following a link: `plan lock` makes the file (O_NOFOLLOW) or refuses
+# one that is a link, a FIFO or anything but a regular file; `plan hold` checks that the descriptor
+# opened here is that file before it writes who holds the lock.
+plan lock
 exec {lock_fd}>> "$lock" || die "$lock: cannot open the work folder's lock file"
 if ! take_lock "$lock_fd"; then
   holder=
   read -r holder < "$lock" || true
   die "$work: another ldpo-loop is running in this work folder (${holder:-its process is unknown}); wait for it to end, or stop it"
 fi
-printf 'pid %s on %s, started %s\n' "$$" "${HOSTNAME:-unknown host}" "$(date '+%Y-%m-%d %H:%M:%S')" > "$lock"
+plan hold "$lock_fd" "$$"
 
 # ---- the run record: resume, --restart-from, --fresh, or refuse ----------------------------------
 plan begin

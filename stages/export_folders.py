@@ -162,10 +162,10 @@ class Record:
 def read_record(out: Path) -> Record | None:
     """``None`` for a new OUT; an empty record for an empty folder; an earlier export's record;
     anything else (a file, a folder of other things, a damaged record) is refused."""
-    if not os.path.lexists(out):
+    from ldpo.common.folders import check_folder_path
+
+    if not check_folder_path(out):  # the one rule of output folders: no link, no file
         return None
-    if not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder: give a new or empty folder")
     entries = sorted(p.name for p in out.iterdir())
     if RECORD not in entries:
         if not entries:

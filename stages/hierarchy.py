@@ -79,6 +79,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import align, read_labels
 from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
 from ldpo.common.plots import pyplot, save_png
@@ -141,6 +142,7 @@ class HierarchyTool(Tool):
         return super().outputs(opts) + [("--out", str(Path(opts.out) / name)) for name in OUTPUT_NAMES]
 
     def main(self, opts: Options) -> int:
+        check_output_folder(opts.out, self.name)  # before any work (and again when writing)
         if opts.affinity == "centroids" and not opts.features:
             raise InputError("--affinity centroids needs --features STORE (the final model's feature store, e.g. "
                              "the last iteration's features.h5)")
@@ -172,8 +174,6 @@ class HierarchyTool(Tool):
         groups, forced, how = build_levels(affinity_of, len(classes), present, opts.damping, opts.max_levels,
                                            opts.seed, opts.preference)
         sizes = [len(level) for level in groups]
-        out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
         tree = tree_json(groups, classes, counts, forced)
         tree.update(merged_by=how, affinity=opts.affinity, preference=opts.preference)
         if opts.features:
@@ -183,10 +183,12 @@ class HierarchyTool(Tool):
         if opts.signals:
             tree["level_signals"] = level_signals(opts.signals, ids, row_class, classes, groups, opts.seed,
                                                   opts.batch_size)
-        with atomic_path(out / "tree.json") as tmp:
-            tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
-        write_levels(out / "levels.csv", ids, row_class, classes, groups)
-        draw_tree(out / "tree.png", groups, classes, counts)
+        with output_folder(opts.out, self.name, OUTPUT_NAMES) as folder:
+            out = folder.path
+            with atomic_path(out / "tree.json") as tmp:
+                tmp.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
+            write_levels(out / "levels.csv", ids, row_class, classes, groups)
+            draw_tree(out / "tree.png", groups, classes, counts)
         print("levels: " + ", ".join(str(s) for s in sizes))
         for item in tree.get("level_signals", []):
             print(f"level {item['level']}: {item['groups']} groups, modularity {item['modularity']:.3f}")

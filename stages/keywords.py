@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +244,9 @@ class KeywordsTool(Tool):
                        ("vocabulary", opts.vocabulary or "default")]
             (tmp / "index.html").write_text(page("ldpo keywords: categories and their words", sources, sections),
                                             encoding="utf-8")
+            from ldpo.common.folders import write_record
+
+            write_record(tmp, "keywords", os.listdir(tmp))
         log.info("wrote keywords of %d cluster(s) to %s", len(sections), out)
 
     def check_ids(self, opts: Options, label_ids: list[str], manifest: Manifest, reports: dict) -> None:
@@ -273,11 +277,10 @@ def example_sentences(labels: dict[str, int], manifest: Manifest) -> dict[int, l
 
 
 def check_out(out: Path) -> None:
-    """OUT is replaced as a whole: refuse a folder holding anything but an earlier review sheet."""
-    from ldpo.common.stores import check_replaceable_folder
+    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.folders`)."""
+    from ldpo.common.folders import check_output_folder
 
-    check_replaceable_folder(out, lambda name: name in ("index.html", "keywords.csv") or name.startswith("montage-"),
-                             "a review sheet")
+    check_output_folder(out, "keywords")
 
 
 def write_keywords(path: Path, sections: list[dict]) -> None:

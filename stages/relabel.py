@@ -74,6 +74,10 @@ class RelabelTool(Tool):
         new = [[number[r] for r in g] for g in groups]
         previous = [label_cell(cell) for cell in labels.sets]
         if labels.is_multi or any(len(g) != 1 for g in groups):
+            joined = next((r for r in roots if SEPARATOR in names[r]), None)
+            if joined is not None:  # "a;b" would read back as two names
+                raise InputError(f"{opts.review}: the name {names[joined]!r} (category {joined}) holds "
+                                 f"{SEPARATOR!r}, which joins the names of a multi-label file's cell: rename it")
             write_multilabels(opts.out, labels.ids, new, {"name": [SEPARATOR.join(names[r] for r in g) for g in groups],
                                                           "previous_label": previous})
         else:

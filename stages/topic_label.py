@@ -62,6 +62,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional
 from ldpo.common.errors import InputError
+from ldpo.common.folders import Folder, check_output_folder, output_folder
 from ldpo.common.labels import write_labels
 from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions, keep_mentions_list
 from ldpo.common.phi import RAW_REPORTS_HINT
@@ -293,6 +294,8 @@ class TopicLabelTool(Tool):
         from gensim.corpora import Dictionary
 
         logging.getLogger("gensim").setLevel(logging.INFO if opts.verbose else logging.ERROR)
+        if opts.model_dir:  # before any work: the one rule of output folders
+            check_output_folder(opts.model_dir, self.name)
         grid = parse_grid(opts.topics)
         cleaner = Cleaner(stem=opts.stem)
         reports = read_reports(opts.reports)
@@ -328,16 +331,19 @@ class TopicLabelTool(Tool):
         if scores is not None or opts.out != "-":
             finals += [sides["perplexity"], sides["plot"]]
         extra = {"topic_weight": [f"{w:.4f}" for w in weights]}
-        with atomic_paths(*finals, *([] if opts.out == "-" else [opts.out])) as tmps:
-            write_topics(tmps[0], model, cleaner, opts.topic_words)
-            if scores is not None:
-                write_perplexity(tmps[1], tmps[2], grid, scores, chosen, opts.flatten)
-            if opts.out == "-":
-                write_labels("-", ids, labels, extra)
-            else:
-                write_into(tmps[-1], lambda target: write_labels(target, ids, labels, extra))
-        if opts.model_dir:
-            self.save_model(Path(opts.model_dir), model, dictionary)
+        into_folder = [p.name for p in finals] if opts.out == "-" else []
+        with (output_folder(opts.model_dir, self.name, into_folder) if opts.model_dir
+              else contextlib.nullcontext()) as folder:
+            with atomic_paths(*finals, *([] if opts.out == "-" else [opts.out])) as tmps:
+                write_topics(tmps[0], model, cleaner, opts.topic_words)
+                if scores is not None:
+                    write_perplexity(tmps[1], tmps[2], grid, scores, chosen, opts.flatten)
+                if opts.out == "-":
+                    write_labels("-", ids, labels, extra)
+                else:
+                    write_into(tmps[-1], lambda target: write_labels(target, ids, labels, extra))
+            if folder is not None:
+                self.save_model(folder, model, dictionary)
         log.info("labelled %d images with %d of %d topics", len(ids), len(set(labels)), chosen)
         warn_raw_reports(opts.reports, reports)
         return 0
@@ -377,22 +383,25 @@ class TopicLabelTool(Tool):
                          int((~has_words).sum()), opts.scope)
         return ids, dist.argmax(axis=1), dist.max(axis=1)
 
-    def save_model(self, folder: Path, model, dictionary) -> None:
-        """``lda.model`` (+ gensim's side files ``lda.model.*``) and ``lda.dictionary`` in ``folder``."""
+    def save_model(self, folder: Folder, model, dictionary) -> None:
+        """``lda.model`` (+ gensim's side files ``lda.model.*``) and ``lda.dictionary`` in ``folder``,
+        each recorded in the folder's record before it is written there."""
         import os
         import shutil
         import tempfile
 
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".lda-", dir=folder))
+        tmp = Path(tempfile.mkdtemp(prefix=".lda-", dir=folder.path))
         try:
+            folder.claim(tmp.name)
             model.save(str(tmp / "lda.model"))
             dictionary.save(str(tmp / "lda.dictionary"))
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, folder / f.name)
+            made = sorted(tmp.iterdir())
+            folder.claim(*(f.name for f in made))
+            for f in made:
+                os.replace(f, folder.path / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        log.info("saved the LDA model to %s", folder / "lda.model")
+        log.info("saved the LDA model to %s", folder.path / "lda.model")
 
 
 TOOL = TopicLabelTool

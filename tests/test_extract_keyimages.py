@@ -151,7 +151,7 @@ def test_broken_files_become_rejects_and_the_batch_goes_on(cli, tmp_path):
     manifest, images = outputs(out)
     assert sorted(m["modality"] for m in manifest) == ["CT", "MR"]
     assert all(im.max() > 0 for im in images.values())  # the pass-2 failure left no blank row behind
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial store left over
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".ldpo-output.json"]  # no partial store
 
 
 def test_nothing_usable_exits_2_with_one_line(cli, tmp_path):
@@ -367,7 +367,7 @@ def test_no_phi_from_a_study_named_after_its_patient(cli, tmp_path):
                                                                   "reference not found"}
     assert all(row["source"].startswith(("file:", "report:")) for row in rejects)
     blobs = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert len(blobs) == 4  # images, manifest, rejects, scrubbed reports
+    assert len(blobs) == 5  # images, manifest, rejects, scrubbed reports, the record of what it wrote
     for secret in PHI_STRINGS:
         pattern = re.compile(rb"(?<![A-Za-z0-9])" + re.escape(secret.encode()) + rb"(?![A-Za-z0-9])", re.IGNORECASE)
         for path, blob in blobs.items():

@@ -204,13 +204,17 @@ def test_a_folder_output_may_exist_but_not_as_a_file(cli, ws, monkeypatch):
     refused(cli, ws, ["hierarchy", ws / "probs.h5", ws / "labels.csv", "--out", ws / "feats.h5"], ws / "feats.h5")
 
 
-def test_hierarchy_writes_into_an_existing_folder(cli, ws):
+def test_hierarchy_writes_only_into_its_own_folder(cli, ws):
+    """Issue 30 item 3: one rule for every output folder (ldpo.common.folders): a folder of the
+    user's files is refused, not written into."""
     tree = ws / "tree"
     tree.mkdir()
     (tree / "notes.txt").write_text("mine")
+    refused(cli, ws, ["hierarchy", ws / "probs.h5", ws / "labels.csv", "--out", tree], tree)
+    (tree / "notes.txt").unlink()
     r = cli("hierarchy", ws / "probs.h5", ws / "labels.csv", "--out", tree, "-q")
     assert r.code == 0, r.err
-    assert (tree / "tree.json").is_file() and (tree / "notes.txt").read_text() == "mine"
+    assert (tree / "tree.json").is_file()
     (tree / "levels.csv").unlink()
     user_folder(tree / "levels.csv")
     refused(cli, ws, ["hierarchy", ws / "probs.h5", ws / "labels.csv", "--out", tree], tree / "levels.csv")

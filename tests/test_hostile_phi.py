@@ -385,7 +385,7 @@ def test_the_issue_report_leaves_nothing_through_extract_keyimages(cli, tmp_path
                    "867-5309", "1923"]:
         assert not re.search(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", said, re.IGNORECASE), \
             (secret, said)
-    assert {p.name for p in files} == {"images.h5", "manifest.csv", "rejects.csv", "reports.csv"}
+    assert {p.name for p in files} == {"images.h5", "manifest.csv", "rejects.csv", "reports.csv", ".ldpo-output.json"}
     text = read_csv(tmp_path / "out/reports.csv")[0]["text"]
     assert "nodule" in text and "lung" in text and "chest" in text
 

@@ -178,7 +178,7 @@ def test_bad_work_folders_exit_2(cli, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     r = cli("report", work, "--out", tmp_path / "mine")
-    assert r.code == 2 and "is not a report" in r.err and (tmp_path / "mine" / "notes.txt").exists()
+    assert r.code == 2 and "is not an earlier report output" in r.err and (tmp_path / "mine" / "notes.txt").exists()
     r = cli("report", tmp_path / "nowhere")
     assert r.code == 2 and "no such work folder" in r.err
     other = tmp_path / "other.h5"

@@ -214,27 +214,31 @@ def test_opening_a_folder_that_is_not_a_store_says_so_in_one_line(tmp_path, fmt)
 
 
 def test_a_folder_output_replaces_only_the_earlier_one_its_command_checked(tmp_path):
-    from ldpo.common.stores import atomic_path, check_replaceable_folder
+    from ldpo.common.folders import RECORD, check_output_folder, write_record
+    from ldpo.common.stores import atomic_path
 
     out = tmp_path / "sheet"
     out.mkdir()
     (out / "index.html").write_text("old")
+    write_record(out, "sheet", ["index.html"])
 
     def write_sheet():
         with atomic_path(out) as tmp:
             tmp.mkdir()
             (tmp / "index.html").write_text("new")
+            write_record(tmp, "sheet", ["index.html"])
 
     with pytest.raises(InputError, match="is an existing folder that is not an earlier ldpo Zarr store"):
         write_sheet()  # not checked: a folder like any other
-    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    check_output_folder(out, "sheet")
     write_sheet()
     assert (out / "index.html").read_text() == "new"
     with pytest.raises(InputError):
         write_sheet()  # the check is good for one replacement
-    check_replaceable_folder(out, lambda name: name == "index.html", "a sheet")
+    check_output_folder(out, "sheet")
     (out / "notes.txt").write_text("added after the check")
     with pytest.raises(InputError):
         write_sheet()
     assert (out / "notes.txt").read_text() == "added after the check"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "index.html", "notes.txt"]

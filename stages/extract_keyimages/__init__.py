@@ -15,7 +15,10 @@ for an image folder with class sub-folders ``truth.csv`` (id,label) and ``classe
 (label,name: ``class-`` and the salted hash of the folder name, since folder names often
 name patients; ``--class-names keep`` writes the folder names). The outputs are written together: all of them replace the previous
 run's, or (on an error) none does, and a failed run removes the output folder (and its
-parents) when it created them itself and they are still empty.
+parents) when it created them itself and they are still empty. ``--out`` follows the one
+rule of output folders (:mod:`ldpo.common.folders`): new, empty, or an earlier extract's
+(its ``.ldpo-output.json`` lists what it wrote); only what that record lists is replaced
+or removed, and a folder holding anything else is refused.
 
 No PHI leaves this stage. Ids, study, patient and report keys are salted hashes
 (``report_id`` too: reports are often keyed by accession number). The salt is
@@ -45,6 +48,7 @@ from typing import Callable, Iterator
 
 from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import write_labels
 from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
 from ldpo.common.tables import Report, read_reports, write_csv
@@ -489,12 +493,14 @@ class Extractor:
         """Extract; on a failure remove what this run made itself (the output folder and its parents while
         empty, a new key file), never anything that was there before."""
         made = [p for p in (self.out, *self.out.parents) if not os.path.lexists(p)]
+        check_output_folder(self.out, "extract-keyimages")  # a folder of other files is refused, never emptied
         salt_made = None
         try:
             salt, key_file, created = resolve_salt(self.opts.salt or os.environ.get("LDPO_SALT", ""), self.out)
             salt_made = key_file if created else None
             self.pseudo = Pseudonyms(salt)
-            self.extract()
+            with output_folder(self.out, "extract-keyimages", OUTPUT_NAMES):
+                self.extract()
         except BaseException:
             if salt_made is not None:
                 salt_made.unlink(missing_ok=True)

@@ -65,6 +65,12 @@ class MultiLabel:
         self.truth = torch.from_numpy(data.truth).to(device)
         train = data.truth[data.train[0]]
         pos = train.sum(axis=0)
+        everywhere = [c for c, n in zip(data.classes, pos) if len(train) and n == len(train)]
+        if everywhere:
+            log.warning("class%s %s %s positive on every one of the %d training images: no negatives to learn "
+                        "from, %s sigmoid only learns to say yes", "es" if len(everywhere) > 1 else "",
+                        ", ".join(str(c) for c in everywhere), "are" if len(everywhere) > 1 else "is", len(train),
+                        "their" if len(everywhere) > 1 else "its")
         # negatives / positives per class: each class's positives weigh as much as its negatives
         self.pos_weight = torch.from_numpy((len(train) - pos) / np.maximum(pos, 1)).float().to(device)
         self.device = device

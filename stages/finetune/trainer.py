@@ -433,5 +433,9 @@ class Trainer:
                    std=list(self.built.std), init=str(self.built.init), **extra).save(self.opts.out)
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)
+        from ldpo.common.stores import remove_stale_temporaries
+
+        for done in (self.opts.out, metrics_path(self.opts.out), partial_path(self.opts.out)):
+            remove_stale_temporaries(done)  # what a killed save left (a partial checkpoint's temporary: 80+ MB)
         log.info("wrote %s and %s", self.opts.out, metrics_path(self.opts.out))
 

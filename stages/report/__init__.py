@@ -35,6 +35,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,6 @@ from ldpo.common.keep import kept_from_history
 from ldpo.common.workdir import Layout, final_model
 
 log = logging.getLogger("ldpo")
-
-OWN_FILES = ("index.html", "thumbs", "history.png", "tree.png")
 
 
 @dataclass(kw_only=True)
@@ -134,6 +133,9 @@ class ReportTool(Tool):
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
                               final_iteration(history), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
+                from ldpo.common.folders import write_record
+
+                write_record(tmp, "report", os.listdir(tmp))
         files = sum(1 for p in out.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         log.info("report: %s (%d categories, %d files, %.1f MB)", out / "index.html", len(categories), files, size / 1e6)
@@ -195,10 +197,10 @@ def used_settings(work: Path, model: Path | None) -> dict[str, object]:
 
 
 def check_out(out: Path) -> None:
-    """OUT is replaced as a whole: refuse a folder that holds anything but an earlier report."""
-    from ldpo.common.stores import check_replaceable_folder
+    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.folders`)."""
+    from ldpo.common.folders import check_output_folder
 
-    check_replaceable_folder(out, lambda name: name in OWN_FILES, "a report")
+    check_output_folder(out, "report")
 
 
 def read_json(path: Path) -> dict | None:

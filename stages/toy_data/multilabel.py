@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import write_multilabels
 from ldpo.common.stores import write_store
 from ldpo.stages.toy_data.pacs import phantom
@@ -112,13 +113,15 @@ class MultilabelTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        images, ids, sets = generate(opts.n, opts.size, opts.seed, opts.aspect)
         out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_folder(out, self.name)  # before the set is generated
+        images, ids, sets = generate(opts.n, opts.size, opts.seed, opts.aspect)
         store = out / f"images.{opts.format}"
-        write_store(store, ids, {"stage": "toy-data multilabel", "classes": PARTS, "seed": opts.seed,
-                                 "size": opts.size, "aspect": opts.aspect}, images=images)
-        write_multilabels(out / "truth.csv", ids, sets, {"parts": [";".join(PARTS[c] for c in s) for s in sets]})
+        with output_folder(out, self.name, [store.name, "truth.csv"]):
+            write_store(store, ids, {"stage": "toy-data multilabel", "classes": PARTS, "seed": opts.seed,
+                                     "size": opts.size, "aspect": opts.aspect}, images=images)
+            write_multilabels(out / "truth.csv", ids, sets,
+                              {"parts": [";".join(PARTS[c] for c in s) for s in sets]})
         counts = np.bincount([len(s) for s in sets], minlength=3)
         log.info("wrote %d images to %s: %d with no part, %d with one, %d with two", len(ids), store, *counts[:3])
         return 0

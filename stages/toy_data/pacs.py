@@ -43,6 +43,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import output_folder
 from ldpo.common.tables import write_csv
 
 log = logging.getLogger("ldpo")
@@ -1016,8 +1017,9 @@ class PacsTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True,
-                           show_findings=opts.show_findings, other_names=opts.other_names)
+        with output_folder(opts.out, self.name, ["dicom", ".dicom.tmp", "reports.csv", "regions.csv"]):
+            summary = generate(Path(opts.out), opts.studies, opts.size, opts.seed, show_progress=True,
+                               show_findings=opts.show_findings, other_names=opts.other_names)
         log.info("wrote %d studies (%d image files, %d broken objects) to %s", summary["studies"], summary["files"],
                  len(summary["broken"]), opts.out)
         return 0

@@ -28,6 +28,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import write_store
@@ -225,24 +226,28 @@ class ScenesTool(Tool):
             raise InputError(f"--classes {opts.classes} × --per-class {opts.per_class} × --size {opts.size}²: "
                              f"{total / 2**30:.1f} GiB of images, more than the {MAX_BYTES // 2**30} GiB this "
                              "generator holds in memory")
+        out = Path(opts.out)
+        check_output_folder(out, self.name)  # before the set is generated
+        if opts.objects:
+            check_output_folder(out / "objects", self.name + " --objects")
         images, ids, labels = generate(opts.classes, opts.per_class, opts.size, opts.seed,
                                        show_progress=not opts.no_progress)
-        out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
         attrs = {"stage": "toy-data scenes", "classes": [category_name(c) for c in range(opts.classes)],
                  "seed": opts.seed, "size": opts.size}
-        write_store(out / f"images.{opts.format}", ids, attrs, images=images)
-        write_labels(out / "truth.csv", ids, labels)
-        if not opts.no_sheet:
-            contact_sheet(images, labels, out / "contact-sheet.png")
-        log.info("wrote %d images of %d categories to %s", len(ids), opts.classes, out)
-        if opts.objects:
-            o_images, o_ids, o_labels = isolated_objects(opts.objects, max(32, opts.size // 2), opts.seed)
-            (out / "objects").mkdir(exist_ok=True)
-            write_store(out / "objects" / f"images.{opts.format}", o_ids,
-                        {"stage": "toy-data scenes --objects", "classes": KEY_KINDS + DISTRACTORS, "seed": opts.seed},
-                        images=o_images)
-            write_labels(out / "objects" / "truth.csv", o_ids, o_labels)
+        names = [f"images.{opts.format}", "truth.csv"] + ([] if opts.no_sheet else ["contact-sheet.png"])
+        with output_folder(out, self.name, names + (["objects"] if opts.objects else [])):
+            write_store(out / f"images.{opts.format}", ids, attrs, images=images)
+            write_labels(out / "truth.csv", ids, labels)
+            if not opts.no_sheet:
+                contact_sheet(images, labels, out / "contact-sheet.png")
+            log.info("wrote %d images of %d categories to %s", len(ids), opts.classes, out)
+            if opts.objects:
+                o_images, o_ids, o_labels = isolated_objects(opts.objects, max(32, opts.size // 2), opts.seed)
+                with output_folder(out / "objects", self.name + " --objects", [f"images.{opts.format}", "truth.csv"]):
+                    write_store(out / "objects" / f"images.{opts.format}", o_ids,
+                                {"stage": "toy-data scenes --objects", "classes": KEY_KINDS + DISTRACTORS,
+                                 "seed": opts.seed}, images=o_images)
+                    write_labels(out / "objects" / "truth.csv", o_ids, o_labels)
         if opts.classes > 1:
             print(f"raw-pixel k-means purity (k={opts.classes}): "
                   f"{texture25.raw_pixel_purity(images, labels, opts.seed):.3f}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ldpo.common.cli import CommonOptions, Tool, opt, progress
 from ldpo.common.errors import InputError
+from ldpo.common.folders import check_output_folder, output_folder
 from ldpo.common.labels import write_labels
 from ldpo.common.plots import pyplot, save_png
 from ldpo.common.stores import write_store
@@ -317,15 +318,17 @@ class Texture25Tool(Tool):
             raise InputError(f"--classes {opts.classes} × --per-class {opts.per_class} × --size {opts.size}²: "
                              f"{total / 2**30:.1f} GiB of images, more than the {MAX_BYTES // 2**30} GiB this "
                              "generator holds in memory")
+        check_output_folder(out, self.name)  # before the set is generated
         images, ids, labels = generate(opts.classes, opts.per_class, opts.size, opts.seed, imbalance=opts.imbalance)
-        out.mkdir(parents=True, exist_ok=True)
         store = out / f"images.{opts.format}"
         attrs = {"stage": "toy-data texture25", "classes": [n for n, _ in CLASSES[:opts.classes]],
                  "seed": opts.seed, "size": opts.size, "imbalance": opts.imbalance}
-        write_store(store, ids, attrs, images=images)
-        write_labels(out / "truth.csv", ids, labels)
-        if not opts.no_sheet:
-            contact_sheet(images, labels, out / "contact-sheet.png")
+        with output_folder(out, self.name, [store.name, "truth.csv"] + ([] if opts.no_sheet else
+                                                                          ["contact-sheet.png"])):
+            write_store(store, ids, attrs, images=images)
+            write_labels(out / "truth.csv", ids, labels)
+            if not opts.no_sheet:
+                contact_sheet(images, labels, out / "contact-sheet.png")
         log.info("wrote %d images of %d classes to %s", len(ids), opts.classes, store)
         if opts.classes > 1:
             score = raw_pixel_purity(images, labels, opts.seed)
