@@ -54,6 +54,12 @@ def clustered_store(opts, layout: Layout, t: int) -> str:
     return layout.iteration(t, "encoded.h5" if opts.encode != "none" else "features.h5")
 
 
+def first_clustered(opts) -> int:
+    """The first iteration that featurized and clustered: 0, or 1 where iteration 0's labels were given
+    (``--init-labels``: iteration 0 wrote no store)."""
+    return 1 if opts.init_labels else 0
+
+
 def neighbours(parsed: Parsed, layout: Layout, t: int) -> list[str]:
     """finetune's neighbour consistency (``--neighbour-weight``): its neighbours are mined in the store the
     labels it trains on were clustered from (none where iteration 0's labels were given)."""
@@ -173,7 +179,8 @@ def final(parsed: Parsed, layout: Layout, last: int) -> dict:
         elif opts.tree_affinity == "reports":
             tree += ["--reports", opts.reports, "--manifest", opts.manifest, *words(parsed)]
         hierarchy = [*stage_command("hierarchy"), out["probs_h5"], layout.final("labels.csv"), "--out",
-                     layout.final("tree"), *tree, "--signals", clustered_store(opts, layout, 0), *common(parsed)]
+                     layout.final("tree"), *tree, "--signals", clustered_store(opts, layout, first_clustered(opts)),
+                     *common(parsed)]
     keywords: list[str] = []
     if opts.reports:
         keywords = [*stage_command("keywords"), layout.final("labels.csv"), "--manifest", opts.manifest,

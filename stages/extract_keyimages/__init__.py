@@ -158,11 +158,15 @@ class Extractor:
         self.scrubbers: dict[frozenset[str], Callable[[str], str]] = {}
 
     # -- pass 1 -----------------------------------------------------------------------
-    def index(self) -> list[Record]:
+    def check_source_outside_out(self) -> None:
         out = self.out.resolve()
         if out == self.source.resolve() or out in self.source.resolve().parents:
             raise InputError(f"{self.source}: is inside --out {self.out}, whose files are skipped as outputs: "
                              "give an output folder outside the source")
+
+    def index(self) -> list[Record]:
+        self.check_source_outside_out()
+        out = self.out.resolve()
         files = [f for f in walk(self.source) if out not in Path(f[0]).resolve().parents]  # not our own outputs
         if not files:
             raise InputError(f"{self.source}: holds no DICOM, NIfTI or image files")
@@ -493,6 +497,7 @@ class Extractor:
         """Extract; on a failure remove what this run made itself (the output folder and its parents while
         empty, a new key file), never anything that was there before."""
         made = [p for p in (self.out, *self.out.parents) if not os.path.lexists(p)]
+        self.check_source_outside_out()  # said first: the folder rule below would only say "not empty"
         check_output_folder(self.out, "extract-keyimages")  # a folder of other files is refused, never emptied
         salt_made = None
         try:
