@@ -329,6 +329,18 @@ def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> 
     return score(out, truth)
 
 
+def k_auto(work: Path) -> int:
+    """The K that ``cluster --k auto`` chooses on iteration 0's features (what the loop's default would choose
+    there: iteration 0's features come from the start network, before any labels), for sets run with K given."""
+    import json
+
+    folder = work / "iter-00"
+    feats = folder / "encoded.h5" if (folder / "encoded.h5").exists() else folder / "features.h5"
+    run([*ldpo(), "cluster", str(feats), "--out", str(folder / "labels-auto.csv"), "--k", "auto",
+         "--method", "scan", "--summary", str(folder / "sizes-auto"), "--quiet"])
+    return int(json.loads((folder / "sizes-auto.k.json").read_text())["k"])
+
+
 def tree_scores(work: Path, truth: Path, classes: int) -> dict:
     """NMI against the truth of every level of the final category tree (leaves first), and of the level whose
     group count is closest to the truth's class count (the coarser on a tie)."""
@@ -374,12 +386,14 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
               "purity0": float(first["purity_truth"]), "nmi0": float(first["nmi_truth"]),
               "purity": float(last["purity_truth"]), "nmi": float(last["nmi_truth"]),
               "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
+    if (work / "final" / "labels.csv").exists():  # what the loop keeps (the keep rule), on every set
+        result["purity_final"], result["nmi_final"] = score(work / "final" / "labels.csv", truth)
     if k_unknown:
         result["k"] = "default" if not any(a == "--k" for a in setting.args) else k  # not given: the loop's
         result["k0"], result["k_end"] = int(first["k"]), int(last["k"])
-        if (work / "final" / "labels.csv").exists():
-            result["purity_final"], result["nmi_final"] = score(work / "final" / "labels.csv", truth)
         result.update(tree_scores(work, truth, classes))
+    else:
+        result["k_auto"] = k_auto(work)
     # the baseline the loop must beat: plain k-means (k = classes) on the same iteration-0 features
     result["kmeans0"], result["kmeans0_nmi"] = at_k(work, 0, classes, truth, "--method kmeans")
     for name, other in extra_truths.items():
@@ -398,7 +412,7 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
 
 # -- report ------------------------------------------------------------------------------
 COLUMNS = ["set", "setting", "seed", "k", "kmeans0", "purity0", "purity", "kmeans0_nmi", "nmi0", "nmi",
-           "k0", "k_end", "purity_final", "nmi_final", "tree_levels", "tree_nmi", "tree_nmi@K",
+           "k0", "k_end", "k_auto", "purity_final", "nmi_final", "tree_levels", "tree_nmi", "tree_nmi@K",
            "purity0_region", "purity_region", "nmi0_region", "nmi_region",
            "purity0@K", "purity@K", "nmi0@K", "nmi@K", "iterations", "seconds"]
 
