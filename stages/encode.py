@@ -63,12 +63,12 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
-from ldpo.common.errors import InputError
-from ldpo.common.input_options import InputOptions
-from ldpo.common.features import PCA, kmeans
-from ldpo.common.imagedata import patch_grid
-from ldpo.common.stores import atomic_path, create_store, file_checksum, open_store
+from ..common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ..common.errors import InputError
+from ..common.images.input_options import InputOptions
+from ..common.numerics.features import PCA, kmeans
+from ..common.images.imagedata import patch_grid
+from ..common.files.stores import atomic_path, create_store, file_checksum, open_store
 
 log = logging.getLogger("ldpo")
 
@@ -465,7 +465,7 @@ class PatchFeatures:
     def patches(self, block: np.ndarray):
         import torch
 
-        from ldpo.common.imagedata import crop_patches
+        from ..common.images.imagedata import crop_patches
 
         step = max(1, self.chunk // max(1, len(self.boxes)))  # images whose crops make about one chunk
         parts = []
@@ -479,7 +479,7 @@ class PatchFeatures:
     def whole(self, block: np.ndarray):
         import torch
 
-        from ldpo.common.imagedata import Preprocess
+        from ..common.images.imagedata import Preprocess
 
         prep = Preprocess(self.built.input_size, self.built.normalize, self.built.mean, self.built.std)
         with torch.inference_mode():
@@ -798,8 +798,8 @@ def write_features(src, enc: Encoder, opts: Options, device: str, source_checksu
 def encode_patches(opts: Options) -> int:
     """``--method patches``: featurize patches with --model, fit (or load) the elements, stream the images."""
 
-    from ldpo.common import models
-    from ldpo.common.labels import align, read_labels
+    from ..common.nets import models
+    from ..common.files.labels import align, read_labels
 
     init, device = models.start(opts.model, opts.arch, opts.seed, opts.device)
     with open_store(opts.local, expect="images") as images:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.files.stores import open_store, write_store
 from ldpo.stages.encode import Encoder, fisher_vector, fit_gmm, vlad
 
 

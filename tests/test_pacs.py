@@ -282,9 +282,9 @@ def test_show_findings_changes_key_images_exactly_where_drawn(with_findings):
 
 
 def test_drawn_findings_are_the_affirmed_ones():
-    """Every drawing stands for a finding the image's context affirms (as ldpo.common.mentions reads it); an image
+    """Every drawing stands for a finding the image's context affirms (as ldpo.common.nlp.mentions reads it); an image
     whose context affirms no finding, only negated or uncertain ones, shows nothing."""
-    from ldpo.common.mentions import find_mentions, load_vocabulary
+    from ldpo.common.nlp.mentions import find_mentions, load_vocabulary
     from ldpo.stages.toy_data import pacs as toy
 
     vocab = load_vocabulary()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import align, read_labels, write_labels
-from ldpo.common.metrics import purity
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.files.labels import align, read_labels, write_labels
+from ldpo.common.numerics.metrics import purity
+from ldpo.common.files.stores import open_store, write_store
 from ldpo.stages.toy_data import scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_auto_coding_follows_the_weights_through_a_fine_tuned_checkpoint(cli, da
     """auto = both for a weights file and for a checkpoint fine-tuned from one (the loop's iterations)."""
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     weights = tmp_path / "w.pth"
     torch.save(models.build(models.parse_init("random"), "resnet18", 3, 0, 32).model.state_dict(), weights)

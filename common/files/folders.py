@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import InputError
+from ..errors import InputError
 from .stores import _OWNED, _key
 
 #: the record of what a command wrote into its output folder
@@ -87,7 +87,7 @@ def check_output_folder(out: str | os.PathLike, command: str) -> frozenset[str]:
     earlier run of ``command`` recorded there (empty for a new or empty folder).
 
     A folder that passes may also be replaced as a whole by a folder written under
-    :func:`ldpo.common.stores.atomic_path` (once, while it holds nothing new since this check)."""
+    :func:`ldpo.common.files.stores.atomic_path` (once, while it holds nothing new since this check)."""
     out = Path(out)
     if not check_folder_path(out):
         return frozenset()

@@ -6,7 +6,7 @@ One row per iteration, always the columns of :data:`COLUMNS` (empty where not ap
 (:data:`PREV_COLUMNS`), with the ground truth (:data:`TRUTH_COLUMNS`), finetune's ``top1``,
 converge's verdict ``converged`` (0/1), a ``timestamp`` and ``heldout``: the chance-corrected agreement of
 this row's labels with the predictions, on held-out images, of the next iteration's model (trained on them;
-filled in by the next iteration's converge, :mod:`ldpo.common.keep`). :data:`TITLES` names each column
+filled in by the next iteration's converge, :mod:`ldpo.common.loop.keep`). :data:`TITLES` names each column
 for people (the report's table header).
 """
 
@@ -17,7 +17,7 @@ import io
 import os
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .tables import read_text, write_csv
 
 PREV_COLUMNS = ["purity_prev", "inverse_purity_prev", "nmi_prev", "ari_prev"]

@@ -1,7 +1,7 @@
 """Labels CSV: a header with at least ``id,label`` (label a non-negative integer, ASCII digits).
 
 Extra columns are kept on read and ignored by the stages. ``-`` is stdin/stdout.
-Encoding and atomic writing follow :mod:`ldpo.common.tables` (UTF-8 with or without BOM).
+Encoding and atomic writing follow :mod:`ldpo.common.files.tables` (UTF-8 with or without BOM).
 Rows join stores by id, never by position: :func:`align` puts labels in a store's
 row order and turns unknown, missing or duplicate ids into one-line input errors.
 
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .tables import read_cell, read_text, write_csv
 
 #: the largest label a labels CSV may hold (class numbers, not measurements)

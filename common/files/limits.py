@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InputError
+from ..errors import InputError
 
 #: name -> (default, what it counts)
 BOUNDS = {

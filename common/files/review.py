@@ -5,7 +5,7 @@ may be empty) and ``merge_into`` (another category's label value, or empty). Rea
 ``relabel`` (merges and names) and ``export-folders`` (names).
 
 A category can be kept in two groups: ``merge_into`` may list several labels joined by
-``;`` (the multi-label separator of :mod:`ldpo.common.labels`), e.g. ``5;8`` (the
+``;`` (the multi-label separator of :mod:`ldpo.common.files.labels`), e.g. ``5;8`` (the
 category's images join both 5 and 8) or ``3;8`` on category 3 (it stays itself and its
 images join 8 too). ``relabel`` then writes a multi-label file.
 """
@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .errors import InputError
+from ..errors import InputError
 from .labels import SEPARATOR
 from .tables import csv_rows
 
@@ -93,7 +93,7 @@ def read_review(path: str | os.PathLike) -> Review:
     """Read and check a review CSV: a header with ``label`` (``name``, ``merge_into`` optional),
     integer labels, no label twice (merge targets are checked against the labels by the caller).
 
-    Read with the common CSV reader (:func:`ldpo.common.tables.csv_rows`): UTF-8 with or
+    Read with the common CSV reader (:func:`ldpo.common.files.tables.csv_rows`): UTF-8 with or
     without BOM, and a name the writer (or the report page) quoted against spreadsheet
     formulas (``'=x``) reads back as it was typed (``=x``)."""
     name = str(path)

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 H5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -220,7 +220,7 @@ def check_replaceable(final: Path, store: bool) -> None:
 def replace(tmp: Path, final: Path) -> None:
     """Move ``tmp`` onto ``final``: a file over a file, a Zarr store (a folder) over an earlier
     ldpo Zarr store, or a folder output over the earlier one its command checked
-    (:func:`ldpo.common.folders.check_output_folder`); anything else at ``final`` is refused
+    (:func:`ldpo.common.files.folders.check_output_folder`); anything else at ``final`` is refused
     (:func:`check_replaceable`)."""
     tmp, final = Path(tmp), Path(final)
     check_replaceable(final, store=tmp.is_dir() and not tmp.is_symlink())
@@ -482,7 +482,7 @@ class Store:
         return self
 
     def check_bounds(self, kind: str) -> None:
-        """The sizes the store declares, against :mod:`ldpo.common.limits`, before any row or id is read:
+        """The sizes the store declares, against :mod:`ldpo.common.files.limits`, before any row or id is read:
         its rows (and ids), and the values of one row (an image's pixels x channels, a feature row's dims)."""
         from .limits import check_pixels, check_rows
 
@@ -587,7 +587,7 @@ def write_ids(store: Store, ids: list[str], start: int = 0) -> None:
 
 def _default_chunk_rows(name: str, row_shape: tuple[int, ...], dtype: str) -> int:
     row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
-    if name == "images":  # read in whole chunks (common/imagedata.py): about 1 MiB, 16 images at 256 px
+    if name == "images":  # read in whole chunks (common/images/imagedata.py): about 1 MiB, 16 images at 256 px
         return int(max(1, min(1024, (1 << 20) // max(row_bytes, 1))))
     return int(max(1, min(4096, (4 << 20) // max(row_bytes, 1))))  # about 4 MiB chunks
 
@@ -655,7 +655,7 @@ def file_checksum(path: str | os.PathLike, limit: int | None = None) -> str:
     return digest.hexdigest()[:limit] if limit else digest.hexdigest()
 
 
-#: folders that a command checked it may replace as a whole (:func:`ldpo.common.folders.check_output_folder`):
+#: folders that a command checked it may replace as a whole (:func:`ldpo.common.files.folders.check_output_folder`):
 #: resolved path -> the entries they held then
 _OWNED: dict[str, frozenset[str]] = {}
 

@@ -29,15 +29,15 @@ File kinds:
   ``.txt`` files, searched recursively, report id = accession = the file's stem.
   ``extract-keyimages`` reads raw reports this way; it is the only stage that does.
   Every other stage reads :func:`report_texts`: each text passed through
-  :func:`ldpo.common.phi.scrub_text` (patterns: dates, phone numbers, MRN- and
+  :func:`ldpo.common.nlp.phi.scrub_text` (patterns: dates, phone numbers, MRN- and
   accession-like ids, titled and labelled names, UIDs), and the result says whether the
   file is ``extract-keyimages``' scrubbed ``reports.csv`` (its ``scrubbed`` column holds
-  :data:`ldpo.common.phi.SCRUBBED_MARK` on every row), whose text was also scrubbed with
+  :data:`ldpo.common.nlp.phi.SCRUBBED_MARK` on every row), whose text was also scrubbed with
   everything the DICOM headers say about each patient;
 * manifests (:func:`read_manifest`): ``id,…,report_id,sentence,context`` from
   ``extract-keyimages``; ``sentence`` and ``context`` are passed through the same pattern
   scrubber on reading;
-* labels: :mod:`ldpo.common.labels` (which reads and writes through this module).
+* labels: :mod:`ldpo.common.files.labels` (which reads and writes through this module).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 from .stores import atomic_path
 
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
@@ -190,7 +190,7 @@ def read_reports(path: str | os.PathLike) -> list[Report]:
     """Reports from a CSV (``report_id``, ``text`` [, ``accession``, ``study_uid``, ``scrubbed``]) or a folder of
     ``.txt``, as written (raw text: only ``extract-keyimages`` reads this; the other stages read
     :func:`report_texts`)."""
-    from .phi import SCRUBBED_COLUMN, SCRUBBED_MARK
+    from ..nlp.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
 
     path = Path(path)
     if path.is_dir():
@@ -235,8 +235,8 @@ class ReportTexts(dict):
 
 def report_texts(path: str | os.PathLike) -> ReportTexts:
     """``{report_id: text}`` in file order (see :func:`read_reports`), every text passed through the pattern
-    scrubber (:func:`ldpo.common.phi.scrub_text`): no stage after ``extract-keyimages`` sees raw report text."""
-    from .phi import scrub_text
+    scrubber (:func:`ldpo.common.nlp.phi.scrub_text`): no stage after ``extract-keyimages`` sees raw report text."""
+    from ..nlp.phi import scrub_text
 
     reports = read_reports(path)
     texts = ReportTexts((r.report_id, scrub_text(r.text)) for r in reports)
@@ -265,7 +265,7 @@ class Manifest:
 def read_manifest(path: str | os.PathLike, need: tuple[str, ...] = ()) -> Manifest:
     """Read a manifest CSV; ``id`` and ``report_id`` are required, and the ``need`` columns. The ``sentence`` and
     ``context`` columns (report text) come through the pattern scrubber, as :func:`report_texts`' do."""
-    from .phi import scrub_text
+    from ..nlp.phi import scrub_text
 
     path = Path(path)
     ids: list[str] = []

@@ -21,7 +21,7 @@ antialiased) → normalized: ``imagenet``
 (torchvision's mean/std), ``timm`` (the mean/std of timm's pretrained config for the
 model, passed in by the caller: ``Built.mean``/``Built.std``) or ``zscore`` (per
 image, as DeepMCAT does for MR). Gray images are replicated to 3 channels: the one rule
-for gray medical images and 3-channel backbones (see :mod:`ldpo.common.models`); the
+for gray medical images and 3-channel backbones (see :mod:`ldpo.common.nets.models`); the
 work is done once on the single channel and copied at the end.
 
 Training order (:func:`epoch_items`): the epoch's seeded order of the training images
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldpo.common.stores import Store, open_store
+from ..files.stores import Store, open_store
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,7 +1,7 @@
 """The one inference loop of ``featurize``, ``assign`` and ``finetune``'s evaluation.
 
 ``infer(fn, path, items, prep, …)`` streams a store's rows through ``fn`` in evaluation
-mode: whole-chunk uint8 reads in reader threads (``common/imagedata.py``), the
+mode: whole-chunk uint8 reads in reader threads (``common/images/imagedata.py``), the
 batch moved to the device, preprocessed there (``prep``: resize, normalize), ``fn``
 applied under ``inference_mode`` (and bfloat16 autocast with ``amp``), and yields
 ``(rows, targets, output)`` per batch with a progress bar. What to do with the output
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .cli import progress
+from ..cli import progress
 
 
 def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any], Any], *, batch: int,
@@ -37,7 +37,7 @@ def infer(fn: Callable[[Any], Any], path: str, items: list, prep: Callable[[Any]
 def store_items(path: str, batch: int, lo: int = 0, hi: int | None = None) -> list:
     """Items covering rows ``[lo, hi)`` of an images store (all of it by default), in order."""
     from . import imagedata
-    from .stores import open_store
+    from ..files.stores import open_store
 
     if hi is None:
         with open_store(path, expect="images") as store:

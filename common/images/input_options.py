@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .cli import opt
+from ..cli import opt
 
 
 @dataclass(kw_only=True)

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .cli import CommonOptions, Tool, flag_of, opt
-from .errors import InputError
+from ..cli import CommonOptions, Tool, flag_of, opt
+from ..errors import InputError
 
 PROG = "ldpo-loop"
 ENCODINGS = ["none", "fv", "vlad", "avg", "max", "patches"]
@@ -251,7 +251,7 @@ def _kind(f: dataclasses.Field):
 
 def check(opts: LoopOptions, raw: dict[str, str]) -> None:
     """What the declarations say (bounds), and what goes together."""
-    from .cli import check_bounds
+    from ..cli import check_bounds
 
     check_bounds(opts, raw)
     if not opts.images:

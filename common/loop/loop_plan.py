@@ -1,6 +1,6 @@
 """The stage command lines of ``pipelines/ldpo-loop.sh``, one function per step of the loop: what
-each stage gets is decided here, from the loop's options (:mod:`ldpo.common.loop_options`) and
-the work folder's layout (:class:`ldpo.common.workdir.Layout`), and unit-tested without a loop.
+each stage gets is decided here, from the loop's options (:mod:`ldpo.common.loop.loop_options`) and
+the work folder's layout (:class:`ldpo.common.loop.workdir.Layout`), and unit-tested without a loop.
 
 A stage gets an option only when the user set it (or the loop declares its own default, ``passed``);
 ``NAME_CMD`` swaps a stage's command and ``NAME_ARGS`` adds words to it (word-split).
@@ -76,7 +76,7 @@ def cluster_k(parsed: Parsed, layout: Layout, t: int) -> str:
     k = parsed.opts.k
     if k != "auto" or t == 0:
         return k
-    from .labels import read_labels
+    from ..files.labels import read_labels
 
     first = layout.iteration(0, "labels.csv")
     return str(len(set(read_labels(first).labels.tolist()))) if os.path.isfile(first) else k

@@ -3,12 +3,12 @@ bookkeeping, exposed to ``pipelines/ldpo-loop.sh`` as plumbing (like git's): ``l
 … -- LOOP-ARGUMENTS`` (not a user command, not listed by ``ldpo --help``). The loop parses no JSON
 and no CSV: every command below prints shell assignments that the loop ``eval``s, or one error
 line ``ldpo-loop: error: …`` and exits 2. Each reads the loop's own arguments (after ``--``) with
-:mod:`ldpo.common.loop_options`.
+:mod:`ldpo.common.loop.loop_options`.
 
 The layout of ``WORK`` (:class:`Layout`)::
 
     run.json            the run record (:class:`RunRecord`)
-    history.csv         converge's rows (schema: ldpo.common.history), history.png, history.fields.csv
+    history.csv         converge's rows (schema: ldpo.common.files.history), history.png, history.fields.csv
     iter-NN/            features.h5, [encoded.h5], labels.csv, clusters.*, converge.txt; from
                         iteration 1 on model.pt (finetune on iter-(NN-1)/labels.csv), model.metrics.json
     final/              model.pt, labels.csv, probs.h5, levels.txt, tree/, keywords/
@@ -19,7 +19,7 @@ iteration s's clustering, and ``final/model.pt`` of the model trained on them, i
 ``model.pt`` (with no fine-tuning iteration, iteration 0's labels and no model): the model's
 classes, the tree's leaves and the keywords' categories are then one set. s is the latest
 iteration whose labels' held-out agreement is within one standard error of the best
-(:mod:`ldpo.common.keep`; the last labels a model was trained on, s = last - 1, where none was
+(:mod:`ldpo.common.loop.keep`; the last labels a model was trained on, s = last - 1, where none was
 measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says why, and the
 report says which it is (:func:`final_labels_iteration`).
 
@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import InputError
+from .. import __version__
+from ..errors import InputError
 
 # -- the layout --------------------------------------------------------------------------------
 
@@ -108,9 +108,9 @@ def final_labels_iteration(last: int, layout: "Layout | None" = None) -> int:
 
 
 def kept_labels(layout: "Layout", last: int) -> tuple[int, str]:
-    """``(s, why)``: the labels the loop keeps by the history's held-out agreement (:mod:`ldpo.common.keep`);
+    """``(s, why)``: the labels the loop keeps by the history's held-out agreement (:mod:`ldpo.common.loop.keep`);
     the final model is iteration s + 1's, the one trained on them."""
-    from .history import read_history
+    from ..files.history import read_history
     from .keep import kept_from_history
 
     return kept_from_history(read_history(layout.history), last)
@@ -179,11 +179,11 @@ def upgrade(record: dict) -> dict:
 
 
 def build_record(parsed, environ: dict[str, str] | None = None) -> RunRecord:
-    """The run record of these loop options (:class:`ldpo.common.loop_options.Parsed`): settings as the user gave
+    """The run record of these loop options (:class:`ldpo.common.loop.loop_options.Parsed`): settings as the user gave
     them (paths made absolute), the stage commands, and each input's SHA-256
-    (:func:`ldpo.common.stores.file_checksum`)."""
+    (:func:`ldpo.common.files.stores.file_checksum`)."""
     from .loop_options import layer
-    from .stores import file_checksum
+    from ..files.stores import file_checksum
 
     environ = os.environ if environ is None else environ
     opts = parsed.opts
@@ -329,7 +329,7 @@ ITERATION = re.compile(r"^iter-[0-9]+$")
 ITERATION_LAYOUT: dict[str, Any] = {
     name: None for name in ("features.h5", "encoded.h5", "labels.csv", "clusters.csv", "clusters.png", "clusters.k.json",
                             "converge.txt", "model.pt", "model.pt.partial", "metrics.json", "model.metrics.json")}
-#: the record each stage keeps in its output folder (ldpo.common.folders.RECORD)
+#: the record each stage keeps in its output folder (ldpo.common.files.folders.RECORD)
 OUTPUT_RECORD = ".ldpo-output.json"
 REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.png": None, "thumbs": {"*.png": None},
                                  OUTPUT_RECORD: None}
@@ -412,7 +412,7 @@ def forget(work: Path, start: str, why: str) -> None:
             raise InputError(f"{found}: ldpo did not write this file, and {why} deletes {path}: move it out of "
                              "the work folder and rerun (nothing was deleted)")
     if keep_below is not None:  # the history is cut (or deleted): only converge's own
-        from .history import fields_path, not_written_by_converge
+        from ..files.history import fields_path, not_written_by_converge
 
         history = work / "history.csv"
         checked = [(history, False)] + ([(fields_path(history), True)] if keep_below == 0 else [])
@@ -425,7 +425,7 @@ def forget(work: Path, start: str, why: str) -> None:
     for path, _ in targets:
         remove(path)
     if keep_below is not None:
-        from .history import keep_before
+        from ..files.history import keep_before
 
         keep_before(work / "history.csv", keep_below)
 
@@ -498,7 +498,7 @@ def begin(parsed, environ: dict[str, str] | None = None) -> None:
 def recorded_verdict(layout: Layout, t: int) -> str | None:
     """converge's verdict for iteration ``t`` as an earlier run recorded it, when it stands: in
     ``converge.txt``, newer than the labels it compared, and the iteration has its history row."""
-    from .history import has_row
+    from ..files.history import has_row
 
     said = layout.iteration(t, "converge.txt")
     compared = [layout.iteration(t, "labels.csv")] + ([layout.iteration(t - 1, "labels.csv")] if t > 0 else [])
@@ -561,7 +561,7 @@ def k_choice_text(layout: Layout) -> str | None:
 
 
 def summary_text(layout: Layout, last: int) -> str:
-    from .history import read_history, summary
+    from ..files.history import read_history, summary
 
     final, why = kept_labels(layout, last)
     lines = [summary(read_history(layout.history), final),

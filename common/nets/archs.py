@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -261,7 +261,7 @@ def timm_name(arch: str) -> str:
 
 def timm_cfg(arch: str) -> dict[str, Any]:
     """timm's pretrained config for the model (input size, mean/std, classifier, first conv)."""
-    from .imagedata import IMAGENET_MEAN, IMAGENET_STD
+    from ..images.imagedata import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = import_timm().models.get_pretrained_cfg(timm_name(arch))
     if cfg is None:  # a model without a registered pretrained config

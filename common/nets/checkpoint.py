@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 CHECKPOINT_FORMAT = "ldpo-checkpoint-1"
 #: what a file must hold to be a checkpoint at all
@@ -120,7 +120,7 @@ class Checkpoint:
         """Write atomically (a temporary name, then renamed)."""
         import torch
 
-        from .stores import atomic_path
+        from ..files.stores import atomic_path
 
         with atomic_path(Path(path)) as tmp:
             torch.save(self.to_dict(), tmp)

@@ -1,6 +1,6 @@
 """Reading a named layer of a model: the :class:`Extractor`.
 
-Named layers (:attr:`ldpo.common.archs.Arch.layers`) are read with a forward hook on the
+Named layers (:attr:`ldpo.common.nets.archs.Arch.layers`) are read with a forward hook on the
 module that produces them; the hook stops the forward pass there, so later layers cost
 nothing. timm models are read through ``forward_features``/``forward_head``.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .archs import arch_record, check_layer
-from .errors import InputError
+from ..errors import InputError
 from .heads import Captured, num_outputs
 
 #: checkpoint targets whose outputs are independent sigmoids, not one softmax

@@ -1,6 +1,6 @@
 """Head surgery: find, replace, read and initialise a model's classifier head.
 
-The head is the module its architecture's record names (:attr:`ldpo.common.archs.Arch.head`;
+The head is the module its architecture's record names (:attr:`ldpo.common.nets.archs.Arch.head`;
 a timm model names its own in ``pretrained_cfg["classifier"]``): a linear layer, or
 (``mlp``) Linear → ReLU → Linear with :data:`MLP_HIDDEN` hidden units. A new head is drawn
 from :func:`head_seed` of the model's seed, so the backbone is the same whatever the
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .archs import arch_record
-from .errors import InputError
+from ..errors import InputError
 
 #: classifier heads: linear, or a small MLP (Linear -> ReLU -> Linear) with MLP_HIDDEN units
 HEADS = ("linear", "mlp")

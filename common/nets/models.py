@@ -18,7 +18,7 @@ feature map as ``[N,H·W,C]``, or a ViT's patch tokens without the class/registe
 (ViTs) are built for the input size asked, their position embedding resampled by timm.
 
 Gray images and 3-channel backbones, one rule: ldpo replicates a gray image to 3
-channels before normalizing (:mod:`ldpo.common.imagedata`) and never changes the first
+channels before normalizing (:mod:`ldpo.common.images.imagedata`) and never changes the first
 layer. By linearity this is the same as summing the first conv's weights over its input
 channels into a 1-channel conv (the usual "convert to 1 channel" of timm's
 ``in_chans=1``) when the channels are normalized alike (``zscore``, or equal mean/std);
@@ -28,10 +28,10 @@ tests/test_timm.py checks the identity.
 
 This module is the public front: ``build`` (below) makes a model from ``--init``, and
 the rest is re-exported from where it lives: the architecture records
-(:mod:`ldpo.common.archs`: adding an architecture is one :class:`Arch` record), weights
-files (:mod:`ldpo.common.weights`: every common layout, nothing downloaded), head
-surgery (:mod:`ldpo.common.heads`), reading a layer (:mod:`ldpo.common.extractor`) and
-the checkpoint (:mod:`ldpo.common.checkpoint`).
+(:mod:`ldpo.common.nets.archs`: adding an architecture is one :class:`Arch` record), weights
+files (:mod:`ldpo.common.nets.weights`: every common layout, nothing downloaded), head
+surgery (:mod:`ldpo.common.nets.heads`), reading a layer (:mod:`ldpo.common.nets.extractor`) and
+the checkpoint (:mod:`ldpo.common.nets.checkpoint`).
 
 ``--init`` is one of:
 
@@ -59,13 +59,13 @@ from .archs import (  # noqa: F401 - the public front re-exports what stages and
     check_arch, check_input_size, check_layer, default_input_size, import_timm, is_timm, layers, min_input,
     recipe_for, register_arch, resolve_layer, timm_cfg, timm_name, unregister_arch)
 from .checkpoint import CHECKPOINT_FORMAT, Checkpoint  # noqa: F401
-from .errors import InputError
+from ..errors import InputError
 from .extractor import Extractor, pooled_stage  # noqa: F401
 from .heads import (  # noqa: F401
     HEADS, MLP_HIDDEN, head_in_features, head_inputs, head_kind, head_linear, head_module, head_name,
     head_parameters, head_seed, num_outputs, set_head, set_head_to_centroids)
-from .imagedata import IMAGENET_MEAN, IMAGENET_STD
-from .stores import file_checksum
+from ..images.imagedata import IMAGENET_MEAN, IMAGENET_STD
+from ..files.stores import file_checksum
 from .weights import (  # noqa: F401
     PREFIXES, WRAPPERS, Init, load_file, load_state, load_weights, parse_init, read_weights, strip_prefixes,
     timm_filter)
@@ -224,7 +224,7 @@ def attach_input_filter(model: nn.Module, name: str, arch: str = "") -> None:
 def start(spec: str, arch: str | None, seed: int, device: str) -> tuple[Init, str]:
     """What every command that runs a model does first: the device (``auto`` resolved), the seed, deterministic
     kernels on the CPU, the parsed ``--init``/``--model`` spec and a checked ``--arch``."""
-    from .cli import resolve_device
+    from ..cli import resolve_device
 
     device = resolve_device(device)
     torch.manual_seed(seed)

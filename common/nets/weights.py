@@ -28,7 +28,7 @@ from torch import nn
 
 from .archs import arch_record
 from .checkpoint import Checkpoint
-from .errors import InputError
+from ..errors import InputError
 from .heads import head_linear, head_name
 
 log = logging.getLogger("ldpo")

@@ -31,7 +31,7 @@ requires spaCy < 3.8 on Python < 3.12, i.e. thinc 8.2 and numpy < 2, which ldpo 
 The pipeline is built once per vocabulary (cached) and texts are processed with ``nlp.pipe``; a text
 longer than :data:`PIECE_CHARS` goes through it in pieces of whole sentences (NegEx's time is
 quadratic in a text's length, its scopes end at sentence ends; see :func:`_pieces`).
-Text passed here should already be scrubbed of patient identifiers (:mod:`ldpo.common.phi`);
+Text passed here should already be scrubbed of patient identifiers (:mod:`ldpo.common.nlp.phi`);
 this module adds nothing but vocabulary terms.
 """
 
@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["STATUSES", "Mention", "Vocabulary", "affirmed_terms", "affirmed_text", "affirmed_texts",
            "find_mentions", "find_mentions_many", "keep_mentions", "keep_mentions_list", "load_vocabulary",
@@ -457,7 +457,7 @@ def keep_mentions(texts: dict, mode: str, vocabulary: str | None, source: str) -
 
     ``all``: unchanged. ``affirmed``: every text without its negated and uncertain mentions and
     their scopes (:func:`affirmed_text`); a copy of the same mapping type and attributes (so
-    :class:`ldpo.common.tables.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
+    :class:`ldpo.common.files.tables.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
     a given ``vocabulary`` file occurs in any text of ``source`` (with the default list: a warning)."""
     if mode not in MENTION_MODES:
         raise InputError(f"--mentions {mode}: expected one of {', '.join(MENTION_MODES)}")

@@ -4,7 +4,7 @@ Report text enters ldpo once, through :func:`scrubber`: ``extract-keyimages`` sc
 each report with everything the DICOM headers of its patient's studies say, and writes
 the result as ``OUT/reports.csv`` (``report_id,text,scrubbed``; every row's
 :data:`SCRUBBED_COLUMN` holds :data:`SCRUBBED_MARK`). The text stages read reports
-through :func:`ldpo.common.tables.report_texts`, which passes every text through
+through :func:`ldpo.common.files.tables.report_texts`, which passes every text through
 :func:`scrub_text` again (the pattern layer, idempotent) and tells whether the file
 carried the mark: a file without it (a raw PACS export, a folder of ``.txt``) is
 scrubbed by pattern only, which cannot find a name written without a title.
@@ -37,7 +37,7 @@ Two layers:
    titles only with a dot, so ``MR images`` and ``MS lesions`` stay).
 
 What is removed becomes :data:`REMOVED` (UIDs :data:`UID_MARK`); the text stages drop
-these placeholders before counting words (:class:`ldpo.common.text.Cleaner`).
+these placeholders before counting words (:class:`ldpo.common.nlp.text.Cleaner`).
 
 Why our own code and not a library: presidio (and medspacy, philter) find names with
 spaCy or NLTK models that are downloaded at run time, which ldpo's machines (and many

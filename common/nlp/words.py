@@ -2,7 +2,7 @@
 ``word-vectors``, ``finetune --vectors`` and ``describe``.
 
 **Tokens.** Report text is cut into sentences (line breaks, and ``. ! ?`` before a space),
-each sentence into :func:`ldpo.common.text.tokenize`'s lower-case tokens; the scrubber's
+each sentence into :func:`ldpo.common.nlp.text.tokenize`'s lower-case tokens; the scrubber's
 placeholders and other tools' de-identification marks (``XXXX``, ``[** … **]``, ``___``), numbers, measurements, dates and tokens with 3 or more digits are dropped
 (as for keywords); stop words stay (skip-gram's sub-sampling of frequent words handles
 them). With a vocabulary, every mention of a term or of one of its synonyms becomes one
@@ -21,7 +21,7 @@ trained once per bi-gram; an image without a row is not trained on). Terms are t
 the vectors file (``pleural_effusion``). ``word-vectors --manifest M --targets T`` writes
 it from each key image's report sentence and its two neighbours (the manifest's
 ``context``, else ``sentence``): the affirmed vocabulary terms there
-(:func:`ldpo.common.mentions.affirmed_terms`: negated and uncertain mentions are left out),
+(:func:`ldpo.common.nlp.mentions.affirmed_terms`: negated and uncertain mentions are left out),
 in order of first mention, paired into every bi-gram ``(a, b)`` with a before b; an image
 with a single term gets the bi-gram ``(a, a)``.
 
@@ -49,7 +49,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -68,7 +68,7 @@ def term_token(term: str) -> str:
 
 def phrase_table(vocab) -> dict[tuple[str, ...], str]:
     """``{surface tokens: canonical token}`` for every term and synonym of a vocabulary
-    (:class:`ldpo.common.mentions.Vocabulary`)."""
+    (:class:`ldpo.common.nlp.mentions.Vocabulary`)."""
     from .text import tokenize
 
     table: dict[tuple[str, ...], str] = {}
@@ -81,7 +81,7 @@ def phrase_table(vocab) -> dict[tuple[str, ...], str]:
 
 def vocabulary_forms(vocab) -> list[tuple[str, str]]:
     """``(surface form, canonical term)`` of every spelling of ``vocab``'s terms and their simple plurals
-    (the forms :mod:`ldpo.common.mentions` matches)."""
+    (the forms :mod:`ldpo.common.nlp.mentions` matches)."""
     from .mentions import plural_forms
 
     forms = [(t, t) for t in vocab.terms] + list(vocab.spellings)
@@ -161,7 +161,7 @@ class Vectors:
 
 def write_vectors(path: str, words: list[str], matrix: np.ndarray) -> None:
     """word2vec text format, atomically (see the module doc)."""
-    from .stores import atomic_path
+    from ..files.stores import atomic_path
 
     matrix = np.asarray(matrix, dtype=np.float32)
     with atomic_path(path) as tmp:
@@ -173,8 +173,8 @@ def write_vectors(path: str, words: list[str], matrix: np.ndarray) -> None:
 
 def read_vectors(path: str) -> Vectors:
     """The vectors file (word2vec text format); a bad one is an :class:`InputError` naming it."""
-    from .stores import file_checksum
-    from .tables import read_text
+    from ..files.stores import file_checksum
+    from ..files.tables import read_text
 
     text = read_text(path, "vectors file")
     lines = text.splitlines()
@@ -269,14 +269,14 @@ class WordsTarget:
 
 
 def write_words_target(path: str, rows: list[tuple[str, str, str]]) -> None:
-    from .tables import write_csv
+    from ..files.tables import write_csv
 
     write_csv(path, WORDS_TARGET_COLUMNS, rows)
 
 
 def read_words_target(path: str, vectors: Vectors | None = None) -> WordsTarget:
     """Read a words-target file; with ``vectors``, every term must be one of its tokens."""
-    from .tables import csv_rows
+    from ..files.tables import csv_rows
 
     ids, a, b = [], [], []
     known = set(vectors.words) if vectors is not None else None
@@ -322,7 +322,7 @@ def term_scores(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: 
     centred on the candidates' mean vector: word2vec vectors share a common direction, and without it the
     cosine favours the terms nearest that direction (measured on the toy PACS, a region's mean term vector
     then found 0.80 of its 5 most frequent terms; centred, 0.88)."""
-    from .features import l2_normalize
+    from ..numerics.features import l2_normalize
 
     at = vectors.index()
     cand = [c for c in terms if c in at]
@@ -355,11 +355,11 @@ def describe(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: lis
 def predict(model, images: str, rows: np.ndarray, preprocess, batch_size: int, workers: int, device: str,
             amp: bool = False, bar: bool = True) -> np.ndarray:
     """The model's sigmoid outputs [len(rows), units] for store ``rows`` (any order; returned in that order),
-    through the one inference loop (:mod:`ldpo.common.inference`)."""
+    through the one inference loop (:mod:`ldpo.common.images.inference`)."""
     import torch
 
-    from . import imagedata
-    from .inference import infer
+    from ..images import imagedata
+    from ..images.inference import infer
 
     rows = np.asarray(rows, dtype=np.int64)
     order = np.arange(len(rows))

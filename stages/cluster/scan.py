@@ -4,7 +4,7 @@ SCAN (Van Gansbeke et al., ECCV 2020), its clustering step, on a feature matrix 
 a trained backbone:
 
 1. **Mine neighbours.** Each row's ``neighbours`` nearest rows by cosine similarity (faiss,
-   exact up to :data:`~ldpo.common.features.EXACT_KNN_MAX_ROWS` rows, an inverted-file
+   exact up to :data:`~ldpo.common.numerics.features.EXACT_KNN_MAX_ROWS` rows, an inverted-file
    index beyond), in the features as they come (``cluster --pca D`` reduces them first).
 2. **Train heads.** ``heads`` linear heads p(c|x) = softmax(W x + b) on the centred,
    L2-normalized features, each starting as the nearest-centroid rule of its own k-means
@@ -52,8 +52,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldpo.common.cli import progress
-from ldpo.common.features import l2_normalize, nearest_neighbours
+from ...common.cli import progress
+from ...common.numerics.features import l2_normalize, nearest_neighbours
 
 log = logging.getLogger("ldpo")
 
@@ -229,7 +229,7 @@ def start_from_kmeans(heads, inputs, k: int, count: int, seed: int) -> None:
     input, softened by :data:`KMEANS_START_TEMPERATURE`: training starts where k-means ends."""
     import torch
 
-    from ldpo.common.features import kmeans
+    from ...common.numerics.features import kmeans
 
     x = inputs.cpu().numpy()
     for h in range(count):

@@ -8,7 +8,7 @@ random`` the default is a BatchNorm network (resnet18) at LR 0.01 with no head b
 
 Outputs (rank 0 writes, atomically):
 
-* ``CHECKPOINT``: a :class:`ldpo.common.checkpoint.Checkpoint` (its one owner: the keys,
+* ``CHECKPOINT``: a :class:`ldpo.common.nets.checkpoint.Checkpoint` (its one owner: the keys,
   the format tag, reading and writing);
 * ``CHECKPOINT``'s metrics beside it, named from it (``model.pt`` → ``model.metrics.json``,
   so two checkpoints in one folder keep their own): ``epochs`` (per epoch ``train_loss``,
@@ -18,7 +18,7 @@ Outputs (rank 0 writes, atomically):
   augmented batches;
 * ``--multi-label`` (target kind ``multi``; the default is ``single``): the labels CSV may
   give an id several labels (``0;2``) or none (an empty cell: a true negative, an image
-  of none of the classes; see :mod:`ldpo.common.labels`). One sigmoid per class
+  of none of the classes; see :mod:`ldpo.common.files.labels`). One sigmoid per class
   (one-vs-all), binary cross-entropy with class-balanced positive weights (negatives /
   positives of the class in the training split), and per class the decision threshold
   that maximizes its F1 on the validation split (0.5 without one). The checkpoint adds
@@ -31,7 +31,7 @@ Outputs (rank 0 writes, atomically):
   a random crop can cut a labelled part out (a warning says so below 0.8);
 * ``--vectors VECTORS`` (target kind ``words``, image → words, Shin et al. §5): LABELS is a
   words-target CSV (``id,term_a,term_b``, one row per bi-gram: an image is trained once per
-  bi-gram; :mod:`ldpo.common.words`). The head has 2·DIM sigmoids (512 for 256-d vectors)
+  bi-gram; :mod:`ldpo.common.nlp.words`). The head has 2·DIM sigmoids (512 for 256-d vectors)
   regressing the bi-gram's two word vectors, each dimension min-max scaled into [0, 1] over
   the vectors file, with sigmoid cross-entropy (summed over the units, averaged over the
   batch, as Caffe's); the split is by image. The checkpoint adds
@@ -63,9 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
-from ldpo.common.errors import InputError
-from ldpo.common.input_options import InputOptions
+from ...common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
+from ...common.errors import InputError
+from ...common.images.input_options import InputOptions
 
 from .data import parse_split, split  # noqa: F401 - split: the public split rule (bench_multilabel)
 
@@ -163,7 +163,7 @@ class FinetuneTool(Tool):
     def main(self, opts: Options) -> int:
         import torch
 
-        from ldpo.common import models
+        from ...common.nets import models
 
         from .data import load_data
         from .trainer import Trainer, finished, resolve_settings, start_distributed, stop_distributed

@@ -92,7 +92,7 @@ class MultiLabel:
         return {"train_exact": hits, "val_macro_ap": val and val["macro_ap"], "val_exact": val and val["exact_match"]}
 
     def scores(self, trainer: "Trainer", part, thresholds) -> dict[str, Any] | None:
-        from ldpo.common.metrics import multilabel_metrics
+        from ...common.numerics.metrics import multilabel_metrics
 
         if len(part[0]) == 0:
             return None
@@ -100,7 +100,7 @@ class MultiLabel:
         return multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
 
     def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        from ldpo.common.metrics import best_thresholds, multilabel_metrics
+        from ...common.numerics.metrics import best_thresholds, multilabel_metrics
 
         thresholds, val = np.full(len(trainer.data.classes), 0.5), None
         if len(trainer.data.val[0]):
@@ -124,10 +124,10 @@ class MultiLabel:
 
 class Words:
     """``words``: image → words (Shin et al. §5). The head's 2·dim sigmoids regress a bi-gram's
-    two word vectors, scaled per dimension into [0, 1] (:class:`ldpo.common.words.Scaling`),
+    two word vectors, scaled per dimension into [0, 1] (:class:`ldpo.common.nlp.words.Scaling`),
     with sigmoid cross-entropy. Figures: ``train_hit`` (both halves' nearest term right,
     among the target file's terms), ``val_recall5``/``test_recall5`` (per image, the share
-    of its terms among the 5 words :func:`ldpo.common.words.describe` gives)."""
+    of its terms among the 5 words :func:`ldpo.common.nlp.words.describe` gives)."""
 
     kind = "words"
 
@@ -142,7 +142,7 @@ class Words:
         self.span = torch.from_numpy(info.scaling.span()).to(device)
         terms = info.vectors.lookup(info.terms)
         centre = terms.mean(axis=0) if len(terms) > 1 else np.zeros(terms.shape[1], np.float32)
-        unit = terms - centre  # centred, as describe compares (ldpo.common.words.term_scores)
+        unit = terms - centre  # centred, as describe compares (ldpo.common.nlp.words.term_scores)
         unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         self.centre = torch.from_numpy(centre.astype(np.float32)).to(device)
         self.unit = torch.from_numpy(unit.astype(np.float32)).to(device)
@@ -173,7 +173,7 @@ class Words:
 
     def predict(self, trainer: "Trainer", part) -> tuple[np.ndarray, np.ndarray]:
         """The part's images (store rows, once each) and the head's sigmoid outputs for them."""
-        from ldpo.common import words
+        from ...common.nlp import words
 
         images = np.unique(part[0])
         if len(images) == 0:
@@ -185,7 +185,7 @@ class Words:
     def recall(self, images: np.ndarray, outputs: np.ndarray, prior: dict[str, float] | None = None,
                weight: float = 0.0) -> float | None:
         """recall@5 of the images' terms among the 5 words describe gives them (None without images)."""
-        from ldpo.common import words
+        from ...common.nlp import words
 
         if len(images) == 0:
             return None
@@ -196,9 +196,9 @@ class Words:
         return {"train_hit": hits, "val_recall5": self.recall(*self.predict(trainer, trainer.data.val))}
 
     def prior_weight(self, trainer: "Trainer", prior: dict[str, float]) -> float:
-        """The term-prior weight of :data:`ldpo.common.words.PRIOR_WEIGHTS` with the best validation recall@5
+        """The term-prior weight of :data:`ldpo.common.nlp.words.PRIOR_WEIGHTS` with the best validation recall@5
         (the first best; 0 without a validation split)."""
-        from ldpo.common.words import PRIOR_WEIGHTS
+        from ...common.nlp.words import PRIOR_WEIGHTS
 
         images, outputs = self.predict(trainer, trainer.data.val)
         if len(images) == 0:
@@ -210,7 +210,7 @@ class Words:
         return best
 
     def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        from ldpo.common.words import term_prior
+        from ...common.nlp.words import term_prior
 
         info = self.info
         trained = np.unique(trainer.data.train[0])

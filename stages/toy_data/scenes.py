@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import write_labels
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import write_store
-from ldpo.stages.toy_data import pacs, texture25
+from ...common.cli import CommonOptions, Tool, opt, progress
+from ...common.errors import InputError
+from ...common.files.folders import check_output_folder, output_folder
+from ...common.files.labels import write_labels
+from ...common.files.plots import pyplot, save_png
+from ...common.files.stores import write_store
+from . import pacs, texture25
 
 log = logging.getLogger("ldpo")
 

@@ -2,7 +2,7 @@
 
 Reports come from the toy PACS report generator (``stages/toy_data/pacs.py``'s
 ``write_report``, the clinical text without the identifier lines), written as a
-``report_id,text`` CSV until they hold ``--sentences`` sentences (as ``ldpo.common.words``
+``report_id,text`` CSV until they hold ``--sentences`` sentences (as ``ldpo.common.nlp.words``
 cuts them). Then ``word-vectors`` runs in-process with its defaults (256-d skip-gram,
 hierarchical softmax, window 10, sample 1e-3, 5 epochs) and ``--workers`` threads; the
 wall time of the whole command (reading, tokenizing, training, writing) is printed, and
@@ -26,8 +26,8 @@ import numpy as np
 
 def make_reports(path: Path, sentences: int, seed: int) -> tuple[int, int]:
     """Write toy PACS reports until they hold ``sentences`` sentences; (reports, sentences)."""
-    from ldpo.common.tables import write_csv
-    from ldpo.common.words import sentences as split
+    from ldpo.common.files.tables import write_csv
+    from ldpo.common.nlp.words import sentences as split
     from ldpo.stages.toy_data import pacs
 
     rng = np.random.default_rng(seed)

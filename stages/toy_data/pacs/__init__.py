@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import output_folder
-from ldpo.common.tables import write_csv
+from ....common.cli import CommonOptions, Tool, opt, progress
+from ....common.errors import InputError
+from ....common.files.folders import output_folder
+from ....common.files.tables import write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -356,7 +356,7 @@ VOCAB = {
     },
 }
 # Sentences that name findings without affirming them (negated, uncertain), and findings written with
-# synonyms or as pairs of diseases, so that negation-aware mining (ldpo.common.mentions) has something
+# synonyms or as pairs of diseases, so that negation-aware mining (ldpo.common.nlp.mentions) has something
 # to rule out: without it "no pneumothorax" makes "pneumothorax" a keyword of every normal chest study.
 # Some regions negate findings of others (a trauma abdomen CT names the lung bases).
 HEDGED = {
