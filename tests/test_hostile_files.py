@@ -246,7 +246,7 @@ def test_fresh_never_deletes_a_history_converge_did_not_write(tmp_path):
 
 
 def test_final_and_report_of_no_known_run_are_not_taken_as_this_runs(tmp_path, toy, capsys):
-    from ldpo.common.loop.workdir import main
+    from ldpo.common.loop.command import main
 
     images = toy(classes=3, per_class=4, size=32) / "images.h5"
     work = tmp_path / "work"

@@ -97,6 +97,15 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def folder_of(name: str) -> str:
+    """The sub-package of common/ that a module lies in (``ldpo.common.files.stores`` ->
+    ``ldpo.common.files``); a module at common/'s root, and any other module, stands for itself."""
+    parts = name.split(".")
+    if parts[:2] == ["ldpo", "common"] and len(parts) > 3:
+        return ".".join(parts[:3])
+    return name
+
+
 def stage_of(name: str) -> str | None:
     """``ldpo.stages.cluster.scan`` -> ``cluster``; the stages package itself -> None."""
     parts = name.split(".")
@@ -105,6 +114,18 @@ def stage_of(name: str) -> str | None:
 
 def test_every_import_names_a_module_and_no_module_imports_itself_in_a_circle():
     assert cycles(graph()) == []
+
+
+def test_no_two_sub_packages_of_common_import_each_other():
+    """common/'s sub-packages stand in layers (docs/architecture.md): a tool that draws each folder as
+    one box shows no circle either."""
+    folders: dict[str, set[str]] = {}
+    for name, targets in graph().items():
+        folders.setdefault(folder_of(name), set()).update(folder_of(t) for t in targets if folder_of(t) != folder_of(name))
+    for folder in list(folders.values()):
+        for target in folder:
+            folders.setdefault(target, set())
+    assert cycles(folders) == []
 
 
 def test_no_stage_imports_another_and_common_imports_no_stage():

@@ -1,9 +1,6 @@
 """The loop's work folder: its layout, its run record, what of it the loop may delete, and its
-bookkeeping, exposed to ``pipelines/ldpo-loop.sh`` as plumbing (like git's): ``ldpo _workdir COMMAND
-… -- LOOP-ARGUMENTS`` (not a user command, not listed by ``ldpo --help``). The loop parses no JSON
-and no CSV: every command below prints shell assignments that the loop ``eval``s, or one error
-line ``ldpo-loop: error: …`` and exits 2. Each reads the loop's own arguments (after ``--``) with
-:mod:`ldpo.common.loop.loop_options`.
+bookkeeping, exposed to ``pipelines/ldpo-loop.sh`` as plumbing (like git's) by ``ldpo _workdir COMMAND
+… -- LOOP-ARGUMENTS`` (:mod:`ldpo.common.loop.command`).
 
 The layout of ``WORK`` (:class:`Layout`)::
 
@@ -23,14 +20,7 @@ iteration whose labels' held-out agreement is within one standard error of the b
 measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says why, and the
 report says which it is (:func:`final_labels_iteration`).
 
-Commands: ``options`` (``--help``, or the settings the loop needs), ``lock`` (make or check the
-lock file: never a link, a FIFO or a device), ``hold FD PID`` (write who holds the lock through
-the shell's descriptor, once checked to be that file), ``begin`` (the run record:
-resume, ``--restart-from``, ``--fresh``, or refuse), ``iteration T`` (paths and stage command
-lines of iteration ``T``), ``check T`` (a verdict an earlier run recorded, else converge's
-command line), ``verdict T STATUS`` (converge's verdict from what it printed), ``final LAST``
-(the final model and labels, and the command lines of the steps after the loop), ``summary
-LAST``; and for tests, ``forget WORK FROM WHY``.
+The command line over all this is :mod:`ldpo.common.loop.command`.
 """
 
 from __future__ import annotations
@@ -39,7 +29,6 @@ import fnmatch
 import json
 import os
 import re
-import shlex
 import shutil
 import stat
 import sys
@@ -648,90 +637,3 @@ def hold_lock(path: str, fd: int, pid: int) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {pid} on {socket.gethostname() or 'unknown host'}, started "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-
-
-# -- the command line ----------------------------------------------------------------------------
-
-USAGE = ("usage: ldpo _workdir options|lock|hold FD PID|begin|iteration T|check T|verdict T STATUS|final LAST|"
-         "summary LAST -- LOOP-ARGUMENTS | forget WORK FROM WHY")
-
-
-def shell(**values: str | int | list[str]) -> str:
-    """Shell assignments of ``values`` (a list becomes an array), quoted for ``eval``."""
-    lines = []
-    for name, value in values.items():
-        if isinstance(value, list):
-            lines.append(f"{name}=(" + " ".join(shlex.quote(str(v)) for v in value) + ")")
-        else:
-            lines.append(f"{name}={shlex.quote(str(value))}")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str], defaults=None) -> int:
-    """``ldpo _workdir …`` (see the module's text); errors are one ``ldpo-loop: error:`` line, exit 2
-    (a newline in a path is written ``\\n``). ``defaults(stage, option)``: a stage's declared default."""
-    try:
-        return _main(argv, defaults)
-    except InputError as err:
-        message = str(err)
-    except OSError as err:
-        message = f"{err.filename}: {err.strerror or err}" if getattr(err, "filename", None) else str(err)
-    print("ldpo-loop: error: " + message.replace("\n", "\\n"), file=sys.stderr)
-    return 2
-
-
-def _main(argv: list[str], defaults=None) -> int:
-    from . import loop_plan
-    from .loop_options import help_text, parse
-
-    if len(argv) == 4 and argv[0] == "forget":
-        if argv[2] != "tree" and not argv[2].isdigit():
-            raise InputError(f"forget: {argv[2]!r} is not an iteration number or 'tree'")
-        forget(Path(argv[1]), argv[2], argv[3])
-        return 0
-    if "--" not in argv:
-        raise InputError(USAGE)
-    cut = argv.index("--")
-    command, loop_args = argv[:cut], argv[cut + 1:]
-    if command == ["options"] and any(a in ("-h", "--help") for a in loop_args):
-        sys.stdout.write(f"printf '%s\\n' {shlex.quote(help_text())}\nexit 0\n")
-        return 0
-    if command == ["options"] and "--version" in loop_args:
-        sys.stdout.write(f"echo {shlex.quote('ldpo ' + __version__)}\nexit 0\n")
-        return 0
-    parsed = parse(loop_args)
-    parsed.defaults = defaults
-    layout = Layout(parsed.opts.work)
-    numbers = [int(a) for a in command[1:] if a.isdigit()]
-    if len(numbers) != len(command) - 1 or not command:
-        raise InputError(USAGE)
-    name = command[0]
-    if name == "options" and not numbers:
-        sys.stdout.write(shell(**loop_plan.loop_settings(parsed, layout)))
-    elif name == "lock" and not numbers:
-        make_lock(layout.lock)
-    elif name == "hold" and len(numbers) == 2:
-        hold_lock(layout.lock, *numbers)
-    elif name == "begin" and not numbers:
-        begin(parsed)
-    elif name == "iteration" and len(numbers) == 1:
-        sys.stdout.write(shell(**loop_plan.iteration(parsed, layout, numbers[0])))
-    elif name == "check" and len(numbers) == 1:
-        found = recorded_verdict(layout, numbers[0])
-        plan = {"converged": found} if found is not None else \
-            {"converged": "", "converge": loop_plan.converge(parsed, layout, numbers[0])}
-        sys.stdout.write(shell(**plan))
-    elif name == "verdict" and len(numbers) == 2:
-        sys.stdout.write(shell(converged=verdict(layout, *numbers)))
-    elif name == "final" and len(numbers) == 1:
-        make_final(layout, numbers[0])
-        sys.stdout.write(shell(**loop_plan.final(parsed, layout, numbers[0])))
-    elif name == "summary" and len(numbers) == 1:
-        print(summary_text(layout, numbers[0]))
-    else:
-        raise InputError(USAGE)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

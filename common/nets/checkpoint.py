@@ -107,7 +107,7 @@ class Checkpoint:
     def load(cls, path: str | Path) -> "Checkpoint":
         """Read ``path`` (``weights_only``); a file that is not a checkpoint is an input error."""
         from .archs import check_arch
-        from .weights import load_file
+        from .tensorfile import load_file
 
         ckpt = cls.from_dict(load_file(str(path), "finetune checkpoint"), str(path))
         try:

@@ -66,8 +66,9 @@ from .heads import (  # noqa: F401
     head_parameters, head_seed, num_outputs, set_head, set_head_to_centroids)
 from ..images.imagedata import IMAGENET_MEAN, IMAGENET_STD
 from ..files.stores import file_checksum
+from .tensorfile import load_file  # noqa: F401
 from .weights import (  # noqa: F401
-    PREFIXES, WRAPPERS, Init, load_file, load_state, load_weights, parse_init, read_weights, strip_prefixes,
+    PREFIXES, WRAPPERS, Init, load_state, load_weights, parse_init, read_weights, strip_prefixes,
     timm_filter)
 
 log = logging.getLogger("ldpo")

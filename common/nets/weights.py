@@ -10,7 +10,8 @@ with the count of missing and unexpected keys and the first few of each; a class
 head of another size is dropped (logged), never an error. Nothing is downloaded: a URL or
 ``imagenet`` as ``--init`` is an input error.
 
-Every file is loaded with ``torch.load(..., weights_only=True)``: a file cannot run code.
+Every file is loaded with ``torch.load(..., weights_only=True)`` (:func:`~ldpo.common.nets.tensorfile.load_file`):
+a file cannot run code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .archs import arch_record
 from .checkpoint import Checkpoint
 from ..errors import InputError
 from .heads import head_linear, head_name
+from .tensorfile import load_file
 
 log = logging.getLogger("ldpo")
 
@@ -75,40 +76,6 @@ def _looks_remote(path: str) -> bool:
 
 
 # -- files ----------------------------------------------------------------------------
-def load_file(path: str, what: str) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with bad files turned into input errors.
-
-    torch's own warnings (a pickle protocol it did not write) are silenced and its advice
-    to retry with ``weights_only=False`` is never repeated: ldpo loads tensors only."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickle, zip and unpickler errors all mean "bad file"
-        raise InputError(f"{path}: cannot load as {what}: {_load_problem(err)}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a {what} (a {type(data).__name__}, not a dict)")
-    return data
-
-
-#: lines of torch's weights_only error that are advice, not the reason
-_TORCH_ADVICE = ("weights only load failed", "please file an issue", "check the documentation", "in pytorch 2.6")
-
-
-def _load_problem(err: BaseException) -> str:
-    """What is wrong with a file torch.load refused, in ldpo's words: for a pickle that holds
-    more than tensors, the object it would have built, never torch's advice."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    weights_only = bool(lines) and lines[0].lower().startswith("weights only load failed")
-    reasons = [line for line in lines if not line.lower().startswith(_TORCH_ADVICE) and "weights_only" not in line]
-    reason = reasons[0].removeprefix("WeightsUnpickler error:").strip().rstrip(".") if reasons else ""
-    if weights_only and "global" in reason.lower():
-        return f"it holds Python objects other than tensors, which ldpo never loads (they could run code): {reason}"
-    if weights_only:
-        return f"not a file of tensors that torch can read ({reason or 'unsupported pickle'})"
-    return reason or type(err).__name__
-
-
 def read_weights(path: str) -> tuple[dict[str, Any], str | None]:
     """A weights file as a flat state_dict, and the architecture when it is an ldpo checkpoint:
     ``.safetensors``, or a torch file (weights_only) holding the state_dict itself or wrapping

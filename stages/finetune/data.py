@@ -11,7 +11,7 @@ import numpy as np
 from ...common.errors import InputError
 
 if TYPE_CHECKING:
-    from . import Options
+    from .options import Options
 
 log = logging.getLogger("ldpo")
 

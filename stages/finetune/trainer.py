@@ -15,11 +15,11 @@ import numpy as np
 from ...common.cli import progress
 from ...common.errors import InputError
 
-from . import NOT_IN_SIGNATURE, PARTIAL_FORMAT, metrics_path, partial_path
+from .options import NOT_IN_SIGNATURE, PARTIAL_FORMAT, metrics_path, partial_path
 from .targets import TARGETS
 
 if TYPE_CHECKING:
-    from . import Options
+    from .options import Options
     from .data import Data
 
 log = logging.getLogger("ldpo")
