@@ -113,7 +113,7 @@ def test_affirmed_terms_and_text_drop_negated_scope(vocab):
 
 
 def test_keep_mentions_keeps_the_mapping_type(vocab):
-    from ldpo.common.files.tables import ReportTexts
+    from ldpo.common.nlp.reports import ReportTexts
 
     texts = ReportTexts(a="No pneumothorax. Large pleural effusion.", b="Normal.")
     texts.scrubbed = True

@@ -6,7 +6,8 @@ import pytest
 
 from ldpo.common.errors import InputError
 from ldpo.common.files.labels import read_labels
-from ldpo.common.files.tables import read_manifest, read_reports, side_file, write_csv
+from ldpo.common.files.tables import side_file, write_csv
+from ldpo.common.nlp.reports import read_manifest, read_reports
 
 TEXT = "report_id,accession,text\nr1,A1,Épanchement pleural: naïve reader\n"
 

@@ -457,7 +457,7 @@ def keep_mentions(texts: dict, mode: str, vocabulary: str | None, source: str) -
 
     ``all``: unchanged. ``affirmed``: every text without its negated and uncertain mentions and
     their scopes (:func:`affirmed_text`); a copy of the same mapping type and attributes (so
-    :class:`ldpo.common.files.tables.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
+    :class:`ldpo.common.nlp.reports.ReportTexts` keeps ``scrubbed``). :class:`InputError` if no term of
     a given ``vocabulary`` file occurs in any text of ``source`` (with the default list: a warning)."""
     if mode not in MENTION_MODES:
         raise InputError(f"--mentions {mode}: expected one of {', '.join(MENTION_MODES)}")

@@ -4,7 +4,7 @@ Report text enters ldpo once, through :func:`scrubber`: ``extract-keyimages`` sc
 each report with everything the DICOM headers of its patient's studies say, and writes
 the result as ``OUT/reports.csv`` (``report_id,text,scrubbed``; every row's
 :data:`SCRUBBED_COLUMN` holds :data:`SCRUBBED_MARK`). The text stages read reports
-through :func:`ldpo.common.files.tables.report_texts`, which passes every text through
+through :func:`ldpo.common.nlp.reports.report_texts`, which passes every text through
 :func:`scrub_text` again (the pattern layer, idempotent) and tells whether the file
 carried the mark: a file without it (a raw PACS export, a folder of ``.txt``) is
 scrubbed by pattern only, which cannot find a name written without a title.

@@ -1,8 +1,8 @@
 """Report text shared by ``topic-label`` and ``keywords``: reading and cleaning words.
 
-Reading reports and manifests is :mod:`ldpo.common.files.tables` (one reader per file kind,
+Reading reports and manifests is :mod:`ldpo.common.nlp.reports` (one reader per file kind,
 one encoding rule); :func:`read_reports` here is its ``{report_id: text}`` form
-(:func:`ldpo.common.files.tables.report_texts`: every text scrubbed of patient identifiers by
+(:func:`ldpo.common.nlp.reports.report_texts`: every text scrubbed of patient identifiers by
 :mod:`ldpo.common.nlp.phi`, with ``.scrubbed`` telling whether the file is
 ``extract-keyimages``' scrubbed ``reports.csv``), and :func:`read_manifest` /
 :class:`Manifest` are re-exported for the text stages.
@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .phi import PLACEHOLDER
-from ..files.tables import Manifest, missing_reports, read_manifest, report_texts
+from .reports import Manifest, missing_reports, read_manifest, report_texts
 
 __all__ = ["Cleaner", "Manifest", "is_date_like", "is_number", "missing_reports", "read_manifest", "read_reports",
            "stop_words", "tokenize", "warn_raw_reports", "without_marks"]

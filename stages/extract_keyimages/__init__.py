@@ -51,7 +51,8 @@ from ...common.errors import InputError
 from ...common.files.folders import check_output_folder, output_folder
 from ...common.files.labels import write_labels
 from ...common.files.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
-from ...common.files.tables import Report, read_reports, write_csv
+from ...common.files.tables import write_csv
+from ...common.nlp.reports import Report, read_reports
 from ...common.nlp.phi import ArchiveNames, ordinary_words
 from .headers import BODY_PARTS, HEADER_COLUMNS, SERIES_WORDS
 from .phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
