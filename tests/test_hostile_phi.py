@@ -351,7 +351,7 @@ def test_names_typed_into_the_toy_archive_series_descriptions_reach_no_output(pa
     """The toy PACS types the operator's, the patient's or another person's name into some SeriesDescriptions;
     the manifest's series_words hold only allow-listed words, and no such name is in any output."""
     from ldpo.stages.extract_keyimages.headers import SERIES_WORDS
-    from ldpo.stages.toy_data.pacs import FIRST, LAST, OPERATORS
+    from ldpo.stages.toy_data.pacs.studies import FIRST, LAST, OPERATORS
 
     root, outputs, _ = pacs_run
     people = {n for n in FIRST + LAST} | {p for o in OPERATORS for p in o.split("^")}

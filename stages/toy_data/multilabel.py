@@ -1,7 +1,7 @@
 """``toy-data multilabel``: radiograph-like images showing one, two or none of four body parts.
 
 The ImageCLEF 2015 medical clustering task in small: each image shows the head, chest,
-spine or pelvis phantom of the toy PACS (:mod:`ldpo.stages.toy_data.pacs`, the same
+spine or pelvis phantom of the toy PACS (:mod:`ldpo.stages.toy_data.pacs.pixels`, the same
 drawing code), or two of them side by side, or none (a true negative: only the
 distractors that any image may carry, rulers and text blocks). Every image gets 0–3
 distractors, so their presence says nothing about the body parts.
@@ -28,7 +28,7 @@ from ...common.cli import CommonOptions, Tool, opt, progress
 from ...common.files.folders import check_output_folder, output_folder
 from ...common.files.labels import write_multilabels
 from ...common.files.stores import write_store
-from .pacs import phantom
+from .pacs.pixels import phantom
 
 log = logging.getLogger("ldpo")
 
