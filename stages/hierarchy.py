@@ -65,6 +65,9 @@ Writes into ``--out`` DIR:
 * ``tree.png``: a dendrogram of the levels.
 
 Prints ``levels: 25, 7, 2, 1`` (group count per level) on stdout.
+
+Why one module of this size (about 530 lines): the four affinities, affinity propagation over them
+and the tree's files are one command whose parts share the levels they build.
 """
 
 from __future__ import annotations

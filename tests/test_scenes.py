@@ -112,7 +112,7 @@ def test_labels_choose_the_elements(cli, data, tmp_path):
 
 
 def test_mining_rule_support_times_confidence():
-    from ldpo.stages.encode import mine_elements
+    from ldpo.stages.encode.patches import mine_elements
 
     # 4 images, 2 patches each. Category 0: cluster 1 scores 1 x 1, cluster 0 (in three images) 1 x 2/3;
     # category 1: cluster 2 scores 1 x 1, cluster 3 0.5 x 1, cluster 0 0.5 x 1/3
@@ -126,7 +126,7 @@ def test_mining_rule_support_times_confidence():
 def test_soft_coding_fires_where_a_patch_is_nearest_not_where_every_patch_is_near():
     import torch
 
-    from ldpo.stages.encode import patch_codes
+    from ldpo.stages.encode.patches import patch_codes
 
     # centroid 0 is near every patch (cosine 0.8), centroid 1 is the nearest of one patch of image 0 only
     c = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])

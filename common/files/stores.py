@@ -21,6 +21,10 @@ Reading::
 
     with open_store(path) as store:
         for start, stop, block in store.batches("features", 1024): ...
+
+Why one module of this size (about 670 lines): it is the one owner of the store contract, and
+HDF5 and Zarr, writing and reading, the atomic rename, the header bounds and the checksums are
+one API that every stage meets; split, the two formats' rules would drift apart.
 """
 
 from __future__ import annotations

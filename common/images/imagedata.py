@@ -35,6 +35,10 @@ the current one is trained on: host memory holds about two windows, whatever the
 
 Augmentation draws (:func:`draws`) are a pure function of (seed, epoch, store row): the
 same crops whatever the workers, processes or windows.
+
+Why one module of this size (about 600 lines): the data path from a store row to a network's
+input is one chain (windows of chunks, decoding, preprocessing, the seeded augmentation draws,
+batches), and the same-crops-whatever-the-workers rule holds only if it is read as a whole.
 """
 
 from __future__ import annotations

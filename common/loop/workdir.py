@@ -21,6 +21,11 @@ measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says
 report says which it is (:func:`final_labels_iteration`).
 
 The command line over all this is :mod:`ldpo.common.loop.command`.
+
+Why one module of this size (about 640 lines): the work folder is one contract (its layout,
+the run record that resumes or refuses a run, what the loop may delete, the lock and the loop's
+decisions all read the same layout and record), and it has one owner; the command line over it
+is already apart.
 """
 
 from __future__ import annotations

@@ -54,10 +54,9 @@ class Layer:
 #: The recipe, by the origin of the weights (``random`` or ``weights``; a checkpoint keeps
 #: the origin of the weights it was trained from). The one place the loop's defaults live:
 #: featurize and finetune resolve every option left unset from here, so a shell loop
-#: decides nothing. From random init a BatchNorm net learns (measured: AlexNet without BN
-#: did not), on per-image z-scored input (measured on the toy sets: purity 0.27 -> 0.28
-#: with imagenet normalization, 0.38 -> 0.57 with zscore) at LR 0.01 with no head boost in
-#: every iteration; the input size is the store's image side when smaller than 224 (a 64 px
+#: decides nothing. From random init a BatchNorm net learns (AlexNet without BN did not), on
+#: per-image z-scored input (which learned where imagenet normalization barely did; figures in
+#: docs/measurements.md) at LR 0.01 with no head boost in every iteration; the input size is the store's image side when smaller than 224 (a 64 px
 #: store upsampled to 224 costs 12x the compute for nothing). ImageNet weights get the
 #: paper's AlexNet recipe: LR 0.001, the new head x10, imagenet normalization, 224 px.
 @dataclass(frozen=True)

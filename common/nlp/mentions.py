@@ -33,6 +33,10 @@ longer than :data:`PIECE_CHARS` goes through it in pieces of whole sentences (Ne
 quadratic in a text's length, its scopes end at sentence ends; see :func:`_pieces`).
 Text passed here should already be scrubbed of patient identifiers (:mod:`ldpo.common.nlp.phi`);
 this module adds nothing but vocabulary terms.
+
+Why one module of this size (about 530 lines): the vocabulary, the NegEx pipeline built from it
+and the reading of its verdicts are one rule for what a report affirms; every text stage uses it
+whole.
 """
 
 from __future__ import annotations

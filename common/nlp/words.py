@@ -320,8 +320,7 @@ def term_scores(outputs: np.ndarray, vectors: Vectors, scaling: Scaling, terms: 
     """``(candidates, scores [n, candidates])``: each term's best cosine to either predicted half of the head's
     sigmoid outputs [n, 2·dim] (unscaled); terms without a vector are left out. Halves and terms are first
     centred on the candidates' mean vector: word2vec vectors share a common direction, and without it the
-    cosine favours the terms nearest that direction (measured on the toy PACS, a region's mean term vector
-    then found 0.80 of its 5 most frequent terms; centred, 0.88)."""
+    cosine favours the terms nearest that direction (docs/measurements.md has the toy PACS's figures)."""
     from ..numerics.features import l2_normalize
 
     at = vectors.index()

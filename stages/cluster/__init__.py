@@ -38,6 +38,10 @@ hundreds of categories are expected. W starts from the k-means centroids at the 
 that minimizes the objective; L-BFGS optimizes it, full batch, with the logits computed
 in chunks so memory stays O(chunk x k). Labels are argmax p(c|f); clusters no row
 chooses are pruned and the rest renumbered 0..K'-1, K' printed.
+
+Why this front module is about 630 lines: it holds the command and the four methods' one path from
+features to labels (k-means, RIM, agglomerative, Louvain K); SCAN's heads and the automatic K are
+in their own modules beside it.
 """
 
 from __future__ import annotations

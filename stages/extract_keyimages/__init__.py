@@ -34,6 +34,10 @@ accession numbers and patient IDs of the whole archive, the person names of the 
 archive (another patient, staff of other studies: :class:`ldpo.common.nlp.phi.ArchiveNames`),
 and patterns (see :mod:`ldpo.common.nlp.phi`). The stages that read reports later (``topic-label``,
 ``keywords``, ``hierarchy --affinity reports``) take ``OUT/reports.csv``.
+
+Why this front module is about 580 lines: it is the command and the one walk over the archive
+that joins reports, studies and key images; headers, pixels, references, sources and the
+scrubbing are in their own modules beside it.
 """
 
 from __future__ import annotations
