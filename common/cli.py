@@ -114,7 +114,7 @@ def _checks(min, max, above, below, role, aliases) -> dict:
     return {key: value for key, value in found.items() if value is not None}
 
 
-#: --help of ``--workers`` where a stage reads images through ``common/imagedata.py``
+#: --help of ``--workers`` where a stage reads images through ``common/images/imagedata.py``
 READER_WORKERS = ("threads reading the images store ahead of the network (0 = the main thread reads in turn); "
                   "threads of this process, not processes: they use no shared memory (/dev/shm), so a container's "
                   "default 64 MiB suffices, and the results do not depend on the count. Host memory: about "
@@ -395,7 +395,7 @@ def check_paths(inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
 def _check_file_output(flag: str, path: str) -> None:
     """A file output may not be a folder (it would be replaced by the file, everything in it
     lost): only a ``.zarr`` output may replace an earlier ldpo Zarr store."""
-    from .stores import ZARR_SUFFIXES, ldpo_store_problem
+    from .files.stores import ZARR_SUFFIXES, ldpo_store_problem
 
     zarr = os.path.splitext(path.rstrip("/" + os.sep))[1].lower() in ZARR_SUFFIXES
     if zarr:

@@ -5,8 +5,8 @@
 #
 # The loop is only the order of the stages. Its options, their LDPO_* environment defaults and
 # --help, the run record (resume, --restart-from, --fresh), the work folder's layout and every
-# stage's command line come from ldpo's Python: `ldpo _workdir ...` (ldpo.common.workdir,
-# loop_options, loop_plan) prints shell assignments that the loop evals. See --help.
+# stage's command line come from ldpo's Python: `ldpo _workdir ...` (ldpo.common.loop: command,
+# workdir, loop_options, loop_plan) prints shell assignments that the loop evals. See --help.
 #
 # Example:
 #   pipelines/ldpo-loop.sh --images toy/images.h5 --work runs/t25 --truth toy/truth.csv \

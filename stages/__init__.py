@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import sys
 
-from ldpo.common import __version__
+from ..common import __version__
 
 COMMANDS = {
     "toy-data": "toy_data",
@@ -65,8 +65,10 @@ def run(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"ldpo {__version__}")
         return 0
-    if argv[0] == "_workdir":  # the loop's bookkeeping (ldpo.common.workdir): plumbing, not a command
-        return importlib.import_module("ldpo.common.workdir").main(argv[1:], stage_default)
+    if argv[0] == "_workdir":  # the loop's bookkeeping (ldpo.common.loop.command): plumbing, not a command
+        from ..common.loop import command
+
+        return command.main(argv[1:], stage_default)
     if argv[0] not in commands:
         print(f"ldpo: error: unknown command {argv[0]!r} (one of: {', '.join(commands)})", file=sys.stderr)
         return 2

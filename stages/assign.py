@@ -22,7 +22,7 @@ Writes OUT: ``id,label,probability,runner_up,runner_up_probability,unsure``
 A multi-label checkpoint (``finetune --multi-label``: one sigmoid per class) gives each
 image its label set instead: every class whose probability reaches the class's threshold
 (chosen by finetune on its validation split). OUT is then a multi-label file
-(:mod:`ldpo.common.labels`): ``id,label,p_C…,unsure_C…,unsure`` with ``label`` the set
+(:mod:`ldpo.common.files.labels`): ``id,label,p_C…,unsure_C…,unsure`` with ``label`` the set
 (``0;2``; empty: none of the classes), ``p_C`` each class's probability, ``unsure_C`` = 1
 when that probability is within ``--margin`` of the class's threshold, and ``unsure`` = 1
 when any class is. The distance rule is for single-label checkpoints.
@@ -36,8 +36,8 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device, same_file
-from ldpo.common.errors import InputError
+from ..common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device, same_file
+from ..common.errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -78,10 +78,10 @@ class AssignTool(Tool):
     def main(self, opts: Options) -> int:
         import torch
 
-        from ldpo.common import models
-        from ldpo.common.checkpoint import require_target
-        from ldpo.common.labels import align, read_labels, write_labels
-        from ldpo.common.stores import open_store
+        from ..common.nets import models
+        from ..common.nets.checkpoint import require_target
+        from ..common.files.labels import align, read_labels, write_labels
+        from ..common.files.stores import open_store
 
         device = resolve_device(opts.device)
         torch.manual_seed(opts.seed)
@@ -143,7 +143,7 @@ class AssignTool(Tool):
 
 def assign_sets(built, ids: list[str], probs: np.ndarray, margin: float, out: str, model: str = "") -> int:
     """A multi-label checkpoint: each image's label set, per-class probabilities and unsure flags."""
-    from ldpo.common.labels import write_multilabels
+    from ..common.files.labels import write_multilabels
 
     classes = list(built.classes)
     thresholds = np.asarray(built.thresholds if built.thresholds is not None else [0.5] * len(classes))
@@ -208,7 +208,7 @@ class Network:
     checkpoint) and penultimate features in one pass."""
 
     def __init__(self, built, device: str):
-        from ldpo.common import models
+        from ..common.nets import models
 
         self.built, self.device = built, device
         self.model = built.model.eval().to(device)
@@ -222,9 +222,9 @@ class Network:
             ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from ldpo.common import imagedata
-        from ldpo.common.accel import tune
-        from ldpo.common.inference import infer, store_items
+        from ..common.images import imagedata
+        from ..common.images.accel import tune
+        from ..common.images.inference import infer, store_items
 
         built = self.built
         fast = tune(self.model, self.device, amp)

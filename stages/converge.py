@@ -24,7 +24,7 @@ labeling is shared by the other. With ``--truth``: purity, NMI, ARI and Hungaria
 accuracy of CURR against the truth (cluster and class counts may differ).
 
 The history CSV gets one row per iteration (a re-run of the same iteration replaces its
-row), always with the columns of :data:`ldpo.common.history.COLUMNS`, empty where not applicable.
+row), always with the columns of :data:`ldpo.common.files.history.COLUMNS`, empty where not applicable.
 
 A quality signal without labels (``--fields MANIFEST``): how far this iteration's
 categories follow non-identifying DICOM header fields of ``extract-keyimages``' manifest
@@ -51,18 +51,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common import metrics
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
-from ldpo.common.keep import heldout_agreement, read_metrics
-from ldpo.common.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, fields_path, read_history, write_history
-from ldpo.common.labels import Labels, align, read_labels
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.tables import csv_rows, write_csv
+from ..common.numerics import metrics
+from ..common.cli import CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
+from ..common.loop.keep import heldout_agreement, read_metrics
+from ..common.files.history import COLUMNS, PREV_COLUMNS, TRUTH_COLUMNS, fields_path, read_history, write_history
+from ..common.files.labels import Labels, align, read_labels
+from ..common.files.plots import pyplot, save_png
+from ..common.files.tables import csv_rows, write_csv
 
 log = logging.getLogger("ldpo")
 
-HISTORY_COLUMNS = COLUMNS  # the history's schema is ldpo.common.history's
+HISTORY_COLUMNS = COLUMNS  # the history's schema is ldpo.common.files.history's
 TOP1_KEYS = ("val_top1", "train_top1", "test_top1")  # the first present becomes `top1`
 FIELD_COLUMNS = ["iteration", "field", "values", "coverage", "nmi", "purity"]
 DEFAULT_FIELDS = "modality,body_part,view,orientation,series_words"
@@ -297,7 +297,7 @@ def agreeing_streak(history: list[dict[str, str]], iteration: int, metric: str, 
 
 def record_heldout(history: list[dict], iteration: int, metrics_json: str, prev: str) -> None:
     """The held-out agreement of the previous labels (``prev``, which the model of ``metrics_json`` was trained
-    on) goes into their own row, ``iteration``, of the history (see :mod:`ldpo.common.keep`)."""
+    on) goes into their own row, ``iteration``, of the history (see :mod:`ldpo.common.loop.keep`)."""
     found = heldout_agreement(read_metrics(metrics_json), read_labels(prev).labels)
     for r in history:
         if int(r["iteration"]) == iteration and found is not None:

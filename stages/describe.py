@@ -4,7 +4,7 @@ Each image of IMAGES goes through MODEL (a ``finetune --vectors`` checkpoint: ta
 ``words``) at the checkpoint's input size and normalization; its 2·DIM sigmoid outputs are
 two halves, each scaled back into word-vector space with the checkpoint's scaling. A term's
 score is its best cosine to either half plus the checkpoint's term-prior weight x the log
-of its share among the training images (:func:`ldpo.common.words.describe`; finetune
+of its share among the training images (:func:`ldpo.common.nlp.words.describe`; finetune
 chose the weight on its validation split; ``--prior-weight 0``: the nearest terms alone,
 Shin et al.'s decode). Only vocabulary terms can come out:
 the candidates are the checkpoint's ``terms`` (the terms it was trained on) that are terms
@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
-from ldpo.common.errors import InputError
+from ..common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional, resolve_device
+from ..common.errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -58,11 +58,12 @@ class DescribeTool(Tool):
     def main(self, opts: Options) -> int:
         import torch
 
-        from ldpo.common import models, words
-        from ldpo.common.imagedata import Preprocess
-        from ldpo.common.mentions import load_vocabulary
-        from ldpo.common.stores import open_store
-        from ldpo.common.tables import write_csv
+        from ..common.nets import models
+        from ..common.nlp import words
+        from ..common.images.imagedata import Preprocess
+        from ..common.nlp.mentions import load_vocabulary
+        from ..common.files.stores import open_store
+        from ..common.files.tables import write_csv
 
         ckpt = models.load_checkpoint(opts.model)
         if ckpt.target != "words" or ckpt.words is None:

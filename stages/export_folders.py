@@ -41,12 +41,12 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
-from ldpo.common.errors import InputError
-from ldpo.common.labels import align, read_labels
-from ldpo.common.stores import open_store, temporary_name
-from ldpo.common.tables import write_csv
-from ldpo.common.thumbs import safe_name, write_png
+from ..common.cli import CommonOptions, Tool, opt, positional, progress
+from ..common.errors import InputError
+from ..common.files.labels import align, read_labels
+from ..common.files.stores import open_store, temporary_name
+from ..common.files.tables import write_csv
+from ..common.images.thumbs import safe_name, write_png
 
 log = logging.getLogger("ldpo")
 
@@ -162,7 +162,7 @@ class Record:
 def read_record(out: Path) -> Record | None:
     """``None`` for a new OUT; an empty record for an empty folder; an earlier export's record;
     anything else (a file, a folder of other things, a damaged record) is refused."""
-    from ldpo.common.folders import check_folder_path
+    from ..common.files.folders import check_folder_path
 
     if not check_folder_path(out):  # the one rule of output folders: no link, no file
         return None
@@ -270,7 +270,7 @@ def move(src: Path, dst: Path) -> None:
 def category_names(labels, review_path: str | None) -> dict[int, str]:
     """label → name: from --names, else from the labels' own `name` column (one name per label)."""
     if review_path:
-        from ldpo.common.review import read_review
+        from ..common.files.review import read_review
 
         review = read_review(review_path)
         return {c: n for c, n in review.names.items() if n}

@@ -27,9 +27,9 @@ from typing import Optional
 import numpy as np
 
 
-from ldpo.common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
-from ldpo.common.input_options import InputOptions
+from ..common.cli import READER_WORKERS, CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
+from ..common.images.input_options import InputOptions
 
 log = logging.getLogger("ldpo")
 
@@ -79,8 +79,8 @@ class FeaturizeTool(Tool):
                              f"same featurize command with --create-only instead of --shard")
 
 
-        from ldpo.common import models
-        from ldpo.common.stores import open_store
+        from ..common.nets import models
+        from ..common.files.stores import open_store
 
         init, device = models.start(opts.init, opts.arch, opts.seed, opts.device)
         with open_store(opts.images, expect="images") as images:
@@ -99,7 +99,7 @@ class FeaturizeTool(Tool):
         if built.normalize != "zscore":
             attrs.update(mean=list(built.mean), std=list(built.std))
         if extractor.layer.kind == "probs":
-            from ldpo.common.checkpoint import require_target
+            from ..common.nets.checkpoint import require_target
 
             require_target(built.target, str(init.path or init), "--layer probs")  # words: not class scores
             attrs["classes"] = built.classes
@@ -112,7 +112,7 @@ class FeaturizeTool(Tool):
             return create_only(opts.out, n, spec, ids, attrs)
         if shard is not None:
             return self.fill_shard(opts, extractor, built, name, attrs, shard, n, ids, device)
-        from ldpo.common.stores import create_store
+        from ..common.files.stores import create_store
 
         with create_store(opts.out, n=n, arrays=spec, ids=ids, attrs=attrs) as store:
             extract(extractor, built, store, name, opts.images, 0, n, batch=opts.batch_size, workers=opts.workers,
@@ -120,7 +120,7 @@ class FeaturizeTool(Tool):
         return 0
 
     def fill_shard(self, opts, extractor, built, name, attrs, shard, n, ids, device) -> int:
-        from ldpo.common.stores import open_store
+        from ..common.files.stores import open_store
 
         with open_store(opts.out, "r+") as store:
             have = store.attrs
@@ -137,7 +137,7 @@ class FeaturizeTool(Tool):
 
 def create_only(out: str, n: int, spec: dict, ids: list[str], attrs: dict) -> int:
     """An empty store for --shard runs, in chunks of about N/256 rows (at most ~4 MiB) so shards balance."""
-    from ldpo.common.stores import create_store
+    from ..common.files.stores import create_store
 
     (shape, dtype), = spec.values()
     row_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -173,12 +173,12 @@ def shard_rows(shard: tuple[int, int], n: int, chunk: int = 1) -> tuple[int, int
 def extract(extractor, built, store, name: str, images: str, lo: int, hi: int, *, batch: int, workers: int = 0,
             device: str = "cpu", amp: bool = False, init: str = "") -> None:
     """Stream rows ``[lo, hi)`` of ``images`` through the extractor into ``store[name]``
-    (common/inference.py), written as float32 (float16 for local features)."""
+    (common/images/inference.py), written as float32 (float16 for local features)."""
     import torch
 
-    from ldpo.common import imagedata
-    from ldpo.common.accel import tune
-    from ldpo.common.inference import infer, store_items
+    from ..common.images import imagedata
+    from ..common.images.accel import tune
+    from ..common.images.inference import infer, store_items
 
     fast = tune(extractor, device, amp)
     prep = imagedata.Preprocess(built.input_size, built.normalize, built.mean, built.std, channels_last=fast)

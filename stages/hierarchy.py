@@ -34,7 +34,7 @@ a group's words are counted over the distinct reports of its images (cleaned as
 ``keywords`` cleans them), weighted by their inverse document frequency over all those
 reports (TF-IDF), and A is the cosine of two groups' word vectors; with ``--mentions
 affirmed`` (the default) the words of negated and uncertain finding mentions are left out
-first (:mod:`ldpo.common.mentions`, terms from ``--vocabulary``). On an archive with
+first (:mod:`ldpo.common.nlp.mentions`, terms from ``--vocabulary``). On an archive with
 reports this is the affinity that follows the body region (README, "The category tree").
 
 Each level merges the groups of the level below by scikit-learn's affinity
@@ -65,6 +65,9 @@ Writes into ``--out`` DIR:
 * ``tree.png``: a dendrogram of the levels.
 
 Prints ``levels: 25, 7, 2, 1`` (group count per level) on stdout.
+
+Why one module of this size (about 530 lines): the four affinities, affinity propagation over them
+and the tree's files are one command whose parts share the levels they build.
 """
 
 from __future__ import annotations
@@ -77,14 +80,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import align, read_labels
-from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import atomic_path, open_store
-from ldpo.common.tables import write_csv
+from ..common.cli import CommonOptions, Tool, opt, positional, progress
+from ..common.errors import InputError
+from ..common.files.folders import check_output_folder, output_folder
+from ..common.files.labels import align, read_labels
+from ..common.nlp.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
+from ..common.files.plots import pyplot, save_png
+from ..common.files.stores import atomic_path, open_store
+from ..common.files.tables import write_csv
 
 log = logging.getLogger("ldpo")
 
@@ -199,7 +202,7 @@ def level_signals(path: str, ids: list[str], row_class: np.ndarray, classes: lis
                   batch: int) -> list[dict]:
     """Per level: its group count and the modularity of its groups in the nearest-neighbour graph of the features at
     ``path`` (``cluster --k auto``'s graph; higher: the level's groups follow the features' own communities)."""
-    from ldpo.common.graph import NEIGHBOURS, neighbour_graph, partition_modularity
+    from ..common.numerics.graph import NEIGHBOURS, neighbour_graph, partition_modularity
 
     with open_store(path) as store:
         row_of = {ident: i for i, ident in enumerate(store.ids)}
@@ -277,10 +280,10 @@ def read_report_words(reports_path: str, manifest_path: str, labels_path: str, i
                       row_class: np.ndarray, k: int, mentions: str = "affirmed", vocabulary: str | None = None):
     """The cleaned word counts of every report of a labelled image (sparse [R, V]), and which
     reports each class's images come from (0/1, sparse [K, R]). With ``mentions="affirmed"``
-    the words of negated and uncertain finding mentions are not counted (:mod:`ldpo.common.mentions`)."""
+    the words of negated and uncertain finding mentions are not counted (:mod:`ldpo.common.nlp.mentions`)."""
     from scipy import sparse
 
-    from ldpo.common.text import Cleaner, read_manifest, read_reports
+    from ..common.nlp.text import Cleaner, read_manifest, read_reports
 
     manifest = read_manifest(manifest_path)
     reports = read_reports(reports_path)

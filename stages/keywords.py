@@ -2,18 +2,18 @@
 
 Per cluster of LABELS, words are counted over its images' text: each report once per
 cluster (``--scope report``), or each distinct manifest sentence once per cluster
-(``--scope sentence``). Words are cleaned by :mod:`ldpo.common.text` (stop words,
+(``--scope sentence``). Words are cleaned by :mod:`ldpo.common.nlp.text` (stop words,
 numbers, dates, tokens shorter than ``--min-length`` dropped; ``--stem`` shows each
 stem as its most frequent word). A word found in at least ``--common-fraction`` of the
 clusters is dropped from every cluster (the paper's rule; 1.0 = found in all of them).
 With ``--mentions affirmed`` (the default) the counted text first loses every negated or
-uncertain finding mention and its scope (:mod:`ldpo.common.mentions`, terms from
+uncertain finding mention and its scope (:mod:`ldpo.common.nlp.mentions`, terms from
 ``--vocabulary``): "no pneumothorax" makes no keyword; ``--mentions all`` counts every word.
 
 Reports are ``extract-keyimages``' ``OUT/reports.csv`` (report ids as in the manifest,
 text scrubbed of patient identifiers with the DICOM headers of each patient's studies).
 Any other reports (a CSV ``report_id,text`` or a folder of ``.txt``) are scrubbed on
-reading by the same code's patterns only (:mod:`ldpo.common.phi`: dates, phone numbers,
+reading by the same code's patterns only (:mod:`ldpo.common.nlp.phi`: dates, phone numbers,
 MRN- and accession-like ids, titled and labelled names), which cannot find a name
 written without a title; a run on them ends with a warning saying so. The manifest's
 sentences pass through the same patterns. No word with 3 or more digits is a keyword.
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
-from ldpo.common.labels import read_labels
-from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
-from ldpo.common.phi import RAW_REPORTS_HINT
-from ldpo.common.stores import atomic_path, open_store
-from ldpo.common.tables import write_csv
-from ldpo.common.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports, warn_raw_reports
+from ..common.cli import CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
+from ..common.files.labels import read_labels
+from ..common.nlp.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions
+from ..common.nlp.phi import RAW_REPORTS_HINT
+from ..common.files.stores import atomic_path, open_store
+from ..common.files.tables import write_csv
+from ..common.nlp.text import Cleaner, Manifest, missing_reports, read_manifest, read_reports, warn_raw_reports
 
 log = logging.getLogger("ldpo")
 
@@ -244,7 +244,7 @@ class KeywordsTool(Tool):
                        ("vocabulary", opts.vocabulary or "default")]
             (tmp / "index.html").write_text(page("ldpo keywords: categories and their words", sources, sections),
                                             encoding="utf-8")
-            from ldpo.common.folders import write_record
+            from ..common.files.folders import write_record
 
             write_record(tmp, "keywords", os.listdir(tmp))
         log.info("wrote keywords of %d cluster(s) to %s", len(sections), out)
@@ -277,8 +277,8 @@ def example_sentences(labels: dict[str, int], manifest: Manifest) -> dict[int, l
 
 
 def check_out(out: Path) -> None:
-    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.folders`)."""
-    from ldpo.common.folders import check_output_folder
+    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.files.folders`)."""
+    from ..common.files.folders import check_output_folder
 
     check_output_folder(out, "keywords")
 

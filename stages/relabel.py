@@ -11,7 +11,7 @@ Writes OUT: ``id,label,name,previous_label`` (``name``: the reviewer's name of t
 category, from the merge target, else from the first named member; may be empty).
 Prints ``categories: K -> K'`` on stderr.
 
-Several labels per image (:mod:`ldpo.common.labels`): LABELS may be a multi-label file
+Several labels per image (:mod:`ldpo.common.files.labels`): LABELS may be a multi-label file
 (``0;2``, empty = none), and a review may keep a category in two groups (``merge_into``
 ``5;8``, or ``3;8`` on category 3 to keep it and join 8). When some image then carries
 several labels (or none), OUT is a multi-label file: ``label`` and ``name`` list them in
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
-from ldpo.common.labels import SEPARATOR, label_cell, read_multilabels, write_labels, write_multilabels
-from ldpo.common.review import read_review
+from ..common.cli import CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
+from ..common.files.labels import SEPARATOR, label_cell, read_multilabels, write_labels, write_multilabels
+from ..common.files.review import read_review
 
 log = logging.getLogger("ldpo")
 

@@ -5,9 +5,9 @@ manifest's, and its text was scrubbed of patient identifiers with what the DICOM
 headers of each patient's studies say. Any other reports (a CSV ``report_id,text`` or a
 folder of ``.txt``) are scrubbed on reading by the same code's patterns only (dates,
 phone numbers, MRN- and accession-like ids, titled and labelled names: see
-:mod:`ldpo.common.phi`), which cannot find a name written without a title; a run on them
+:mod:`ldpo.common.nlp.phi`), which cannot find a name written without a title; a run on them
 ends with a warning saying so. Nothing here ever sees raw report text. Reports are
-cleaned with :mod:`ldpo.common.text` and modelled with gensim's LDA (``LdaModel``, or
+cleaned with :mod:`ldpo.common.nlp.text` and modelled with gensim's LDA (``LdaModel``, or
 ``LdaMulticore`` with ``--workers`` > 1), trained on every report in REPORTS. Each
 image of the manifest gets the dominant topic of its text: its whole report
 (``--scope report``, the default), or the manifest's ``sentence`` / ``context`` for
@@ -15,7 +15,7 @@ that image (the model's θ inferred on that text; an image whose text has no usa
 word falls back to its report's topic).
 
 With ``--mentions affirmed`` (the default) every report and manifest text first loses its
-negated and uncertain finding mentions and their scope (:mod:`ldpo.common.mentions`, terms
+negated and uncertain finding mentions and their scope (:mod:`ldpo.common.nlp.mentions`, terms
 from ``--vocabulary``), so "no pneumothorax" adds no word to any topic; ``--mentions all``
 models every word.
 
@@ -60,16 +60,16 @@ from typing import Callable
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
-from ldpo.common.folders import Folder, check_output_folder, output_folder
-from ldpo.common.labels import write_labels
-from ldpo.common.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions, keep_mentions_list
-from ldpo.common.phi import RAW_REPORTS_HINT
-from ldpo.common.plots import pyplot
-from ldpo.common.stores import atomic_paths
-from ldpo.common.tables import side_file, write_csv
-from ldpo.common.text import Cleaner, missing_reports, read_manifest, read_reports, warn_raw_reports
+from ..common.cli import CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
+from ..common.files.folders import Folder, check_output_folder, output_folder
+from ..common.files.labels import write_labels
+from ..common.nlp.mentions import MENTION_MODES, MENTIONS_HELP, VOCABULARY_HELP, keep_mentions, keep_mentions_list
+from ..common.nlp.phi import RAW_REPORTS_HINT
+from ..common.files.plots import pyplot
+from ..common.files.stores import atomic_paths
+from ..common.files.tables import side_file, write_csv
+from ..common.nlp.text import Cleaner, missing_reports, read_manifest, read_reports, warn_raw_reports
 
 log = logging.getLogger("ldpo")
 
@@ -227,7 +227,7 @@ def side_files(opts: Options) -> dict[str, Path]:
 
 def write_into(tmp: Path, write: Callable[[str], None]) -> None:
     """``write("-")`` with stdout sent into ``tmp``, an output's temporary name: the CSV rules of
-    :mod:`ldpo.common.tables` (``write_csv``/``write_labels`` to ``-``), but no temporary of the temporary, which a
+    :mod:`ldpo.common.files.tables` (``write_csv``/``write_labels`` to ``-``), but no temporary of the temporary, which a
     killed run would leave behind."""
     with open(tmp, "w", newline="", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
         write("-")

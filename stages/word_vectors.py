@@ -5,16 +5,16 @@ Trains gensim's Word2Vec on the report sentences with the settings of Shin et al
 no negative sampling), a window of 10 words, frequent words sub-sampled at 1e-3
 (word2vec's and the paper's threshold), 5 epochs (gensim's). ``--min-count`` (5, word2vec's
 default) drops rare words, but never a vocabulary term: every term found at least once keeps
-a vector. Tokens are :mod:`ldpo.common.words`' (each mention of a vocabulary term or of a
+a vector. Tokens are :mod:`ldpo.common.nlp.words`' (each mention of a vocabulary term or of a
 synonym becomes one token, ``pleural_effusion``). Reports are ``extract-keyimages``'
 ``reports.csv`` (``report_id,text``; read through the common scrubber like every text stage).
 
-Writes ``--out``: word2vec text format (see :mod:`ldpo.common.words`). Prints, per
+Writes ``--out``: word2vec text format (see :mod:`ldpo.common.nlp.words`). Prints, per
 ``--probe`` term, its nearest tokens by cosine (default: the 5 most frequent vocabulary terms).
 
 With ``--manifest`` and ``--targets``, also writes the words-target file for
 ``finetune --vectors`` (``id,term_a,term_b``: the bi-grams of each key image's affirmed
-terms in its sentence and the two around it; see :mod:`ldpo.common.words`).
+terms in its sentence and the two around it; see :mod:`ldpo.common.nlp.words`).
 
 One worker thread (``--workers`` 0 or 1) gives the same vectors for the same seed and
 input, byte for byte; more threads are faster and not reproducible (gensim's threads
@@ -29,8 +29,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional
-from ldpo.common.errors import InputError
+from ..common.cli import CommonOptions, Tool, opt, positional
+from ..common.errors import InputError
 
 log = logging.getLogger("ldpo")
 
@@ -67,9 +67,9 @@ class WordVectorsTool(Tool):
     Options = Options
 
     def main(self, opts: Options) -> int:
-        from ldpo.common import words
-        from ldpo.common.mentions import load_vocabulary
-        from ldpo.common.text import read_reports, warn_raw_reports
+        from ..common.nlp import words
+        from ..common.nlp.mentions import load_vocabulary
+        from ..common.nlp.text import read_reports, warn_raw_reports
 
         if (opts.manifest is None) != (opts.targets is None):
             raise InputError("--manifest and --targets go together (the targets are made from the manifest)")
@@ -123,7 +123,7 @@ def train(sentences: list[list[str]], opts: Options, terms: set[str]):
 
 
 def probe_terms(text: str | None, found: list[str]) -> list[str]:
-    from ldpo.common.words import term_token
+    from ..common.nlp.words import term_token
 
     if text is None:
         return found[:5]
@@ -145,8 +145,8 @@ def print_probes(kv, probes: list[str], terms: list[str], top: int = 5) -> None:
 
 def write_targets(opts: Options, vocab, known: set[str]) -> None:
     """The words-target file: per key image, the bi-grams of the affirmed terms of its context."""
-    from ldpo.common.text import read_manifest
-    from ldpo.common.words import image_bigrams, write_words_target
+    from ..common.nlp.text import read_manifest
+    from ..common.nlp.words import image_bigrams, write_words_target
 
     manifest = read_manifest(opts.manifest)
     rows, images = [], 0

@@ -74,8 +74,8 @@ def toy(tmp_path_factory):
     def make(classes: int = 5, per_class: int = 12, size: int = 64, fmt: str = "h5", seed: int = 0) -> Path:
         key = (classes, per_class, size, fmt, seed)
         if key not in made:
-            from ldpo.common.labels import write_labels
-            from ldpo.common.stores import write_store
+            from ldpo.common.files.labels import write_labels
+            from ldpo.common.files.stores import write_store
             from ldpo.stages.toy_data.texture25 import generate
 
             out = tmp_path_factory.mktemp(f"toy{classes}x{per_class}")

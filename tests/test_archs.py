@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ldpo.common import archs, models
-from ldpo.common.archs import Arch, Layer
-from ldpo.common.checkpoint import Checkpoint
+from ldpo.common.nets import archs, models
+from ldpo.common.nets.archs import Arch, Layer
+from ldpo.common.nets.checkpoint import Checkpoint
 from ldpo.common.errors import InputError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import read_labels
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.files.labels import read_labels
+from ldpo.common.files.stores import open_store, write_store
 from workdir import loop_work
 
 

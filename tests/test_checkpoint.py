@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import models
-from ldpo.common.checkpoint import CHECKPOINT_FORMAT, Checkpoint
+from ldpo.common.nets import models
+from ldpo.common.nets.checkpoint import CHECKPOINT_FORMAT, Checkpoint
 from ldpo.common.errors import InputError
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import write_labels
+from ldpo.common.files.stores import write_store
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, toy):
     """A checkpoint written by finetune itself (1 epoch, 32 px), and its folder."""
     from ldpo.stages import run
-    from ldpo.common.labels import read_labels
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.labels import read_labels
+    from ldpo.common.files.stores import open_store
 
     folder = toy(classes=5, per_class=12, size=64)
     out = tmp_path_factory.mktemp("ckpt")
@@ -104,8 +104,8 @@ def _imports_torch(code: str) -> str:
 
 def test_the_registry_and_the_checkpoint_modules_import_no_torch():
     # a command's --help (and the loop's plumbing) may read the records and the checkpoint format
-    assert _imports_torch("import ldpo.common.archs, ldpo.common.checkpoint; "
-                          "ldpo.common.archs.check_arch('resnet18')") == "False"
+    assert _imports_torch("import ldpo.common.nets.archs, ldpo.common.nets.checkpoint; "
+                          "ldpo.common.nets.archs.check_arch('resnet18')") == "False"
 
 
 def test_finetune_help_imports_no_torch():

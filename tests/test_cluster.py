@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ldpo.common.labels import read_labels
-from ldpo.common.metrics import nmi, purity
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import read_labels
+from ldpo.common.numerics.metrics import nmi, purity
+from ldpo.common.files.stores import write_store
 
 
 def blobs(n: int, k: int = 5, d: int = 16, spread: float = 0.5, seed: int = 0):
@@ -337,7 +337,7 @@ def test_scan_self_labeling_runs_on_confident_rows(cli, tmp_path, blobs200):
 
 
 def test_nearest_neighbours_exclude_the_row_and_the_inverted_index_agrees_with_exact():
-    from ldpo.common.features import nearest_neighbours
+    from ldpo.common.numerics.features import nearest_neighbours
 
     x, truth = blobs(2000, k=10, d=32, spread=0.5, seed=5)
     exact = nearest_neighbours(x, 10)
@@ -351,7 +351,7 @@ def test_nearest_neighbours_exclude_the_row_and_the_inverted_index_agrees_with_e
 def test_bench_scan_ends_with_the_comparison_line(tmp_path, capsys):
     import importlib.util
 
-    from ldpo.common.labels import write_labels
+    from ldpo.common.files.labels import write_labels
 
     x, truth = blobs(150, k=3, d=16, spread=0.3, seed=6)
     ids = feature_store(tmp_path / "f.h5", x)

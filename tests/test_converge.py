@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ldpo.common.labels import write_labels
+from ldpo.common.files.labels import write_labels
 from ldpo.stages import converge as converge_stage
 
 N = 120
@@ -310,6 +310,6 @@ def test_heldout_agreement_goes_into_the_previous_labels_row_and_survives_a_reru
 
 
 def read_back(path):
-    from ldpo.common.labels import read_labels
+    from ldpo.common.files.labels import read_labels
 
     return read_labels(path).labels

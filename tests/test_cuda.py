@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import imagedata
-from ldpo.common.labels import read_labels
-from ldpo.common.metrics import nmi
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.images import imagedata
+from ldpo.common.files.labels import read_labels
+from ldpo.common.numerics.metrics import nmi
+from ldpo.common.files.stores import open_store, write_store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: the CUDA paths "
                                 "run on a GPU machine (see README, Performance)")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common.stores import open_store, write_store
-from ldpo.stages.encode import Encoder, fisher_vector, fit_gmm, vlad
+from ldpo.common.files.stores import open_store, write_store
+from ldpo.stages.encode.descriptors import Encoder, fisher_vector, fit_gmm, vlad
 
 
 def make_local(path, n=40, s=16, c=8, seed=0, shuffle_ids=False):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import write_labels
+from ldpo.common.files.stores import write_store
 
 
 @pytest.fixture

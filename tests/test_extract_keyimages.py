@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from ldpo.common.stores import open_store
+from ldpo.common.files.stores import open_store
 from ldpo.stages.extract_keyimages import MANIFEST_COLUMNS
 
 SALT = ["--salt", "test-salt-0123456789"]

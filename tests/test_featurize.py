@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import models
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.nets import models
+from ldpo.common.files.stores import open_store, write_store
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_global_features_are_deterministic_and_keep_the_store_ids(cli, small, tm
 def test_the_data_path_gives_the_plain_references_features(cli, small, tmp_path):
     """Stated tolerance: float32 features within rtol 1e-4 of the reference (plain float input,
     whole batch in memory); with --amp (bfloat16) each row's cosine to the reference ≥ 0.99."""
-    from ldpo.common import imagedata
+    from ldpo.common.images import imagedata
 
     images, _ = small
     with open_store(images) as store:

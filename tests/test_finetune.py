@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common.labels import read_labels, write_labels
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.files.labels import read_labels, write_labels
+from ldpo.common.files.stores import open_store, write_store
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_input_filter_and_centroid_head_travel_with_the_checkpoint(cli, small, t
 
 
 def test_freeze_backbone_trains_the_head_only_and_keeps_batchnorm_statistics(cli, small, tmp_path):
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     images, labels = small
     weights = tmp_path / "w.pth"
@@ -273,7 +273,7 @@ def test_two_workers_finish_an_epoch_of_several_windows_and_train_what_one_threa
     """A store of several training windows (--shuffle-window 1 on a 4.7 MiB archive, one image in 8
     labelled, spread over all its chunks) read by 2 reader threads finishes, with the same weights and
     figures as the main thread reading alone: the batches do not depend on --workers."""
-    from ldpo.common import imagedata
+    from ldpo.common.images import imagedata
 
     store = tmp_path / "archive.zarr"
     assert cli("toy-data", "archive", "--n", 1200, "--size", 64, "--classes", 4, "--chunk-rows", 32, "--out", store,

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from ldpo.common.labels import write_labels
-from ldpo.common.metrics import ari
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import write_labels
+from ldpo.common.numerics.metrics import ari
+from ldpo.common.files.stores import write_store
 
 
 def planted(blocks: int, per_block: int, per_class: int = 15, seed: int = 0):

@@ -40,8 +40,8 @@ def data_file(name: str) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, toy):
     """images.h5, labels.csv, feats.h5/.zarr, local.h5, an extraction (keys/) and its sources."""
-    from ldpo.common.labels import read_labels, write_labels
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.files.labels import read_labels, write_labels
+    from ldpo.common.files.stores import open_store, write_store
     from ldpo.stages import run
 
     ws = tmp_path_factory.mktemp("finished")
@@ -169,7 +169,7 @@ def nan_checkpoint(ws: Path) -> Path:
     """A finetune checkpoint whose weights are all NaN (what a diverged run used to save)."""
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     built = models.build(models.parse_init("random"), "resnet18", 3, 0, 32)
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
@@ -183,7 +183,7 @@ def nan_checkpoint(ws: Path) -> Path:
 def resnet18_weights(ws: Path) -> Path:
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     path = ws / "resnet18.pth"
     torch.save(models.build(models.parse_init("random"), "resnet18", 3, 0, 32).model.state_dict(), path)
@@ -317,7 +317,7 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(cli, ws, case):
 
 def test_topic_label_side_files_never_overwrite_its_labels(cli, tmp_path):
     """``topic-label … --out DIR/topics.csv`` used to write its topic table over its own labels."""
-    from ldpo.common.labels import read_labels
+    from ldpo.common.files.labels import read_labels
 
     rows = [["report_id", "text"]] + [[f"r{i}", f"{'lung nodule chest' if i % 2 else 'brain head skull'} case {i}"]
                                       for i in range(12)]

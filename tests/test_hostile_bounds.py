@@ -25,10 +25,10 @@ import pytest
 def base(tmp_path_factory, toy):
     """images.h5 and labels.csv (3 classes x 4 images, 32 px), feats.h5, and model.pt: an untrained
     3-class resnet18 checkpoint (a valid record; the cases below make it lie)."""
-    from ldpo.common import models
-    from ldpo.common.checkpoint import Checkpoint
-    from ldpo.common.labels import read_labels, write_labels
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.nets import models
+    from ldpo.common.nets.checkpoint import Checkpoint
+    from ldpo.common.files.labels import read_labels, write_labels
+    from ldpo.common.files.stores import open_store, write_store
 
     ws = tmp_path_factory.mktemp("bounds")
     toy_dir = toy(classes=3, per_class=4, size=32)
@@ -98,7 +98,7 @@ def lying_checkpoint(ws: Path, name: str = "lie.pt", state_dict=None, **changes)
 
 def words_checkpoint(ws: Path) -> Path:
     """What finetune --vectors writes: 2 x 16 sigmoids regressing word vectors, target words."""
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     built = models.build(models.parse_init("random"), "resnet18", 32, 0, 32)
     return lying_checkpoint(ws, "words.pt", built.model.state_dict(), num_classes=32, classes=list(range(32)),
@@ -151,7 +151,7 @@ def test_the_record_is_checked_before_any_tensor_of_its_size(ws):
     """num_classes 3,000,000 used to build a 512 x 3M head (7 GB) before load_state_dict refused it."""
     import tracemalloc
 
-    from ldpo.common.checkpoint import Checkpoint
+    from ldpo.common.nets.checkpoint import Checkpoint
     from ldpo.common.errors import InputError
 
     model = lying_checkpoint(ws, num_classes=3_000_000, classes=None)
@@ -164,7 +164,7 @@ def test_the_record_is_checked_before_any_tensor_of_its_size(ws):
 
 
 def test_a_valid_checkpoint_still_loads(ws):
-    from ldpo.common.checkpoint import Checkpoint
+    from ldpo.common.nets.checkpoint import Checkpoint
 
     ckpt = Checkpoint.load(lying_checkpoint(ws, target="multi", thresholds=[0.2, 0.5, 1.0], classes=[4, 7, 9]))
     assert ckpt.classes == [4, 7, 9] and ckpt.thresholds == [0.2, 0.5, 1.0]
@@ -324,7 +324,7 @@ def test_toy_data_archive_never_builds_every_id_at_once(cli, tmp_path, monkeypat
     lines = (tmp_path / "a.h5.truth.csv").read_text().splitlines()
     labels = archive.labels_for(10000, 20, 0)
     assert lines[0] == "id,label" and lines[1:] == [f"{i},{c}" for i, c in zip(real(0, 10000, 10000), labels)]
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.stores import open_store
 
     with open_store(tmp_path / "a.h5") as store:
         assert store.ids == real(0, 10000, 10000)
@@ -378,7 +378,7 @@ def test_toy_data_pacs_size_range_is_the_one_help_shows(cli, tmp_path):
 
 
 def test_cluster_scan_on_one_row_names_what_needs_two(cli, ws):
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     write_store(ws / "one.h5", ["a"], {"stage": "test"}, features=np.ones((1, 8), np.float32))
     line = refused(cli, ws, ["cluster", ws / "one.h5", "--out", ws / "l.csv", "--method", "scan", "--k", "1"],
@@ -447,7 +447,7 @@ def test_an_output_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
     import errno
 
     from ldpo.common.errors import InputError
-    from ldpo.common.stores import atomic_path
+    from ldpo.common.files.stores import atomic_path
 
     final = tmp_path / "t.csv"
     with pytest.raises(InputError) as err:
@@ -488,7 +488,7 @@ def test_vectors_beyond_float32_are_one_line_without_a_warning(cli, ws):
 
 
 def small_store(ws: Path, name: str, images: np.ndarray) -> Path:
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     write_store(ws / name, [f"i{k}" for k in range(len(images))], {"stage": "test"}, images=images)
     return ws / name
@@ -535,7 +535,7 @@ def test_a_python_warning_is_one_ldpo_line(capsys):
 
 def test_hierarchy_refuses_word_vector_outputs_as_probabilities(cli, ws):
     """What featurize --layer probs wrote for a words model before it refused one."""
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     scores = np.random.default_rng(0).random((12, 3)).astype(np.float32)
     with open(ws / "labels.csv") as fh:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import write_labels
+from ldpo.common.files.stores import write_store
 
 #: ids and names a hostile (or unlucky) archive may carry: formulas, a quote, a lone sign
 TRICKY = ["=1+2", "-x", "@a", "+", "'abc", "=HYPERLINK(\"http://x\",\"y\")", "plain", "-1", "+3.5e2"]
@@ -89,7 +89,7 @@ def assert_no_formula_cell(path: Path) -> None:
 
 def read_back(path: Path, required=("id",)) -> list[dict[str, str]]:
     """Rows as ldpo's common CSV reader gives them."""
-    from ldpo.common.tables import csv_rows
+    from ldpo.common.files.tables import csv_rows
 
     return [row for _, row in csv_rows(path, "CSV", list(required))]
 
@@ -97,7 +97,7 @@ def read_back(path: Path, required=("id",)) -> list[dict[str, str]]:
 def checkpoint(path: Path, classes: list[int], num_classes: int = 3) -> Path:
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     built = models.build(models.parse_init("random"), "resnet18", num_classes, 0, 32)
     torch.save({"format": "ldpo-checkpoint-1", "arch": "resnet18", "num_classes": num_classes, "classes": classes,
@@ -383,7 +383,7 @@ ROUND_TRIP = TRICKY + ["'=x", "''", "'", "'-0.5", "\tx", "\rx", "", "-0.5", "1e5
 
 
 def test_write_csv_neutralizes_formulas_and_csv_rows_reads_them_back(tmp_path):
-    from ldpo.common.tables import write_csv
+    from ldpo.common.files.tables import write_csv
 
     path = tmp_path / "t.csv"
     write_csv(path, ["id", "n", "f"], [[v, i, -0.25] for i, v in enumerate(ROUND_TRIP)])
@@ -402,7 +402,7 @@ def test_the_rule_reads_back_every_short_text_and_never_leaves_a_formula():
     and what is written never starts a formula (unless it is a plain number)."""
     import itertools
 
-    from ldpo.common.tables import csv_cell, read_cell
+    from ldpo.common.files.tables import csv_cell, read_cell
 
     alphabet = ["'", "=", "-", "+", "@", "\t", "\r", "a", "1", ".", "e", "inf"]
     for k in range(5):
@@ -414,7 +414,7 @@ def test_the_rule_reads_back_every_short_text_and_never_leaves_a_formula():
 
 
 def test_labels_round_trip_through_read_labels(tmp_path):
-    from ldpo.common.labels import read_labels
+    from ldpo.common.files.labels import read_labels
 
     ids = [v for v in ROUND_TRIP if v and v.strip() == v]
     write_labels(tmp_path / "l.csv", ids, list(range(len(ids))), {"name": ids})
@@ -437,13 +437,13 @@ def test_relabel_output_neutralizes_ids_and_names(cli, tmp_path):
 
 
 def csv_escape(value: str) -> str:
-    from ldpo.common.tables import csv_cell
+    from ldpo.common.files.tables import csv_cell
 
     return csv_cell(value)
 
 
 def test_review_csv_reads_back_what_the_writer_escaped(tmp_path):
-    from ldpo.common.review import read_review
+    from ldpo.common.files.review import read_review
 
     names = ["=1+2", "'=x", "'abc", "@SUM(A1)", "-", "plain"]
     raw_csv(tmp_path / "review.csv", [["label", "name", "merge_into"]] + [[c, csv_escape(n), ""]
@@ -489,8 +489,8 @@ def js_cells(values: list[str]) -> list[str]:
 
 
 def test_the_pages_review_csv_neutralizes_names_and_relabel_reads_them_back(cli, tmp_path):
-    from ldpo.common.review import read_review
-    from ldpo.common.tables import csv_cell
+    from ldpo.common.files.review import read_review
+    from ldpo.common.files.tables import csv_cell
 
     names = ["=1+2", "-x", "@a", "+", "'=x", "'abc", "''", "'", "-1", "+3.5e2", "=HYPERLINK(\"a\",\"b\")",
              "a,b", "plain name", "  =spaced", "\t=tab", "'-0.5", "-inf", "-Inf", "'-inf"]

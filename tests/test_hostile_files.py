@@ -129,8 +129,8 @@ def test_a_fifo_as_the_loop_lock_is_refused_not_waited_on(toy, tmp_path):
 @pytest.fixture
 def probs(tmp_path):
     """A probs store of 3 classes over 12 ids and their labels."""
-    from ldpo.common.labels import write_labels
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.labels import write_labels
+    from ldpo.common.files.stores import write_store
 
     ids = [f"i{n:02d}" for n in range(12)]
     labels = np.arange(12) % 3
@@ -205,7 +205,7 @@ def test_report_and_keywords_follow_the_same_rule_for_a_file_with_their_names(tm
 
 def test_a_user_file_inside_an_array_folder_keeps_a_zarr_store_from_being_replaced(cli, tmp_path, toy):
     from ldpo.common.errors import InputError
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     store = tmp_path / "m.zarr"
     features = np.zeros((3, 4), np.float32)
@@ -227,7 +227,7 @@ def test_a_user_file_inside_an_array_folder_keeps_a_zarr_store_from_being_replac
 
 def test_fresh_never_deletes_a_history_converge_did_not_write(tmp_path):
     from ldpo.common.errors import InputError
-    from ldpo.common.workdir import forget
+    from ldpo.common.loop.workdir import forget
 
     work = tmp_path / "work"
     work.mkdir()
@@ -246,7 +246,7 @@ def test_fresh_never_deletes_a_history_converge_did_not_write(tmp_path):
 
 
 def test_final_and_report_of_no_known_run_are_not_taken_as_this_runs(tmp_path, toy, capsys):
-    from ldpo.common.workdir import main
+    from ldpo.common.loop.command import main
 
     images = toy(classes=3, per_class=4, size=32) / "images.h5"
     work = tmp_path / "work"
@@ -278,7 +278,7 @@ def test_ids_with_spaces_around_them_are_refused_at_the_store(cli, tmp_path):
     import h5py
 
     from ldpo.common.errors import InputError
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     features = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     with pytest.raises(InputError, match="' b' starts or ends with white space"):
@@ -296,7 +296,7 @@ def test_ids_with_spaces_around_them_are_refused_at_the_store(cli, tmp_path):
 # -- item 18: multi-label names and a class with no negatives --------------------------------------
 
 def test_relabel_refuses_a_name_holding_the_multilabel_separator(cli, tmp_path):
-    from ldpo.common.labels import write_labels
+    from ldpo.common.files.labels import write_labels
 
     write_labels(tmp_path / "labels.csv", ["a", "b", "c"], np.array([10, 20, 30]))
     (tmp_path / "review.csv").write_text("label,name,merge_into\n10,liver;spleen,\n20,chest,\n30,,10;20\n")
@@ -309,7 +309,7 @@ def test_relabel_refuses_a_name_holding_the_multilabel_separator(cli, tmp_path):
 
 
 def test_a_class_positive_on_every_image_is_said_in_one_line(cli, tmp_path, toy):
-    from ldpo.common.labels import read_labels, write_multilabels
+    from ldpo.common.files.labels import read_labels, write_multilabels
 
     data = toy(classes=3, per_class=4, size=32)
     truth = read_labels(data / "truth.csv")

@@ -206,7 +206,7 @@ def test_forget_deletes_the_loops_files_and_never_follows_a_link(tmp_path):
     write (temporaries of interrupted writes included), links removed but never followed, the
     history's rows before the restart kept."""
     from ldpo.common.errors import InputError
-    from ldpo.common.workdir import forget
+    from ldpo.common.loop.workdir import forget
 
     work = tmp_path / "work"
     outside = tmp_path / "outside"
@@ -241,7 +241,7 @@ def test_forget_deletes_the_loops_files_and_never_follows_a_link(tmp_path):
 
 
 def test_record_differences_are_named_by_kind():
-    from ldpo.common.workdir import difference
+    from ldpo.common.loop.workdir import difference
 
     old = {"format": "ldpo-run-1", "settings": {"images": "/a.h5", "k": "3", "tree_preference": "0.5"},
            "inputs": {"images_sha256": "ab"}}

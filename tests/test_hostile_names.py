@@ -93,7 +93,7 @@ def test_a_report_loses_the_names_of_other_patients_and_of_staff_of_other_studie
 
 def test_archive_names_are_one_set_and_one_pass():
     """The archive's names: one look-up per word (no alternation of every name), name forms and ordinary words."""
-    from ldpo.common.phi import ArchiveNames, ordinary_words
+    from ldpo.common.nlp.phi import ArchiveNames, ordinary_words
 
     names = ArchiveNames(["roe^marta", "wall^henry", "smith-jones^ann", "o'brien^pat", "small^white"],
                          ordinary_words())
@@ -136,7 +136,7 @@ def test_toy_pacs_other_names_reach_no_scrubbed_report(tmp_path):
 
 
 def test_word_vectors_warns_on_raw_reports_and_not_on_scrubbed_ones(cli, tmp_path):
-    from ldpo.common.phi import RAW_REPORTS, SCRUBBED_MARK
+    from ldpo.common.nlp.phi import RAW_REPORTS, SCRUBBED_MARK
 
     body = "nodule effusion nodule. effusion nodule effusion. pneumothorax nodule."
     raw = write_csv(tmp_path / "raw.csv", [["report_id", "text"], ["r1", body], ["r2", body]])
@@ -272,7 +272,7 @@ def test_negex_sees_pieces_of_bounded_length_and_the_whole_texts_results(monkeyp
     """NegEx's time is clauses × tokens of the text it is given; a long report must reach it in pieces of bounded
     length (the cause of the super-linear time, found with cProfile), with the statuses and the kept text of the
     whole."""
-    from ldpo.common import mentions
+    from ldpo.common.nlp import mentions
 
     vocab = mentions.load_vocabulary(None)
     long = SENTENCES * 60  # about 12 KB
@@ -297,7 +297,7 @@ def test_negex_sees_pieces_of_bounded_length_and_the_whole_texts_results(monkeyp
 
 
 def test_one_sentence_longer_than_a_piece_is_cut_between_tokens():
-    from ldpo.common.mentions import _pieces
+    from ldpo.common.nlp.mentions import _pieces
 
     text = "nodule and " * 2000 + "end."
     pieces = _pieces(text, size=500)
@@ -314,7 +314,7 @@ MARKED = ("Seen by XXXX on XX/XX/XXXX at x-xxxx. [**Known lastname 2212**] revie
 
 
 def test_the_cleaner_drops_deidentification_marks():
-    from ldpo.common.text import Cleaner
+    from ldpo.common.nlp.text import Cleaner
 
     words = Cleaner().words(MARKED)
     assert {"nodule", "effusion", "x-ray", "reviewed", "today"} <= set(words), words
@@ -323,7 +323,7 @@ def test_the_cleaner_drops_deidentification_marks():
 
 
 def test_word_tokens_drop_deidentification_marks():
-    from ldpo.common.words import corpus
+    from ldpo.common.nlp.words import corpus
 
     tokens = [t for s in corpus([MARKED]) for t in s]
     assert "nodule" in tokens and "effusion" in tokens

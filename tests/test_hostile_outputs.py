@@ -32,8 +32,8 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, toy):
     """images.h5, labels.csv, feats.h5, local.h5, probs.h5 and a one-epoch checkpoint model.pt."""
-    from ldpo.common.labels import read_labels, write_labels
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.files.labels import read_labels, write_labels
+    from ldpo.common.files.stores import open_store, write_store
     from ldpo.stages import run
 
     ws = tmp_path_factory.mktemp("outputs")
@@ -168,7 +168,7 @@ def test_extract_keyimages_images_store_over_a_folder(cli, ws):
 
 
 def test_a_zarr_output_replaces_an_earlier_ldpo_zarr_store(cli, ws):
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.stores import open_store
 
     out = ws / "enc.zarr"
     for method in ("avg", "max"):
@@ -205,7 +205,7 @@ def test_a_folder_output_may_exist_but_not_as_a_file(cli, ws, monkeypatch):
 
 
 def test_hierarchy_writes_only_into_its_own_folder(cli, ws):
-    """Issue 30 item 3: one rule for every output folder (ldpo.common.folders): a folder of the
+    """Issue 30 item 3: one rule for every output folder (ldpo.common.files.folders): a folder of the
     user's files is refused, not written into."""
     tree = ws / "tree"
     tree.mkdir()
@@ -312,8 +312,8 @@ def test_input_size_has_an_upper_bound(cli, ws):
 
 
 def test_the_declared_bound_is_the_models_bound():
-    from ldpo.common.input_options import InputOptions
-    from ldpo.common.models import MAX_INPUT_SIZE
+    from ldpo.common.images.input_options import InputOptions
+    from ldpo.common.nets.models import MAX_INPUT_SIZE
 
     declared = InputOptions.__dataclass_fields__["input_size"].metadata["max"]
     assert declared == MAX_INPUT_SIZE
@@ -368,7 +368,7 @@ def test_finetune_checks_its_folder_is_writable_before_training(cli, ws, monkeyp
 # -- item 21: messages that name the file -----------------------------------------------------------
 
 def test_encode_on_nan_local_features_names_the_file(cli, ws):
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.files.stores import open_store, write_store
 
     with open_store(ws / "local.h5") as store:
         ids, local = store.ids, store.read("local")

@@ -166,7 +166,7 @@ def test_no_identifier_of_the_archive_in_any_output_of_a_full_pacs_run(pacs_run)
     assert re.search(r"\b(?:Mr|Mrs|Ms)\. [A-Z][a-z]+", text) and "MRN" in text and "Saint Elsewhere" in text
     assert sum(s in text for s in secrets) > 40
     # some of it only the headers can find (a physician named without a title or a label)
-    from ldpo.common.phi import scrub_text
+    from ldpo.common.nlp.phi import scrub_text
 
     assert any(re.search(r"\b" + re.escape(s) + r"\b", scrub_text(r["text"]), re.IGNORECASE)
                for r in raw for s in secrets)
@@ -187,8 +187,8 @@ def test_the_medical_words_survive(pacs_run):
 
 
 def test_scrubbed_reports_are_marked_and_joined_by_pseudonyms(pacs_run):
-    from ldpo.common.phi import SCRUBBED_MARK
-    from ldpo.common.text import read_reports
+    from ldpo.common.nlp.phi import SCRUBBED_MARK
+    from ldpo.common.nlp.text import read_reports
 
     root, _, stderr = pacs_run
     reports = read_csv(root / "keys/reports.csv")
@@ -351,7 +351,7 @@ def test_names_typed_into_the_toy_archive_series_descriptions_reach_no_output(pa
     """The toy PACS types the operator's, the patient's or another person's name into some SeriesDescriptions;
     the manifest's series_words hold only allow-listed words, and no such name is in any output."""
     from ldpo.stages.extract_keyimages.headers import SERIES_WORDS
-    from ldpo.stages.toy_data.pacs import FIRST, LAST, OPERATORS
+    from ldpo.stages.toy_data.pacs.studies import FIRST, LAST, OPERATORS
 
     root, outputs, _ = pacs_run
     people = {n for n in FIRST + LAST} | {p for o in OPERATORS for p in o.split("^")}
@@ -408,7 +408,7 @@ PATTERNS = {
 
 @pytest.mark.parametrize("text", list(PATTERNS))
 def test_raw_reports_are_scrubbed_by_pattern_on_reading(tmp_path, text):
-    from ldpo.common.text import read_reports
+    from ldpo.common.nlp.text import read_reports
 
     path = write_csv(tmp_path / "reports.csv", [["report_id", "text"], ["r1", f"Liver lesion. {text}. MR images, "
                                                                               f"MS lesions, T2 signal."]])
@@ -422,7 +422,7 @@ def test_raw_reports_are_scrubbed_by_pattern_on_reading(tmp_path, text):
 
 
 def test_manifest_text_is_scrubbed_on_reading(tmp_path):
-    from ldpo.common.text import read_manifest
+    from ldpo.common.nlp.text import read_manifest
 
     path = write_csv(tmp_path / "m.csv", [["id", "report_id", "sentence", "context"],
                                           ["i1", "r1", "Nodule, Mrs. Doe, MRN123456.", "Seen 04/17/2023."]])
@@ -434,8 +434,8 @@ def issue_corpus(folder: Path) -> tuple[Path, Path, Path, Path]:
     """The issue's reports (raw, pattern-detectable identifiers), their manifest, labels and an images store."""
     import numpy as np
 
-    from ldpo.common.labels import write_labels
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.labels import write_labels
+    from ldpo.common.files.stores import write_store
 
     regions = ["liver hepatic lesion", "lung pulmonary nodule", "brain cerebral hemorrhage"]
     rows, manifest, ids = [["report_id", "text"]], [["id", "report_id"]], []
@@ -601,7 +601,7 @@ def test_topic_label_refuses_more_topics_than_the_data_allows_at_once(cli, tmp_p
 
 def test_topic_label_writes_no_temporary_of_a_temporary(cli, tmp_path, monkeypatch):
     """Each output is written straight into its own temporary: a killed run leaves no ``..x.tmp-a.tmp-b``."""
-    import ldpo.common.stores as stores
+    import ldpo.common.files.stores as stores
 
     made = []
     original = stores.temporary_name

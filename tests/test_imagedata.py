@@ -1,4 +1,4 @@
-"""The data path (common/imagedata.py): whole-chunk reads, epoch order, device-side preparing.
+"""The data path (common/images/imagedata.py): whole-chunk reads, epoch order, device-side preparing.
 
 Tolerances stated by the data path: evaluation preparing equals the plain reference
 (float [0,1] → 3 channels → resize → normalize) within 1e-4; a training batch with no
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import imagedata
-from ldpo.common.stores import write_store
+from ldpo.common.images import imagedata
+from ldpo.common.files.stores import write_store
 
 
 def gray(n=12, side=40, seed=0):
@@ -25,7 +25,7 @@ def chunked(tmp_path):
     """A 50-image store (24 px) in chunks of 8 rows; image i is filled with the value i."""
     images = np.repeat(np.arange(50, dtype=np.uint8)[:, None, None], 24, axis=1).repeat(24, axis=2)
     path = tmp_path / "images.zarr"
-    from ldpo.common.stores import create_store
+    from ldpo.common.files.stores import create_store
 
     with create_store(path, n=50, arrays={"images": ((24, 24), "uint8")}, ids=[f"i{k}" for k in range(50)],
                       attrs={"stage": "test"}, chunk_rows=8) as store:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_topic_label import FILLER, REGIONS, read_csv, region_corpus
 
-from ldpo.common.labels import read_labels, write_labels
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import read_labels, write_labels
+from ldpo.common.files.stores import write_store
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -249,7 +249,7 @@ PACS_WORDS = {
 def test_toy_pacs_end_to_end(cli, tmp_path):
     """toy-data pacs → extract-keyimages → topic-label → keywords: labels and words follow the body region.
     The text stages read extract-keyimages' scrubbed reports.csv (report ids are pseudonyms there)."""
-    from ldpo.common.metrics import nmi
+    from ldpo.common.numerics.metrics import nmi
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     pacs, keys, review = tmp_path / "pacs", tmp_path / "keys", tmp_path / "review"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ldpo.common.errors import InputError
-from ldpo.common.labels import align, contiguous, read_labels, write_labels
+from ldpo.common.files.labels import align, contiguous, read_labels, write_labels
 
 
 def test_round_trip_keeps_extra_columns(tmp_path):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.keep import kept_from_history
-from ldpo.common.labels import align, read_labels
-from ldpo.common.metrics import purity
-from ldpo.common.stores import open_store
+from ldpo.common.loop.keep import kept_from_history
+from ldpo.common.files.labels import align, read_labels
+from ldpo.common.numerics.metrics import purity
+from ldpo.common.files.stores import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
@@ -141,8 +141,8 @@ AGGLOMERATIVE = '''
 import argparse, sys
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
-from ldpo.common.stores import open_store
-from ldpo.common.labels import write_labels
+from ldpo.common.files.stores import open_store
+from ldpo.common.files.labels import write_labels
 p = argparse.ArgumentParser()
 p.add_argument("features"); p.add_argument("--out", required=True); p.add_argument("--k", type=int, required=True)
 args, _ = p.parse_known_args()

@@ -1,4 +1,4 @@
-"""ldpo.common.mentions: finding mentions with assertion status, and the text stages' --mentions option."""
+"""ldpo.common.nlp.mentions: finding mentions with assertion status, and the text stages' --mentions option."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from ldpo.common.errors import InputError
-from ldpo.common.labels import write_labels
-from ldpo.common.mentions import (affirmed_terms, affirmed_text, affirmed_texts, assertion_scores, find_mentions,
+from ldpo.common.files.labels import write_labels
+from ldpo.common.nlp.mentions import (affirmed_terms, affirmed_text, affirmed_texts, assertion_scores, find_mentions,
                                   find_mentions_many, keep_mentions, load_vocabulary, parse_vocabulary,
                                   predict_statuses, read_assertion_set)
-from ldpo.common.stores import write_store
+from ldpo.common.files.stores import write_store
 
 SENTENCES = Path(__file__).parent / "data" / "assertion_sentences.tsv"
 
@@ -113,7 +113,7 @@ def test_affirmed_terms_and_text_drop_negated_scope(vocab):
 
 
 def test_keep_mentions_keeps_the_mapping_type(vocab):
-    from ldpo.common.tables import ReportTexts
+    from ldpo.common.nlp.reports import ReportTexts
 
     texts = ReportTexts(a="No pneumothorax. Large pleural effusion.", b="Normal.")
     texts.scrubbed = True

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ldpo.common import metrics
+from ldpo.common.numerics import metrics
 
 # 3 clusters against 2 classes:   class 0   class 1
 #                      cluster 0     2         1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import imagedata, models
+from ldpo.common.images import imagedata
+from ldpo.common.nets import models
 from ldpo.common.errors import InputError
 
 # (arch, input px) -> layer -> per-image shape; small inputs keep the big nets cheap.

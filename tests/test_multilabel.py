@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ldpo.common.errors import InputError
-from ldpo.common.labels import align_multi, read_labels, read_multilabels, write_labels, write_multilabels
-from ldpo.common.stores import open_store
+from ldpo.common.files.labels import align_multi, read_labels, read_multilabels, write_labels, write_multilabels
+from ldpo.common.files.stores import open_store
 
 
 def rows(path):
@@ -78,7 +78,7 @@ def test_a_single_label_command_refuses_it_with_exit_2(cli, tmp_path):
 
 # -- metrics ----------------------------------------------------------------------------
 def test_multilabel_metrics_against_hand_counts():
-    from ldpo.common.metrics import best_thresholds, multilabel_metrics
+    from ldpo.common.numerics.metrics import best_thresholds, multilabel_metrics
 
     truth = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
     probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.6], [0.1, 0.8]])
@@ -111,7 +111,7 @@ def test_toy_multilabel_has_one_two_or_no_parts_and_is_deterministic(cli, tmp_pa
 
 # -- pad to square ----------------------------------------------------------------------
 def test_non_square_images_are_padded_with_black_not_stretched():
-    from ldpo.common.imagedata import Augment, Preprocess
+    from ldpo.common.images.imagedata import Augment, Preprocess
 
     wide = np.random.default_rng(0).integers(1, 255, (2, 20, 40), dtype=np.uint8)
     padded = np.zeros((2, 40, 40), dtype=np.uint8)

@@ -127,7 +127,9 @@ def test_regular_install_ships_both_namespaces(tmp_path):
     assert not any(n.startswith(("stages/", "common/")) for n in names), "no top-level stages/common packages"
     for module in available().values():
         assert f"ldpo/stages/{module}.py" in names or f"ldpo/stages/{module}/__init__.py" in names, module
-    assert "ldpo/common/stores.py" in names
+    for top in ("common", "stages"):  # every module of every sub-package (setup.cfg lists them by hand)
+        for path in (ROOT / top).rglob("*.py"):
+            assert f"ldpo/{top}/{path.relative_to(ROOT / top).as_posix()}" in names, path
     assert "ldpo/common/data/findings.txt" in names  # the default vocabulary (package_data)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from ldpo.stages.extract_keyimages.references import mentions
-from ldpo.stages.toy_data.pacs import REGIONS, VOCAB
+from ldpo.stages.toy_data.pacs.pixels import REGIONS
+from ldpo.stages.toy_data.pacs.reports import VOCAB
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,8 @@ def test_bad_arguments_exit_2(cli, tmp_path):
 def test_header_fields_for_the_quality_signal(pacs):
     """BodyPartExamined per region (in several spellings, sometimes absent), ImageOrientationPatient (the spine
     phantom is sagittal), SeriesDescription of imaging words, into which a name is sometimes typed."""
-    from ldpo.stages.toy_data.pacs import BODY_PART_SPELLINGS, FIRST, LAST, OPERATORS
+    from ldpo.stages.toy_data.pacs.headers import BODY_PART_SPELLINGS
+    from ldpo.stages.toy_data.pacs.studies import FIRST, LAST, OPERATORS
 
     region_of = {r["accession"]: r["region"] for r in rows(pacs / "regions.csv")}
     people = set(FIRST) | set(LAST) | {p for o in OPERATORS for p in o.split("^")}
@@ -213,11 +215,12 @@ def test_without_show_findings_output_is_unchanged(tmp_path):
 def with_findings(tmp_path_factory):
     """The same toy PACS twice, plain and --show-findings, and the tissue masks the drawing changed, in order."""
     from ldpo.stages.toy_data import pacs as toy
+    from ldpo.stages.toy_data.pacs import pixels
 
     out = tmp_path_factory.mktemp("findings")
     toy.generate(out / "plain", studies=10, size=32, seed=3, show_progress=False)
     drawn = []
-    original = toy.draw_findings
+    original = pixels.draw_findings
 
     def recording(tissue, x, y, findings, rng):
         after = original(tissue, x, y, findings, rng)
@@ -225,7 +228,7 @@ def with_findings(tmp_path_factory):
         return after
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(toy, "draw_findings", recording)
+    mp.setattr(pixels, "draw_findings", recording)
     try:
         toy.generate(out / "shown", studies=10, size=32, seed=3, show_progress=False, show_findings=True)
     finally:
@@ -241,16 +244,16 @@ def pixels(path: Path) -> np.ndarray:
 
 def expected_findings(seed: int = 3, studies: int = 10) -> dict[tuple[int, int, int], tuple[str, ...]]:
     """(study index, series, instance) → kinds drawn, from the plans the generator makes (in writing order)."""
-    from ldpo.stages.toy_data import pacs as toy
+    from ldpo.stages.toy_data.pacs import reports as toy_reports, studies as toy_studies
 
     rng = np.random.default_rng([seed, 0])
     regions = [REGIONS[i % len(REGIONS)] for i in range(studies)]
     regions = [regions[i] for i in rng.permutation(studies)]
-    plans = [toy.plan_study(i, r, np.random.default_rng([seed, i, 0])) for i, r in enumerate(regions)]
-    toy.plan_patients(plans, seed)
+    plans = [toy_studies.plan_study(i, r, np.random.default_rng([seed, i, 0])) for i, r in enumerate(regions)]
+    toy_studies.plan_patients(plans, seed)
     out = {}
     for st in plans:
-        _, shown = toy.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
+        _, shown = toy_reports.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
         for s in st.series:
             for i in s.instances:
                 if shown.get((s.number, i)):
@@ -282,18 +285,18 @@ def test_show_findings_changes_key_images_exactly_where_drawn(with_findings):
 
 
 def test_drawn_findings_are_the_affirmed_ones():
-    """Every drawing stands for a finding the image's context affirms (as ldpo.common.mentions reads it); an image
+    """Every drawing stands for a finding the image's context affirms (as ldpo.common.nlp.mentions reads it); an image
     whose context affirms no finding, only negated or uncertain ones, shows nothing."""
-    from ldpo.common.mentions import find_mentions, load_vocabulary
-    from ldpo.stages.toy_data import pacs as toy
+    from ldpo.common.nlp.mentions import find_mentions, load_vocabulary
+    from ldpo.stages.toy_data.pacs import reports as toy_reports, studies as toy_studies
 
     vocab = load_vocabulary()
     checked = {"drawn": 0, "hedged only": 0, "affirmed, not drawable": 0}
     for seed in (3, 4):
-        plans = [toy.plan_study(i, REGIONS[i % 5], np.random.default_rng([seed, i, 0])) for i in range(15)]
-        toy.plan_patients(plans, seed)
+        plans = [toy_studies.plan_study(i, REGIONS[i % 5], np.random.default_rng([seed, i, 0])) for i in range(15)]
+        toy_studies.plan_patients(plans, seed)
         for st in plans:
-            text, shown = toy.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
+            text, shown = toy_reports.report_and_findings(st, np.random.default_rng([seed, st.index, 5]), seed)
             contexts: dict[tuple[int, int], set[str]] = {}  # image → statuses of its sentences' contexts
             for m in mentions(text):
                 statuses = {x.status for x in find_mentions(m.context, vocab)}
@@ -315,7 +318,7 @@ def test_drawn_findings_are_the_affirmed_ones():
 
 
 def test_negated_and_uncertain_sentences_draw_nothing():
-    from ldpo.stages.toy_data.pacs import HEDGED, SHOWN
+    from ldpo.stages.toy_data.pacs.reports import HEDGED, SHOWN
 
     hedged = {t for table in HEDGED.values() for part in ("negated", "uncertain") for t in table[part]}
     assert not hedged & set(SHOWN)

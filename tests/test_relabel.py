@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from ldpo.common.labels import read_labels, write_labels
+from ldpo.common.files.labels import read_labels, write_labels
 
 
 def rows(path):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import read_labels, write_labels
-from ldpo.common.stores import write_store
+from ldpo.common.files.labels import read_labels, write_labels
+from ldpo.common.files.stores import write_store
 from workdir import loop_work, synthetic_work
 
 
@@ -310,7 +310,7 @@ def test_header_field_agreement_section(cli, tmp_path):
 def test_categories_show_the_median_clustering_confidence_when_the_labels_carry_it():
     import numpy as np
 
-    from ldpo.common.labels import Labels
+    from ldpo.common.files.labels import Labels
     from ldpo.stages.report import gather
     from ldpo.stages.report.page import category_html
 

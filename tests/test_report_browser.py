@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ldpo.common.labels import read_labels
+from ldpo.common.files.labels import read_labels
 from workdir import loop_work, synthetic_work
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

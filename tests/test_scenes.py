@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import align, read_labels, write_labels
-from ldpo.common.metrics import purity
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.files.labels import align, read_labels, write_labels
+from ldpo.common.numerics.metrics import purity
+from ldpo.common.files.stores import open_store, write_store
 from ldpo.stages.toy_data import scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_labels_choose_the_elements(cli, data, tmp_path):
 
 
 def test_mining_rule_support_times_confidence():
-    from ldpo.stages.encode import mine_elements
+    from ldpo.stages.encode.patches import mine_elements
 
     # 4 images, 2 patches each. Category 0: cluster 1 scores 1 x 1, cluster 0 (in three images) 1 x 2/3;
     # category 1: cluster 2 scores 1 x 1, cluster 3 0.5 x 1, cluster 0 0.5 x 1/3
@@ -126,7 +126,7 @@ def test_mining_rule_support_times_confidence():
 def test_soft_coding_fires_where_a_patch_is_nearest_not_where_every_patch_is_near():
     import torch
 
-    from ldpo.stages.encode import patch_codes
+    from ldpo.stages.encode.patches import patch_codes
 
     # centroid 0 is near every patch (cosine 0.8), centroid 1 is the nearest of one patch of image 0 only
     c = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -184,7 +184,7 @@ def test_auto_coding_follows_the_weights_through_a_fine_tuned_checkpoint(cli, da
     """auto = both for a weights file and for a checkpoint fine-tuned from one (the loop's iterations)."""
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     weights = tmp_path / "w.pth"
     torch.save(models.build(models.parse_init("random"), "resnet18", 3, 0, 32).model.state_dict(), weights)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ldpo.common.errors import InputError
-from ldpo.common.stores import create_store, open_store, store_format, write_store
+from ldpo.common.files.stores import create_store, open_store, store_format, write_store
 
 FORMATS = ["h5", "zarr"]
 KINDS = {
@@ -115,7 +115,7 @@ def user_folder(path):
 
 
 def test_a_file_output_never_replaces_a_folder(tmp_path):
-    from ldpo.common.stores import atomic_path
+    from ldpo.common.files.stores import atomic_path
 
     runs = user_folder(tmp_path / "runs")
     with pytest.raises(InputError, match=r"runs: is an existing folder, not a file"):
@@ -126,7 +126,7 @@ def test_a_file_output_never_replaces_a_folder(tmp_path):
 
 
 def test_a_zarr_store_replaces_only_an_earlier_ldpo_zarr_store(tmp_path):
-    from ldpo.common.stores import ldpo_store_problem
+    from ldpo.common.files.stores import ldpo_store_problem
 
     store = tmp_path / "f.zarr"
     write_store(store, ["a"], {"stage": "test"}, features=np.ones((1, 2), np.float32))
@@ -168,7 +168,7 @@ def test_an_h5_store_never_replaces_a_zarr_store(tmp_path):
 def test_outputs_never_replace_special_files(tmp_path):
     import os
 
-    from ldpo.common.stores import atomic_path
+    from ldpo.common.files.stores import atomic_path
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -184,7 +184,7 @@ def test_outputs_never_replace_special_files(tmp_path):
 
 
 def test_outputs_that_belong_together_are_all_refused_when_one_is(tmp_path):
-    from ldpo.common.stores import atomic_paths
+    from ldpo.common.files.stores import atomic_paths
 
     (tmp_path / "a.csv").write_text("old a")
     runs = user_folder(tmp_path / "b.csv")
@@ -214,8 +214,8 @@ def test_opening_a_folder_that_is_not_a_store_says_so_in_one_line(tmp_path, fmt)
 
 
 def test_a_folder_output_replaces_only_the_earlier_one_its_command_checked(tmp_path):
-    from ldpo.common.folders import RECORD, check_output_folder, write_record
-    from ldpo.common.stores import atomic_path
+    from ldpo.common.files.folders import RECORD, check_output_folder, write_record
+    from ldpo.common.files.stores import atomic_path
 
     out = tmp_path / "sheet"
     out.mkdir()

@@ -1,12 +1,13 @@
-"""One reader per CSV kind, one encoding rule, atomic writing (common/tables.py)."""
+"""One reader per CSV kind, one encoding rule, atomic writing (common/files/tables.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from ldpo.common.errors import InputError
-from ldpo.common.labels import read_labels
-from ldpo.common.tables import read_manifest, read_reports, side_file, write_csv
+from ldpo.common.files.labels import read_labels
+from ldpo.common.files.tables import side_file, write_csv
+from ldpo.common.nlp.reports import read_manifest, read_reports
 
 TEXT = "report_id,accession,text\nr1,A1,Épanchement pleural: naïve reader\n"
 

@@ -1,11 +1,11 @@
-"""common/text.py: tokens, stop words, numbers and dates, stemming, and reading reports/manifests."""
+"""common/nlp/text.py: tokens, stop words, numbers and dates, stemming, and reading reports/manifests."""
 
 from __future__ import annotations
 
 import pytest
 
 from ldpo.common.errors import InputError
-from ldpo.common.text import Cleaner, is_date_like, is_number, read_manifest, read_reports, stop_words, tokenize
+from ldpo.common.nlp.text import Cleaner, is_date_like, is_number, read_manifest, read_reports, stop_words, tokenize
 
 
 def test_tokenize_keeps_dates_and_measurements_whole():

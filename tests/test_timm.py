@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ldpo.common import models
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import open_store, write_store
+from ldpo.common.nets import models
+from ldpo.common.files.labels import write_labels
+from ldpo.common.files.stores import open_store, write_store
 
 timm = pytest.importorskip("timm")
 
@@ -243,7 +243,7 @@ def test_replicating_gray_equals_summing_the_first_conv_over_channels(arch):
     state[first + ".weight"] = state[first + ".weight"].sum(dim=1, keepdim=True)
     one.load_state_dict(state)
     gray = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 32, 32), dtype=np.uint8).copy())
-    from ldpo.common.imagedata import Preprocess
+    from ldpo.common.images.imagedata import Preprocess
 
     x3 = Preprocess(32, "zscore")(gray.numpy())  # ldpo's input: gray replicated, then normalized
     x1 = x3[:, :1]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common.labels import read_labels
-from ldpo.common.metrics import nmi
+from ldpo.common.files.labels import read_labels
+from ldpo.common.numerics.metrics import nmi
 
 REGIONS = {
     "head": "brain ventricles cerebral cortex hemorrhage infarct sulci cerebellum midline skull".split(),
@@ -166,7 +166,7 @@ def test_completion_perplexity_does_not_simply_rise_with_k(corpus):
     """gensim's log_perplexity bound grows with K on held-out documents; completion perplexity falls."""
     from gensim.corpora import Dictionary
 
-    from ldpo.common.text import Cleaner, read_reports
+    from ldpo.common.nlp.text import Cleaner, read_reports
     from ldpo.stages.topic_label import Options, completion_perplexity, fit_lda
 
     reports = read_reports(corpus[0])
@@ -218,7 +218,7 @@ def test_missing_reports_are_an_error_unless_allowed(cli, corpus, tmp_path):
 
 
 def test_reports_from_a_folder_of_txt_files(cli, corpus, tmp_path):
-    from ldpo.common.text import read_reports
+    from ldpo.common.nlp.text import read_reports
 
     reports, manifest, truth = corpus
     folder = tmp_path / "reports"

@@ -6,8 +6,8 @@ import hashlib
 
 import numpy as np
 
-from ldpo.common.labels import read_labels
-from ldpo.common.stores import open_store
+from ldpo.common.files.labels import read_labels
+from ldpo.common.files.stores import open_store
 from ldpo.stages.toy_data.texture25 import generate, raw_pixel_purity
 
 

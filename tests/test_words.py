@@ -37,14 +37,14 @@ def trained(keys, tmp_path_factory):
 
 
 def vocabulary_tokens(path: str | None = None) -> set[str]:
-    from ldpo.common.mentions import load_vocabulary
-    from ldpo.common.words import term_token
+    from ldpo.common.nlp.mentions import load_vocabulary
+    from ldpo.common.nlp.words import term_token
 
     return {term_token(t) for t in load_vocabulary(path).terms}
 
 
 def test_word_vectors_format_and_determinism(cli, keys, tmp_path):
-    from ldpo.common.words import read_vectors
+    from ldpo.common.nlp.words import read_vectors
 
     outs = []
     for name in ("a.txt", "b.txt"):
@@ -84,8 +84,8 @@ def test_word_vectors_same_across_processes(keys, tmp_path):
 
 
 def test_tokens_join_terms_and_synonyms_and_drop_numbers():
-    from ldpo.common.mentions import parse_vocabulary
-    from ldpo.common.words import corpus, phrase_table
+    from ldpo.common.nlp.mentions import parse_vocabulary
+    from ldpo.common.nlp.words import corpus, phrase_table
 
     vocab = parse_vocabulary(["pleural effusion|hydrothorax", "nodule"])
     got = corpus(["Small Pleural Effusions on images 3-4 of series 5. Hydrothorax [removed] 12 mm nodules.\n"
@@ -95,8 +95,8 @@ def test_tokens_join_terms_and_synonyms_and_drop_numbers():
 
 
 def test_bigrams_keep_affirmed_terms_only():
-    from ldpo.common.mentions import load_vocabulary
-    from ldpo.common.words import bigrams, image_bigrams
+    from ldpo.common.nlp.mentions import load_vocabulary
+    from ldpo.common.nlp.words import bigrams, image_bigrams
 
     vocab = load_vocabulary(None)
     assert image_bigrams("No pleural effusion. A small nodule with atelectasis (image 3).", vocab) == \
@@ -108,7 +108,7 @@ def test_bigrams_keep_affirmed_terms_only():
 
 
 def test_words_target_file_has_vectors_for_every_term(trained):
-    from ldpo.common.words import read_vectors, read_words_target
+    from ldpo.common.nlp.words import read_vectors, read_words_target
 
     vectors, targets, _ = trained
     target = read_words_target(str(targets), read_vectors(str(vectors)))
@@ -117,7 +117,7 @@ def test_words_target_file_has_vectors_for_every_term(trained):
 
 
 def test_scaling_round_trip():
-    from ldpo.common.words import Scaling
+    from ldpo.common.nlp.words import Scaling
 
     m = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     s = Scaling.fit(m)
@@ -139,7 +139,7 @@ def test_finetune_words_records_target(trained):
     assert ckpt["options"]["schedule"] == "cosine"  # the words target's default
     assert len(meta["scaling"]["lo"]) == 16 and len(meta["scaling"]["hi"]) == 16
     assert set(meta["terms"]) <= vocabulary_tokens()
-    from ldpo.common.words import PRIOR_WEIGHTS
+    from ldpo.common.nlp.words import PRIOR_WEIGHTS
 
     assert len(meta["prior"]) == len(meta["terms"]) and all(p < 0 for p in meta["prior"])
     assert meta["prior_weight"] in PRIOR_WEIGHTS and ckpt["metrics"]["final"]["prior_weight"] == meta["prior_weight"]
@@ -155,8 +155,8 @@ def test_finetune_words_rejects_class_options(cli, keys, trained, tmp_path):
 
 
 def test_describe_gives_only_vocabulary_words(cli, keys, trained, tmp_path):
-    from ldpo.common.stores import open_store
-    from ldpo.common.tables import csv_rows
+    from ldpo.common.files.stores import open_store
+    from ldpo.common.files.tables import csv_rows
 
     vectors, _, model = trained
     r = cli("describe", keys / "images.h5", "--model", model, "--vectors", vectors, "--out", tmp_path / "w.csv",
@@ -179,7 +179,7 @@ def test_describe_gives_only_vocabulary_words(cli, keys, trained, tmp_path):
 
 
 def test_term_prior_names_a_common_term_the_cosine_ranks_second():
-    from ldpo.common.words import Scaling, Vectors, describe, term_prior
+    from ldpo.common.nlp.words import Scaling, Vectors, describe, term_prior
 
     # three terms; the prediction lies nearest "cyst", a little farther from "nodule"
     matrix = np.array([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]], np.float32)
@@ -246,7 +246,7 @@ def test_bad_input_is_one_line(cli, keys, tmp_path):
 
 
 def test_report_shows_predicted_words_per_category(tmp_path):
-    from ldpo.common.labels import Labels
+    from ldpo.common.files.labels import Labels
     from ldpo.stages.report import add_predicted_words
     from ldpo.stages.report.page import predicted_words_html
 

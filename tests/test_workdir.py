@@ -1,4 +1,4 @@
-"""The loop's bookkeeping without running a loop (ldpo.common.workdir, loop_options, loop_plan,
+"""The loop's bookkeeping without running a loop (ldpo.common.loop.workdir, loop_options, loop_plan,
 history): options and their LDPO_* defaults, what each stage is passed, the run record, the
 resume/restart/fresh decisions, the verdict, the final model and labels, the summary. One test
 runs the real loop with every stage swapped for a stub that records its command line."""
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldpo.common import loop_plan, workdir
+from ldpo.common.loop import loop_plan, workdir
 from ldpo.common.errors import InputError
-from ldpo.common.history import COLUMNS, keep_before, read_history, summary, write_history
-from ldpo.common.loop_options import help_text, parse
-from ldpo.common.workdir import Layout
+from ldpo.common.files.history import COLUMNS, keep_before, read_history, summary, write_history
+from ldpo.common.loop.loop_options import help_text, parse
+from ldpo.common.loop.workdir import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -165,7 +165,7 @@ def test_swapped_commands_and_extra_arguments(inputs, monkeypatch):
 
 
 def test_the_record_holds_strings_and_the_one_checksum(inputs, monkeypatch):
-    from ldpo.common.stores import file_checksum
+    from ldpo.common.files.stores import file_checksum
 
     store = inputs / "images.zarr"
     (store / "images").mkdir(parents=True)
@@ -410,7 +410,7 @@ def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
 def test_heldout_agreement_is_chance_corrected():
     import numpy as np
 
-    from ldpo.common.keep import heldout_agreement
+    from ldpo.common.loop.keep import heldout_agreement
 
     labels = np.array([0] * 90 + [1] * 10)  # chance agreement 0.82: always answering 0 scores 0.9
     metrics = {"final": {"val_top1": 0.9, "n_val": 10, "test_top1": 0.9, "n_test": 20}}
@@ -424,7 +424,7 @@ def test_heldout_agreement_is_chance_corrected():
 def test_k_auto_is_chosen_at_iteration_0_then_kept_with_the_previous_sizes(inputs):
     """Under --k auto iteration 0 chooses K; later iterations cluster into iteration 0's label count (not
     re-estimated on features fine-tuned to those labels) and scan aims at the previous labels' sizes."""
-    from ldpo.common.labels import write_labels
+    from ldpo.common.files.labels import write_labels
 
     layout = Layout(str(inputs / "w"))
     os.makedirs(layout.iteration(0), exist_ok=True)

@@ -39,9 +39,9 @@ def loop_work(tmp_path_factory) -> Path:
 
 def synthetic_work(tmp_path_factory, k: int = 270, per_class: int = 6, blocks: int = 27) -> Path:
     """``k`` categories with planted confusion blocks; tree from the real ``hierarchy`` stage."""
-    from ldpo.common.labels import write_labels
-    from ldpo.common.stores import write_store
-    from ldpo.common.workdir import RunRecord
+    from ldpo.common.files.labels import write_labels
+    from ldpo.common.files.stores import write_store
+    from ldpo.common.loop.workdir import RunRecord
     from ldpo.stages import run
 
     base = tmp_path_factory.getbasetemp() / f"report-synthetic-{k}"

@@ -38,6 +38,10 @@ hundreds of categories are expected. W starts from the k-means centroids at the 
 that minimizes the objective; L-BFGS optimizes it, full batch, with the logits computed
 in chunks so memory stays O(chunk x k). Labels are argmax p(c|f); clusters no row
 chooses are pruned and the rest renumbered 0..K'-1, K' printed.
+
+Why this front module is about 630 lines: it holds the command and the four methods' one path from
+features to labels (k-means, RIM, agglomerative, Louvain K); SCAN's heads and the automatic K are
+in their own modules beside it.
 """
 
 from __future__ import annotations
@@ -48,12 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
-from ldpo.common.errors import InputError
-from ldpo.common.features import PCA, NearestCentroid, kmeans, l2_normalize
-from ldpo.common.labels import write_labels
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import atomic_path, open_store
+from ...common.cli import CommonOptions, Tool, opt, positional, progress, resolve_device
+from ...common.errors import InputError
+from ...common.numerics.features import PCA, NearestCentroid, kmeans, l2_normalize
+from ...common.files.labels import write_labels
+from ...common.files.plots import pyplot, save_png
+from ...common.files.stores import atomic_path, open_store
 
 from . import scan as scan_heads
 from .scan import ScanSettings
@@ -202,7 +206,7 @@ def with_prior(s: Settings, sizes, what: str) -> Settings:
 
 def label_sizes(path: str) -> list[int]:
     """The class sizes of a labels CSV (``--size-prior FILE``)."""
-    from ldpo.common.labels import read_labels
+    from ...common.files.labels import read_labels
 
     counts = np.bincount(read_labels(path).labels)
     return counts[counts > 0].tolist()

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldpo.common.graph import NEIGHBOURS as GRAPH_NEIGHBOURS
-from ldpo.common.graph import neighbour_graph
+from ...common.numerics.graph import NEIGHBOURS as GRAPH_NEIGHBOURS
+from ...common.numerics.graph import neighbour_graph
 
 log = logging.getLogger("ldpo")
 

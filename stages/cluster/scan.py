@@ -4,7 +4,7 @@ SCAN (Van Gansbeke et al., ECCV 2020), its clustering step, on a feature matrix 
 a trained backbone:
 
 1. **Mine neighbours.** Each row's ``neighbours`` nearest rows by cosine similarity (faiss,
-   exact up to :data:`~ldpo.common.features.EXACT_KNN_MAX_ROWS` rows, an inverted-file
+   exact up to :data:`~ldpo.common.numerics.features.EXACT_KNN_MAX_ROWS` rows, an inverted-file
    index beyond), in the features as they come (``cluster --pca D`` reduces them first).
 2. **Train heads.** ``heads`` linear heads p(c|x) = softmax(W x + b) on the centred,
    L2-normalized features, each starting as the nearest-centroid rule of its own k-means
@@ -21,19 +21,15 @@ a trained backbone:
    cross-entropy on the rows it assigns with probability >= T, weighted so every cluster
    counts the same (SCAN's third step).
 
-Why this recipe and not SCAN's own numbers, measured on iteration-0 multi-scale features of
-a random ResNet-18 (toy textures, toy PACS, toy archive phantoms; see the README):
-linear heads on raw L2-normalized features barely move (the rows share a large mean, so
-their logits span a tiny range) and collapse; centring first fixes it (standardizing each
-dimension as well gains nothing more; PCA-whitening collapses the 226-image toy PACS and a
-256-d PCA loses 0.05 purity on the phantoms). SCAN's entropy weight 5 loses 0.06 purity
-against 2 on the phantoms; on the imbalanced toy PACS both merge its smallest categories
-(purity 0.91 against k-means' 0.97: the entropy term favours even sizes). Training runs a
-fixed number of steps (``--scan-steps``), not epochs: 100 epochs of a 226-image set are
-only 100 steps and stop short. Starting each head from a k-means solution rather than at
-random keeps the toy PACS at k-means' 0.97 and gains more elsewhere (purity against k-means
-on the same features, seed 0: textures 0.553 vs 0.470, phantoms 0.729 vs 0.619; random
-starts: 0.540, 0.715 and 0.912 on the PACS).
+Why this recipe and not SCAN's own numbers: on features of a network that has not been trained
+on the images, linear heads on raw L2-normalized features barely move (the rows share a large
+mean, so their logits span a tiny range) and collapse, and centring the features first fixes
+it, while whitening them can collapse a small set; SCAN's entropy weight of 5 favours even
+cluster sizes more than an imbalanced archive bears, so the default is 2; training counts
+steps (``--scan-steps``), not epochs, because a few hundred images make too few steps per
+epoch; and starting each head from a k-means solution keeps what k-means already found and
+gains on top of it. The measurements, with the command that reruns them, are in
+docs/measurements.md ("cluster --method scan").
 
 Memory: the heads learn from every row of a store up to ``cluster``'s ``--train-rows`` (N x D
 float32 about three times, and N x heads x k probabilities for the loss), from a seeded sample of
@@ -52,8 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldpo.common.cli import progress
-from ldpo.common.features import l2_normalize, nearest_neighbours
+from ...common.cli import progress
+from ...common.numerics.features import l2_normalize, nearest_neighbours
 
 log = logging.getLogger("ldpo")
 
@@ -229,7 +225,7 @@ def start_from_kmeans(heads, inputs, k: int, count: int, seed: int) -> None:
     input, softened by :data:`KMEANS_START_TEMPERATURE`: training starts where k-means ends."""
     import torch
 
-    from ldpo.common.features import kmeans
+    from ...common.numerics.features import kmeans
 
     x = inputs.cpu().numpy()
     for h in range(count):

@@ -16,7 +16,7 @@ for an image folder with class sub-folders ``truth.csv`` (id,label) and ``classe
 name patients; ``--class-names keep`` writes the folder names). The outputs are written together: all of them replace the previous
 run's, or (on an error) none does, and a failed run removes the output folder (and its
 parents) when it created them itself and they are still empty. ``--out`` follows the one
-rule of output folders (:mod:`ldpo.common.folders`): new, empty, or an earlier extract's
+rule of output folders (:mod:`ldpo.common.files.folders`): new, empty, or an earlier extract's
 (its ``.ldpo-output.json`` lists what it wrote); only what that record lists is replaced
 or removed, and a folder holding anything else is refused.
 
@@ -31,9 +31,13 @@ manifest's sentences and context and ``reports.csv`` are scrubbed with every
 identifying header attribute of every study of the report's patient (the DICOM basic
 de-identification profile: names, IDs, accession numbers, dates, institution …), the
 accession numbers and patient IDs of the whole archive, the person names of the whole
-archive (another patient, staff of other studies: :class:`ldpo.common.phi.ArchiveNames`),
-and patterns (see :mod:`ldpo.common.phi`). The stages that read reports later (``topic-label``,
+archive (another patient, staff of other studies: :class:`ldpo.common.nlp.phi.ArchiveNames`),
+and patterns (see :mod:`ldpo.common.nlp.phi`). The stages that read reports later (``topic-label``,
 ``keywords``, ``hierarchy --affinity reports``) take ``OUT/reports.csv``.
+
+Why this front module is about 580 lines: it is the command and the one walk over the archive
+that joins reports, studies and key images; headers, pixels, references, sources and the
+scrubbing are in their own modules beside it.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import write_labels
-from ldpo.common.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
-from ldpo.common.tables import Report, read_reports, write_csv
-from ldpo.common.phi import ArchiveNames, ordinary_words
+from ...common.cli import CommonOptions, Tool, opt, positional, progress
+from ...common.errors import InputError
+from ...common.files.folders import check_output_folder, output_folder
+from ...common.files.labels import write_labels
+from ...common.files.stores import atomic_paths, create_store, open_store, remove, replace, temporary_name
+from ...common.files.tables import write_csv
+from ...common.nlp.reports import Report, read_reports
+from ...common.nlp.phi import ArchiveNames, ordinary_words
 from .headers import BODY_PARTS, HEADER_COLUMNS, SERIES_WORDS
 from .phi import (SCRUBBED_COLUMN, SCRUBBED_MARK, UID_LIKE, Pseudonyms, resolve_salt,
                                                scrubber)

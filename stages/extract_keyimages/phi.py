@@ -13,7 +13,7 @@
 * :data:`NAME_KEYWORDS`, :data:`ID_KEYWORDS`, :data:`PLACE_KEYWORDS`,
   :data:`DATE_KEYWORDS`: the identifying attributes of the DICOM basic de-identification
   profile (PS3.15 Annex E) whose values are removed from the report text of every study
-  of the same patient, by :func:`ldpo.common.phi.scrubber` (shared with the stages that
+  of the same patient, by :func:`ldpo.common.nlp.phi.scrubber` (shared with the stages that
   read reports later, see that module for what it removes and why it is ldpo's own code).
 """
 
@@ -27,8 +27,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from ldpo.common.errors import InputError
-from ldpo.common.phi import (REMOVED, SCRUBBED_COLUMN, SCRUBBED_MARK, TITLE_NAME, UID_LIKE, date_pattern,  # noqa: F401
+from ...common.errors import InputError
+from ...common.nlp.phi import (REMOVED, SCRUBBED_COLUMN, SCRUBBED_MARK, TITLE_NAME, UID_LIKE, date_pattern,  # noqa: F401
                              name_parts, place_phrases, scrub_text, scrubber)
 
 log = logging.getLogger("ldpo")

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from ldpo.common.errors import InputError
+from ...common.errors import InputError
 
 #: named windows (center, width) in Hounsfield units
 PRESETS: dict[str, tuple[float, float]] = {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.errors import InputError
-from ldpo.common.limits import max_pixels, pixels_problem
+from ...common.errors import InputError
+from ...common.files.limits import max_pixels, pixels_problem
 
 from .headers import header_fields, modality
 from .phi import (DATE_KEYWORDS, ID_KEYWORDS, NAME_KEYWORDS, PLACE_KEYWORDS,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ldpo.common.errors import InputError
+from ...common.errors import InputError
 
 if TYPE_CHECKING:
-    from . import Options
+    from .options import Options
 
 log = logging.getLogger("ldpo")
 
@@ -37,10 +37,10 @@ class Data:
 
 def load_data(opts: Options) -> Data:
     """Labels joined to the store by id, renumbered 0..K-1 and split (seeded)."""
-    from ldpo.common.labels import align, contiguous, read_labels
-    from ldpo.common.stores import open_store
+    from ...common.files.labels import align, contiguous, read_labels
+    from ...common.files.stores import open_store
 
-    from ldpo.common.imagedata import chunk_rows
+    from ...common.images.imagedata import chunk_rows
 
     with open_store(opts.images, expect="images") as store:
         store_ids, shape = store.ids, store.shape("images")
@@ -69,12 +69,12 @@ def load_data(opts: Options) -> Data:
 
 
 def mine_neighbours(path: str, store_ids: list[str], images: str, k: int, device: str) -> np.ndarray:
-    """Each images-store row's ``k`` nearest images (cosine, :func:`ldpo.common.features.nearest_neighbours`) in
+    """Each images-store row's ``k`` nearest images (cosine, :func:`ldpo.common.numerics.features.nearest_neighbours`) in
     the feature store ``path``, matched by id: int64 [store rows, k] of store rows, -1 for an image the feature
     store lacks. Its features are read whole (rows x dimensions x 4 bytes)."""
-    from ldpo.common.cli import resolve_device
-    from ldpo.common.features import nearest_neighbours
-    from ldpo.common.stores import open_store
+    from ...common.cli import resolve_device
+    from ...common.numerics.features import nearest_neighbours
+    from ...common.files.stores import open_store
 
     with open_store(path, expect="features") as store:
         ids = store.ids
@@ -133,7 +133,7 @@ def split(opts: Options, rows: np.ndarray, targets: np.ndarray):
 def load_multi(opts: Options, store_ids: list[str], side: int, chunk: int, row_bytes: int) -> Data:
     """--multi-label: label sets joined to the store by id; ``truth`` holds them per store row,
     and a part's targets are the number of each row's label combination (for --balanced)."""
-    from ldpo.common.labels import align_multi, read_multilabels
+    from ...common.files.labels import align_multi, read_multilabels
 
     labels = read_multilabels(opts.labels)
     classes = labels.classes
@@ -157,8 +157,8 @@ def load_multi(opts: Options, store_ids: list[str], side: int, chunk: int, row_b
 class WordsData:
     """--vectors: the vectors, their scaling, the bi-grams' term numbers, the candidate terms."""
 
-    vectors: Any  # ldpo.common.words.Vectors
-    scaling: Any  # ldpo.common.words.Scaling
+    vectors: Any  # ldpo.common.nlp.words.Vectors
+    scaling: Any  # ldpo.common.nlp.words.Scaling
     terms: list[str]  # every term of the words-target file: the words describe may give
     term_a: np.ndarray  # per bi-gram, its terms' numbers in ``terms``
     term_b: np.ndarray
@@ -169,7 +169,7 @@ def load_words(opts: Options, store_ids: list[str], side: int, chunk: int, row_b
     """--vectors: bi-grams joined to the store by id. The split is by image (an image's
     bi-grams stay in one part); a part's targets number its bi-grams (rows repeat: an image
     with several bi-grams is trained once per bi-gram)."""
-    from ldpo.common import words
+    from ...common.nlp import words
 
     vectors = words.read_vectors(opts.vectors)
     target = words.read_words_target(opts.labels, vectors)

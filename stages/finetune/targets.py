@@ -5,16 +5,33 @@ A new kind of target is one more class here and one more entry of ``TARGETS``.""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 
 if TYPE_CHECKING:
     from .data import Data
-    from .trainer import Trainer
 
 log = logging.getLogger("ldpo")
+
+
+class Training(Protocol):
+    """What a target kind uses of the training run (``trainer.Trainer`` is one): the data, the network and
+    its options, and two ways of scoring a split. Said here as a protocol so that the trainer imports the
+    target kinds and they never import the trainer."""
+
+    data: Data
+    net: Any
+    opts: Any
+    device: str
+    rank: int
+
+    def evaluate(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]: ...
+
+    def collect(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def preprocess(self): ...
 
 
 # -- target kinds ---------------------------------------------------------------------
@@ -38,11 +55,11 @@ class SingleLabel:
         """Training images predicted right (the running figure of an epoch)."""
         return (out.argmax(1) == y).sum()
 
-    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+    def epoch_figures(self, trainer: Training, hits: float) -> dict[str, Any]:
         val = trainer.evaluate(trainer.data.val)
         return {"train_top1": hits, "val_top1": val[0], "val_top5": val[1]}
 
-    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def final(self, trainer: Training, last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(metrics: ``final`` and beside it, checkpoint entries)."""
         test = trainer.evaluate(trainer.data.test)
         if test[0] is not None:
@@ -87,20 +104,20 @@ class MultiLabel:
         """Training images whose whole label set is right at threshold 0.5 (exact match)."""
         return ((out > 0) == (self.targets(rows) > 0.5)).all(dim=1).sum()
 
-    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+    def epoch_figures(self, trainer: Training, hits: float) -> dict[str, Any]:
         val = self.scores(trainer, trainer.data.val, 0.5)
         return {"train_exact": hits, "val_macro_ap": val and val["macro_ap"], "val_exact": val and val["exact_match"]}
 
-    def scores(self, trainer: "Trainer", part, thresholds) -> dict[str, Any] | None:
-        from ldpo.common.metrics import multilabel_metrics
+    def scores(self, trainer: Training, part, thresholds) -> dict[str, Any] | None:
+        from ...common.numerics.metrics import multilabel_metrics
 
         if len(part[0]) == 0:
             return None
         probs, truth = trainer.collect(part)
         return multilabel_metrics(truth, probs, thresholds, trainer.data.classes)
 
-    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        from ldpo.common.metrics import best_thresholds, multilabel_metrics
+    def final(self, trainer: Training, last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        from ...common.numerics.metrics import best_thresholds, multilabel_metrics
 
         thresholds, val = np.full(len(trainer.data.classes), 0.5), None
         if len(trainer.data.val[0]):
@@ -124,10 +141,10 @@ class MultiLabel:
 
 class Words:
     """``words``: image → words (Shin et al. §5). The head's 2·dim sigmoids regress a bi-gram's
-    two word vectors, scaled per dimension into [0, 1] (:class:`ldpo.common.words.Scaling`),
+    two word vectors, scaled per dimension into [0, 1] (:class:`ldpo.common.nlp.words.Scaling`),
     with sigmoid cross-entropy. Figures: ``train_hit`` (both halves' nearest term right,
     among the target file's terms), ``val_recall5``/``test_recall5`` (per image, the share
-    of its terms among the 5 words :func:`ldpo.common.words.describe` gives)."""
+    of its terms among the 5 words :func:`ldpo.common.nlp.words.describe` gives)."""
 
     kind = "words"
 
@@ -142,7 +159,7 @@ class Words:
         self.span = torch.from_numpy(info.scaling.span()).to(device)
         terms = info.vectors.lookup(info.terms)
         centre = terms.mean(axis=0) if len(terms) > 1 else np.zeros(terms.shape[1], np.float32)
-        unit = terms - centre  # centred, as describe compares (ldpo.common.words.term_scores)
+        unit = terms - centre  # centred, as describe compares (ldpo.common.nlp.words.term_scores)
         unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         self.centre = torch.from_numpy(centre.astype(np.float32)).to(device)
         self.unit = torch.from_numpy(unit.astype(np.float32)).to(device)
@@ -171,9 +188,9 @@ class Words:
         a, b = self.nearest_terms(out.detach())
         return ((a == self.term_a[y]) & (b == self.term_b[y])).sum()
 
-    def predict(self, trainer: "Trainer", part) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, trainer: Training, part) -> tuple[np.ndarray, np.ndarray]:
         """The part's images (store rows, once each) and the head's sigmoid outputs for them."""
-        from ldpo.common import words
+        from ...common.nlp import words
 
         images = np.unique(part[0])
         if len(images) == 0:
@@ -185,20 +202,20 @@ class Words:
     def recall(self, images: np.ndarray, outputs: np.ndarray, prior: dict[str, float] | None = None,
                weight: float = 0.0) -> float | None:
         """recall@5 of the images' terms among the 5 words describe gives them (None without images)."""
-        from ldpo.common import words
+        from ...common.nlp import words
 
         if len(images) == 0:
             return None
         found = words.describe(outputs, self.info.vectors, self.info.scaling, self.info.terms, 5, prior, weight)
         return words.recall_at([[w for w, _ in f] for f in found], [self.info.image_terms[int(r)] for r in images], 5)
 
-    def epoch_figures(self, trainer: "Trainer", hits: float) -> dict[str, Any]:
+    def epoch_figures(self, trainer: Training, hits: float) -> dict[str, Any]:
         return {"train_hit": hits, "val_recall5": self.recall(*self.predict(trainer, trainer.data.val))}
 
-    def prior_weight(self, trainer: "Trainer", prior: dict[str, float]) -> float:
-        """The term-prior weight of :data:`ldpo.common.words.PRIOR_WEIGHTS` with the best validation recall@5
+    def prior_weight(self, trainer: Training, prior: dict[str, float]) -> float:
+        """The term-prior weight of :data:`ldpo.common.nlp.words.PRIOR_WEIGHTS` with the best validation recall@5
         (the first best; 0 without a validation split)."""
-        from ldpo.common.words import PRIOR_WEIGHTS
+        from ...common.nlp.words import PRIOR_WEIGHTS
 
         images, outputs = self.predict(trainer, trainer.data.val)
         if len(images) == 0:
@@ -209,8 +226,8 @@ class Words:
                  " ".join(f"{v:.3f}" for v in scores), " ".join(f"{w:g}" for w in PRIOR_WEIGHTS))
         return best
 
-    def final(self, trainer: "Trainer", last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        from ldpo.common.words import term_prior
+    def final(self, trainer: Training, last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        from ...common.nlp.words import term_prior
 
         info = self.info
         trained = np.unique(trainer.data.train[0])

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ldpo.common.cli import progress
-from ldpo.common.errors import InputError
+from ...common.cli import progress
+from ...common.errors import InputError
 
-from . import NOT_IN_SIGNATURE, PARTIAL_FORMAT, metrics_path, partial_path
+from .options import NOT_IN_SIGNATURE, PARTIAL_FORMAT, metrics_path, partial_path
 from .targets import TARGETS
 
 if TYPE_CHECKING:
-    from . import Options
+    from .options import Options
     from .data import Data
 
 log = logging.getLogger("ldpo")
@@ -32,7 +32,7 @@ class Diverged(InputError):
 # -- settings and resume --------------------------------------------------------------
 def resolve_settings(opts: Options, built, world: int) -> dict[str, Any]:
     """The options with every default resolved: the checkpoint's ``options`` and the resume signature."""
-    from ldpo.common import models
+    from ...common.nets import models
 
     settings = {k: v for k, v in asdict(opts).items() if k not in NOT_IN_SIGNATURE}
     lr_given, mult_given = opts.lr is not None, opts.head_lr_mult is not None
@@ -50,7 +50,7 @@ def resolve_settings(opts: Options, built, world: int) -> dict[str, Any]:
 
 def finished(out: str, settings: dict[str, Any], rank: int = 0) -> bool:
     """True when ``out`` is a finished checkpoint made with the same options."""
-    from ldpo.common.checkpoint import Checkpoint
+    from ...common.nets.checkpoint import Checkpoint
 
     if not Path(out).is_file():
         return False
@@ -64,7 +64,7 @@ def finished(out: str, settings: dict[str, Any], rank: int = 0) -> bool:
 
 
 def write_json(path: Path, data: Any) -> None:
-    from ldpo.common.stores import atomic_path
+    from ...common.files.stores import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -73,7 +73,7 @@ def write_json(path: Path, data: Any) -> None:
 def torch_save(path: Path, data: dict[str, Any]) -> None:
     import torch
 
-    from ldpo.common.stores import atomic_path
+    from ...common.files.stores import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
@@ -120,7 +120,7 @@ class Trainer:
                  device: str):
         import torch
 
-        from ldpo.common.models import head_parameters
+        from ...common.nets.models import head_parameters
 
         self.opts, self.built, self.data, self.settings = opts, built, data, settings
         self.rank, self.world, self.device = rank, world, device
@@ -140,7 +140,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=opts.epochs)
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
-        from ldpo.common.accel import tune
+        from ...common.images.accel import tune
 
         self.channels_last = tune(model, device, opts.amp)
         self.model = model
@@ -155,20 +155,20 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def augment(self):
-        from ldpo.common.imagedata import Augment
+        from ...common.images.imagedata import Augment
 
         b, o = self.built, self.opts
         return Augment(b.input_size, b.normalize, o.crop_scale, o.flip, o.jitter, b.mean, b.std, seed=o.seed,
                        channels_last=self.channels_last)
 
     def preprocess(self):
-        from ldpo.common.imagedata import Preprocess
+        from ...common.images.imagedata import Preprocess
 
         b = self.built
         return Preprocess(b.input_size, b.normalize, b.mean, b.std, channels_last=self.channels_last)
 
     def epoch_plan(self, epoch: int):
-        from ldpo.common import imagedata
+        from ...common.images import imagedata
 
         rows, targets = self.data.train
         return imagedata.epoch_items(rows, targets, seed=self.opts.seed, epoch=epoch, chunk=self.data.chunk,
@@ -178,21 +178,21 @@ class Trainer:
 
     def batches(self, items, limit: int | None = None):
         """``(images uint8, rows, targets)`` on the device, ``--batch-size`` at a time."""
-        from ldpo.common import imagedata
+        from ...common.images import imagedata
 
         return imagedata.batches(self.opts.images, items, self.opts.batch_size, workers=self.opts.workers,
                                  device=self.device, limit=limit)
 
     def infer(self, items):
-        """``(rows, targets, outputs)`` of the network in evaluation mode (common/inference.py)."""
-        from ldpo.common.inference import infer
+        """``(rows, targets, outputs)`` of the network in evaluation mode (common/images/inference.py)."""
+        from ...common.images.inference import infer
 
         return infer(self.net, self.opts.images, items, self.preprocess(), batch=self.opts.batch_size,
                      workers=self.opts.workers, device=self.device, amp=self.opts.amp, show=False)
 
     def part_items(self, part: tuple[np.ndarray, np.ndarray], share: bool = True):
         """A split part's reads; with ``share`` this process's strided share (every image counted once)."""
-        from ldpo.common import imagedata
+        from ...common.images import imagedata
 
         rows, targets = part
         if share:
@@ -236,8 +236,8 @@ class Trainer:
         refine the clusters rather than fight a random head."""
         import torch
 
-        from ldpo.common.accel import autocast
-        from ldpo.common.models import head_inputs, set_head_to_centroids
+        from ...common.images.accel import autocast
+        from ...common.nets.models import head_inputs, set_head_to_centroids
 
         prep = self.preprocess()
         self.net.eval()
@@ -255,7 +255,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         import torch
 
-        from ldpo.common.accel import autocast
+        from ...common.images.accel import autocast
 
         near = self.neighbour_plan(epoch) if self.data.neighbours is not None else None
         self.set_train_mode()
@@ -325,7 +325,7 @@ class Trainer:
     def set_train_mode(self) -> None:
         """Training mode; with --freeze-backbone only the head trains: the backbone stays in eval
         mode, so its BatchNorm statistics (and dropout) stay as loaded."""
-        from ldpo.common.models import head_module
+        from ...common.nets.models import head_module
 
         self.model.train()
         if self.opts.freeze_backbone:
@@ -391,7 +391,7 @@ class Trainer:
     def load_partial(self) -> None:
         import torch
 
-        from ldpo.common.models import load_file
+        from ...common.nets.models import load_file
 
         path = partial_path(self.opts.out)
         if not path.is_file():
@@ -423,7 +423,7 @@ class Trainer:
                                 n_test=len(self.data.test[0]))
         if self.rank:
             return
-        from ldpo.common.checkpoint import Checkpoint
+        from ...common.nets.checkpoint import Checkpoint
 
         Checkpoint(arch=self.built.arch, num_classes=len(self.data.classes), classes=self.data.classes,
                    state_dict=self.state_dict(), target=self.target.kind, options=self.settings, metrics=metrics,
@@ -433,7 +433,7 @@ class Trainer:
                    std=list(self.built.std), init=str(self.built.init), **extra).save(self.opts.out)
         write_json(metrics_path(self.opts.out), metrics)
         partial_path(self.opts.out).unlink(missing_ok=True)
-        from ldpo.common.stores import remove_stale_temporaries
+        from ...common.files.stores import remove_stale_temporaries
 
         for done in (self.opts.out, metrics_path(self.opts.out), partial_path(self.opts.out)):
             remove_stale_temporaries(done)  # what a killed save left (a partial checkpoint's temporary: 80+ MB)

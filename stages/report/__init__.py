@@ -43,16 +43,16 @@ from typing import Optional
 
 import numpy as np
 
-from ldpo.common import __version__
-from ldpo.common.cli import CommonOptions, Tool, opt, positional, progress
-from ldpo.common.errors import InputError
-from ldpo.common.labels import align, read_labels
-from ldpo.common.stores import atomic_path, open_store
-from ldpo.common.history import fields_path
-from ldpo.common.tables import csv_rows, read_cell
-from ldpo.common.thumbs import thumbnail, write_png
-from ldpo.common.keep import kept_from_history
-from ldpo.common.workdir import Layout, final_model
+from ...common import __version__
+from ...common.cli import CommonOptions, Tool, opt, positional, progress
+from ...common.errors import InputError
+from ...common.files.labels import align, read_labels
+from ...common.files.stores import atomic_path, open_store
+from ...common.files.history import fields_path
+from ...common.files.tables import csv_rows, read_cell
+from ...common.images.thumbs import thumbnail, write_png
+from ...common.loop.keep import kept_from_history
+from ...common.loop.workdir import Layout, final_model
 
 log = logging.getLogger("ldpo")
 
@@ -133,7 +133,7 @@ class ReportTool(Tool):
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
                               final_iteration(history), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
-                from ldpo.common.folders import write_record
+                from ...common.files.folders import write_record
 
                 write_record(tmp, "report", os.listdir(tmp))
         files = sum(1 for p in out.rglob("*") if p.is_file())
@@ -155,13 +155,13 @@ def usage_lines(work: Path, model: Path | None, images: str) -> list[str]:
 
 def k_choice(layout: Layout) -> str | None:
     """Why iteration 0 has the K it has, when ``cluster --k auto`` chose it (``iter-00/clusters.k.json``)."""
-    from ldpo.common.workdir import k_choice_text
+    from ...common.loop.workdir import k_choice_text
 
     return k_choice_text(layout)
 
 
 def final_iteration(history: list[dict]) -> int | None:
-    """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.workdir`)."""
+    """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.loop.workdir`)."""
     iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
     return kept_from_history(history, max(iterations))[0] if iterations else None
 
@@ -171,7 +171,7 @@ def used_settings(work: Path, model: Path | None) -> dict[str, object]:
     input size, normalization, ...) and the last iteration's feature store (the layer clustered)."""
     used: dict[str, object] = {}
     if model is not None:
-        from ldpo.common.checkpoint import Checkpoint
+        from ...common.nets.checkpoint import Checkpoint
 
         try:
             ckpt = Checkpoint.load(model)
@@ -197,8 +197,8 @@ def used_settings(work: Path, model: Path | None) -> dict[str, object]:
 
 
 def check_out(out: Path) -> None:
-    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.folders`)."""
-    from ldpo.common.folders import check_output_folder
+    """OUT is replaced as a whole: the one rule of output folders (:mod:`ldpo.common.files.folders`)."""
+    from ...common.files.folders import check_output_folder
 
     check_output_folder(out, "report")
 
@@ -220,7 +220,7 @@ def read_json(path: Path) -> dict | None:
 
 def read_run(path: Path) -> dict | None:
     """The loop's run record, its shape checked as the loop checks it (one line naming the file)."""
-    from ldpo.common.workdir import read_record
+    from ...common.loop.workdir import read_record
 
     return read_record(path)
 
@@ -268,8 +268,8 @@ def _whole(value) -> bool:
 
 
 def read_history(path: Path) -> list[dict]:
-    """converge's history (schema: :mod:`ldpo.common.history`); [] without the file."""
-    from ldpo.common.history import read_history as read
+    """converge's history (schema: :mod:`ldpo.common.files.history`); [] without the file."""
+    from ...common.files.history import read_history as read
 
     return read(path)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 
-from ldpo.common.workdir import PATHS
+from ...common.loop.workdir import PATHS
 
 e = html.escape
 
@@ -116,7 +116,7 @@ JS = r"""
     text = String(text).replace(/\s+/g, " ").trim();
     // a spreadsheet runs a cell starting with = + - @ (tab, CR) as a formula: quote it with ' unless it is a
     // plain number, and quote a leading ' that comes before one of those or another ' -- ldpo's CSV rule
-    // (common/tables.py csv_cell), which relabel reads back exactly
+    // (common/files/tables.py csv_cell), which relabel reads back exactly
     var number = /^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|nan)$/;
     if ((/^[=+\-@\t\r]/.test(text) && !number.test(text)) || /^'[=+\-@\t\r']/.test(text)) text = "'" + text;
     return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
@@ -260,7 +260,7 @@ def _used_table(used: dict, settings: dict) -> list[str]:
 
 
 def history_html(rows: list[dict], plot: str | None, final_row: int | None = None) -> list[str]:
-    from ldpo.common.history import TITLES
+    from ...common.files.history import TITLES
 
     out = ['<h2 id="history">Iterations</h2>']
     if not rows:

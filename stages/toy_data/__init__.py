@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ldpo.common.cli import Tool
+from ...common.cli import Tool
 
 SETS = {"texture25": "texture25", "pacs": "pacs", "archive": "archive", "multilabel": "multilabel", "scenes": "scenes"}
 

@@ -33,10 +33,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.errors import InputError
-from ldpo.common.stores import atomic_path, create_store, store_format, write_ids
-from ldpo.common.tables import side_file, write_csv
+from ...common.cli import CommonOptions, Tool, opt, progress
+from ...common.errors import InputError
+from ...common.files.stores import atomic_path, create_store, store_format, write_ids
+from ...common.files.tables import side_file, write_csv
 
 log = logging.getLogger("ldpo")
 

@@ -37,7 +37,7 @@ TEXTURE25_FAMILIES: dict[str, tuple[str, ...]] = {
 
 def texture25_family(label: int) -> str:
     """The family of Texture-25 class ``label`` (its index in texture25.CLASSES)."""
-    from ldpo.stages.toy_data.texture25 import CLASSES
+    from .texture25 import CLASSES
 
     name = CLASSES[label][0]
     return next(f for f, names in TEXTURE25_FAMILIES.items() if name in names)

@@ -1,14 +1,14 @@
 """``toy-data multilabel``: radiograph-like images showing one, two or none of four body parts.
 
 The ImageCLEF 2015 medical clustering task in small: each image shows the head, chest,
-spine or pelvis phantom of the toy PACS (:mod:`ldpo.stages.toy_data.pacs`, the same
+spine or pelvis phantom of the toy PACS (:mod:`ldpo.stages.toy_data.pacs.pixels`, the same
 drawing code), or two of them side by side, or none (a true negative: only the
 distractors that any image may carry, rulers and text blocks). Every image gets 0–3
 distractors, so their presence says nothing about the body parts.
 
 Writes ``DIR/images.h5|zarr`` (uint8 ``[N,H,W]``; ``--aspect`` > 1 makes wide images, for
 the pad-to-square data path) and ``DIR/truth.csv``, a multi-label file
-(:mod:`ldpo.common.labels`): ``id,label,parts`` with ``label`` the image's classes joined by
+(:mod:`ldpo.common.files.labels`): ``id,label,parts`` with ``label`` the image's classes joined by
 ``;`` (``0;2``) and empty for a true negative; ``parts`` names them. Classes: 0 head,
 1 chest, 2 spine, 3 pelvis. Mix: a fifth of the images show nothing, two fifths one part
 (uniform over the four), two fifths two parts (uniform over the six pairs). The same
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import write_multilabels
-from ldpo.common.stores import write_store
-from ldpo.stages.toy_data.pacs import phantom
+from ...common.cli import CommonOptions, Tool, opt, progress
+from ...common.files.folders import check_output_folder, output_folder
+from ...common.files.labels import write_multilabels
+from ...common.files.stores import write_store
+from .pacs.pixels import phantom
 
 log = logging.getLogger("ldpo")
 

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import write_labels
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import write_store
-from ldpo.stages.toy_data import pacs, texture25
+from ...common.cli import CommonOptions, Tool, opt, progress
+from ...common.errors import InputError
+from ...common.files.folders import check_output_folder, output_folder
+from ...common.files.labels import write_labels
+from ...common.files.plots import pyplot, save_png
+from ...common.files.stores import write_store
+from . import texture25
+from .pacs.pixels import phantom
 
 log = logging.getLogger("ldpo")
 
@@ -98,7 +99,7 @@ def object_patch(kind: str, side: int, rng: np.random.Generator) -> tuple[np.nda
         alpha = np.clip((1.0 - np.hypot(x, y)) * side / 3, 0, 1)  # a disc with a soft edge
     else:
         pose = (0.0, 0.0, scale * rng.uniform(0.9, 1.1), rng.normal(0, 0.15))
-        hu = pacs.phantom(name, "CT", rng.uniform(0.3, 0.7), side, rng, pose)
+        hu = phantom(name, "CT", rng.uniform(0.3, 0.7), side, rng, pose)
         values = np.clip((hu + 160) / 400, 0, 1.5)  # a soft-tissue window
         alpha = (hu > -800).astype(np.float64)
     inside = alpha > 0.5

@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from ldpo.common.cli import CommonOptions, Tool, opt, progress
-from ldpo.common.errors import InputError
-from ldpo.common.folders import check_output_folder, output_folder
-from ldpo.common.labels import write_labels
-from ldpo.common.plots import pyplot, save_png
-from ldpo.common.stores import write_store
+from ...common.cli import CommonOptions, Tool, opt, progress
+from ...common.errors import InputError
+from ...common.files.folders import check_output_folder, output_folder
+from ...common.files.labels import write_labels
+from ...common.files.plots import pyplot, save_png
+from ...common.files.stores import write_store
 
 log = logging.getLogger("ldpo")
 
@@ -249,8 +249,8 @@ def generate(classes: int = 25, per_class: int = 40, size: int = 256, seed: int 
 
 def raw_pixel_purity(images: np.ndarray, labels: np.ndarray, seed: int = 0, side: int = 32) -> float:
     """Purity of k-means (k = class count) on raw pixels downscaled to ``side`` px."""
-    from ldpo.common.features import kmeans
-    from ldpo.common.metrics import purity
+    from ...common.numerics.features import kmeans
+    from ...common.numerics.metrics import purity
 
     step = max(1, images.shape[1] // side)
     x = images[:, ::step, ::step].reshape(len(images), -1).astype(np.float32) / 255.0
@@ -338,8 +338,8 @@ class Texture25Tool(Tool):
 
 def draw_labels(labels_csv: str, images_path: str, out: str) -> int:
     """The contact sheet of any labelling (found categories) over an images store."""
-    from ldpo.common.labels import align, read_labels
-    from ldpo.common.stores import open_store
+    from ...common.files.labels import align, read_labels
+    from ...common.files.stores import open_store
 
     if not images_path:
         raise InputError("--contact-sheet needs --images STORE")

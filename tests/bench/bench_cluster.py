@@ -42,8 +42,8 @@ def timed(fn):
 def bench_kmeans(n: int, d: int, k: int, centres: int, seed: int, noise: float) -> None:
     from sklearn.cluster import KMeans
 
-    from ldpo.common.features import kmeans
-    from ldpo.common.metrics import nmi
+    from ldpo.common.numerics.features import kmeans
+    from ldpo.common.numerics.metrics import nmi
 
     x, y = blobs(n, d, centres, seed, noise)
     print(f"k-means on {n} x {d}, k={k} ({centres} planted blobs, noise {noise}), {os.cpu_count()} CPU cores")
@@ -58,8 +58,8 @@ def bench_kmeans(n: int, d: int, k: int, centres: int, seed: int, noise: float) 
 
 
 def bench_rim(n: int, d: int, k: int, centres: int, lams: list[float], seed: int) -> None:
-    from ldpo.common.features import l2_normalize
-    from ldpo.common.metrics import nmi
+    from ldpo.common.numerics.features import l2_normalize
+    from ldpo.common.numerics.metrics import nmi
     from ldpo.stages.cluster import rim
 
     x, y = blobs(n, d, centres, seed)

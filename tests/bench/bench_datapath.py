@@ -2,11 +2,11 @@
 
     python tests/bench/bench_datapath.py                       # 8,000 images of 256 px, 64 MiB windows, 2 workers
     python tests/bench/bench_datapath.py --store A.zarr --device cuda --workers 8 --batch 256
-    git show main:common/imagedata.py > /tmp/old_imagedata.py
+    git show main:common/images/imagedata.py > /tmp/old_imagedata.py
     python tests/bench/bench_datapath.py --baseline /tmp/old_imagedata.py   # before and after, interleaved
 
 Two orders over the same store, the same ``--workers`` and batch size, through
-``common/imagedata.py`` as the stages use it:
+``common/images/imagedata.py`` as the stages use it:
 
 * ``featurize``: every row in store order (``inference.store_items``: reads of about
   ``READ_BYTES``), as featurize and assign read;
@@ -100,7 +100,7 @@ def timed(mod, path: str, items: list, args, limit: int | None) -> tuple[float, 
 
 def orders(mod, path: str, args) -> dict[str, tuple[list, int | None]]:
     """The two orders' items (and batch limit) as the stages plan them, with ``mod``'s planners."""
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.stores import open_store
 
     with open_store(path, validate=False) as store:
         shape = store.shape("images")
@@ -130,8 +130,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from ldpo.common import imagedata
-    from ldpo.common.stores import open_store
+    from ldpo.common.images import imagedata
+    from ldpo.common.files.stores import open_store
 
     modules = {"this tree": imagedata}
     if args.baseline:

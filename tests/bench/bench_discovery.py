@@ -161,7 +161,7 @@ def make_texture25(out: Path, classes: int, per_class: int, size: int) -> tuple[
 
 def make_pacs(out: Path, studies: int, size: int) -> tuple[Path, Path]:
     """Toy PACS key images; truth = body region of the key image's study (5 regions)."""
-    from ldpo.common.labels import write_labels
+    from ldpo.common.files.labels import write_labels
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     images, truth = out / "keyimages" / "images.h5", out / "truth.csv"
@@ -211,8 +211,8 @@ def make_archive_lt(out: Path, classes: int, n: int, imbalance: float, size: int
 
 def make_pretrained(out: Path, per_class: int, size: int, epochs: int, device: str) -> tuple[Path, Path, Path]:
     """Target = texture families 0-9; a ResNet-18 trained on families 10-24 saved as a weights file."""
-    from ldpo.common.labels import read_labels, write_labels
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.files.labels import read_labels, write_labels
+    from ldpo.common.files.stores import open_store, write_store
 
     weights = out / "source-resnet18.pth"
     target, target_truth = out / "target.h5", out / "target-truth.csv"
@@ -262,7 +262,7 @@ def make_scenes(out: Path, classes: int, per_class: int, size: int, epochs: int,
 def encode_cost(images: Path, weights: Path, out: Path, device: str, threads: int) -> str:
     """``encode --method patches`` (no labels) at N and 2N images: ms per image and peak RSS (flat in N?)."""
 
-    from ldpo.common.stores import open_store, write_store
+    from ldpo.common.files.stores import open_store, write_store
 
     double = out / "images-2n.h5"
     if not double.exists():
@@ -309,8 +309,8 @@ def read_history(work: Path) -> list[dict[str, str]]:
 
 def score(labels: Path, truth: Path) -> tuple[float, float]:
     """Purity and NMI of a labels CSV against a truth CSV."""
-    from ldpo.common.labels import align, read_labels
-    from ldpo.common.metrics import nmi, purity
+    from ldpo.common.files.labels import align, read_labels
+    from ldpo.common.numerics.metrics import nmi, purity
 
     t = read_labels(truth)
     pred = align(read_labels(labels), t.ids, str(truth))
@@ -344,8 +344,8 @@ def k_auto(work: Path) -> int:
 def tree_scores(work: Path, truth: Path, classes: int) -> dict:
     """NMI against the truth of every level of the final category tree (leaves first), and of the level whose
     group count is closest to the truth's class count (the coarser on a tie)."""
-    from ldpo.common.labels import read_labels
-    from ldpo.common.metrics import nmi
+    from ldpo.common.files.labels import read_labels
+    from ldpo.common.numerics.metrics import nmi
 
     path = work / "final" / "tree" / "levels.csv"
     if not path.exists():
@@ -418,7 +418,7 @@ COLUMNS = ["set", "setting", "seed", "k", "kmeans0", "purity0", "purity", "kmean
 
 
 def read_truth(path: Path) -> np.ndarray:
-    from ldpo.common.labels import read_labels
+    from ldpo.common.files.labels import read_labels
 
     return read_labels(path).labels
 

@@ -36,7 +36,7 @@ print(json.dumps({"code": code, "wall_s": wall,
 
 
 def write_local(path: Path, n: int, s: int, c: int, seed: int, rows: int = 250) -> None:
-    from ldpo.common.stores import create_store
+    from ldpo.common.files.stores import create_store
 
     rng = np.random.default_rng(seed)
     ids = [f"img{i:06d}" for i in range(n)]

@@ -30,8 +30,8 @@ import numpy as np
 
 SPEED = r"""
 import sys, time, torch
-from ldpo.common import models
-from ldpo.common.stores import create_store, open_store
+from ldpo.common.nets import models
+from ldpo.common.files.stores import create_store, open_store
 from ldpo.stages import featurize
 store, out, size, batch, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 opts = featurize.FeaturizeTool().parse([store, "--out", out, "--arch", "alexnet", "--layer", "fc7", "--input-size",
@@ -70,7 +70,7 @@ sys.exit(code)
 
 
 def make_store(path: Path, n: int, size: int) -> None:
-    from ldpo.common.stores import create_store
+    from ldpo.common.files.stores import create_store
 
     rng = np.random.default_rng(0)
     with create_store(path, n=n, arrays={"images": ((size, size), "uint8")},

@@ -185,7 +185,7 @@ def bare_forward(checkpoint: Path, batch: int, device: str, amp: bool, seconds: 
     """Images/s of ``model(x)`` of the checkpoint's network, inference mode, random input on the device."""
     import torch
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     torch.use_deterministic_algorithms(False)
     built = models.build(models.parse_init(f"checkpoint:{checkpoint}"))
@@ -206,7 +206,7 @@ def bare_train_step(arch: str, classes: int, input_size: int, batch: int, device
     import torch
     import torch.nn.functional as F
 
-    from ldpo.common import models
+    from ldpo.common.nets import models
 
     torch.use_deterministic_algorithms(False)
     built = models.build(models.Init("random"), arch, classes, seed=0, input_size=input_size)
@@ -316,7 +316,7 @@ def converge(args, prev: Path, truth: Path | None, work: Path, device: str) -> S
 
 
 def features_shape(path: Path) -> tuple[int, int]:
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.stores import open_store
 
     with open_store(path) as store:
         return store.shape("features")
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.batch_size}, workers {args.workers}{', amp' if args.amp else ''}")
         if args.store:
             store, truth = Path(args.store), store_truth(Path(args.store))
-            from ldpo.common.stores import open_store
+            from ldpo.common.files.stores import open_store
 
             with open_store(store, expect="images") as images:
                 args.n, args.size = len(images), max(images.shape("images")[1:3])
@@ -397,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def iteration(args, store: Path, prev: Path, truth: Path | None, work: Path, device: str) -> int:
-    from ldpo.common import models
-    from ldpo.common.labels import read_labels
+    from ldpo.common.nets import models
+    from ldpo.common.files.labels import read_labels
 
     classes = len(read_labels(prev).classes)
     input_size = models.build(models.Init("random"), args.arch, classes, input_size=args.input_size,

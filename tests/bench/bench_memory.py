@@ -55,7 +55,7 @@ def make_features(path: Path, n: int, dim: int, clusters: int, seed: int = 0) ->
     """A synthetic ``features`` store: N rows around ``clusters`` random centres, written block by block."""
     import numpy as np
 
-    from ldpo.common.stores import create_store
+    from ldpo.common.files.stores import create_store
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)

@@ -5,7 +5,7 @@ scope ends) go through ``keep_mentions(..., "affirmed")`` (what topic-label, key
 with ``--cli``, through ``topic-label --topics 2`` as a command. Before the fix NegEx saw each report whole, and
 negspacy reads ``doc.ents`` once per clause (cProfile: 50 of 53 s of a 50 KB report in ``Doc.ents``), so time grew
 with the square of the length (topic-label 7.7 / 13 / 62 s at 50 / 100 / 200 KB, over 280 s at 1 MB); now a long
-report goes through it in pieces of whole sentences (:data:`ldpo.common.mentions.PIECE_CHARS`) and time should grow
+report goes through it in pieces of whole sentences (:data:`ldpo.common.nlp.mentions.PIECE_CHARS`) and time should grow
 linearly: the last column, seconds per 100 KB, should stay flat.
 
 Run: ``OMP_NUM_THREADS=1 python tests/bench/bench_mentions_length.py [--sizes 50000,100000,200000,1000000] [--cli]``.
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="50000,100000,200000,1000000")
     parser.add_argument("--cli", action="store_true", help="also time topic-label as a command")
     args = parser.parse_args()
-    from ldpo.common.mentions import keep_mentions
+    from ldpo.common.nlp.mentions import keep_mentions
 
     rng = random.Random(0)
     keep_mentions({"warm": SENTENCES[0]}, "affirmed", None, "warm-up")

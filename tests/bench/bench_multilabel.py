@@ -48,8 +48,8 @@ def single_labels(sets: list[tuple[int, ...]], none: int, seed: int) -> list[int
 
 
 def one_seed(args, seed: int, folder: Path) -> dict[str, float]:
-    from ldpo.common.labels import read_multilabels, write_labels
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.labels import read_multilabels, write_labels
+    from ldpo.common.files.stores import open_store
     from ldpo.stages.finetune import split
 
     data = folder / f"seed{seed}"

@@ -39,8 +39,8 @@ def cluster(features: str, out: Path, k: int, method: str, seed: int, extra: lis
 
 
 def compare(opts) -> int:
-    from ldpo.common.labels import align, read_labels
-    from ldpo.common.metrics import nmi, purity
+    from ldpo.common.files.labels import align, read_labels
+    from ldpo.common.numerics.metrics import nmi, purity
 
     truth = read_labels(opts.truth)
     k = opts.k or len(set(truth.labels.tolist()))
@@ -61,7 +61,7 @@ def compare(opts) -> int:
 
 
 def knn_times(opts) -> int:
-    from ldpo.common.features import nearest_neighbours
+    from ldpo.common.numerics.features import nearest_neighbours
 
     for n in [int(v) for v in opts.knn_rows.split(",")]:
         x = np.random.default_rng(0).standard_normal((n, opts.dim)).astype(np.float32)

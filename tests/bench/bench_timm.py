@@ -27,8 +27,8 @@ import numpy as np
 
 SPEED = r"""
 import sys, time, torch, timm
-from ldpo.common import models
-from ldpo.common.stores import create_store, open_store
+from ldpo.common.nets import models
+from ldpo.common.files.stores import create_store, open_store
 from ldpo.stages import featurize
 store, out, arch, weights, size, batch, rounds = sys.argv[1:8]
 size, batch, rounds = int(size), int(batch), int(rounds)
@@ -70,7 +70,7 @@ torch.save(model.state_dict(), sys.argv[2])
 
 
 def make_store(path: Path, n: int, size: int) -> None:
-    from ldpo.common.stores import write_store
+    from ldpo.common.files.stores import write_store
 
     rng = np.random.default_rng(0)
     write_store(path, [f"img{i:05d}" for i in range(n)], {"stage": "bench"},

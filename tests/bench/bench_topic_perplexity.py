@@ -17,7 +17,7 @@ import numpy as np
 from gensim.corpora import Dictionary
 from gensim.test.utils import datapath
 
-from ldpo.common.text import Cleaner
+from ldpo.common.nlp.text import Cleaner
 from ldpo.stages.topic_label import Options, choose_k, completion_perplexity, fit_lda, relative_decrease
 
 

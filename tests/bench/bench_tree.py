@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldpo.common.labels import read_labels
+from ldpo.common.files.labels import read_labels
 from ldpo.stages import run
 from ldpo.stages.hierarchy import build_levels, centroid_affinity, read_feature_sums
 from ldpo.stages.extract_keyimages.phi import SALT_FILE, Pseudonyms
@@ -170,7 +170,7 @@ def main() -> None:
 
 def read_feature_sums_subset(path: Path, ids: list[str], row_class: np.ndarray, k: int) -> np.ndarray:
     """hierarchy's per-class feature sums for ``ids`` (images without a truth value left out)."""
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.stores import open_store
 
     with open_store(path) as store:
         store_ids = store.ids

@@ -1,8 +1,8 @@
 """Benchmark for ``word-vectors``: time to train on N report sentences (target: 100K in ≤ 2 min, 2-core CPU).
 
-Reports come from the toy PACS report generator (``stages/toy_data/pacs.py``'s
+Reports come from the toy PACS report generator (``stages/toy_data/pacs/reports.py``'s
 ``write_report``, the clinical text without the identifier lines), written as a
-``report_id,text`` CSV until they hold ``--sentences`` sentences (as ``ldpo.common.words``
+``report_id,text`` CSV until they hold ``--sentences`` sentences (as ``ldpo.common.nlp.words``
 cuts them). Then ``word-vectors`` runs in-process with its defaults (256-d skip-gram,
 hierarchical softmax, window 10, sample 1e-3, 5 epochs) and ``--workers`` threads; the
 wall time of the whole command (reading, tokenizing, training, writing) is printed, and
@@ -26,15 +26,17 @@ import numpy as np
 
 def make_reports(path: Path, sentences: int, seed: int) -> tuple[int, int]:
     """Write toy PACS reports until they hold ``sentences`` sentences; (reports, sentences)."""
-    from ldpo.common.tables import write_csv
-    from ldpo.common.words import sentences as split
-    from ldpo.stages.toy_data import pacs
+    from ldpo.common.files.tables import write_csv
+    from ldpo.common.nlp.words import sentences as split
+    from ldpo.stages.toy_data.pacs.pixels import REGIONS
+    from ldpo.stages.toy_data.pacs.reports import write_report
+    from ldpo.stages.toy_data.pacs.studies import plan_study
 
     rng = np.random.default_rng(seed)
     rows, count = [], 0
     while count < sentences:
-        region = pacs.REGIONS[len(rows) % len(pacs.REGIONS)]
-        text = pacs.write_report(pacs.plan_study(len(rows), region, rng), rng, seed)
+        region = REGIONS[len(rows) % len(REGIONS)]
+        text = write_report(plan_study(len(rows), region, rng), rng, seed)
         rows.append((f"r{len(rows)}", text))
         count += len(split(text))
     write_csv(path, ["report_id", "text"], rows)

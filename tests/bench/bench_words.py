@@ -1,6 +1,6 @@
 """Benchmark for words from reports (issue 19): assertion status, negated keywords, image → words.
 
-* ``f1_affirmed``, ``f1_negated``, ``f1_uncertain``: :mod:`ldpo.common.mentions` on the shipped
+* ``f1_affirmed``, ``f1_negated``, ``f1_uncertain``: :mod:`ldpo.common.nlp.mentions` on the shipped
   sentence set ``tests/data/assertion_sentences.tsv`` (every part; ``--part dev|heldout`` for one).
 * ``negated_share``: on the toy PACS (``toy-data pacs`` → ``extract-keyimages``; categories = the
   studies' body regions, the truth, so the figure does not depend on a clustering run) or on a real
@@ -8,7 +8,7 @@
   ``--mentions all`` and ``--mentions affirmed``. A keyword is a *negated or uncertain term* of its
   category when more than half of its occurrences in that category's reports (each report once per
   category, as ``keywords`` counts them) are inside negated or uncertain vocabulary mentions (as
-  :mod:`ldpo.common.mentions` finds them). The share is flagged keywords / all keywords, over all
+  :mod:`ldpo.common.nlp.mentions` finds them). The share is flagged keywords / all keywords, over all
   categories.
 * ``recall5``, ``freq_baseline``, ``keyword_baseline``: image → words recall@5 on held-out reports'
   key images and its two baselines (:func:`recall_scores` says how).
@@ -34,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ldpo.common.mentions import (assertion_scores as score_rows, find_mentions_many, load_vocabulary,
+from ldpo.common.nlp.mentions import (assertion_scores as score_rows, find_mentions_many, load_vocabulary,
                                   predict_statuses, read_assertion_set)
 
 SENTENCES = Path(__file__).resolve().parents[1] / "data" / "assertion_sentences.tsv"
@@ -60,7 +60,7 @@ def _cli(*argv) -> None:
 def toy_pacs(work: Path, studies: int, size: int, seed: int, show_findings: bool = True) -> dict[str, Path]:
     """toy-data pacs [--show-findings] → extract-keyimages; labels = each key image's body region (the truth).
     The reports are the same with or without ``--show-findings``; only the key images' pixels differ."""
-    from ldpo.common.labels import write_labels
+    from ldpo.common.files.labels import write_labels
     from ldpo.stages.extract_keyimages.phi import Pseudonyms
 
     pacs, keys = work / "pacs", work / "keys"
@@ -101,8 +101,8 @@ def keyword_table(inputs: dict[str, Path], out: Path, mentions: str, vocabulary:
 def negated_words(inputs: dict[str, Path], vocabulary: str | None) -> dict[int, set[str]]:
     """Per category, the words that occur there more often inside negated or uncertain vocabulary
     mentions than anywhere else (each report counted once per category, as ``keywords`` counts)."""
-    from ldpo.common.labels import read_labels
-    from ldpo.common.text import Cleaner, read_manifest, read_reports
+    from ldpo.common.files.labels import read_labels
+    from ldpo.common.nlp.text import Cleaner, read_manifest, read_reports
 
     vocab = load_vocabulary(vocabulary)
     labels = read_labels(str(inputs["labels"])).mapping()
@@ -188,11 +188,11 @@ def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = Non
     their keywords are the vocabulary terms most of their training images have (:func:`category_keywords`).
     The line ``keyword baseline, given categories`` does the same with ``inputs["labels"]`` (on the toy
     PACS the true body regions)."""
-    from ldpo.common.labels import read_labels
-    from ldpo.common.mentions import find_mentions_many
-    from ldpo.common.tables import write_csv
-    from ldpo.common.text import read_manifest, read_reports
-    from ldpo.common.words import recall_at, term_token
+    from ldpo.common.files.labels import read_labels
+    from ldpo.common.nlp.mentions import find_mentions_many
+    from ldpo.common.files.tables import write_csv
+    from ldpo.common.nlp.text import read_manifest, read_reports
+    from ldpo.common.nlp.words import recall_at, term_token
 
     work = Path(work or tempfile.mkdtemp(prefix="ldpo-recall-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def recall_scores(inputs: dict[str, Path] | None = None, work: Path | None = Non
     columns = list(manifest.rows[0])
     write_csv(work / "train-manifest.csv", columns, ([manifest.rows[i].get(c, "") for c in columns] for i in train))
     train_reports = sorted({manifest.rows[i]["report_id"] for i in train} & set(reports))
-    from ldpo.common.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
+    from ldpo.common.nlp.phi import SCRUBBED_COLUMN, SCRUBBED_MARK
 
     mark = SCRUBBED_MARK if reports.scrubbed else ""  # extract-keyimages' text stays marked as scrubbed
     write_csv(work / "train-reports.csv", ["report_id", "text", SCRUBBED_COLUMN],

@@ -43,9 +43,9 @@ def datapath_rate(args, labels: Path) -> float:
     import numpy as np
     import torch
 
-    from ldpo.common import imagedata
-    from ldpo.common.labels import align, read_labels
-    from ldpo.common.stores import open_store
+    from ldpo.common.images import imagedata
+    from ldpo.common.files.labels import align, read_labels
+    from ldpo.common.files.stores import open_store
 
     with open_store(args.store, expect="images") as store:
         ids, shape = store.ids, store.shape("images")
@@ -67,8 +67,8 @@ def bare_rates(args, classes: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from ldpo.common import models
-    from ldpo.common.accel import autocast, tune
+    from ldpo.common.nets import models
+    from ldpo.common.images.accel import autocast, tune
 
     built = models.build(models.Init("random"), args.arch, classes, seed=0, input_size=args.input_size)
     model = built.model.to(args.device)
@@ -150,8 +150,8 @@ def write_labels_for(store: str, out: Path, classes: int) -> Path:
     truth = Path(f"{store}.truth.csv")
     if truth.is_file():
         return truth
-    from ldpo.common.labels import write_labels
-    from ldpo.common.stores import open_store
+    from ldpo.common.files.labels import write_labels
+    from ldpo.common.files.stores import open_store
 
     with open_store(store, expect="images") as s:
         ids = s.ids
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.dump_traceback_later(args.stack_every, repeat=True, file=stacks)
     try:
         labels = write_labels_for(args.store, args.out, args.classes)
-        from ldpo.common.labels import read_labels
+        from ldpo.common.files.labels import read_labels
 
         classes = len(read_labels(labels).classes)
         summary: dict = {"device": args.device, "arch": args.arch, "input_size": args.input_size,
