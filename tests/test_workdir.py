@@ -379,11 +379,37 @@ def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs)
     assert kind == "inputs" and "mentions" in shown and "vocabulary" in shown
 
 
-def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
-    """Three fine-tuned iterations whose labels held-out images agree with less and less: the loop keeps
-    iteration 0's labels and iteration 1's model (trained on them), and says why; a drop within one standard
-    error keeps the later labels, as does a history without held-out figures (the rule before)."""
+def test_the_loop_keeps_the_labels_the_last_model_was_trained_on_by_default(inputs):
+    """--keep last (the default, and what a record made before --keep meant): the last model's labels, whatever
+    the held-out figures say; the summary says so and lists the figures."""
     parsed = opts(inputs)
+    work = finished(inputs, parsed)
+    for name in ("iter-02/model.pt", "iter-02/labels.csv", "iter-03/model.pt", "iter-03/labels.csv"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(name)
+    write_history(work / "history.csv", [{"iteration": "0", "k": "3", "heldout": "0.80", "heldout_se": "0.05"},
+                                         {"iteration": "1", "k": "3", "heldout": "0.60", "heldout_se": "0.05"},
+                                         {"iteration": "2", "k": "3", "heldout": "0.50", "heldout_se": "0.05"},
+                                         {"iteration": "3", "k": "3"}])
+    layout = Layout(str(work))
+    assert json.loads((work / "run.json").read_text())["settings"]["keep"] == "last"
+    assert workdir.final_labels_iteration(3, layout) == 2
+    workdir.make_final(layout, 3)
+    assert (work / "final/labels.csv").read_text() == "iter-02/labels.csv"
+    assert (work / "final/model.pt").read_text() == "iter-03/model.pt"
+    text = workdir.summary_text(layout, 3)
+    assert "--keep last" in text and "0: 0.800, 1: 0.600, 2: 0.500" in text
+    record = json.loads((work / "run.json").read_text())
+    del record["settings"]["keep"]  # a record from before --keep: the same rule
+    (work / "run.json").write_text(json.dumps(record))
+    assert workdir.final_labels_iteration(3, layout) == 2
+
+
+def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
+    """--keep heldout: three fine-tuned iterations whose labels held-out images agree with less and less: the
+    loop keeps iteration 0's labels and iteration 1's model (trained on them), and says why; a drop within one
+    standard error keeps the later labels, as does a history without held-out figures."""
+    parsed = opts(inputs, "--keep", "heldout")
     work = finished(inputs, parsed)
     for name in ("iter-02/model.pt", "iter-02/labels.csv", "iter-03/model.pt", "iter-03/labels.csv"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)

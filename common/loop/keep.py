@@ -1,6 +1,16 @@
-"""Which iteration's labels the loop keeps: the rule that iterations never make the result worse.
+"""Which iteration's labels the loop keeps (``ldpo-loop.sh --keep``).
 
-**The label-free signal: held-out agreement.** Iteration t fine-tunes a network on the labels of
+**The default, ``last``**: the labels the last model was trained on (iteration T - 1's clustering when the
+loop ran T fine-tuning iterations), so the final model's classes, the tree's leaves and the keywords'
+categories are one set. **``heldout``**, opt-in: the latest labels whose held-out agreement (below) is
+within one standard error of the best, so that an iteration whose labels a network could not predict for
+unseen images does not replace better earlier ones. It is not the default because the agreement is
+confounded with how well each short fine-tuning went: a network that learned little in its epochs scores
+its labels low whatever their quality, and on the balanced toy phantoms this kept iteration 0's labels
+(purity 0.728) over later ones of 0.90-0.93 (docs/discovery.md, "Three seeds"). Every run records the
+agreement in its history either way, so the rule can be applied afterwards.
+
+**The label-free signal, held-out agreement.** Iteration t fine-tunes a network on the labels of
 iteration t - 1, on finetune's training split only (70 % by default), then predicts the images it never
 trained on (the validation and test splits, 30 %). Labels that follow what images look like can be learned
 and predicted for unseen images; labels that cut through look-alike images cannot (Lange et al. 2004,
@@ -18,7 +28,7 @@ iterations agree more, 0.58 -> 0.81, while purity falls). Held-out images are th
 and no fine-tuning of that iteration saw. What it cannot see: a split of one true category into two that a
 network still tells apart (textures split by scale), so it guards against drift, not against over-segmentation.
 
-**The rule.** Row s of the history holds ``heldout`` = kappa of labels_s, measured by iteration s + 1's model.
+**The ``heldout`` rule.** Row s of the history holds ``heldout`` = kappa of labels_s, measured by iteration s + 1's model.
 The loop keeps labels_s* (``final/labels.csv``) and the model trained on them, iteration s* + 1's
 (``final/model.pt``): the latest s whose kappa is within one standard error of the best kappa, so a later
 iteration is kept unless an earlier one was measurably better. Without held-out figures (``--split none``)
@@ -79,6 +89,22 @@ def kept_iteration(scores: dict[int, tuple[float, float]], last_labels: int) -> 
     why = (f"held-out agreement (kappa) per iteration's labels {table}; best {kappa:.3f} ± {se:.3f} at iteration "
            f"{best}; kept iteration {kept}'s, the latest within one standard error of the best")
     return kept, why
+
+
+RULES = ("last", "heldout")
+
+
+def kept_by_rule(rule: str, rows: list[dict], last: int) -> tuple[int, str]:
+    """``(s, why)`` by ``--keep`` ``rule``: ``last`` keeps the labels the last model was trained on (iteration 0's
+    when no fine-tuning ran), ``heldout`` those of :func:`kept_from_history`."""
+    if rule == "heldout":
+        return kept_from_history(rows, last)
+    if last <= 0:
+        return 0, "no fine-tuning iteration ran: iteration 0's labels"
+    scores = scores_from_history(rows)
+    table = ", ".join(f"{s}: {k:.3f}" for s, (k, _) in sorted(scores.items()) if s < last)
+    return last - 1, ("the labels the last model was trained on (--keep last)"
+                      + (f"; held-out agreement (kappa) per iteration's labels {table}" if table else ""))
 
 
 def scores_from_history(rows: list[dict]) -> dict[int, tuple[float, float]]:

@@ -87,6 +87,9 @@ class LoopOptions(CommonOptions):
     patience: int = opt("stop when the metric has reached --threshold at this many consecutive iterations (converge "
                         "--patience)", PATIENCE, min=1, says="not a whole number")
     max_iter: int = opt("at most this many fine-tuning iterations", 6, min=0, says="not a whole number")
+    keep: str = opt("which clustering final/ keeps: last = the one the last model was trained on; heldout = the "
+                    "latest whose held-out agreement is within one standard error of the best (docs/loop.md)",
+                    "last", choices=["last", "heldout"])
     no_early_stop: bool = opt("run all --max-iter iterations (DeepMCAT)", False)
     init: str = opt("random | weights:PATH | checkpoint:PATH", "random")
     init_labels: str = opt("start from these labels (e.g. topic-label's) instead of clustering iteration 0", "",

@@ -102,12 +102,18 @@ def final_labels_iteration(last: int, layout: "Layout | None" = None) -> int:
 
 
 def kept_labels(layout: "Layout", last: int) -> tuple[int, str]:
-    """``(s, why)``: the labels the loop keeps by the history's held-out agreement (:mod:`ldpo.common.loop.keep`);
-    the final model is iteration s + 1's, the one trained on them."""
+    """``(s, why)``: the labels the loop keeps by the run's ``--keep`` rule (:mod:`ldpo.common.loop.keep`); the
+    final model is iteration s + 1's, the one trained on them."""
     from ..files.history import read_history
-    from .keep import kept_from_history
+    from .keep import kept_by_rule
 
-    return kept_from_history(read_history(layout.history), last)
+    return kept_by_rule(keep_rule(read_record(layout.record)), read_history(layout.history), last)
+
+
+def keep_rule(record: dict | None) -> str:
+    """The ``--keep`` rule of a run record (``last`` for records made before the option existed)."""
+    settings = (record or {}).get("settings") or {}
+    return str(settings.get("keep") or ADDED_LATER["keep"])
 
 
 def final_model(work: str | os.PathLike) -> Path | None:
@@ -126,10 +132,11 @@ NOT_COMPARED = ("ldpo_version",)
 SETTINGS = ("images", "truth", "reports", "manifest", "init_labels", "init", "arch", "layer", "encode", "method",
             "k", "metric", "threshold", "max_iter", "no_early_stop", "epochs", "lr", "balanced", "amp", "split",
             "input_size", "normalize", "input_filter", "batch_size", "seed", "tree_affinity", "tree_preference",
-            "vocabulary", "mentions", "neighbour_weight", "patience")
+            "vocabulary", "mentions", "neighbour_weight", "patience", "keep")
 PATHS = ("images", "truth", "reports", "manifest", "init_labels", "vocabulary")
 #: record entries added after ldpo-run-2 began, and what a record without them meant (compared as that value)
-ADDED_LATER = {"vocabulary": "", "mentions": "affirmed", "vocabulary_sha256": "", "neighbour_weight": "0.0", "patience": "1"}
+ADDED_LATER = {"vocabulary": "", "mentions": "affirmed", "vocabulary_sha256": "", "neighbour_weight": "0.0",
+               "patience": "1", "keep": "last"}
 STAGES = ("featurize", "finetune", "encode", "cluster", "converge", "hierarchy", "keywords", "report")
 EXTRA_ARGS = (("F", "FEATURIZE_ARGS"), ("T", "FINETUNE_ARGS"), ("E", "ENCODE_ARGS"), ("C", "CLUSTER_ARGS"))
 #: what loops before ldpo-run-2 recorded for options the user did not set that ldpo-run-2 records as the

@@ -51,8 +51,8 @@ from ...common.files.stores import atomic_path, open_store
 from ...common.files.history import fields_path
 from ...common.files.tables import csv_rows, read_cell
 from ...common.images.thumbs import thumbnail, write_png
-from ...common.loop.keep import kept_from_history
-from ...common.loop.workdir import Layout, final_model
+from ...common.loop.keep import kept_by_rule
+from ...common.loop.workdir import Layout, final_model, keep_rule
 
 log = logging.getLogger("ldpo")
 
@@ -131,7 +131,7 @@ class ReportTool(Tool):
 
                 text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
-                              final_iteration(history), k_choice(layout))
+                              final_iteration(history, run), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
                 from ...common.files.folders import write_record
 
@@ -160,10 +160,10 @@ def k_choice(layout: Layout) -> str | None:
     return k_choice_text(layout)
 
 
-def final_iteration(history: list[dict]) -> int | None:
-    """The iteration whose clustering ``final/labels.csv`` is (the rule of :mod:`ldpo.common.loop.workdir`)."""
+def final_iteration(history: list[dict], run: dict | None) -> int | None:
+    """The iteration whose clustering ``final/labels.csv`` is (the run's ``--keep`` rule, as the loop applies it)."""
     iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
-    return kept_from_history(history, max(iterations))[0] if iterations else None
+    return kept_by_rule(keep_rule(run), history, max(iterations))[0] if iterations else None
 
 
 def used_settings(work: Path, model: Path | None) -> dict[str, object]:
