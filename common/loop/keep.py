@@ -6,9 +6,9 @@ categories are one set. **``heldout``**, opt-in: the latest labels whose held-ou
 within one standard error of the best, so that an iteration whose labels a network could not predict for
 unseen images does not replace better earlier ones. It is not the default because the agreement is
 confounded with how well each short fine-tuning went: a network that learned little in its epochs scores
-its labels low whatever their quality, and on the balanced toy phantoms this kept iteration 0's labels
-(purity 0.728) over later ones of 0.90-0.93 (docs/discovery.md, "Three seeds"). Every run records the
-agreement in its history either way, so the rule can be applied afterwards.
+its labels low whatever their quality, so the rule can go back to early labels that are clearly worse
+(docs/measurements.md, "The loop's keep rule"). Every run records the agreement in its history either
+way, so the rule can be applied afterwards.
 
 **The label-free signal, held-out agreement.** Iteration t fine-tunes a network on the labels of
 iteration t - 1, on finetune's training split only (70 % by default), then predicts the images it never
@@ -23,8 +23,8 @@ of different K compare:
 
 Why not silhouette, cluster stability or neighbour agreement in the iteration's own features: those features
 come from a network fine-tuned on the previous labels, so they are built to separate exactly those labels,
-and a loop that converges on its own mistakes scores ever better there (the issue's textures: consecutive
-iterations agree more, 0.58 -> 0.81, while purity falls). Held-out images are the one thing no clustering
+and a loop that converges on its own mistakes scores ever better there (consecutive iterations can agree
+more and more while purity falls). Held-out images are the one thing no clustering
 and no fine-tuning of that iteration saw. What it cannot see: a split of one true category into two that a
 network still tells apart (textures split by scale), so it guards against drift, not against over-segmentation.
 

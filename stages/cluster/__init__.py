@@ -31,10 +31,8 @@ same at any N; the factor v makes it invariant to the features' scale (logits W 
 the same when f is multiplied by a and W divided by a). The bias b is not penalized.
 The penalty grows with the number of live clusters while the information gain of one
 more cluster shrinks, so the lambda that fits depends on how many groups the data
-hold: the default 1e-3 recovers 5 well-separated blobs from k=50 at N=200 and N=2000
-(0.01 collapses them into one, 1e-4 keeps tens); 100 blobs in 20000 x 256 from
-k=1000 need 1e-5 (K'=100, NMI 1.0; 1e-3 collapses them). Start near 1e-5 when
-hundreds of categories are expected. W starts from the k-means centroids at the temperature
+hold: the default suits a few to tens of groups, and hundreds of expected categories need a
+lambda about a hundred times smaller (docs/measurements.md, "RIM's lambda"). W starts from the k-means centroids at the temperature
 that minimizes the objective; L-BFGS optimizes it, full batch, with the logits computed
 in chunks so memory stays O(chunk x k). Labels are argmax p(c|f); clusters no row
 chooses are pruned and the rest renumbered 0..K'-1, K' printed.
