@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def cli(capsys):
         return Result(code, captured.out, captured.err)
 
     return call
+
+
+@pytest.fixture
+def ws(workspace, tmp_path):
+    """A copy of the test module's ``workspace`` fixture (a folder it builds once, module-scoped), links
+    copied as links, for one case to change freely."""
+    work = tmp_path / "ws"
+    shutil.copytree(workspace, work, symlinks=True)
+    return work
 
 
 @pytest.fixture(scope="session")

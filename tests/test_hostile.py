@@ -14,20 +14,20 @@ that point here: bounds and special files are refused before any work starts.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
-import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import refused, toy_workspace
+
 SALT = ["--salt", "hostile-salt-0123456789"]
 
 
-# -- a small finished run, built once and copied per case ------------------------------------
+# -- a small finished run, built once and copied per case (``ws``, conftest.py) --------------
 
 def data_file(name: str) -> Path:
     from pydicom.data import get_testdata_file
@@ -38,21 +38,14 @@ def data_file(name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, toy):
+def workspace(tmp_path_factory, toy):
     """images.h5, labels.csv, feats.h5/.zarr, local.h5, an extraction (keys/) and its sources."""
-    from ldpo.common.files.labels import read_labels, write_labels
     from ldpo.common.files.stores import open_store, write_store
     from ldpo.stages import run
 
     ws = tmp_path_factory.mktemp("finished")
-    toy_dir = toy(classes=3, per_class=4, size=32)
-    shutil.copy(toy_dir / "images.h5", ws / "images.h5")
-    truth = read_labels(toy_dir / "truth.csv")
-    write_labels(ws / "labels.csv", truth.ids, truth.labels)
-    with open_store(ws / "images.h5") as store:
-        ids = store.ids
     rng = np.random.default_rng(0)
-    write_store(ws / "feats.h5", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
+    ids = toy_workspace(ws, toy(classes=3, per_class=4, size=32), rng)
     write_store(ws / "feats.zarr", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
     with open_store(ws / "images.h5") as store:
         write_store(ws / "images.zarr", ids, {"stage": "test"}, images=store.read("images"))
@@ -67,25 +60,6 @@ def finished_run(tmp_path_factory, toy):
         shutil.copy(data_file(name), broken / name)
     assert run(["extract-keyimages", str(src), "--out", str(ws / "keys"), "--size", "32", "-q", *SALT]) == 0
     return ws
-
-
-@pytest.fixture
-def ws(finished_run, tmp_path):
-    work = tmp_path / "run"
-    shutil.copytree(finished_run, work, symlinks=True)
-    return work
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its SHA-256 (special files by kind: reading a FIFO would block)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        mode = path.lstat().st_mode
-        if stat.S_ISREG(mode):
-            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif not stat.S_ISDIR(mode):
-            found[str(path.relative_to(root))] = f"special {stat.S_IFMT(mode)}"
-    return found
 
 
 # -- inputs made bad on purpose ---------------------------------------------------------------
@@ -304,15 +278,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_input_is_one_line_exit_2_and_changes_nothing(cli, ws, case):
     argv, named = CASES[case](ws)
-    command = argv[0] if argv[0] != "toy-data" else f"toy-data {argv[1]}"
-    before = snapshot(ws)
-    r = cli(*argv, "-q")
-    assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.err, r.err
-    assert lines[0].startswith(f"{command}: error: "), lines[0]
-    assert str(named) in lines[0], (str(named), lines[0])
-    assert snapshot(ws) == before, "an earlier output changed, or something was left behind"
+    refused(cli, ws, argv, named)
 
 
 def test_topic_label_side_files_never_overwrite_its_labels(cli, tmp_path):

@@ -9,73 +9,30 @@ measured outside the tests (``/usr/bin/time -v``, see the issue's closing note).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import refused, toy_workspace
 
-# -- a small workspace, built once and copied per case ---------------------------------------
+
+# -- a small workspace, built once and copied per case (``ws``, conftest.py) -----------------
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, toy):
+def workspace(tmp_path_factory, toy):
     """images.h5 and labels.csv (3 classes x 4 images, 32 px), feats.h5, and model.pt: an untrained
     3-class resnet18 checkpoint (a valid record; the cases below make it lie)."""
     from ldpo.common.nets import models
     from ldpo.common.nets.checkpoint import Checkpoint
-    from ldpo.common.files.labels import read_labels, write_labels
-    from ldpo.common.files.stores import open_store, write_store
 
     ws = tmp_path_factory.mktemp("bounds")
-    toy_dir = toy(classes=3, per_class=4, size=32)
-    shutil.copy(toy_dir / "images.h5", ws / "images.h5")
-    truth = read_labels(toy_dir / "truth.csv")
-    write_labels(ws / "labels.csv", truth.ids, truth.labels)
-    with open_store(ws / "images.h5") as store:
-        ids = store.ids
-    rng = np.random.default_rng(0)
-    write_store(ws / "feats.h5", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
+    toy_workspace(ws, toy(classes=3, per_class=4, size=32), np.random.default_rng(0))
     built = models.build(models.parse_init("random"), "resnet18", 3, 0, 32)
     Checkpoint(arch="resnet18", num_classes=3, classes=[0, 1, 2], state_dict=built.model.state_dict(),
                input_size=32, normalize="zscore", origin="random").save(ws / "model.pt")
     return ws
-
-
-@pytest.fixture
-def ws(base, tmp_path):
-    work = tmp_path / "ws"
-    shutil.copytree(base, work, symlinks=True)
-    return work
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its SHA-256 (folders and special files by kind)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        mode = path.lstat().st_mode
-        if stat.S_ISREG(mode):
-            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            found[str(path.relative_to(root))] = f"kind {stat.S_IFMT(mode)}"
-    return found
-
-
-def refused(cli, ws: Path, argv: list, named) -> str:
-    """Run ``argv``: exit 2, one line ``COMMAND: error: …`` naming ``named``, nothing under ``ws`` changed."""
-    command = argv[0] if argv[0] != "toy-data" else f"toy-data {argv[1]}"
-    before = snapshot(ws)
-    r = cli(*argv, "-q")
-    assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.err and "Warning" not in r.err, r.err
-    assert lines[0].startswith(f"{command}: error: "), lines[0]
-    assert str(named) in lines[0], (str(named), lines[0])
-    assert snapshot(ws) == before, "something was written or changed"
-    return lines[0]
 
 
 # -- item 10: a checkpoint's record is checked on load, before a model is built ----------------

@@ -13,7 +13,6 @@ Every refusal: exit 2, one line ``COMMAND: error: …`` naming the file, nothing
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import pytest
 
 from ldpo.common.files.labels import write_labels
 from ldpo.common.files.stores import write_store
+from helpers import snapshot
 
 #: ids and names a hostile (or unlucky) archive may carry: formulas, a quote, a lone sign
 TRICKY = ["=1+2", "-x", "@a", "+", "'abc", "=HYPERLINK(\"http://x\",\"y\")", "plain", "-1", "+3.5e2"]
@@ -36,22 +36,6 @@ NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|i
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root``: SHA-256 of files, the target of links, the kind of special files."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        mode = path.lstat().st_mode
-        rel = str(path.relative_to(root))
-        if stat.S_ISLNK(mode):
-            found[rel] = f"link {os.readlink(path)}"
-        elif stat.S_ISREG(mode):
-            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif not stat.S_ISDIR(mode):
-            found[rel] = f"special {stat.S_IFMT(mode)}"
-        else:
-            found[rel] = "dir"
-    return found
 
 
 def one_line(r, command: str, named) -> str:

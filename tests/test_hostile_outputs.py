@@ -10,7 +10,6 @@ device node, a FIFO, a link to either) are never replaced by an output.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -23,28 +22,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import refused, toy_workspace
+
 SALT = ["--salt", "hostile-salt-0123456789"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-# -- a small finished run, built once and copied per case ------------------------------------
+# -- a small finished run, built once and copied per case (``ws``, conftest.py) --------------
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, toy):
+def workspace(tmp_path_factory, toy):
     """images.h5, labels.csv, feats.h5, local.h5, probs.h5 and a one-epoch checkpoint model.pt."""
-    from ldpo.common.files.labels import read_labels, write_labels
-    from ldpo.common.files.stores import open_store, write_store
+    from ldpo.common.files.stores import write_store
     from ldpo.stages import run
 
     ws = tmp_path_factory.mktemp("outputs")
-    toy_dir = toy(classes=3, per_class=4, size=32)
-    shutil.copy(toy_dir / "images.h5", ws / "images.h5")
-    truth = read_labels(toy_dir / "truth.csv")
-    write_labels(ws / "labels.csv", truth.ids, truth.labels)
-    with open_store(ws / "images.h5") as store:
-        ids = store.ids
     rng = np.random.default_rng(0)
-    write_store(ws / "feats.h5", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
+    ids = toy_workspace(ws, toy(classes=3, per_class=4, size=32), rng)
     write_store(ws / "local.h5", ids, {"stage": "test"}, local=rng.normal(size=(len(ids), 4, 8)).astype(np.float32))
     scores = rng.random((len(ids), 3)).astype(np.float32)
     write_store(ws / "probs.h5", ids, {"stage": "featurize", "layer": "probs", "classes": [0, 1, 2]},
@@ -53,41 +47,6 @@ def finished_run(tmp_path_factory, toy):
                 "--arch", "resnet18", "--input-size", "32", "--epochs", "1", "--split", "none", "--device", "cpu",
                 "-q"]) == 0
     return ws
-
-
-@pytest.fixture
-def ws(finished_run, tmp_path):
-    work = tmp_path / "run"
-    shutil.copytree(finished_run, work, symlinks=True)
-    return work
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its SHA-256 (folders and special files by kind)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        mode = path.lstat().st_mode
-        if stat.S_ISREG(mode):
-            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif stat.S_ISLNK(mode):
-            found[str(path.relative_to(root))] = f"link to {os.readlink(path)}"
-        else:
-            found[str(path.relative_to(root))] = f"kind {stat.S_IFMT(mode)}"
-    return found
-
-
-def refused(cli, ws: Path, argv: list, named) -> str:
-    """Run ``argv``: exit 2, one line naming ``named``, and nothing under ``ws`` changed or added."""
-    command = argv[0] if argv[0] != "toy-data" else f"toy-data {argv[1]}"
-    before = snapshot(ws)
-    r = cli(*argv, "-q")
-    assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.err, r.err
-    assert lines[0].startswith(f"{command}: error: "), lines[0]
-    assert str(named) in lines[0], (str(named), lines[0])
-    assert snapshot(ws) == before, "an earlier output changed, or something was left behind"
-    return lines[0]
 
 
 def user_folder(path: Path) -> Path:

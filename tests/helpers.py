@@ -1,0 +1,75 @@
+"""Helpers the hostile tests share: the start of a small workspace, a folder tree's fingerprint and
+a refusal that changes nothing in it.
+
+Standard library only at import (numpy and ldpo are imported where they are used), and no pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+# -- a small workspace -----------------------------------------------------------------------------
+
+def toy_workspace(ws: Path, toy_dir: Path, rng) -> list[str]:
+    """``ws/images.h5`` (a copy of the toy set's in ``toy_dir``), ``ws/labels.csv`` (its truth) and
+    ``ws/feats.h5`` (8 random features an image drawn from the numpy generator ``rng``, which the caller
+    may go on drawing from): what the hostile tests' workspaces start from. Returns the images' ids."""
+    import numpy as np
+
+    from ldpo.common.files.labels import read_labels, write_labels
+    from ldpo.common.files.stores import open_store, write_store
+
+    shutil.copy(toy_dir / "images.h5", ws / "images.h5")
+    truth = read_labels(toy_dir / "truth.csv")
+    write_labels(ws / "labels.csv", truth.ids, truth.labels)
+    with open_store(ws / "images.h5") as store:
+        ids = store.ids
+    write_store(ws / "feats.h5", ids, {"stage": "test"}, features=rng.normal(size=(len(ids), 8)).astype(np.float32))
+    return ids
+
+
+# -- a folder tree, before and after ---------------------------------------------------------------
+
+_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+          stat.S_IFSOCK: "socket"}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (relative to it) with what it is: a regular file its SHA-256, a link
+    ``link to TARGET`` (never followed), a folder ``dir``, any other special file its kind, by
+    ``lstat`` alone (reading a FIFO would block). Two snapshots are equal only when no file changed,
+    none was added or removed, no link points elsewhere and no folder came or went."""
+    found = {}
+    for path in sorted(root.rglob("*")):  # rglob does not descend into linked folders
+        rel = str(path.relative_to(root))
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            found[rel] = f"link to {os.readlink(path)}"
+        elif stat.S_ISREG(mode):
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif stat.S_ISDIR(mode):
+            found[rel] = "dir"
+        else:
+            found[rel] = _KINDS.get(stat.S_IFMT(mode), f"special {stat.S_IFMT(mode):o}")
+    return found
+
+
+def refused(cli, ws: Path, argv: list, named) -> str:
+    """Run ``argv`` with ``cli`` (the conftest fixture) and ``-q``: exit 2; stderr exactly one line
+    ``COMMAND: error: …`` that names ``named``, without a traceback or a warning; and nothing under ``ws``
+    changed, added or removed (:func:`snapshot` before and after). Returns the line."""
+    command = argv[0] if argv[0] != "toy-data" else f"toy-data {argv[1]}"
+    before = snapshot(ws)
+    r = cli(*argv, "-q")
+    assert r.code == 2, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err and "Warning" not in r.err, r.err
+    assert lines[0].startswith(f"{command}: error: "), lines[0]
+    assert str(named) in lines[0], (str(named), lines[0])
+    assert snapshot(ws) == before, "an earlier output changed, or something was written or left behind"
+    return lines[0]
+
