@@ -1,16 +1,34 @@
-"""Helpers the hostile tests share: the start of a small workspace, a folder tree's fingerprint and
-a refusal that changes nothing in it.
+"""Helpers the hostile tests (and tests/bench/bench_identifiers.py) share: CSV rows, the start of a
+small workspace, a folder tree's fingerprint and a refusal that changes nothing in it, and the
+identifiers a DICOM archive's headers carry.
 
-Standard library only at import (numpy and ldpo are imported where they are used), and no pytest.
+Standard library only at import (numpy, ldpo and pydicom are imported where they are used), and no
+pytest: a bench imports this module too (``sys.path`` holding ``tests/``, as pytest's own import of
+the tests does).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import shutil
 import stat
+import warnings
 from pathlib import Path
+
+# -- CSV rows --------------------------------------------------------------------------------------
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
 
 # -- a small workspace -----------------------------------------------------------------------------
 
@@ -73,3 +91,63 @@ def refused(cli, ws: Path, argv: list, named) -> str:
     assert snapshot(ws) == before, "an earlier output changed, or something was written or left behind"
     return lines[0]
 
+
+# -- a DICOM archive's identifiers -----------------------------------------------------------------
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+#: header attributes whose value is an identifier as it stands
+ID_KEYS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName", "InstitutionAddress",
+           "PatientAddress", "StationName")
+#: person-name attributes (each name in the forms a report writes it)
+NAME_KEYS = ("PatientName", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy", "PerformingPhysicianName",
+             "OperatorsName")
+#: date attributes (each date in the forms a report writes it)
+DATE_KEYS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+
+
+def date_forms(value: str) -> set[str]:
+    """A YYYYMMDD date in the forms reports write it."""
+    y, m, d = int(value[:4]), int(value[4:6]), int(value[6:8])
+    month = MONTHS[m - 1]
+    return {value, f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}",
+            f"{d} {month[:3]} {y}"}
+
+
+def person_forms(value: str) -> set[str]:
+    """A DICOM person name's parts and the ways a report writes the whole name."""
+    parts = [p for p in value.split("^") if p]
+    forms = set(parts)
+    if len(parts) >= 2:
+        last, first = parts[0], parts[1]
+        forms |= {value, f"{first} {last}", f"{last}, {first}", f"{last}^{first}"}
+    return forms
+
+
+def header_identifiers(dicom: Path) -> set[str]:
+    """Every identifier the DICOM headers under ``dicom`` carry: each person name (its parts and written
+    forms), ids, accessions, institutions (and their first two words: Saint Elsewhere), addresses,
+    station names, and dates in their written forms. Files pydicom cannot read are passed over."""
+    import pydicom
+
+    found: set[str] = set()
+    for path in sorted(p for p in dicom.rglob("*") if p.is_file()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the toy archive's broken objects
+            continue
+        for key in NAME_KEYS:
+            if ds.get(key):
+                found |= person_forms(str(ds.get(key)))
+        for key in ID_KEYS:
+            if ds.get(key):
+                found.add(str(ds.get(key)))
+        for key in DATE_KEYS:
+            if ds.get(key):
+                found |= date_forms(str(ds.get(key)))
+        if ds.get("InstitutionName"):
+            found.add(" ".join(str(ds.InstitutionName).split()[:2]))
+    return found

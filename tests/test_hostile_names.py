@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import stat
 import subprocess
@@ -26,19 +25,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from helpers import read_csv, write_csv
+
 BIN = Path(sys.executable).parent
 SALT = "names-salt-0123456789"
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_csv(path: Path, rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows(rows)
-    return path
 
 
 def ct_small():

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
@@ -30,40 +29,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from helpers import header_identifiers, read_csv, write_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
 BIN = Path(sys.executable).parent
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_csv(path: Path, rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows(rows)
-    return path
-
-
-def date_forms(value: str) -> set[str]:
-    """A YYYYMMDD date in the forms reports write it."""
-    y, m, d = int(value[:4]), int(value[4:6]), int(value[6:8])
-    month = MONTHS[m - 1]
-    return {value, f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}",
-            f"{d} {month[:3]} {y}"}
-
-
-def person_forms(value: str) -> set[str]:
-    """A DICOM person name's parts and the ways a report writes the whole name."""
-    parts = [p for p in value.split("^") if p]
-    forms = set(parts)
-    if len(parts) >= 2:
-        last, first = parts[0], parts[1]
-        forms |= {value, f"{first} {last}", f"{last}, {first}", f"{last}^{first}"}
-    return forms
 
 
 def leaks(folders: list[Path], secrets: set[str]) -> list[str]:
@@ -89,35 +59,6 @@ def leaks(folders: list[Path], secrets: set[str]) -> list[str]:
                     if form.encode() in blob:
                         found.append(f"{form!r} (bytes) in {path}")
     return found
-
-
-def header_secrets(dicom: Path) -> set[str]:
-    """Every identifier the DICOM headers of the archive carry (names in every form, ids, dates in every
-    form, institutions and addresses)."""
-    secrets: set[str] = set()
-    for path in sorted(dicom.rglob("*")):
-        if not path.is_file():
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - the toy archive's broken objects
-            continue
-        for key in ("PatientName", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy", "PerformingPhysicianName",
-                    "OperatorsName"):
-            if ds.get(key):
-                secrets |= person_forms(str(ds.get(key)))
-        for key in ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName", "InstitutionAddress",
-                    "PatientAddress"):
-            if ds.get(key):
-                secrets.add(str(ds.get(key)))
-        for key in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
-            if ds.get(key):
-                secrets |= date_forms(str(ds.get(key)))
-        if ds.get("InstitutionName"):
-            secrets.add(" ".join(str(ds.InstitutionName).split()[:2]))  # Saint Elsewhere
-    return secrets
 
 
 # -- item 9: a full PACS run, every output byte -------------------------------------------------------
@@ -156,7 +97,7 @@ def test_no_identifier_of_the_archive_in_any_output_of_a_full_pacs_run(pacs_run)
     root, outputs, _ = pacs_run
     assert (root / "run/report/index.html").exists() and (root / "run/final/keywords/keywords.csv").exists()
     assert any((root / "export").iterdir())
-    secrets = header_secrets(root / "pacs/dicom")
+    secrets = header_identifiers(root / "pacs/dicom")
     raw = read_csv(root / "pacs/reports.csv")
     priors = {a for r in raw for a in re.findall(r"prior study (A\d{7})", r["text"])}
     assert priors - secrets  # some prior accessions are from outside the archive: no header names them

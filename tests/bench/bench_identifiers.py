@@ -22,64 +22,31 @@ Not a test (too slow for one); prints, and exits 1 on a hit.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import pydicom
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers import header_identifiers, read_csv  # noqa: E402 - the DICOM headers' identifiers, as the hostile tests read them
 
 BIN = Path(sys.executable).parent
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 LOOP = Path(__file__).resolve().parents[2] / "pipelines/ldpo-loop.sh"
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-
-
-def date_forms(value: str) -> set[str]:
-    y, m, d = int(value[:4]), int(value[4:6]), int(value[6:8])
-    month = MONTHS[m - 1]
-    return {value, f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}",
-            f"{d} {month[:3]} {y}"}
 
 
 def archive_identifiers(dicom: Path, raw_reports: list[dict[str, str]]) -> set[str]:
-    """Every identifier of the toy archive: each person name of every header (parts and written forms), ids,
-    accessions (the prior ones from outside the archive too), dates in written forms, institutions, addresses."""
+    """Every identifier of the toy archive: what its headers carry (the hostile tests' list: names in their
+    written forms, ids, accessions, dates in written forms, institutions, addresses, station names), and the
+    prior accessions the reports name (some from outside the archive)."""
     import re
 
-    found: set[str] = set()
-    for path in sorted(p for p in dicom.rglob("*") if p.is_file()):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - the toy archive's broken objects
-            continue
-        for key in ("PatientName", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy", "PerformingPhysicianName",
-                    "OperatorsName"):
-            if ds.get(key):
-                parts = [p for p in str(ds.get(key)).split("^") if p]
-                found |= set(parts) | {str(ds.get(key)), f"{parts[-1]} {parts[0]}", f"{parts[0]}, {parts[-1]}"}
-        for key in ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName", "InstitutionAddress",
-                    "PatientAddress", "StationName"):
-            if ds.get(key):
-                found.add(str(ds.get(key)))
-        for key in ("PatientBirthDate", "StudyDate"):
-            if ds.get(key):
-                found |= date_forms(str(ds.get(key)))
-        if ds.get("InstitutionName"):
-            found.add(" ".join(str(ds.InstitutionName).split()[:2]))
+    found = header_identifiers(dicom)
     found |= {a for r in raw_reports for a in re.findall(r"prior study (A\d{7})", r["text"])}
     return found
 
