@@ -76,6 +76,12 @@ def ws(workspace, tmp_path):
     return work
 
 
+@pytest.fixture
+def no_salt(monkeypatch):
+    """No ``LDPO_SALT`` from the environment: extract-keyimages takes ``--salt`` or makes (or reuses) a key file."""
+    monkeypatch.delenv("LDPO_SALT", raising=False)
+
+
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     """``toy(classes=5, per_class=12, size=64)`` → folder with images.h5 and truth.csv (cached)."""

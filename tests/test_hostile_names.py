@@ -178,11 +178,6 @@ def test_class_folder_names_become_pseudonyms(cli, tmp_path):
 # -- item 9: the pseudonym key --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_salt(monkeypatch):
-    monkeypatch.delenv("LDPO_SALT", raising=False)
-
-
 def one_image(root: Path) -> Path:
     import numpy as np
     from PIL import Image

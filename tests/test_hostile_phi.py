@@ -442,11 +442,6 @@ def test_accession_keyed_reports_get_pseudonymous_ids(cli, tmp_path):
 # -- item 12: the pseudonyms' key ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_salt(monkeypatch):
-    monkeypatch.delenv("LDPO_SALT", raising=False)
-
-
 def image_folder(root: Path) -> Path:
     import numpy as np
     from PIL import Image
