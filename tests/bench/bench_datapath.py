@@ -33,11 +33,14 @@ import importlib.util
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sampler import Sampler  # noqa: E402 - the benches' background sampling, shared
 
 
 def load_module(path: str):
@@ -54,12 +57,12 @@ def stream(mod, path: str, items: list, batch: int, workers: int, device: str, l
     return mod.rebatch(mod.on_device(mod.loader(path, items, workers, device), device), batch, limit)
 
 
-class ShmPeak:
+class ShmPeak(Sampler):
     """Peak bytes of /dev/shm in use above the level at entry, sampled every 10 ms."""
 
     def __init__(self, folder: str = "/dev/shm"):
+        super().__init__(0.01)
         self.folder, self.peak = folder, 0
-        self._stop = threading.Event()
 
     def _used(self) -> int:
         try:
@@ -67,20 +70,12 @@ class ShmPeak:
         except OSError:
             return 0
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._used() - self.base)
-            self._stop.wait(0.01)
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._used() - self.base)
 
     def __enter__(self) -> "ShmPeak":
         self.base = self._used()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        return super().__enter__()
 
 
 def timed(mod, path: str, items: list, args, limit: int | None) -> tuple[float, int]:

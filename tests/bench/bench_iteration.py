@@ -47,10 +47,13 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sampler import Sampler  # noqa: E402 - the benches' background sampling, shared
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,22 +86,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     """Peak host RSS (MiB) and device memory (MiB or None) of a block."""
 
     def __init__(self, device: str, interval: float = 0.02):
-        self.device, self.interval = device, interval
+        super().__init__(interval)
+        self.device = device
         self.sampled_kib = 0
         self.rss_mib = 0.0
         self.device_mib: float | None = None
-        self._stop = threading.Event()
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         pid = os.getpid()
-        while not self._stop.is_set():
-            total = _status_kib(pid, "VmRSS") + sum(_status_kib(c, "VmRSS") for c in _children(pid))
-            self.sampled_kib = max(self.sampled_kib, total)
-            self._stop.wait(self.interval)
+        total = _status_kib(pid, "VmRSS") + sum(_status_kib(c, "VmRSS") for c in _children(pid))
+        self.sampled_kib = max(self.sampled_kib, total)
 
     def __enter__(self) -> "PeakMemory":
         import torch
@@ -108,15 +109,12 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
         import torch
 
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.rss_mib = max(_status_kib("self", "VmHWM"), self.sampled_kib) / 1024
         if self.device == "cuda":
             torch.cuda.synchronize()
