@@ -293,3 +293,22 @@ def test_loop_usage_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "--k needs a value" in proc.stderr
     proc = loop("--help", check=False)
     assert proc.returncode == 0 and "set -euo" not in proc.stdout and "--restart-from" in proc.stdout
+
+
+def test_keep_consensus_runs_end_to_end(toy):
+    """--keep consensus through the whole loop: final/labels.csv holds the consensus in the last model's classes
+    (the same K and numbers, so its probabilities, the tree and the report read it), and the summary and the
+    report page say what the final labels are."""
+    data = toy(classes=4, per_class=8, size=48)
+    work = data / "run-consensus"
+    proc = loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv", "--k", 4,
+                "--max-iter", 1, "--epochs", 1, "--keep", "consensus", *FAST)
+    rows = history(work)
+    kept = read_labels(work / f"iter-{len(rows) - 2:02d}/labels.csv")
+    final = read_labels(work / "final/labels.csv")
+    assert final.ids == kept.ids and set(final.labels.tolist()) == set(kept.labels.tolist())
+    said = (work / "final/consensus.txt").read_text()
+    assert f"consensus of {len(rows)} clusterings" in said
+    assert "final/labels.csv is the consensus" in proc.stdout + proc.stderr
+    page = (work / "report/index.html").read_text()
+    assert "consensus of" in page and (work / "final/tree/tree.json").exists()

@@ -433,6 +433,42 @@ def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
     assert workdir.final_labels_iteration(3, layout) == 2
 
 
+def test_keep_consensus_writes_the_consensus_of_every_clustering_numbered_as_the_last_models_classes(inputs):
+    """--keep consensus: final/labels.csv is the consensus of iterations 0..3's clusterings (here three agree
+    on a partition that iteration 2's, the one the last model was trained on, breaks for two images), in the
+    classes and numbers of iteration 2's labels; the model is the last one; the summary and consensus.txt say
+    so; --fresh may delete consensus.txt (the loop's own file)."""
+    from ldpo.common.files.labels import read_labels, write_labels
+
+    parsed = opts(inputs, "--keep", "consensus")
+    work = finished(inputs, parsed)
+    ids = [f"img{i}" for i in range(9)]
+    partition = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for t, (numbers, broken) in enumerate([((0, 1, 2), False), ((2, 0, 1), False), ((5, 3, 4), True),
+                                           ((1, 2, 0), False)]):
+        labels = [numbers[c] for c in partition]
+        if broken:
+            labels[0], labels[3] = labels[3], labels[0]
+        (work / f"iter-{t:02d}").mkdir(exist_ok=True)
+        write_labels(work / f"iter-{t:02d}/labels.csv", ids, labels)
+        if t:
+            (work / f"iter-{t:02d}/model.pt").write_text(f"iter-{t:02d}/model.pt")
+    write_history(work / "history.csv", [{"iteration": str(t), "k": "3"} for t in range(4)])
+    layout = Layout(str(work))
+    assert workdir.final_labels_iteration(3, layout) == 2
+    workdir.make_final(layout, 3)
+    final = read_labels(work / "final/labels.csv")
+    assert final.ids == ids and final.labels.tolist() == [5, 5, 5, 3, 3, 3, 4, 4, 4]
+    assert (work / "final/model.pt").read_text() == "iter-03/model.pt"
+    said = (work / "final/consensus.txt").read_text()
+    assert "consensus of 4 clusterings" in said and "22.2% of the images differ" in said
+    text = workdir.summary_text(layout, 3)
+    assert "final/labels.csv is the consensus of 4 clusterings" in text and "--keep consensus" in text
+    assert text.splitlines()[4].startswith("2*")
+    workdir.begin(opts(inputs, "--keep", "consensus", "--fresh"), {})
+    assert not (work / "final").exists()
+
+
 def test_heldout_agreement_is_chance_corrected():
     import numpy as np
 

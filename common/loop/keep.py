@@ -1,5 +1,8 @@
 """Which iteration's labels the loop keeps (``ldpo-loop.sh --keep``).
 
+**``consensus``**, opt-in: the consensus of every iteration's clustering (:mod:`ldpo.common.loop.consensus`),
+with as many groups as the last model's classes and their numbers; the final model is the last one.
+
 **The default, ``last``**: the labels the last model was trained on (iteration T - 1's clustering when the
 loop ran T fine-tuning iterations), so the final model's classes, the tree's leaves and the keywords'
 categories are one set. **``heldout``**, opt-in: the latest labels whose held-out agreement (below) is
@@ -91,20 +94,23 @@ def kept_iteration(scores: dict[int, tuple[float, float]], last_labels: int) -> 
     return kept, why
 
 
-RULES = ("last", "heldout")
+RULES = ("last", "heldout", "consensus")
 
 
 def kept_by_rule(rule: str, rows: list[dict], last: int) -> tuple[int, str]:
     """``(s, why)`` by ``--keep`` ``rule``: ``last`` keeps the labels the last model was trained on (iteration 0's
-    when no fine-tuning ran), ``heldout`` those of :func:`kept_from_history`."""
+    when no fine-tuning ran), ``heldout`` those of :func:`kept_from_history`. ``consensus`` keeps the last model
+    too, and its labels number the consensus of every iteration's clustering that ``final/labels.csv`` then
+    holds (:mod:`ldpo.common.loop.consensus`)."""
     if rule == "heldout":
         return kept_from_history(rows, last)
     if last <= 0:
         return 0, "no fine-tuning iteration ran: iteration 0's labels"
     scores = scores_from_history(rows)
     table = ", ".join(f"{s}: {k:.3f}" for s, (k, _) in sorted(scores.items()) if s < last)
-    return last - 1, ("the labels the last model was trained on (--keep last)"
-                      + (f"; held-out agreement (kappa) per iteration's labels {table}" if table else ""))
+    said = ("the consensus of every iteration's clustering, numbered as the classes of the last model (--keep "
+            "consensus)" if rule == "consensus" else "the labels the last model was trained on (--keep last)")
+    return last - 1, said + (f"; held-out agreement (kappa) per iteration's labels {table}" if table else "")
 
 
 def scores_from_history(rows: list[dict]) -> dict[int, tuple[float, float]]:

@@ -88,8 +88,9 @@ class LoopOptions(CommonOptions):
                         "--patience)", PATIENCE, min=1, says="not a whole number")
     max_iter: int = opt("at most this many fine-tuning iterations", 6, min=0, says="not a whole number")
     keep: str = opt("which clustering final/ keeps: last = the one the last model was trained on; heldout = the "
-                    "latest whose held-out agreement is within one standard error of the best (docs/loop.md)",
-                    "last", choices=["last", "heldout"])
+                    "latest whose held-out agreement is within one standard error of the best; consensus = the "
+                    "consensus of every iteration's clustering, numbered as the last model's classes (docs/loop.md)",
+                    "last", choices=["last", "heldout", "consensus"])
     no_early_stop: bool = opt("run all --max-iter iterations (DeepMCAT)", False)
     init: str = opt("random | weights:PATH | checkpoint:PATH", "random")
     init_labels: str = opt("start from these labels (e.g. topic-label's) instead of clustering iteration 0", "",

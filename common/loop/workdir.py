@@ -8,16 +8,17 @@ The layout of ``WORK`` (:class:`Layout`)::
     history.csv         converge's rows (schema: ldpo.common.files.history), history.png, history.fields.csv
     iter-NN/            features.h5, [encoded.h5], labels.csv, clusters.*, converge.txt; from
                         iteration 1 on model.pt (finetune on iter-(NN-1)/labels.csv), model.metrics.json
-    final/              model.pt, labels.csv, probs.h5, levels.txt, tree/, keywords/
+    final/              model.pt, labels.csv, [consensus.txt], probs.h5, levels.txt, tree/, keywords/
     report/             report's page
 
 **The final model and labels.** ``final/labels.csv`` is a copy of the labels the loop keeps,
 iteration s's clustering, and ``final/model.pt`` of the model trained on them, iteration s + 1's
 ``model.pt`` (with no fine-tuning iteration, iteration 0's labels and no model): the model's
-classes, the tree's leaves and the keywords' categories are then one set. s is the latest
-iteration whose labels' held-out agreement is within one standard error of the best
-(:mod:`ldpo.common.loop.keep`; the last labels a model was trained on, s = last - 1, where none was
-measured). The summary marks the row of ``final/labels.csv`` with ``*`` and says why, and the
+classes, the tree's leaves and the keywords' categories are then one set. s comes from the run's
+``--keep`` rule (:mod:`ldpo.common.loop.keep`): by default the last labels a model was trained on,
+s = last - 1. Under ``--keep consensus`` ``final/labels.csv`` is instead the consensus of every
+iteration's clustering, with s's class numbers and count (:mod:`ldpo.common.loop.consensus`; what it
+did is in ``final/consensus.txt``). The summary marks the row of s with ``*`` and says why, and the
 report says which it is (:func:`final_labels_iteration`).
 
 The command line over all this is :mod:`ldpo.common.loop.command`.
@@ -336,7 +337,7 @@ REPORT_LAYOUT: dict[str, Any] = {"index.html": None, "history.png": None, "tree.
                                  OUTPUT_RECORD: None}
 FINAL_LAYOUT: dict[str, Any] = {
     "labels.csv": None, "model.pt": None, "model.metrics.json": None, "probs.h5": None, "levels.txt": None,
-    "tree": {"tree.json": None, "levels.csv": None, "tree.png": None, OUTPUT_RECORD: None},
+    "consensus.txt": None, "tree": {"tree.json": None, "levels.csv": None, "tree.png": None, OUTPUT_RECORD: None},
     "keywords": {"index.html": None, "keywords.csv": None, "montage-*.png": None, OUTPUT_RECORD: None},
 }
 
@@ -545,9 +546,38 @@ def make_final(layout: Layout, last: int) -> None:
         return
     kept = final_labels_iteration(last, layout)
     if not os.path.exists(labels):
-        shutil.copyfile(layout.iteration(kept, "labels.csv"), labels)
+        if keep_rule(read_record(layout.record)) == "consensus":
+            write_consensus(layout, last, kept, labels)
+        else:
+            shutil.copyfile(layout.iteration(kept, "labels.csv"), labels)
     if not os.path.exists(layout.final("model.pt")):
         shutil.copyfile(layout.iteration(kept + 1, "model.pt"), layout.final("model.pt"))
+
+
+def write_consensus(layout: Layout, last: int, kept: int, out: str) -> str:
+    """``final/labels.csv`` under ``--keep consensus``: the consensus of iterations 0..``last``'s clusterings,
+    numbered as iteration ``kept``'s labels (the last model's classes); its why is written beside it
+    (``consensus.txt``) for the summary and the report, and returned."""
+    from ..files.labels import align, read_labels, write_labels
+    from ..files.stores import atomic_path
+    from .consensus import consensus
+
+    reference = read_labels(layout.iteration(kept, "labels.csv"))
+    labelings = [align(read_labels(layout.iteration(t, "labels.csv")), reference.ids, reference.source)
+                 for t in range(last + 1) if os.path.isfile(layout.iteration(t, "labels.csv"))]
+    found, why = consensus(labelings, reference.labels)
+    with atomic_path(layout.final("consensus.txt")) as tmp:
+        tmp.write_text(why + "\n", encoding="utf-8")
+    write_labels(out, reference.ids, found)  # last: the loop writes final/labels.csv when it is missing
+    return why
+
+
+def consensus_text(layout: Layout) -> str | None:
+    """What :func:`write_consensus` said of the final labels, or None (another ``--keep`` rule)."""
+    try:
+        return Path(layout.final("consensus.txt")).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def k_choice_text(layout: Layout) -> str | None:
@@ -565,9 +595,12 @@ def summary_text(layout: Layout, last: int) -> str:
     from ..files.history import read_history, summary
 
     final, why = kept_labels(layout, last)
-    lines = [summary(read_history(layout.history), final),
-             f"* final/labels.csv is iteration {final}'s clustering"
-             + (f" (the classes the final model, iteration {final + 1}'s, was trained on): {why}" if last > 0 else ""),
+    agreed = consensus_text(layout)
+    said = (f"* final/labels.csv is {agreed}; the final model is iteration {final + 1}'s, trained on iteration "
+            f"{final}'s clustering: {why}" if agreed and last > 0 else
+            f"* final/labels.csv is iteration {final}'s clustering"
+            + (f" (the classes the final model, iteration {final + 1}'s, was trained on): {why}" if last > 0 else ""))
+    lines = [summary(read_history(layout.history), final), said,
              f"history: {layout.history}  plot: {layout.history_plot}"]
     chosen = k_choice_text(layout)
     if chosen:

@@ -131,7 +131,7 @@ class ReportTool(Tool):
 
                 text = render(title, run_key, run, layout.record, history, history_png, tree, tree_png,
                               categories, len(labels), opts.thumb, notes, __version__, usage, fields, used,
-                              final_iteration(history, run), k_choice(layout))
+                              *final_iteration(history, run, layout), k_choice(layout))
                 (tmp / "index.html").write_text(text, encoding="utf-8")
                 from ...common.files.folders import write_record
 
@@ -160,10 +160,20 @@ def k_choice(layout: Layout) -> str | None:
     return k_choice_text(layout)
 
 
-def final_iteration(history: list[dict], run: dict | None) -> int | None:
-    """The iteration whose clustering ``final/labels.csv`` is (the run's ``--keep`` rule, as the loop applies it)."""
+def final_iteration(history: list[dict], run: dict | None, layout: Layout) -> tuple[int | None, str | None]:
+    """``(s, what)``: the iteration whose clustering numbers ``final/labels.csv`` (the run's ``--keep`` rule, as
+    the loop applies it), and what the final labels are, in words."""
+    from ...common.loop.workdir import consensus_text
+
     iterations = [int(r["iteration"]) for r in history if str(r.get("iteration", "")).strip().isdigit()]
-    return kept_by_rule(keep_rule(run), history, max(iterations))[0] if iterations else None
+    if not iterations:
+        return None, None
+    kept, why = kept_by_rule(keep_rule(run), history, max(iterations))
+    agreed = consensus_text(layout) if keep_rule(run) == "consensus" else None
+    if agreed:
+        return kept, (f"{agreed}, numbered as iteration {kept}'s clustering (the classes the final model, iteration "
+                      f"{kept + 1}'s, was trained on)")
+    return kept, f"iteration {kept}'s clustering: {why}"
 
 
 def used_settings(work: Path, model: Path | None) -> dict[str, object]:

@@ -259,7 +259,8 @@ def _used_table(used: dict, settings: dict) -> list[str]:
     return out
 
 
-def history_html(rows: list[dict], plot: str | None, final_row: int | None = None) -> list[str]:
+def history_html(rows: list[dict], plot: str | None, final_row: int | None = None,
+                 final_note: str | None = None) -> list[str]:
     from ...common.files.history import TITLES
 
     out = ['<h2 id="history">Iterations</h2>']
@@ -277,12 +278,10 @@ def history_html(rows: list[dict], plot: str | None, final_row: int | None = Non
             cells.append(f'<td class="num">{e(text)}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
+    default_note = f"iteration {final_row}'s clustering"
     out.append('<p class="muted">"vs previous": agreement of this iteration\'s clusters with the previous '
                'iteration\'s (the loop stops when it is high); "vs truth": with the ground truth given to the loop.'
-               + (f" * The categories on this page (final/labels.csv) are iteration {final_row}'s clustering: the "
-                  "classes the final model was trained on, the iteration whose labels held-out images agreed with "
-                  "best (the 'held-out agreement' column; within one standard error the later wins), so an "
-                  "iteration that made them worse is not kept."
+               + (f" * The categories on this page (final/labels.csv) are {e(final_note or default_note)}."
                   if final_row is not None and len(rows) > 1 else "") + "</p>")
     if plot:
         out.append(f'<p><img class="plot" src="{e(plot)}" alt="history plot" loading="lazy"></p>')
@@ -442,7 +441,8 @@ def category_html(cat: dict, total: int, side: int) -> list[str]:
 def render(title: str, run_key: str, run: dict | None, run_path: str, history: list[dict], history_png: str | None,
            tree: dict | None, tree_png: str | None, categories: dict[int, dict], total: int, side: int,
            notes: list[str], version: str, usage: list[str] | None = None, fields: list[dict] | None = None,
-           used: dict | None = None, final_row: int | None = None, k_choice: str | None = None) -> str:
+           used: dict | None = None, final_row: int | None = None, final_note: str | None = None,
+           k_choice: str | None = None) -> str:
     """The page: first what a reviewer came for (the tree, the categories), then the iterations, the header
     fields, and the settings folded away."""
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -469,7 +469,7 @@ def render(title: str, run_key: str, run: dict | None, run_path: str, history: l
     out.append('<datalist id="labels">' + "".join(f'<option value="{c}">' for c in sorted(categories)) + "</datalist>")
     for c in sorted(categories):
         out += category_html(categories[c], total, side)
-    out += history_html(history, history_png, final_row)
+    out += history_html(history, history_png, final_row, final_note)
     if k_choice:
         out.append(f'<p class="muted">How many categories (<code>--k auto</code>, at iteration 0): {e(k_choice)}</p>')
     out += fields_html(fields or [])

@@ -31,7 +31,7 @@ Data sets (generated here, nothing is downloaded):
   sizes falling geometrically from ``--lt-largest`` to ``--lt-largest`` / R) and ``archive-lt50`` /
   ``archive-lt100`` (``toy-data archive --imbalance R``, ``--lt-classes`` classes, ``--lt-n`` images).
   Beside purity and NMI at iteration 0 and at the end, each run prints the final labels' scores (what
-  the loop keeps), the K it ended with, the NMI of every level of the category tree against the truth
+  the loop keeps; ``*_cons``: what ``--keep consensus`` would keep, computed from the same run), the K it ended with, the NMI of every level of the category tree against the truth
   (``tree_nmi``, leaves first) and of the level whose group count is closest to the true K
   (``tree_nmi@K``);
 * ``pretrained``: the paper's setting without downloads: ResNet-18 trained supervised
@@ -100,6 +100,9 @@ SETTINGS: dict[str, Setting] = {
     "patience1": Setting("stop at the first iteration whose labels agree with the previous ones (the default "
                          "before 2026-12-01: 2)", args=["--patience", "1"]),
     "epochs6": Setting("6 epochs per iteration instead of 3", args=["--epochs", "6"]),
+    "epochs12": Setting("12 epochs per iteration instead of 3", args=["--epochs", "12"]),
+    "consensus": Setting("final labels: the consensus of every iteration's clustering (--keep consensus)",
+                         args=["--keep", "consensus"]),
     "overcluster3": Setting("3x over-clustering (k = 3 x classes; @K columns compare fairly)", k_mult=3),
     "sinkhorn": Setting("Sinkhorn-balanced pseudo-labels (SeLa)", env={"CLUSTER_ARGS": "--balance sinkhorn"}),
     "sobel+pca128": Setting("Sobel, PCA to 128", args=["--input-filter", "sobel"], env={"CLUSTER_ARGS": "--pca 128"}),
@@ -317,6 +320,33 @@ def score(labels: Path, truth: Path) -> tuple[float, float]:
     return purity(pred, t.labels), nmi(pred, t.labels)
 
 
+def consensus_scores(work: Path, last: int, truth: Path, classes: int) -> dict:
+    """What ``--keep consensus`` would give this run, computed from it: the purity and NMI of the consensus of
+    iterations 0..last's clusterings in the classes of the labels the last model was trained on (the function
+    the loop calls), and, where the run kept its final probabilities, the NMI of the category tree that
+    ``hierarchy`` builds over them (``tree_nmi@K_cons``), as the loop would under that rule."""
+    from ldpo.common.files.labels import align, read_labels, write_labels
+    from ldpo.common.loop.consensus import consensus
+    from ldpo.common.numerics.metrics import nmi, purity
+
+    t = read_labels(truth)
+    labelings = [align(read_labels(work / f"iter-{i:02d}" / "labels.csv"), t.ids, str(truth))
+                 for i in range(last + 1) if (work / f"iter-{i:02d}" / "labels.csv").exists()]
+    found, _ = consensus(labelings, labelings[-2])
+    out = {"purity_cons": purity(found, t.labels), "nmi_cons": nmi(found, t.labels)}
+    probs, first = work / "final" / "probs.h5", work / "iter-00" / "features.h5"
+    if probs.exists() and first.exists():
+        folder = work / "consensus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        write_labels(folder / "labels.csv", t.ids, found)
+        run([*ldpo(), "hierarchy", str(probs), str(folder / "labels.csv"), "--out", str(folder / "tree"),
+             "--signals", str(first), "--quiet"])
+        scores = tree_scores(folder / "tree" / "levels.csv", truth, classes)
+        out.update({f"{key}_cons": value for key, value in scores.items()})
+    return out
+
+
 def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> tuple[float, float]:
     """Purity and NMI against the truth after re-clustering an iteration's features into k groups."""
     import re
@@ -341,13 +371,12 @@ def k_auto(work: Path) -> int:
     return int(json.loads((folder / "sizes-auto.k.json").read_text())["k"])
 
 
-def tree_scores(work: Path, truth: Path, classes: int) -> dict:
-    """NMI against the truth of every level of the final category tree (leaves first), and of the level whose
-    group count is closest to the truth's class count (the coarser on a tie)."""
+def tree_scores(path: Path, truth: Path, classes: int) -> dict:
+    """NMI against the truth of every level of a category tree (its ``levels.csv``; leaves first), and of the
+    level whose group count is closest to the truth's class count (the coarser on a tie)."""
     from ldpo.common.files.labels import read_labels
     from ldpo.common.numerics.metrics import nmi
 
-    path = work / "final" / "tree" / "levels.csv"
     if not path.exists():
         return {}
     t = read_labels(truth)
@@ -388,10 +417,12 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
               "iterations": int(last["iteration"]), "seconds": round(wall, 1)}
     if (work / "final" / "labels.csv").exists():  # what the loop keeps (the keep rule), on every set
         result["purity_final"], result["nmi_final"] = score(work / "final" / "labels.csv", truth)
+    if int(last["iteration"]) > 0 and "--init-labels" not in setting.args:
+        result.update(consensus_scores(work, int(last["iteration"]), truth, classes))
     if k_unknown:
         result["k"] = "default" if not any(a == "--k" for a in setting.args) else k  # not given: the loop's
         result["k0"], result["k_end"] = int(first["k"]), int(last["k"])
-        result.update(tree_scores(work, truth, classes))
+        result.update(tree_scores(work / "final" / "tree" / "levels.csv", truth, classes))
     else:
         result["k_auto"] = k_auto(work)
     # the baseline the loop must beat: plain k-means (k = classes) on the same iteration-0 features
@@ -412,7 +443,8 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
 
 # -- report ------------------------------------------------------------------------------
 COLUMNS = ["set", "setting", "seed", "k", "kmeans0", "purity0", "purity", "kmeans0_nmi", "nmi0", "nmi",
-           "k0", "k_end", "k_auto", "purity_final", "nmi_final", "tree_levels", "tree_nmi", "tree_nmi@K",
+           "k0", "k_end", "k_auto", "purity_final", "nmi_final", "purity_cons", "nmi_cons", "tree_levels", "tree_nmi", "tree_nmi@K",
+           "tree_levels_cons", "tree_nmi_cons", "tree_nmi@K_cons",
            "purity0_region", "purity_region", "nmi0_region", "nmi_region",
            "purity0@K", "purity@K", "nmi0@K", "nmi@K", "iterations", "seconds"]
 
