@@ -215,7 +215,7 @@ def test_forget_deletes_the_loops_files_and_never_follows_a_link(tmp_path):
     files = ["iter-00/labels.csv", "iter-00/clusters.csv", "iter-00/clusters.png", "iter-00/converge.txt",
              "iter-00/.labels.tmp-1a2b3c4d.csv", "iter-00/features.h5/.zgroup", "iter-01/model.pt",
              "iter-01/model.pt.partial", "iter-01/model.metrics.json", "iter-01/metrics.json", "iter-01/encoded.h5",
-             "iter-01/labels.csv", "iter-01/converge.txt", "final/labels.csv", "final/model.pt", "final/probs.h5",
+             "iter-01/labels.csv", "iter-01/converge.txt", "final/labels.csv", "final/consensus.txt", "final/model.pt", "final/probs.h5",
              "final/levels.txt", "final/tree/tree.json", "final/tree/levels.csv", "final/tree/tree.png",
              "final/keywords/index.html", "final/keywords/keywords.csv", "final/keywords/montage-3.png",
              "report/index.html", "report/thumbs/0-t0.png", "report/history.png", "report/tree.png",
