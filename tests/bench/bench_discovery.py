@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -362,7 +363,6 @@ def at_k(work: Path, iteration: int, k: int, truth: Path, cluster_args: str) -> 
 def k_auto(work: Path) -> int:
     """The K that ``cluster --k auto`` chooses on iteration 0's features (what the loop's default would choose
     there: iteration 0's features come from the start network, before any labels), for sets run with K given."""
-    import json
 
     folder = work / "iter-00"
     feats = folder / "encoded.h5" if (folder / "encoded.h5").exists() else folder / "features.h5"
@@ -457,6 +457,33 @@ def read_truth(path: Path) -> np.ndarray:
 
 def fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def environment() -> dict:
+    """What a run's floats depend on beyond the seed: the library versions and the CPU's vector unit (torch's
+    CPU kernels take other paths on AVX-512 than on AVX2, so the same seed can give another run on another
+    machine, and a loop of clusterings and fine-tunings carries a first difference on to other labels)."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for name in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "networkx", "faiss-cpu", "faiss-gpu",
+                 "timm", "h5py"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpu": model,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "versions": versions}
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -564,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 jobs.append((data, images, truth, classes, name, SETTINGS[name], seed,
                              out / f"{data}-{name}-s{seed}", opts, extra, extra_truths))
+    env = environment()
+    (out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
+    print(f"environment: {env['cpu']} ({env['cpu_capability']}), torch {env['versions'].get('torch')}, numpy "
+          f"{env['versions'].get('numpy')}, scikit-learn {env['versions'].get('scikit-learn')}, networkx "
+          f"{env['versions'].get('networkx')}; all in {out / 'environment.json'}", file=sys.stderr)
     print(f"{len(jobs)} runs, {opts.jobs} at a time, {opts.threads} threads each, device {opts.device}",
           file=sys.stderr)
     start = time.perf_counter()
