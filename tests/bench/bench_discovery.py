@@ -73,7 +73,7 @@ class Setting:
     help: str
     args: list[str] = field(default_factory=list)  # loop options
     env: dict[str, str] = field(default_factory=dict)  # CLUSTER_ARGS, FINETUNE_ARGS, …
-    k_mult: int = 1  # clusters = k_mult × the truth's class count
+    k_mult: int = 1  # clusters = k_mult × the truth's class count; 0: K not given (the loop's default)
 
 
 #: The loop's defaults are "default"; each other setting changes one lever (or, for the
@@ -104,6 +104,7 @@ SETTINGS: dict[str, Setting] = {
     "epochs12": Setting("12 epochs per iteration instead of 3", args=["--epochs", "12"]),
     "consensus": Setting("final labels: the consensus of every iteration's clustering (--keep consensus)",
                          args=["--keep", "consensus"]),
+    "kauto": Setting("K not given on the balanced sets too (the loop's default, --k auto)", k_mult=0),
     "overcluster3": Setting("3x over-clustering (k = 3 x classes; @K columns compare fairly)", k_mult=3),
     "sinkhorn": Setting("Sinkhorn-balanced pseudo-labels (SeLa)", env={"CLUSTER_ARGS": "--balance sinkhorn"}),
     "sobel+pca128": Setting("Sobel, PCA to 128", args=["--input-filter", "sobel"], env={"CLUSTER_ARGS": "--pca 128"}),
@@ -399,7 +400,7 @@ def one_run(data: str, images: Path, truth: Path, classes: int, name: str, setti
     k = classes * setting.k_mult
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1",
                OMP_NUM_THREADS=str(opts.threads), **setting.env)
-    k_unknown = "-lt" in data  # archive-shaped: K is not given, the loop's default applies
+    k_unknown = "-lt" in data or not setting.k_mult  # archive-shaped or kauto: K not given, the loop's default
     cmd = ["bash", str(LOOP), "--images", str(images), "--work", str(work), "--truth", str(truth),
            *([] if k_unknown else ["--k", str(k)]), "--max-iter", str(opts.max_iter), "--epochs", str(opts.epochs),
            "--input-size", str(opts.size), "--batch-size", "32", "--device", opts.device, "--seed", str(seed),
