@@ -1,6 +1,6 @@
-"""Helpers the hostile tests (and tests/bench/bench_identifiers.py) share: CSV rows, the start of a
-small workspace, a folder tree's fingerprint and a refusal that changes nothing in it, and the
-identifiers a DICOM archive's headers carry.
+"""Helpers the tests (and tests/bench/bench_identifiers.py) share: the environment a test's loop runs in,
+CSV rows, the start of a small workspace, a folder tree's fingerprint and a refusal that changes nothing
+in it, and the identifiers a DICOM archive's headers carry.
 
 Standard library only at import (numpy, ldpo and pydicom are imported where they are used), and no
 pytest: a bench imports this module too (``sys.path`` holding ``tests/``, as pytest's own import of
@@ -16,6 +16,26 @@ import shutil
 import stat
 import warnings
 from pathlib import Path
+
+# -- the loop's environment -----------------------------------------------------------------------
+
+#: ``cluster --scan-steps`` of the loops the tests run (``CLUSTER_ARGS``). The stage's default, 1000 steps of
+#: 256 rows, is sized for archives; on a test's few dozen images it is about 8 s of every cluster call and
+#: a third of a small loop. The tests that run a loop for its bookkeeping (resume, refusals, outputs, the
+#: tree, the report) take 200; the one that asserts the categories against the truth
+#: (test_loop_learns_from_random_init) runs the defaults.
+QUICK_CLUSTER = "--scan-steps 200"
+
+
+def loop_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's ``ldpo-loop.sh`` (or ``make``) run: this Python's commands first on PATH,
+    the loop quiet, :data:`QUICK_CLUSTER`; ``extra`` on top (``CLUSTER_ARGS=""`` for the stage's defaults)."""
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LDPO_QUIET": "1",
+            "CLUSTER_ARGS": QUICK_CLUSTER, **extra}
+
 
 # -- CSV rows --------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import loop_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
@@ -80,8 +81,6 @@ def test_extract_reruns_replace_and_remove_only_what_its_record_lists(cli, tmp_p
 
 # -- item 2: the loop's lock ----------------------------------------------------------------------
 
-def loop_env() -> dict[str, str]:
-    return dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
 
 
 def run_loop(work: Path, images: Path, timeout: float = 120) -> subprocess.CompletedProcess:

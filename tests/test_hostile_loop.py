@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import loop_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
@@ -27,7 +28,7 @@ LOCK = ".ldpo-loop.lock"
 
 
 def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
+    e = loop_env()
     e.update(extra)
     return e
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from helpers import header_identifiers, read_csv, write_csv
+from helpers import header_identifiers, loop_env, read_csv, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
@@ -71,8 +71,7 @@ def pacs_run(tmp_path_factory):
     from ldpo.stages import run
 
     root = tmp_path_factory.mktemp("phi-run")
-    env = {k: v for k, v in os.environ.items() if k != "LDPO_SALT"}
-    env.update(PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
+    env = {k: v for k, v in loop_env().items() if k != "LDPO_SALT"}
 
     def sh(*argv):
         proc = subprocess.run([str(a) for a in argv], env=env, cwd=root, capture_output=True, text=True)

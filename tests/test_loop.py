@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -15,6 +14,7 @@ from ldpo.common.loop.keep import kept_by_rule
 from ldpo.common.files.labels import align, read_labels
 from ldpo.common.numerics.metrics import purity
 from ldpo.common.files.stores import open_store
+from helpers import loop_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ROOT / "pipelines/ldpo-loop.sh"
@@ -25,9 +25,7 @@ FAST = ["--input-size", "64", "--batch-size", "32", "--device", "cpu", "--split"
 
 
 def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
-    e.update(extra)
-    return e
+    return loop_env(**extra)
 
 
 def loop(*args, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
@@ -84,7 +82,9 @@ def test_loop_learns_from_random_init(toy):
     work = data / "run-learns"
     proc = loop("--images", data / "images.h5", "--work", work, "--truth", data / "truth.csv",
                 "--k", 20, "--max-iter", 5, "--epochs", 3, "--input-filter", "sobel", "--tree-preference", 0.9, *FAST,
-                "--split", "70/10/20")  # images held out of fine-tuning score each iteration's labels (history)
+                "--split", "70/10/20",  # images held out of fine-tuning score each iteration's labels (history)
+                CLUSTER_ARGS="")  # the stages' defaults: this test asserts the categories
+
     rows = history(work)
     assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
     assert 2 <= len(rows) <= 6

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from ldpo.common.files.labels import align, read_labels, write_labels
 from ldpo.common.numerics.metrics import purity
 from ldpo.common.files.stores import open_store, write_store
 from ldpo.stages.toy_data import scenes
+from helpers import loop_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -230,7 +230,7 @@ def test_loop_with_encode_patches_re_mines_each_iteration(tmp_path):
     write_store(tmp_path / "images.h5", ids, {"stage": "test"}, images=images)
     write_labels(tmp_path / "truth.csv", ids, labels)
     work = tmp_path / "run"
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
+    env = loop_env()
     proc = subprocess.run(["bash", str(ROOT / "pipelines/ldpo-loop.sh"), "--images", str(tmp_path / "images.h5"),
                            "--work", str(work), "--truth", str(tmp_path / "truth.csv"), "--k", "3", "--max-iter", "1",
                            "--epochs", "1", "--no-early-stop", "--encode", "patches", "--batch-size", "16",

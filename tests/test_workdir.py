@@ -379,10 +379,10 @@ def test_vocabulary_and_mentions_reach_the_report_readers_and_the_record(inputs)
     assert kind == "inputs" and "mentions" in shown and "vocabulary" in shown
 
 
-def test_the_loop_keeps_the_labels_the_last_model_was_trained_on_by_default(inputs):
-    """--keep last (the default, and what a record made before --keep meant): the last model's labels, whatever
-    the held-out figures say; the summary says so and lists the figures."""
-    parsed = opts(inputs)
+def test_the_loop_keeps_the_labels_the_last_model_was_trained_on_by_default_when_k_is_given(inputs):
+    """--keep auto (the default) with K given is --keep last (as is a record made before --keep): the last
+    model's labels, whatever the held-out figures say; the summary says so and lists the figures."""
+    parsed = opts(inputs, "--k", "3")
     work = finished(inputs, parsed)
     for name in ("iter-02/model.pt", "iter-02/labels.csv", "iter-03/model.pt", "iter-03/labels.csv"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)
@@ -392,7 +392,8 @@ def test_the_loop_keeps_the_labels_the_last_model_was_trained_on_by_default(inpu
                                          {"iteration": "2", "k": "3", "heldout": "0.50", "heldout_se": "0.05"},
                                          {"iteration": "3", "k": "3"}])
     layout = Layout(str(work))
-    assert json.loads((work / "run.json").read_text())["settings"]["keep"] == "last"
+    assert json.loads((work / "run.json").read_text())["settings"]["keep"] == "auto"
+    assert workdir.keep_rule(workdir.read_record(layout.record)) == "last"
     assert workdir.final_labels_iteration(3, layout) == 2
     workdir.make_final(layout, 3)
     assert (work / "final/labels.csv").read_text() == "iter-02/labels.csv"
@@ -401,8 +402,17 @@ def test_the_loop_keeps_the_labels_the_last_model_was_trained_on_by_default(inpu
     assert "--keep last" in text and "0: 0.800, 1: 0.600, 2: 0.500" in text
     record = json.loads((work / "run.json").read_text())
     del record["settings"]["keep"]  # a record from before --keep: the same rule
+    record["settings"]["k"] = "auto"  # ... whatever its K
     (work / "run.json").write_text(json.dumps(record))
+    assert workdir.keep_rule(workdir.read_record(layout.record)) == "last"
     assert workdir.final_labels_iteration(3, layout) == 2
+
+
+@pytest.mark.parametrize("keep, k, rule", [("auto", "auto", "consensus"), ("auto", "12", "last"),
+                                           ("last", "auto", "last"), ("heldout", "auto", "heldout"),
+                                           ("consensus", "12", "consensus")])
+def test_keep_auto_is_the_consensus_where_k_is_chosen_from_the_data(keep, k, rule):
+    assert workdir.keep_rule({"settings": {"keep": keep, "k": k}}) == rule
 
 
 def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
@@ -433,14 +443,15 @@ def test_the_loop_keeps_the_labels_held_out_images_agree_with_best(inputs):
     assert workdir.final_labels_iteration(3, layout) == 2
 
 
-def test_keep_consensus_writes_the_consensus_of_every_clustering_numbered_as_the_last_models_classes(inputs):
-    """--keep consensus: final/labels.csv is the consensus of iterations 0..3's clusterings (here three agree
+@pytest.mark.parametrize("keep", [("--keep", "consensus"), ()], ids=["consensus", "default-k-auto"])
+def test_keep_consensus_writes_the_consensus_of_every_clustering_numbered_as_the_last_models_classes(inputs, keep):
+    """--keep consensus, and the default with K not given: final/labels.csv is the consensus of iterations 0..3's clusterings (here three agree
     on a partition that iteration 2's, the one the last model was trained on, breaks for two images), in the
     classes and numbers of iteration 2's labels; the model is the last one; the summary and consensus.txt say
     so; --fresh may delete consensus.txt (the loop's own file)."""
     from ldpo.common.files.labels import read_labels, write_labels
 
-    parsed = opts(inputs, "--keep", "consensus")
+    parsed = opts(inputs, *keep)
     work = finished(inputs, parsed)
     ids = [f"img{i}" for i in range(9)]
     partition = [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import loop_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", LDPO_QUIET="1")
+    return loop_env()
 
 
 def loop_work(tmp_path_factory) -> Path:

@@ -13,7 +13,10 @@ k-means over the one-hot labels, because the latter pulls toward equal sizes, wh
 matrix): their co-association is 1, and average linkage merges them first whatever else it does, so the
 tree is built over atoms weighted by their size. At most ``max_atoms`` atoms (the largest) are linked;
 the rest, the images whose labels moved the most, join the consensus group they share the most
-clusterings with on average. Memory is ``max_atoms``² floats (32 MB at 2,000).
+clusterings with on average. Memory is ``max_atoms``² floats (32 MB at 2,000). Not scipy's or
+scikit-learn's average linkage: neither takes point weights, so they would link every image (N² memory,
+80 GB at 100,000 images) instead of the weighted atoms, and their order of merging tied pairs is not
+documented (the co-association takes only T + 1 values, so ties are common).
 
 **Numbering.** The groups take the class numbers of a reference labelling (the labels the final model
 was trained on) by the best one-to-one matching of their overlaps (Hungarian), so the final model's

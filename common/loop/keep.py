@@ -1,9 +1,16 @@
 """Which iteration's labels the loop keeps (``ldpo-loop.sh --keep``).
 
-**``consensus``**, opt-in: the consensus of every iteration's clustering (:mod:`ldpo.common.loop.consensus`),
+**The default, ``auto``**: ``consensus`` where the run chose K from the data (``--k auto``, the loop's
+default), ``last`` where the user gave K (:func:`resolved`). The measurements behind it are in
+docs/discovery.md ("Which labels to keep"): where K is chosen from the data the iterations' clusterings
+are noisy draws around the categories and their consensus was better than the last draw in most runs,
+balanced and long-tailed; where K is given and every iteration improves on the last, the consensus can
+give a group to the few images no clustering agrees on and cost purity.
+
+**``consensus``**: the consensus of every iteration's clustering (:mod:`ldpo.common.loop.consensus`),
 with as many groups as the last model's classes and their numbers; the final model is the last one.
 
-**The default, ``last``**: the labels the last model was trained on (iteration T - 1's clustering when the
+**``last``**: the labels the last model was trained on (iteration T - 1's clustering when the
 loop ran T fine-tuning iterations), so the final model's classes, the tree's leaves and the keywords'
 categories are one set. **``heldout``**, opt-in: the latest labels whose held-out agreement (below) is
 within one standard error of the best, so that an iteration whose labels a network could not predict for
@@ -94,11 +101,19 @@ def kept_iteration(scores: dict[int, tuple[float, float]], last_labels: int) -> 
     return kept, why
 
 
-RULES = ("last", "heldout", "consensus")
+RULES = ("auto", "last", "heldout", "consensus")
+
+
+def resolved(rule: str, k: str) -> str:
+    """The rule ``--keep rule`` applies in a run whose ``--k`` is ``k``: ``auto`` is ``consensus`` when K is
+    chosen from the data (``auto``), else ``last``; the other rules are themselves."""
+    if rule != "auto":
+        return rule
+    return "consensus" if k == "auto" else "last"
 
 
 def kept_by_rule(rule: str, rows: list[dict], last: int) -> tuple[int, str]:
-    """``(s, why)`` by ``--keep`` ``rule``: ``last`` keeps the labels the last model was trained on (iteration 0's
+    """``(s, why)`` by ``--keep`` ``rule`` (resolved: not ``auto``): ``last`` keeps the labels the last model was trained on (iteration 0's
     when no fine-tuning ran), ``heldout`` those of :func:`kept_from_history`. ``consensus`` keeps the last model
     too, and its labels number the consensus of every iteration's clustering that ``final/labels.csv`` then
     holds (:mod:`ldpo.common.loop.consensus`)."""
@@ -109,7 +124,8 @@ def kept_by_rule(rule: str, rows: list[dict], last: int) -> tuple[int, str]:
     scores = scores_from_history(rows)
     table = ", ".join(f"{s}: {k:.3f}" for s, (k, _) in sorted(scores.items()) if s < last)
     said = ("the consensus of every iteration's clustering, numbered as the classes of the last model (--keep "
-            "consensus)" if rule == "consensus" else "the labels the last model was trained on (--keep last)")
+            "consensus, the default where K is chosen from the data)" if rule == "consensus" else
+            "the labels the last model was trained on (--keep last, the default where K is given)")
     return last - 1, said + (f"; held-out agreement (kappa) per iteration's labels {table}" if table else "")
 
 

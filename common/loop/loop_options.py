@@ -87,10 +87,11 @@ class LoopOptions(CommonOptions):
     patience: int = opt("stop when the metric has reached --threshold at this many consecutive iterations (converge "
                         "--patience)", PATIENCE, min=1, says="not a whole number")
     max_iter: int = opt("at most this many fine-tuning iterations", 6, min=0, says="not a whole number")
-    keep: str = opt("which clustering final/ keeps: last = the one the last model was trained on; heldout = the "
-                    "latest whose held-out agreement is within one standard error of the best; consensus = the "
-                    "consensus of every iteration's clustering, numbered as the last model's classes (docs/loop.md)",
-                    "last", choices=["last", "heldout", "consensus"])
+    keep: str = opt("which clustering final/ keeps: consensus = the consensus of every iteration's clustering, "
+                    "numbered as the last model's classes; last = the one the last model was trained on; heldout = "
+                    "the latest whose held-out agreement is within one standard error of the best; auto = consensus "
+                    "when K is chosen from the data (--k auto), last when K is given (docs/loop.md)",
+                    "auto", choices=["auto", "last", "heldout", "consensus"])
     no_early_stop: bool = opt("run all --max-iter iterations (DeepMCAT)", False)
     init: str = opt("random | weights:PATH | checkpoint:PATH", "random")
     init_labels: str = opt("start from these labels (e.g. topic-label's) instead of clustering iteration 0", "",

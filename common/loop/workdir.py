@@ -15,7 +15,8 @@ The layout of ``WORK`` (:class:`Layout`)::
 iteration s's clustering, and ``final/model.pt`` of the model trained on them, iteration s + 1's
 ``model.pt`` (with no fine-tuning iteration, iteration 0's labels and no model): the model's
 classes, the tree's leaves and the keywords' categories are then one set. s comes from the run's
-``--keep`` rule (:mod:`ldpo.common.loop.keep`): by default the last labels a model was trained on,
+``--keep`` rule (:mod:`ldpo.common.loop.keep`; the default, ``auto``, is ``consensus`` when K is chosen from
+the data and ``last`` when it is given): under ``last`` the last labels a model was trained on,
 s = last - 1. Under ``--keep consensus`` ``final/labels.csv`` is instead the consensus of every
 iteration's clustering, with s's class numbers and count (:mod:`ldpo.common.loop.consensus`; what it
 did is in ``final/consensus.txt``). The summary marks the row of s with ``*`` and says why, and the
@@ -112,9 +113,12 @@ def kept_labels(layout: "Layout", last: int) -> tuple[int, str]:
 
 
 def keep_rule(record: dict | None) -> str:
-    """The ``--keep`` rule of a run record (``last`` for records made before the option existed)."""
+    """The ``--keep`` rule a run record's run applies (``last`` for records made before the option existed;
+    ``auto`` resolved by the record's ``--k``: :func:`ldpo.common.loop.keep.resolved`)."""
+    from .keep import resolved
+
     settings = (record or {}).get("settings") or {}
-    return str(settings.get("keep") or ADDED_LATER["keep"])
+    return resolved(str(settings.get("keep") or ADDED_LATER["keep"]), str(settings.get("k") or ""))
 
 
 def final_model(work: str | os.PathLike) -> Path | None:
