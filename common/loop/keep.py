@@ -3,9 +3,10 @@
 **The default, ``auto``**: ``consensus`` where the run chose K from the data (``--k auto``, the loop's
 default), ``last`` where the user gave K (:func:`resolved`). The measurements behind it are in
 docs/discovery.md ("Which labels to keep"): where K is chosen from the data the iterations' clusterings
-are noisy draws around the categories and their consensus was better than the last draw in most runs,
-balanced and long-tailed; where K is given and every iteration improves on the last, the consensus can
-give a group to the few images no clustering agrees on and cost purity.
+are noisy draws around the categories, and on long-tailed sets their consensus beat the last draw in most
+runs (median NMI +0.03 to +0.09), with no NMI lost on balanced sets (purity −0.027 on one of four); where
+K is given and every iteration improves on the last, the consensus can give a group to the few images no
+clustering agrees on and cost purity with nothing gained.
 
 **``consensus``**: the consensus of every iteration's clustering (:mod:`ldpo.common.loop.consensus`),
 with as many groups as the last model's classes and their numbers; the final model is the last one.
