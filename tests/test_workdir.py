@@ -276,7 +276,7 @@ def test_a_recorded_verdict_stands_only_while_newer_than_what_it_compared(inputs
 
 
 def test_the_final_model_and_labels(inputs):
-    parsed = opts(inputs)
+    parsed = opts(inputs, "--k", "3")  # K given: the last model's labels (with --k auto, the consensus: below)
     work = finished(inputs, parsed)
     layout = Layout(str(work))
     workdir.make_final(layout, 1)
