@@ -27,10 +27,7 @@ TINY = ["--k", 3, "--max-iter", 1, "--epochs", 1, *FAST]
 LOCK = ".ldpo-loop.lock"
 
 
-def env(**extra: str) -> dict[str, str]:
-    e = loop_env()
-    e.update(extra)
-    return e
+env = loop_env
 
 
 def loop(*args, check: bool = True, **extra_env) -> subprocess.CompletedProcess:

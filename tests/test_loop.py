@@ -24,8 +24,7 @@ BIN = Path(sys.executable).parent
 FAST = ["--input-size", "64", "--batch-size", "32", "--device", "cpu", "--split", "none"]
 
 
-def env(**extra: str) -> dict[str, str]:
-    return loop_env(**extra)
+env = loop_env
 
 
 def loop(*args, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
@@ -84,7 +83,6 @@ def test_loop_learns_from_random_init(toy):
                 "--k", 20, "--max-iter", 5, "--epochs", 3, "--input-filter", "sobel", "--tree-preference", 0.9, *FAST,
                 "--split", "70/10/20",  # images held out of fine-tuning score each iteration's labels (history)
                 CLUSTER_ARGS="")  # the stages' defaults: this test asserts the categories
-
     rows = history(work)
     assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
     assert 2 <= len(rows) <= 6
