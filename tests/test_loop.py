@@ -243,8 +243,9 @@ def test_a_rerun_with_other_settings_is_refused_until_restart_or_fresh(toy, tmp_
     rows = history(work)
     assert [r["k"] for r in rows] == ["3", "2"]  # iteration 0 kept, iteration 1 redone with k=2
     assert '"k": "2"' in (work / "run.json").read_text()
-    loop(*args, "--seed", 5, "--fresh")
-    assert '"seed": "5"' in (work / "run.json").read_text() and len(history(work)) == 2
+    loop(*args, "--seed", 5, "--max-iter", 0, "--fresh")  # iteration 0 alone shows the fresh start
+    assert '"seed": "5"' in (work / "run.json").read_text() and len(history(work)) == 1
+    assert not (work / "iter-01").exists()  # the earlier run's iteration 1 went with it
 
 
 def test_tree_settings_and_changing_them_remakes_only_the_tree(toy, tmp_path):
