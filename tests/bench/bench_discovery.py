@@ -118,6 +118,8 @@ SETTINGS: dict[str, Setting] = {
                           args=["--layer", "multiscale"]),
     "scan": Setting("neighbour-consistent clustering (cluster --method scan) on the default feature",
                     args=["--method", "scan"]),
+    "scan-nb10": Setting("cluster --method scan with 10 nearest neighbours per row instead of 20",
+                         env={"CLUSTER_ARGS": "--neighbours 10"}),
     "multiscale+scan": Setting("the multi-scale feature, clustered by cluster --method scan",
                                args=["--layer", "multiscale", "--method", "scan"]),
     "confident50": Setting("finetune only on images whose scan confidence is at least 0.5",
