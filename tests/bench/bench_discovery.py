@@ -120,6 +120,8 @@ SETTINGS: dict[str, Setting] = {
                     args=["--method", "scan"]),
     "scan-nb10": Setting("cluster --method scan with 10 nearest neighbours per row instead of 20",
                          env={"CLUSTER_ARGS": "--neighbours 10"}),
+    "split-none": Setting("finetune trains on every image (--split none: no held-out images, so no held-out "
+                          "agreement in the history)", args=["--split", "none"]),
     "multiscale+scan": Setting("the multi-scale feature, clustered by cluster --method scan",
                                args=["--layer", "multiscale", "--method", "scan"]),
     "confident50": Setting("finetune only on images whose scan confidence is at least 0.5",
