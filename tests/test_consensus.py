@@ -85,3 +85,39 @@ def test_the_consensus_is_deterministic_and_weighted_by_atom_size():
 ])
 def test_groups_take_the_reference_numbers_by_their_overlap(groups, reference, expected):
     assert number_like(np.array(groups), np.array(reference)).tolist() == expected
+
+
+def bench_leaves():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_leaves", "tests/bench/bench_leaves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_leaves_bounds_and_label_free_merges():
+    """The figures behind docs/discovery.md's "Where the long tail's NMI is lost": the truth-guided merge undoes
+    splits and cannot undo mixtures, the tiny-tail bound gives the tail away, the lifetime cut finds the count the
+    clusterings agree on, and the modularity merge joins the halves of a graph's communities."""
+    from scipy import sparse
+
+    leaves = bench_leaves()
+    truth = np.repeat(np.arange(4), [40, 30, 20, 10])
+    split = np.where((truth == 0) & (np.arange(100) % 2 == 0), 4, truth)  # class 0 cut in two
+    assert leaves.best_merge(split, truth) == (pytest.approx(1.0), 4)
+    mixed = np.where(np.arange(100) % 10 == 0, (truth + 1) % 4, truth)  # a tenth of each class elsewhere
+    score, _ = leaves.best_merge(mixed, truth)
+    assert nmi(mixed, truth) <= score < 1.0
+    tail = np.repeat(np.arange(4), [50, 40, 4, 2])
+    assert leaves.tiny_tail(tail) < 1.0 and leaves.tiny_tail(truth) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    labelings = [np.where(rng.random(100) < 0.05, rng.integers(0, 4, 100), truth) for _ in range(6)]
+    assert leaves.lifetime_k(labelings) == 4
+    assert nmi(leaves.consensus_cut(labelings, 4), truth) > 0.9
+    # two cliques of 10 nodes joined by one edge, given as four groups (each clique cut in two)
+    block = np.ones((10, 10)) - np.eye(10)
+    adjacency = sparse.lil_matrix(sparse.block_diag([block, block]))
+    adjacency[0, 10] = adjacency[10, 0] = 1
+    quarters = np.repeat(np.arange(4), 5)
+    assert np.array_equal(leaves.modularity_merge(adjacency.tocsr(), quarters), np.repeat([0, 1], 10))
