@@ -134,7 +134,8 @@ def read_features(path: Path, ids: list[str]) -> np.ndarray:
     return x[[row[i] for i in ids]]
 
 
-def over_segmented(x: np.ndarray, truth: np.ndarray, groups: int, seed: int) -> float:
+def over_segmented(x: np.ndarray, truth: np.ndarray, counts: tuple[int, ...], seed: int) -> dict[int, float]:
+    """Per group count: the NMI of k-means into that many groups merged by :func:`modularity_merge` (one graph)."""
     import networkx as nx
     from sklearn.cluster import KMeans
 
@@ -143,10 +144,10 @@ def over_segmented(x: np.ndarray, truth: np.ndarray, groups: int, seed: int) -> 
     from ldpo.common.numerics.metrics import nmi
 
     centred = l2_normalize((x - x.mean(axis=0)).astype(np.float32))
-    labels = KMeans(groups, n_init=4, random_state=seed).fit_predict(centred)
     graph = neighbour_graph(x, NEIGHBOURS, "cpu", seed)
     adjacency = nx.to_scipy_sparse_array(graph, nodelist=range(len(x)), weight="weight").tocsr()
-    return nmi(modularity_merge(adjacency, labels), truth)
+    return {groups: nmi(modularity_merge(adjacency, KMeans(groups, n_init=4, random_state=seed).fit_predict(centred)),
+                        truth) for groups in counts}
 
 
 def one_run(work: Path, truth_path: Path) -> dict:
@@ -165,8 +166,8 @@ def one_run(work: Path, truth_path: Path) -> dict:
                         ("cut_lifetime", lifetime_k(labelings))):
         out[name] = nmi(consensus_cut(labelings, max(count, 1)), t.labels)
     x = read_features(iterations[-1].parent / "features.h5", t.ids)
-    for groups in (20, 30):
-        out[f"over{groups}"] = over_segmented(x, t.labels, groups, seed=0)
+    for groups, score in over_segmented(x, t.labels, (20, 30), seed=0).items():
+        out[f"over{groups}"] = score
     return out
 
 
